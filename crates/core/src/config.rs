@@ -1,0 +1,307 @@
+//! The publisher-facing configuration: accounts, selling rules, networks, mediated bids
+//! and currency rates. It is what the admin API writes and what every service builds its
+//! [`Snapshot`](crate::snapshot::Snapshot) from. The same types read the demo file.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Micros;
+use crate::targeting::Targeting;
+
+/// Limits on what one configuration may hold, so a bad write cannot exhaust memory.
+pub const MAX_ENTITIES_PER_KIND: usize = 1_000_000;
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_NETWORK_TIMEOUT_MS: u32 = 10_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Configuration {
+    /// Bumped by every accepted write; 0 for a configuration never stored.
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+    #[serde(default)]
+    pub selling_rules: Vec<SellingRule>,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub mediated_bids: Vec<MediatedBid>,
+    #[serde(default)]
+    pub currency_rates: Vec<CurrencyRate>,
+}
+
+/// A publisher, or a container of publishers (`parent_id` forms the tree).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub id: String,
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuctionType {
+    #[default]
+    FirstPrice,
+    SecondPrice,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SellingRule {
+    pub id: String,
+    pub account_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub targeting: Targeting,
+    #[serde(default)]
+    pub floor: Micros,
+    #[serde(default)]
+    pub blocked_adomains: Vec<String>,
+    #[serde(default)]
+    pub blocked_categories: Vec<String>,
+    #[serde(default)]
+    pub auction_type: AuctionType,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkProtocol {
+    #[default]
+    OpenrtbHttp,
+    Grpc,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    #[default]
+    Waterfall,
+    Bidding,
+}
+
+/// A mediated ad network. It serves its account and every descendant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub id: String,
+    pub account_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: NetworkProtocol,
+    pub endpoint: String,
+    #[serde(default = "default_network_timeout_ms")]
+    pub timeout_ms: u32,
+    #[serde(default)]
+    pub mode: NetworkMode,
+}
+
+fn default_network_timeout_ms() -> u32 {
+    300
+}
+
+/// A publisher's expectation that `network_id` pays `cpm` for matching impressions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediatedBid {
+    pub id: String,
+    pub account_id: String,
+    pub network_id: String,
+    pub cpm: Micros,
+    #[serde(default)]
+    pub targeting: Targeting,
+    #[serde(default = "enabled_by_default")]
+    pub active: bool,
+    /// The network's own placement id, passed to it as the impression's tagid.
+    #[serde(default)]
+    pub placement_id: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrencyRate {
+    pub currency: String,
+    /// Value of one unit of `currency` in USD.
+    pub usd: Micros,
+}
+
+/// A configuration that cannot be accepted, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Path of the field, e.g. `selling_rules[2].account_id`.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Configuration {
+    /// Checks everything a snapshot relies on: ids present, unique and bounded,
+    /// references resolvable, the account tree acyclic, timeouts and currencies sane.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let accounts = unique_ids("accounts", self.accounts.iter().map(|a| a.id.as_str()))?;
+        let networks = unique_ids("networks", self.networks.iter().map(|n| n.id.as_str()))?;
+        unique_ids(
+            "selling_rules",
+            self.selling_rules.iter().map(|r| r.id.as_str()),
+        )?;
+        unique_ids(
+            "mediated_bids",
+            self.mediated_bids.iter().map(|b| b.id.as_str()),
+        )?;
+
+        for (i, account) in self.accounts.iter().enumerate() {
+            if let Some(parent) = &account.parent_id {
+                if !accounts.contains(parent.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("accounts[{i}].parent_id"),
+                        format!("unknown account {parent:?}"),
+                    ));
+                }
+            }
+        }
+        self.check_account_tree_is_acyclic()?;
+
+        let known_account = |field: String, id: &str| {
+            if accounts.contains(id) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(field, format!("unknown account {id:?}")))
+            }
+        };
+        for (i, rule) in self.selling_rules.iter().enumerate() {
+            known_account(format!("selling_rules[{i}].account_id"), &rule.account_id)?;
+            rule.targeting
+                .validate(&format!("selling_rules[{i}].targeting"))?;
+        }
+        for (i, network) in self.networks.iter().enumerate() {
+            known_account(format!("networks[{i}].account_id"), &network.account_id)?;
+            if network.endpoint.is_empty() {
+                return Err(ConfigError::new(
+                    format!("networks[{i}].endpoint"),
+                    "must not be empty",
+                ));
+            }
+            if network.timeout_ms == 0 || network.timeout_ms > MAX_NETWORK_TIMEOUT_MS {
+                return Err(ConfigError::new(
+                    format!("networks[{i}].timeout_ms"),
+                    format!("must be between 1 and {MAX_NETWORK_TIMEOUT_MS}"),
+                ));
+            }
+        }
+        for (i, bid) in self.mediated_bids.iter().enumerate() {
+            known_account(format!("mediated_bids[{i}].account_id"), &bid.account_id)?;
+            if !networks.contains(bid.network_id.as_str()) {
+                return Err(ConfigError::new(
+                    format!("mediated_bids[{i}].network_id"),
+                    format!("unknown network {:?}", bid.network_id),
+                ));
+            }
+            if bid.cpm == Micros::ZERO {
+                return Err(ConfigError::new(
+                    format!("mediated_bids[{i}].cpm"),
+                    "must be greater than zero",
+                ));
+            }
+            bid.targeting
+                .validate(&format!("mediated_bids[{i}].targeting"))?;
+        }
+        let mut currencies = HashSet::new();
+        for (i, rate) in self.currency_rates.iter().enumerate() {
+            let code_ok =
+                rate.currency.len() == 3 && rate.currency.bytes().all(|b| b.is_ascii_uppercase());
+            if !code_ok {
+                return Err(ConfigError::new(
+                    format!("currency_rates[{i}].currency"),
+                    "must be an upper-case ISO-4217 code such as EUR",
+                ));
+            }
+            if !currencies.insert(rate.currency.as_str()) {
+                return Err(ConfigError::new(
+                    format!("currency_rates[{i}].currency"),
+                    format!("duplicate currency {:?}", rate.currency),
+                ));
+            }
+            if rate.usd == Micros::ZERO {
+                return Err(ConfigError::new(
+                    format!("currency_rates[{i}].usd"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_account_tree_is_acyclic(&self) -> Result<(), ConfigError> {
+        let parent_of: std::collections::HashMap<&str, &str> = self
+            .accounts
+            .iter()
+            .filter_map(|a| a.parent_id.as_deref().map(|p| (a.id.as_str(), p)))
+            .collect();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let mut current = account.id.as_str();
+            for _ in 0..=self.accounts.len() {
+                match parent_of.get(current) {
+                    Some(parent) if *parent == account.id => {
+                        return Err(ConfigError::new(
+                            format!("accounts[{i}].parent_id"),
+                            format!("account {:?} is its own ancestor", account.id),
+                        ));
+                    }
+                    Some(parent) => current = parent,
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unique_ids<'a>(
+    kind: &str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<HashSet<&'a str>, ConfigError> {
+    let mut seen = HashSet::new();
+    for (i, id) in ids.enumerate() {
+        if i >= MAX_ENTITIES_PER_KIND {
+            return Err(ConfigError::new(
+                kind,
+                format!("more than {MAX_ENTITIES_PER_KIND} entries"),
+            ));
+        }
+        if id.is_empty() || id.len() > MAX_ID_LEN {
+            return Err(ConfigError::new(
+                format!("{kind}[{i}].id"),
+                format!("must be 1 to {MAX_ID_LEN} characters"),
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(ConfigError::new(
+                format!("{kind}[{i}].id"),
+                format!("duplicate id {id:?}"),
+            ));
+        }
+    }
+    Ok(seen)
+}

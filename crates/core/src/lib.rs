@@ -1,0 +1,11 @@
+//! The Cascade domain, pure and synchronous: no I/O, no async, no wire types. Services
+//! translate their protobuf messages into these types (or implement
+//! [`auction::Bidder`] for them) and keep every business rule here.
+
+pub mod auction;
+pub mod config;
+pub mod money;
+pub mod snapshot;
+pub mod targeting;
+
+pub use money::Micros;

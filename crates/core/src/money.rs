@@ -1,0 +1,203 @@
+//! Money is integer micros: a CPM of $2.50 is `Micros(2_500_000)`. Floating point only
+//! exists at the OpenRTB boundary, where [`Micros::from_openrtb_price`] converts it once.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub const MICROS_PER_UNIT: i64 = 1_000_000;
+
+/// Largest CPM we accept anywhere: $1,000,000 CPM. Anything above is a typo or an attack,
+/// and keeping prices far from `i64::MAX` makes every sum and product safe.
+pub const MAX_MICROS: i64 = 1_000_000 * MICROS_PER_UNIT;
+
+/// An amount of money (a CPM) in millionths of a currency unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub i64);
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("price must be a finite number, got {0}")]
+    NotFinite(f64),
+    #[error("price must not be negative, got {0}")]
+    Negative(String),
+    #[error("price is above the maximum of 1000000 per mille, got {0}")]
+    TooLarge(String),
+    #[error("not a decimal amount: {0:?} (expected e.g. \"2.50\")")]
+    Malformed(String),
+    #[error("unknown currency {0:?}: no rate is configured for it")]
+    UnknownCurrency(String),
+}
+
+impl Micros {
+    pub const ZERO: Micros = Micros(0);
+
+    /// Converts an OpenRTB price (a CPM as a JSON number) to micros, rounding to the
+    /// nearest micro.
+    pub fn from_openrtb_price(price: f64) -> Result<Self, MoneyError> {
+        if !price.is_finite() {
+            return Err(MoneyError::NotFinite(price));
+        }
+        if price < 0.0 {
+            return Err(MoneyError::Negative(price.to_string()));
+        }
+        let micros = (price * MICROS_PER_UNIT as f64).round();
+        if micros > MAX_MICROS as f64 {
+            return Err(MoneyError::TooLarge(price.to_string()));
+        }
+        Ok(Micros(micros as i64))
+    }
+
+    /// Parses a decimal amount such as `"2"`, `"2.5"` or `"0.000001"` exactly.
+    pub fn parse_decimal(text: &str) -> Result<Self, MoneyError> {
+        let malformed = || MoneyError::Malformed(text.to_string());
+        let trimmed = text.trim();
+        if trimmed.starts_with('-') {
+            return Err(MoneyError::Negative(text.to_string()));
+        }
+        let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || fraction.len() > 6 {
+            return Err(malformed());
+        }
+        let units: i64 = whole
+            .parse()
+            .map_err(|_| MoneyError::TooLarge(text.to_string()))?;
+        let fraction_micros: i64 = if fraction.is_empty() {
+            0
+        } else {
+            let parsed: i64 = fraction.parse().map_err(|_| malformed())?;
+            parsed * 10_i64.pow(6 - fraction.len() as u32)
+        };
+        let micros = units
+            .checked_mul(MICROS_PER_UNIT)
+            .and_then(|m| m.checked_add(fraction_micros))
+            .filter(|m| *m <= MAX_MICROS)
+            .ok_or_else(|| MoneyError::TooLarge(text.to_string()))?;
+        Ok(Micros(micros))
+    }
+
+    /// Checks a value received as raw micros (admin API, internal calls).
+    pub fn checked(micros: i64) -> Result<Self, MoneyError> {
+        match micros {
+            m if m < 0 => Err(MoneyError::Negative(m.to_string())),
+            m if m > MAX_MICROS => Err(MoneyError::TooLarge(m.to_string())),
+            m => Ok(Micros(m)),
+        }
+    }
+}
+
+impl fmt::Display for Micros {
+    /// Formats as a decimal amount with at least two decimals: `2.50`, `0.000001`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let units = abs / MICROS_PER_UNIT as u64;
+        let fraction = format!("{:06}", abs % MICROS_PER_UNIT as u64);
+        let fraction = fraction.trim_end_matches('0');
+        write!(f, "{sign}{units}.{fraction:0<2}")
+    }
+}
+
+impl Serialize for Micros {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Micros {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Micros::parse_decimal(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The auction currency. Every price is converted to it at the door.
+pub const AUCTION_CURRENCY: &str = "USD";
+
+/// Exchange rates to the auction currency: value of one unit of a currency in USD micros.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CurrencyRates {
+    usd_micros_per_unit: HashMap<String, i64>,
+}
+
+impl CurrencyRates {
+    pub fn new(rates: impl IntoIterator<Item = (String, i64)>) -> Self {
+        Self {
+            usd_micros_per_unit: rates.into_iter().collect(),
+        }
+    }
+
+    /// Converts `amount` in `currency` (ISO-4217; empty means USD) to USD micros.
+    pub fn to_usd(&self, amount: Micros, currency: &str) -> Result<Micros, MoneyError> {
+        if currency.is_empty() || currency.eq_ignore_ascii_case(AUCTION_CURRENCY) {
+            return Ok(amount);
+        }
+        let rate = self
+            .usd_micros_per_unit
+            .get(&currency.to_ascii_uppercase())
+            .ok_or_else(|| MoneyError::UnknownCurrency(currency.to_string()))?;
+        let usd = i128::from(amount.0) * i128::from(*rate) / i128::from(MICROS_PER_UNIT);
+        i64::try_from(usd)
+            .ok()
+            .filter(|m| *m <= MAX_MICROS)
+            .map(Micros)
+            .ok_or_else(|| MoneyError::TooLarge(amount.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_decimals_exactly() {
+        assert_eq!(Micros::parse_decimal("2").unwrap(), Micros(2_000_000));
+        assert_eq!(Micros::parse_decimal("2.5").unwrap(), Micros(2_500_000));
+        assert_eq!(Micros::parse_decimal("0.000001").unwrap(), Micros(1));
+        assert_eq!(Micros::parse_decimal("0.10").unwrap(), Micros(100_000));
+        assert!(Micros::parse_decimal("0.0000001").is_err());
+        assert!(Micros::parse_decimal("-1").is_err());
+        assert!(Micros::parse_decimal("1e3").is_err());
+        assert!(Micros::parse_decimal(".5").is_err());
+        assert!(Micros::parse_decimal("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn converts_openrtb_prices_once() {
+        assert_eq!(Micros::from_openrtb_price(0.03).unwrap(), Micros(30_000));
+        assert_eq!(Micros::from_openrtb_price(9.43).unwrap(), Micros(9_430_000));
+        assert!(Micros::from_openrtb_price(f64::NAN).is_err());
+        assert!(Micros::from_openrtb_price(-0.01).is_err());
+        assert!(Micros::from_openrtb_price(1e12).is_err());
+    }
+
+    #[test]
+    fn displays_as_decimal() {
+        assert_eq!(Micros(2_000_000).to_string(), "2.00");
+        assert_eq!(Micros(2_500_000).to_string(), "2.50");
+        assert_eq!(Micros(1).to_string(), "0.000001");
+    }
+
+    #[test]
+    fn converts_currencies_in_integers() {
+        let rates = CurrencyRates::new([("EUR".to_string(), 1_100_000)]);
+        assert_eq!(
+            rates.to_usd(Micros(2_000_000), "EUR").unwrap(),
+            Micros(2_200_000)
+        );
+        assert_eq!(
+            rates.to_usd(Micros(2_000_000), "usd").unwrap(),
+            Micros(2_000_000)
+        );
+        assert_eq!(
+            rates.to_usd(Micros(2_000_000), "").unwrap(),
+            Micros(2_000_000)
+        );
+        assert!(matches!(
+            rates.to_usd(Micros(1), "GBP"),
+            Err(MoneyError::UnknownCurrency(_))
+        ));
+    }
+}

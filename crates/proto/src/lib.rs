@@ -1,0 +1,52 @@
+//! Every Cascade contract as generated Rust code. Services and clients depend on this
+//! crate only, never on `proto/` directly; it re-exports the tonic and prost versions
+//! the code was generated for.
+
+pub use prost;
+pub use tonic;
+
+/// The encoded `FileDescriptorSet` of every contract, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cascade_descriptor.bin"));
+
+pub mod openrtb {
+    pub mod v1 {
+        tonic::include_proto!("cascade.openrtb.v1");
+    }
+}
+
+pub mod decision {
+    pub mod v1 {
+        tonic::include_proto!("cascade.decision.v1");
+    }
+}
+
+pub mod targeting {
+    pub mod v1 {
+        tonic::include_proto!("cascade.targeting.v1");
+    }
+}
+
+pub mod auction {
+    pub mod v1 {
+        tonic::include_proto!("cascade.auction.v1");
+    }
+}
+
+pub mod networkcaller {
+    pub mod v1 {
+        tonic::include_proto!("cascade.networkcaller.v1");
+    }
+}
+
+pub mod customnetwork {
+    pub mod v1 {
+        tonic::include_proto!("cascade.customnetwork.v1");
+    }
+}
+
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("cascade.admin.v1");
+    }
+}
