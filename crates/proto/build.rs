@@ -17,6 +17,22 @@ const PROTO_FILES: &[&str] = &[
     "cascade/admin/v1/admin.proto",
 ];
 
+/// OpenRTB objects that are left out of the JSON when absent, rather than sent as null.
+const OPENRTB_OPTIONAL_OBJECTS: &[&str] = &[
+    "BidRequest.site",
+    "BidRequest.app",
+    "BidRequest.device",
+    "BidRequest.user",
+    "Imp.banner",
+    "Imp.video",
+    "Imp.audio",
+    "Imp.native",
+    "Imp.pmp",
+    "Site.publisher",
+    "App.publisher",
+    "Device.geo",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build does not emit this itself.
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
@@ -28,9 +44,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file_descriptors.encode_to_vec(),
     )?;
 
-    tonic_prost_build::configure()
+    let mut builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(file_descriptors)?;
+        // The OpenRTB messages keep OpenRTB's field names, so serde turns them into the
+        // JSON that OpenRTB networks speak, with no hand-written mirror types.
+        .type_attribute(
+            ".cascade.openrtb.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        );
+    for field in OPENRTB_OPTIONAL_OBJECTS {
+        builder = builder.field_attribute(
+            format!(".cascade.openrtb.v1.{field}"),
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        );
+    }
+    builder.compile_fds(file_descriptors)?;
     Ok(())
 }

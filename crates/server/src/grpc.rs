@@ -1,0 +1,106 @@
+//! The gRPC bootstrap every service runs: its own routes plus `grpc.health.v1` and
+//! server reflection, health that follows readiness, and a bounded graceful shutdown.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::settings::GrpcSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// One service's gRPC server, built from its routes and the names of its services (the
+/// names health reports on).
+pub struct GrpcServer {
+    routes: Routes,
+    service_names: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    /// `routes` holds the service's own gRPC services; `service_names` their full names
+    /// (`NamedService::NAME`).
+    pub fn new(routes: Routes, service_names: &[&'static str]) -> Self {
+        Self {
+            routes,
+            service_names: service_names.to_vec(),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves. The caller has made the service
+    /// ready (snapshot loaded) before: health answers SERVING from the first call. On
+    /// shutdown, health turns NOT_SERVING, the server stops accepting, and in-flight
+    /// calls get `drain_timeout` to finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        settings: &GrpcSettings,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_names: Vec<&str> = self.service_names.iter().copied().chain([""]).collect();
+        for name in &health_names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // Older grpcurl builds only speak the v1alpha reflection protocol.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let routes = self
+            .routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_accepting_rx.await;
+                },
+            );
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return Ok(result?),
+            () = shutdown => {}
+        }
+
+        for name in &health_names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        let _ = stop_accepting_tx.send(());
+        match tokio::time::timeout(settings.drain_timeout(), server).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                drain_timeout_ms = settings.drain_timeout_ms,
+                "in-flight calls did not finish in time; closing them"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Binds the configured address; `listen` with port 0 picks a free port.
+pub async fn bind(settings: &GrpcSettings) -> std::io::Result<TcpListener> {
+    TcpListener::bind(settings.listen).await
+}

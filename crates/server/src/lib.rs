@@ -1,0 +1,10 @@
+//! What every Cascade service shares: settings loading, the gRPC bootstrap (health,
+//! reflection, graceful bounded shutdown), deadline handling, telemetry and clients.
+
+pub mod deadline;
+pub mod grpc;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use grpc::{GrpcServer, ServeError};

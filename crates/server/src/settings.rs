@@ -1,0 +1,59 @@
+//! Typed settings in layers: the struct's `Default`, then an optional TOML file, then
+//! `CASCADE__SECTION__KEY` environment variables. Tests build settings values directly
+//! and never touch the process environment.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+pub const ENV_PREFIX: &str = "CASCADE";
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(#[from] config::ConfigError);
+
+/// Loads `T` from its defaults, `file` (when given) and the environment.
+pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, SettingsError> {
+    let mut builder = config::Config::builder().add_source(config::Config::try_from(&T::default())?);
+    if let Some(file) = file {
+        builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+    }
+    let settings = builder
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .try_parsing(true),
+        )
+        .build()?
+        .try_deserialize()?;
+    Ok(settings)
+}
+
+/// Where and how a service's gRPC server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Address to bind; port 0 picks a free one (the bound address is printed).
+    pub listen: SocketAddr,
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            drain_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl GrpcSettings {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}

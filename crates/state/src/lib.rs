@@ -1,0 +1,69 @@
+//! The shared state of the cluster. [`Store`] is the one interface every service uses;
+//! [`MemoryStore`] is the embedded implementation (`cascade up`, tests of the services),
+//! and a Redis implementation slots in behind the same trait. Nothing outside this crate
+//! knows how state is laid out.
+
+mod memory;
+mod selection;
+mod watcher;
+
+use async_trait::async_trait;
+use cascade_core::config::{ConfigError, Configuration};
+
+pub use memory::MemoryStore;
+pub use selection::Selection;
+pub use watcher::{SnapshotCell, watch_snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid configuration: {0}")]
+    InvalidConfiguration(#[from] ConfigError),
+    #[error("configuration version is {actual}, the write expected {expected}")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("cannot read configuration file {path}: {message}")]
+    ConfigurationFile { path: String, message: String },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the services read and write. Implementations are cheap to clone behind an `Arc`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The whole configuration at its current version.
+    async fn configuration(&self) -> Result<Configuration, StateError>;
+
+    /// The current configuration version: cheap, polled by every service.
+    async fn configuration_version(&self) -> Result<u64, StateError>;
+
+    /// Replaces the whole configuration atomically after validating it, bumping the
+    /// version. With `expected_version`, fails unless the stored version equals it.
+    async fn apply_configuration(
+        &self,
+        configuration: Configuration,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StateError>;
+
+    /// Stores selections (with their TTL) in one round trip.
+    async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError>;
+
+    /// Looks selections up in one round trip; `None` for unknown or expired ids.
+    async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError>;
+}
+
+/// Reads a configuration file (TOML), replacing `${NAME}` placeholders from `vars` first.
+pub fn read_configuration_file(
+    path: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> Result<Configuration, StateError> {
+    let file_error = |message: String| StateError::ConfigurationFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    for (name, value) in vars {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    let configuration: Configuration = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    configuration.validate()?;
+    Ok(configuration)
+}

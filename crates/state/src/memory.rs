@@ -1,0 +1,171 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use cascade_core::config::Configuration;
+
+use crate::{Selection, StateError, Store};
+
+/// The embedded store: the whole state in this process's memory. Several services in
+/// one process (`cascade up`) share one instance and so see each other's writes.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    configuration: Mutex<Configuration>,
+    selections: Mutex<HashMap<String, (Selection, Instant)>>,
+}
+
+/// The memory store drops expired selections once this many are held.
+const SELECTION_SWEEP_THRESHOLD: usize = 100_000;
+
+impl MemoryStore {
+    /// A store holding `configuration` (validated) at version 1.
+    pub fn with_configuration(mut configuration: Configuration) -> Result<Self, StateError> {
+        configuration.validate()?;
+        configuration.version = 1;
+        Ok(Self {
+            configuration: Mutex::new(configuration),
+            selections: Mutex::default(),
+        })
+    }
+
+    fn lock_configuration(&self) -> std::sync::MutexGuard<'_, Configuration> {
+        // A panic while holding the lock cannot leave a half-applied configuration (it
+        // is replaced in one assignment), so a poisoned lock is still consistent.
+        self.configuration
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_selections(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Selection, Instant)>> {
+        self.selections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn configuration(&self) -> Result<Configuration, StateError> {
+        Ok(self.lock_configuration().clone())
+    }
+
+    async fn configuration_version(&self) -> Result<u64, StateError> {
+        Ok(self.lock_configuration().version)
+    }
+
+    async fn apply_configuration(
+        &self,
+        mut configuration: Configuration,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StateError> {
+        configuration.validate()?;
+        let mut current = self.lock_configuration();
+        if let Some(expected) = expected_version {
+            if expected != current.version {
+                return Err(StateError::VersionConflict {
+                    expected,
+                    actual: current.version,
+                });
+            }
+        }
+        configuration.version = current.version + 1;
+        *current = configuration;
+        Ok(current.version)
+    }
+
+    async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
+        let now = Instant::now();
+        let mut stored = self.lock_selections();
+        if stored.len() >= SELECTION_SWEEP_THRESHOLD {
+            stored.retain(|_, (_, expires_at)| *expires_at > now);
+        }
+        for selection in selections {
+            stored.insert(selection.id.clone(), (selection.clone(), now + selection.ttl));
+        }
+        Ok(())
+    }
+
+    async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {
+        let now = Instant::now();
+        let stored = self.lock_selections();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                stored
+                    .get(id)
+                    .filter(|(_, expires_at)| *expires_at > now)
+                    .map(|(selection, _)| selection.clone())
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cascade_core::config::Account;
+
+    use super::*;
+
+    fn configuration(account: &str) -> Configuration {
+        Configuration {
+            accounts: vec![Account {
+                id: account.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_bumps_the_version_and_checks_the_expected_one() {
+        let store = MemoryStore::with_configuration(configuration("a")).unwrap();
+        assert_eq!(store.configuration_version().await.unwrap(), 1);
+        assert_eq!(store.apply_configuration(configuration("b"), Some(1)).await.unwrap(), 2);
+        let conflict = store.apply_configuration(configuration("c"), Some(1)).await;
+        assert!(matches!(conflict, Err(StateError::VersionConflict { expected: 1, actual: 2 })));
+        assert_eq!(store.configuration().await.unwrap().accounts[0].id, "b");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_apply_changes_nothing() {
+        let store = MemoryStore::with_configuration(configuration("a")).unwrap();
+        let invalid = configuration("");
+        assert!(matches!(
+            store.apply_configuration(invalid, None).await,
+            Err(StateError::InvalidConfiguration(_))
+        ));
+        assert_eq!(store.configuration_version().await.unwrap(), 1);
+        assert_eq!(store.configuration().await.unwrap().accounts[0].id, "a");
+    }
+
+    #[tokio::test]
+    async fn selections_expire() {
+        let store = MemoryStore::default();
+        let selection = |id: &str, ttl| Selection {
+            id: id.into(),
+            request_id: "r".into(),
+            impid: "1".into(),
+            account_id: "a".into(),
+            source: "exchange".into(),
+            network_id: String::new(),
+            seat: "s".into(),
+            bid_id: "b".into(),
+            price_micros: 1,
+            ttl,
+        };
+        store
+            .put_selections(&[selection("keep", Duration::from_secs(60)), selection("gone", Duration::ZERO)])
+            .await
+            .unwrap();
+        let found = store
+            .get_selections(&["keep".into(), "gone".into(), "never".into()])
+            .await
+            .unwrap();
+        assert_eq!(found[0].as_ref().unwrap().id, "keep");
+        assert!(found[1].is_none());
+        assert!(found[2].is_none());
+    }
+}

@@ -1,0 +1,104 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use cascade_core::snapshot::Snapshot;
+
+use crate::Store;
+
+/// The current configuration snapshot of a service: read lock-free on every request,
+/// swapped whole when a new version is built. Empty until the first load.
+#[derive(Debug, Default)]
+pub struct SnapshotCell(ArcSwapOption<Snapshot>);
+
+impl SnapshotCell {
+    pub fn load(&self) -> Option<Arc<Snapshot>> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Some(Arc::new(snapshot)));
+    }
+
+    fn version(&self) -> Option<u64> {
+        self.0.load().as_ref().map(|s| s.version())
+    }
+}
+
+/// Keeps `cell` on the store's latest configuration: loads it now, then polls the version
+/// every `poll_interval` and rebuilds the snapshot when it changed. A store that is down
+/// or a configuration that fails to build leaves the last good snapshot in place.
+/// Returns once the first snapshot is loaded; the polling runs until `shutdown` resolves.
+pub async fn watch_snapshot(
+    store: Arc<dyn Store>,
+    cell: Arc<SnapshotCell>,
+    poll_interval: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::StateError> {
+    refresh(store.as_ref(), &cell).await?;
+    tokio::spawn(async move {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {
+                    if let Err(error) = refresh(store.as_ref(), &cell).await {
+                        tracing::warn!(%error, "configuration refresh failed; serving the last snapshot");
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::StateError> {
+    let version = store.configuration_version().await?;
+    if cell.version() == Some(version) {
+        return Ok(());
+    }
+    let configuration = store.configuration().await?;
+    let snapshot = Snapshot::build(configuration)?;
+    tracing::info!(version = snapshot.version(), "configuration snapshot loaded");
+    cell.store(snapshot);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cascade_core::config::{Account, Configuration};
+
+    use super::*;
+    use crate::MemoryStore;
+
+    #[tokio::test]
+    async fn follows_applied_versions() {
+        let account = |id: &str| Configuration {
+            accounts: vec![Account {
+                id: id.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let store = Arc::new(MemoryStore::with_configuration(account("a")).unwrap());
+        let cell = Arc::new(SnapshotCell::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        watch_snapshot(store.clone(), cell.clone(), Duration::from_millis(5), async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+        assert!(cell.load().unwrap().has_account("a"));
+
+        store.apply_configuration(account("b"), None).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cell.load().unwrap().has_account("b") {
+            assert!(tokio::time::Instant::now() < deadline, "snapshot never refreshed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(cell.load().unwrap().version(), 2);
+        let _ = stop_tx.send(());
+    }
+}
