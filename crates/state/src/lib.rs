@@ -67,3 +67,38 @@ pub fn read_configuration_file(
     configuration.validate()?;
     Ok(configuration)
 }
+
+/// Where a service's state lives.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    /// The configuration file the embedded store starts from.
+    pub configuration_file: Option<std::path::PathBuf>,
+    /// How often the configuration version is polled for changes.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            configuration_file: None,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+impl StateSettings {
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+
+    /// Opens the configured store: the embedded one, loaded from `configuration_file`
+    /// (empty without one).
+    pub fn open(&self) -> Result<std::sync::Arc<dyn Store>, StateError> {
+        let configuration = match &self.configuration_file {
+            Some(path) => read_configuration_file(path, &[])?,
+            None => Configuration::default(),
+        };
+        Ok(std::sync::Arc::new(MemoryStore::with_configuration(configuration)?))
+    }
+}

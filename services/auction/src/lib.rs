@@ -1,0 +1,163 @@
+//! auction: pure ranking. Filters each impression's candidates by ad quality and floor,
+//! ranks the rest and prices them, returning a reason for every candidate it dropped.
+//! It holds no state: everything it needs comes in the request.
+
+use cascade_core::Micros;
+use cascade_core::auction::{self, AuctionRules, Bidder, Source};
+use cascade_core::config::AuctionType as CoreAuctionType;
+use cascade_proto::auction::v1::auction_server::{Auction, AuctionServer};
+use cascade_proto::auction::v1::{
+    AuctionImp, AuctionType, Candidate, ImpRanking, RankRequest, RankResponse, RankedCandidate,
+};
+use cascade_proto::decision::v1::{DroppedCandidate, SourceKind};
+use cascade_server::settings::GrpcSettings;
+use cascade_server::{GrpcServer, ServeError};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+
+pub const MAX_IMPS: usize = 64;
+/// Most candidates one impression may carry.
+pub const MAX_CANDIDATES_PER_IMP: usize = 2_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub grpc: GrpcSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RankError {
+    #[error("imps: at most {MAX_IMPS} impressions, got {0}")]
+    TooManyImps(usize),
+    #[error("imps[{0}].candidates: at most {MAX_CANDIDATES_PER_IMP} candidates, got {1}")]
+    TooManyCandidates(usize, usize),
+    #[error("imps[{0}].floor_micros: must be between 0 and 1e12")]
+    InvalidFloor(usize),
+    #[error("imps[{0}].candidates[{1}].bid_micros: must be between 0 and 1e12")]
+    InvalidBid(usize, usize),
+    #[error("imps[{0}].candidates[{1}].source: {2:?} cannot be ranked")]
+    UnsupportedSource(usize, usize, SourceKind),
+}
+
+impl From<RankError> for Status {
+    fn from(error: RankError) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let routes = tonic::service::Routes::new(AuctionServer::new(AuctionService));
+    GrpcServer::new(routes, &[AuctionServer::<AuctionService>::NAME])
+        .serve(listener, &settings.grpc, shutdown)
+        .await
+}
+
+pub struct AuctionService;
+
+#[tonic::async_trait]
+impl Auction for AuctionService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let request = request.into_inner();
+        if request.imps.len() > MAX_IMPS {
+            return Err(RankError::TooManyImps(request.imps.len()).into());
+        }
+        let imps = request
+            .imps
+            .into_iter()
+            .enumerate()
+            .map(|(i, imp)| rank_imp(i, imp))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(RankResponse { imps }))
+    }
+}
+
+/// A wire candidate as the core auction sees it, validated.
+struct Wire<'a> {
+    candidate: &'a Candidate,
+    source: Source,
+    bid: Micros,
+}
+
+impl Bidder for Wire<'_> {
+    fn id(&self) -> &str {
+        &self.candidate.id
+    }
+    fn source(&self) -> Source {
+        self.source
+    }
+    fn bid(&self) -> Micros {
+        self.bid
+    }
+    fn adomains(&self) -> &[String] {
+        &self.candidate.adomain
+    }
+    fn categories(&self) -> &[String] {
+        &self.candidate.cat
+    }
+}
+
+fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
+    if imp.candidates.len() > MAX_CANDIDATES_PER_IMP {
+        return Err(RankError::TooManyCandidates(i, imp.candidates.len()));
+    }
+    let floor = Micros::checked(imp.floor_micros).map_err(|_| RankError::InvalidFloor(i))?;
+    let wire = imp
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(j, candidate)| {
+            let source = match candidate.source() {
+                SourceKind::Exchange => Source::Exchange,
+                SourceKind::MediatedNetwork => Source::MediatedNetwork,
+                other => return Err(RankError::UnsupportedSource(i, j, other)),
+            };
+            let bid = Micros::checked(candidate.bid_micros).map_err(|_| RankError::InvalidBid(i, j))?;
+            Ok(Wire { candidate, source, bid })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rules = AuctionRules {
+        floor,
+        auction_type: match imp.auction_type() {
+            AuctionType::SecondPrice => CoreAuctionType::SecondPrice,
+            AuctionType::FirstPrice | AuctionType::Unspecified => CoreAuctionType::FirstPrice,
+        },
+        blocked_adomains: &imp.blocked_adomains,
+        blocked_categories: &imp.blocked_categories,
+    };
+    let ranking = auction::rank(&wire, &rules);
+    let dropped = ranking
+        .dropped
+        .iter()
+        .map(|(index, reason)| {
+            let candidate = &imp.candidates[*index];
+            DroppedCandidate {
+                candidate_id: candidate.id.clone(),
+                source: candidate.source,
+                price_micros: candidate.bid_micros,
+                reason: reason.code().to_string(),
+                detail: reason.to_string(),
+            }
+        })
+        .collect();
+    let mut candidates: Vec<Option<Candidate>> = imp.candidates.into_iter().map(Some).collect();
+    let ranked = ranking
+        .ranked
+        .iter()
+        .map(|ranked| RankedCandidate {
+            candidate: candidates[ranked.index].take(),
+            clearing_price_micros: ranked.clearing_price.0,
+        })
+        .collect();
+    Ok(ImpRanking {
+        impid: imp.impid,
+        ranked,
+        dropped,
+    })
+}

@@ -1,0 +1,225 @@
+//! network-caller: talks to the outside world. `RunWaterfall` walks each impression's
+//! ranked candidates in order until one fills: an exchange bid fills by itself, a
+//! mediated bid's network is asked for an ad under its own timeout, bounded by what is
+//! left of the caller's deadline. Impressions are walked concurrently; every step is
+//! recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_core::Micros;
+use cascade_core::snapshot::Snapshot;
+use cascade_networks::{AdCall, AdOutcome, OpenRtbHttpAdapter};
+use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
+use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
+use cascade_proto::networkcaller::v1::{
+    RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
+};
+use cascade_proto::openrtb::v1::BidRequest;
+use cascade_server::deadline::Deadline;
+use cascade_server::settings::GrpcSettings;
+use cascade_server::{GrpcServer, ServeError};
+use cascade_state::{SnapshotCell, StateError, StateSettings, Store, watch_snapshot};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+
+pub const MAX_IMPS: usize = 64;
+/// Most candidates one impression's walk may hold.
+pub const MAX_CHAIN_LENGTH: usize = 2_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub grpc: GrpcSettings,
+    pub state: StateSettings,
+    /// Budget of a walk whose caller set no deadline.
+    pub default_budget_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcSettings::default(),
+            state: StateSettings::default(),
+            default_budget_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the configuration: {0}")]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WaterfallError {
+    #[error("configuration snapshot not loaded yet")]
+    NotReady,
+    #[error("imps: at most {MAX_IMPS} impressions, got {0}")]
+    TooManyImps(usize),
+    #[error("imps[{0}].ranked: at most {MAX_CHAIN_LENGTH} candidates, got {1}")]
+    ChainTooLong(usize, usize),
+    #[error("request: required")]
+    MissingRequest,
+}
+
+impl From<WaterfallError> for Status {
+    fn from(error: WaterfallError) -> Self {
+        match error {
+            WaterfallError::NotReady => Status::unavailable(error.to_string()),
+            _ => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+/// Loads the snapshot (network definitions), keeps it fresh, serves until `shutdown`.
+pub async fn serve(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let snapshot = Arc::new(SnapshotCell::default());
+    let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
+    watch_snapshot(store, snapshot.clone(), settings.state.poll_interval(), async {
+        let _ = stop_watch_rx.await;
+    })
+    .await?;
+    let service = NetworkCallerService {
+        snapshot,
+        openrtb: OpenRtbHttpAdapter::new(),
+        default_budget: Duration::from_millis(settings.default_budget_ms),
+    };
+    let routes = tonic::service::Routes::new(NetworkCallerServer::new(service));
+    GrpcServer::new(routes, &[NetworkCallerServer::<NetworkCallerService>::NAME])
+        .serve(listener, &settings.grpc, shutdown)
+        .await?;
+    let _ = stop_watch_tx.send(());
+    Ok(())
+}
+
+pub struct NetworkCallerService {
+    snapshot: Arc<SnapshotCell>,
+    openrtb: OpenRtbHttpAdapter,
+    default_budget: Duration,
+}
+
+#[tonic::async_trait]
+impl NetworkCaller for NetworkCallerService {
+    async fn run_waterfall(
+        &self,
+        request: Request<RunWaterfallRequest>,
+    ) -> Result<Response<RunWaterfallResponse>, Status> {
+        let deadline = Deadline::from_metadata(request.metadata(), self.default_budget);
+        let request = request.into_inner();
+        if request.imps.len() > MAX_IMPS {
+            return Err(WaterfallError::TooManyImps(request.imps.len()).into());
+        }
+        if let Some((i, imp)) = request
+            .imps
+            .iter()
+            .enumerate()
+            .find(|(_, imp)| imp.ranked.len() > MAX_CHAIN_LENGTH)
+        {
+            return Err(WaterfallError::ChainTooLong(i, imp.ranked.len()).into());
+        }
+        let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
+        let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
+        let walks = request
+            .imps
+            .into_iter()
+            .map(|imp| self.walk(&snapshot, &bid_request, imp, deadline));
+        let imps = futures::future::join_all(walks).await;
+        Ok(Response::new(RunWaterfallResponse { imps }))
+    }
+}
+
+impl NetworkCallerService {
+    /// Walks one impression's chain until a candidate fills or the deadline runs out.
+    async fn walk(
+        &self,
+        snapshot: &Snapshot,
+        request: &BidRequest,
+        imp: WaterfallImp,
+        deadline: Deadline,
+    ) -> WaterfallResult {
+        let mut result = WaterfallResult {
+            impid: imp.impid,
+            ..Default::default()
+        };
+        for mut ranked in imp.ranked {
+            let Some(candidate) = ranked.candidate.as_mut() else {
+                continue;
+            };
+            let mut attempt = Attempt {
+                candidate_id: candidate.id.clone(),
+                source: candidate.source,
+                network_id: candidate.network_id.clone(),
+                ..Default::default()
+            };
+            if candidate.source() != SourceKind::MediatedNetwork {
+                // Demand already in hand (an exchange bid) fills without a call.
+                attempt.outcome = AttemptOutcome::Filled as i32;
+                attempt.detail = "bid in hand, no call needed".to_string();
+                result.attempts.push(attempt);
+                result.winner = Some(ranked);
+                return result;
+            }
+            let remaining = deadline.remaining();
+            if remaining.is_zero() {
+                attempt.outcome = AttemptOutcome::Skipped as i32;
+                attempt.detail = "deadline exceeded".to_string();
+                result.attempts.push(attempt);
+                result.deadline_exceeded = true;
+                return result;
+            }
+            let Some(network) = snapshot.network(&candidate.network_id) else {
+                attempt.outcome = AttemptOutcome::Skipped as i32;
+                attempt.detail = "network is not configured".to_string();
+                result.attempts.push(attempt);
+                continue;
+            };
+            let timeout = Duration::from_millis(u64::from(network.timeout_ms)).min(remaining);
+            let call = AdCall {
+                endpoint: &network.endpoint,
+                placement_id: &candidate.placement_id,
+                floor: Micros(candidate.bid_micros),
+                request,
+                impid: &result.impid,
+                timeout,
+            };
+            let started = Instant::now();
+            let outcome = self.openrtb.request_ad(&call).await;
+            attempt.latency_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            tracing::debug!(network = %network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
+            match outcome {
+                AdOutcome::Filled(ad) => {
+                    attempt.outcome = AttemptOutcome::Filled as i32;
+                    candidate.adm = ad.adm;
+                    candidate.nurl = ad.nurl;
+                    candidate.adomain = ad.adomain;
+                    candidate.crid = ad.crid;
+                    result.attempts.push(attempt);
+                    result.winner = Some(ranked);
+                    return result;
+                }
+                AdOutcome::NoFill => attempt.outcome = AttemptOutcome::NoFill as i32,
+                AdOutcome::Timeout => {
+                    attempt.outcome = AttemptOutcome::Timeout as i32;
+                    attempt.detail = format!("no answer within {} ms", timeout.as_millis());
+                }
+                AdOutcome::Error(detail) => {
+                    attempt.outcome = AttemptOutcome::Error as i32;
+                    attempt.detail = detail;
+                }
+            }
+            result.attempts.push(attempt);
+        }
+        result
+    }
+}

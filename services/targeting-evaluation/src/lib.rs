@@ -1,0 +1,177 @@
+//! targeting-evaluation: for each impression of a publisher, the selling rule that
+//! applies (and where it was inherited from), the floor, and the eligible mediated
+//! bids, answered from the in-memory configuration snapshot with no store read.
+
+use std::sync::Arc;
+
+use cascade_core::Micros;
+use cascade_core::config::AuctionType as CoreAuctionType;
+use cascade_core::snapshot::{ImpEvaluation as CoreEvaluation, Snapshot};
+use cascade_core::targeting::{ImpressionKeys, MediaType as CoreMediaType, Size as CoreSize};
+use cascade_proto::auction::v1::AuctionType;
+use cascade_proto::decision::v1::ExcludedEntity;
+use cascade_proto::targeting::v1::targeting_evaluation_server::{
+    TargetingEvaluation, TargetingEvaluationServer,
+};
+use cascade_proto::targeting::v1::{
+    AppliedRule, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpContext,
+    ImpEvaluation, MediaType,
+};
+use cascade_server::settings::GrpcSettings;
+use cascade_server::{GrpcServer, ServeError};
+use cascade_state::{SnapshotCell, StateError, StateSettings, Store, watch_snapshot};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+
+/// Most impressions one evaluation may carry (bid-intake enforces the same on requests).
+pub const MAX_IMPS: usize = 64;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub grpc: GrpcSettings,
+    pub state: StateSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the configuration: {0}")]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EvaluateError {
+    #[error("configuration snapshot not loaded yet")]
+    NotReady,
+    #[error("imps: at most {MAX_IMPS} impressions, got {0}")]
+    TooManyImps(usize),
+    #[error("imps[{0}].request_floor_micros: must be between 0 and 1e12")]
+    InvalidFloor(usize),
+}
+
+impl From<EvaluateError> for Status {
+    fn from(error: EvaluateError) -> Self {
+        match error {
+            EvaluateError::NotReady => Status::unavailable(error.to_string()),
+            EvaluateError::TooManyImps(_) | EvaluateError::InvalidFloor(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+        }
+    }
+}
+
+/// Loads the snapshot, keeps it fresh, and serves until `shutdown` resolves.
+pub async fn serve(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let snapshot = Arc::new(SnapshotCell::default());
+    let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
+    watch_snapshot(store, snapshot.clone(), settings.state.poll_interval(), async {
+        let _ = stop_watch_rx.await;
+    })
+    .await?;
+    let service = TargetingEvaluationServer::new(TargetingService { snapshot });
+    let routes = tonic::service::Routes::new(service);
+    let server = GrpcServer::new(routes, &[TargetingEvaluationServer::<TargetingService>::NAME]);
+    server.serve(listener, &settings.grpc, shutdown).await?;
+    let _ = stop_watch_tx.send(());
+    Ok(())
+}
+
+pub struct TargetingService {
+    snapshot: Arc<SnapshotCell>,
+}
+
+#[tonic::async_trait]
+impl TargetingEvaluation for TargetingService {
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
+        let request = request.into_inner();
+        let snapshot = self.snapshot.load().ok_or(EvaluateError::NotReady)?;
+        Ok(Response::new(evaluate(&snapshot, &request)?))
+    }
+}
+
+fn evaluate(snapshot: &Snapshot, request: &EvaluateRequest) -> Result<EvaluateResponse, EvaluateError> {
+    if request.imps.len() > MAX_IMPS {
+        return Err(EvaluateError::TooManyImps(request.imps.len()));
+    }
+    let account_known = snapshot.has_account(&request.account_id);
+    let mut imps = Vec::with_capacity(request.imps.len());
+    for (i, imp) in request.imps.iter().enumerate() {
+        let floor = Micros::checked(imp.request_floor_micros)
+            .map_err(|_| EvaluateError::InvalidFloor(i))?;
+        let evaluation = snapshot.evaluate(&request.account_id, &impression_keys(imp), floor, request.debug);
+        imps.push(to_wire(&imp.impid, evaluation));
+    }
+    Ok(EvaluateResponse {
+        config_version: snapshot.version(),
+        account_known,
+        imps,
+    })
+}
+
+fn impression_keys(imp: &ImpContext) -> ImpressionKeys {
+    ImpressionKeys {
+        tagid: imp.tagid.clone(),
+        media_types: imp
+            .media_types()
+            .filter_map(|m| match m {
+                MediaType::Banner => Some(CoreMediaType::Banner),
+                MediaType::Video => Some(CoreMediaType::Video),
+                MediaType::Audio => Some(CoreMediaType::Audio),
+                MediaType::Native => Some(CoreMediaType::Native),
+                MediaType::Unspecified => None,
+            })
+            .collect(),
+        sizes: imp.sizes.iter().map(|s| CoreSize { w: s.w, h: s.h }).collect(),
+        country: imp.country.clone(),
+        devicetype: imp.devicetype,
+    }
+}
+
+fn to_wire(impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
+    ImpEvaluation {
+        impid: impid.to_string(),
+        applied_rule: evaluation.applied_rule.map(|applied| AppliedRule {
+            rule_id: applied.rule.id.clone(),
+            account_id: applied.owner_account_id.to_string(),
+            inherited: applied.inherited,
+            floor_micros: applied.floor.0,
+            auction_type: match applied.rule.auction_type {
+                CoreAuctionType::FirstPrice => AuctionType::FirstPrice,
+                CoreAuctionType::SecondPrice => AuctionType::SecondPrice,
+            } as i32,
+            blocked_adomains: applied.rule.blocked_adomains.clone(),
+            blocked_categories: applied.rule.blocked_categories.clone(),
+        }),
+        matched_rule_ids: evaluation.matched_rule_ids.iter().map(|id| id.to_string()).collect(),
+        mediated_bids: evaluation
+            .mediated_bids
+            .iter()
+            .map(|bid| EligibleMediatedBid {
+                bid_id: bid.id.clone(),
+                network_id: bid.network_id.clone(),
+                cpm_micros: bid.cpm.0,
+                placement_id: bid.placement_id.clone(),
+            })
+            .collect(),
+        excluded: evaluation
+            .excluded
+            .iter()
+            .map(|(id, exclusion)| ExcludedEntity {
+                id: id.to_string(),
+                reason: exclusion.to_string(),
+            })
+            .collect(),
+    }
+}
