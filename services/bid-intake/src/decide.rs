@@ -1,0 +1,336 @@
+//! The decision flow: normalise, evaluate targeting, rank, walk the waterfall (or hand
+//! the chain to the client), store the selections, answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_proto::auction::v1::auction_client::AuctionClient;
+use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandidate};
+use cascade_proto::decision::v1::bid_intake_server::BidIntake;
+use cascade_proto::decision::v1::{
+    ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision, NoFillReason,
+    SourceKind, Winner,
+};
+use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
+use cascade_proto::networkcaller::v1::{RunWaterfallRequest, WaterfallImp};
+use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
+use cascade_proto::targeting::v1::{EligibleMediatedBid, EvaluateRequest};
+use cascade_server::deadline::{Deadline, caller_timeout};
+use cascade_state::{Selection, SnapshotCell, Store};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::error::DecideError;
+use crate::normalize::normalize;
+
+const AUCTION_CURRENCY: &str = cascade_core::money::AUCTION_CURRENCY;
+
+pub struct DecisionService {
+    pub(crate) snapshot: Arc<SnapshotCell>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) targeting: TargetingEvaluationClient<Channel>,
+    pub(crate) auction: AuctionClient<Channel>,
+    pub(crate) network_caller: NetworkCallerClient<Channel>,
+    pub(crate) default_budget: Duration,
+    pub(crate) response_reserve: Duration,
+    pub(crate) selection_ttl: Duration,
+}
+
+#[tonic::async_trait]
+impl BidIntake for DecisionService {
+    async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+        let caller_timeout = caller_timeout(request.metadata());
+        let response = self.decide(request.into_inner(), caller_timeout).await?;
+        Ok(Response::new(response))
+    }
+}
+
+/// Where one impression stands while the decision is made.
+struct Slot {
+    decision: ImpDecision,
+    /// Set once the auction ranked its candidates and it still needs the waterfall.
+    ranked: Vec<RankedCandidate>,
+}
+
+impl DecisionService {
+    async fn decide(
+        &self,
+        request: DecideRequest,
+        caller_timeout: Option<Duration>,
+    ) -> Result<DecideResponse, DecideError> {
+        let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
+        let normalized = normalize(&request, snapshot.rates())?;
+        let budget = [caller_timeout, normalized.tmax_ms.map(Duration::from_millis)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.default_budget);
+        let deadline = Deadline::after(budget.saturating_sub(self.response_reserve));
+        let debug = request.debug;
+        let client_mode = request.mode() == ExecutionMode::Client;
+        let bid_request = request.request.unwrap_or_default();
+
+        let evaluation = self
+            .targeting
+            .clone()
+            .evaluate(deadline.request(EvaluateRequest {
+                account_id: normalized.account_id.clone(),
+                imps: normalized.imps,
+                debug,
+            }))
+            .await
+            .map_err(|status| DecideError::downstream("targeting-evaluation", status))?
+            .into_inner();
+
+        let mut slots: Vec<Slot> = Vec::with_capacity(evaluation.imps.len());
+        let mut auction_imps = Vec::new();
+        let mut auction_slots = Vec::new();
+        for (evaluated, exchange) in evaluation.imps.into_iter().zip(normalized.exchange_candidates) {
+            let mut decision = ImpDecision {
+                impid: evaluated.impid.clone(),
+                ..Default::default()
+            };
+            if debug {
+                decision.explanation = Some(Explanation {
+                    applied_rule_id: evaluated.applied_rule.as_ref().map(|r| r.rule_id.clone()).unwrap_or_default(),
+                    rule_account_id: evaluated.applied_rule.as_ref().map(|r| r.account_id.clone()).unwrap_or_default(),
+                    rule_inherited: evaluated.applied_rule.as_ref().is_some_and(|r| r.inherited),
+                    floor_micros: evaluated.applied_rule.as_ref().map_or(0, |r| r.floor_micros),
+                    matched_rule_ids: evaluated.matched_rule_ids,
+                    excluded: evaluated.excluded,
+                    budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+                    ..Default::default()
+                });
+            }
+            let applied_rule = match (evaluation.account_known, evaluated.applied_rule) {
+                (false, _) => {
+                    decision.no_fill_reason = NoFillReason::UnknownAccount as i32;
+                    None
+                }
+                (true, None) => {
+                    decision.no_fill_reason = NoFillReason::NoMatchingRule as i32;
+                    None
+                }
+                (true, Some(rule)) => Some(rule),
+            };
+            if let Some(rule) = applied_rule {
+                let mut candidates = exchange;
+                candidates.extend(evaluated.mediated_bids.into_iter().map(mediated_candidate));
+                auction_slots.push(slots.len());
+                auction_imps.push(AuctionImp {
+                    impid: evaluated.impid,
+                    floor_micros: rule.floor_micros,
+                    auction_type: rule.auction_type,
+                    blocked_adomains: merged(rule.blocked_adomains, &normalized.blocked_adomains),
+                    blocked_categories: merged(rule.blocked_categories, &normalized.blocked_categories),
+                    candidates,
+                });
+            }
+            slots.push(Slot {
+                decision,
+                ranked: Vec::new(),
+            });
+        }
+
+        if !auction_imps.is_empty() {
+            let ranking = self
+                .auction
+                .clone()
+                .rank(deadline.request(RankRequest { imps: auction_imps }))
+                .await
+                .map_err(|status| DecideError::downstream("auction", status))?
+                .into_inner();
+            for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
+                let slot = &mut slots[slot_index];
+                if let Some(explanation) = slot.decision.explanation.as_mut() {
+                    explanation.dropped = ranked_imp.dropped;
+                }
+                if ranked_imp.ranked.is_empty() {
+                    slot.decision.no_fill_reason = NoFillReason::NoEligibleDemand as i32;
+                }
+                slot.ranked = ranked_imp.ranked;
+            }
+        }
+
+        let mut selections = Vec::new();
+        if client_mode {
+            for slot in &mut slots {
+                self.hand_chain_to_client(slot, &snapshot, &bid_request.id, &normalized.account_id, &mut selections);
+            }
+        } else {
+            self.walk_waterfalls(&mut slots, &bid_request, deadline).await?;
+            for slot in &mut slots {
+                if let Some(winner) = slot.decision.winner.as_mut() {
+                    let selection = self.selection(&bid_request.id, &slot.decision.impid, &normalized.account_id, winner);
+                    winner.selection_id = selection.id.clone();
+                    selections.push(selection);
+                }
+            }
+        }
+        if !selections.is_empty() {
+            self.store.put_selections(&selections).await?;
+        }
+        Ok(DecideResponse {
+            id: bid_request.id,
+            decisions: slots.into_iter().map(|slot| slot.decision).collect(),
+            config_version: evaluation.config_version,
+        })
+    }
+
+    /// Fills every impression whose best candidate is demand in hand directly, and asks
+    /// network-caller to walk the others (one call for all, skipped when none needs it).
+    async fn walk_waterfalls(
+        &self,
+        slots: &mut [Slot],
+        bid_request: &cascade_proto::openrtb::v1::BidRequest,
+        deadline: Deadline,
+    ) -> Result<(), DecideError> {
+        let mut waterfall_imps = Vec::new();
+        let mut waterfall_slots = Vec::new();
+        for (index, slot) in slots.iter_mut().enumerate() {
+            let Some(best) = slot.ranked.first() else {
+                continue;
+            };
+            let needs_call = best
+                .candidate
+                .as_ref()
+                .is_some_and(|c| c.source() == SourceKind::MediatedNetwork);
+            if needs_call {
+                waterfall_slots.push(index);
+                waterfall_imps.push(WaterfallImp {
+                    impid: slot.decision.impid.clone(),
+                    ranked: std::mem::take(&mut slot.ranked),
+                });
+            } else {
+                let best = slot.ranked.swap_remove(0);
+                slot.decision.winner = Some(winner_from(best));
+            }
+        }
+        if waterfall_imps.is_empty() {
+            return Ok(());
+        }
+        let results = self
+            .network_caller
+            .clone()
+            .run_waterfall(deadline.request(RunWaterfallRequest {
+                request: Some(bid_request.clone()),
+                imps: waterfall_imps,
+            }))
+            .await
+            .map_err(|status| DecideError::downstream("network-caller", status))?
+            .into_inner();
+        for (index, result) in waterfall_slots.into_iter().zip(results.imps) {
+            let decision = &mut slots[index].decision;
+            if let Some(explanation) = decision.explanation.as_mut() {
+                explanation.attempts = result.attempts;
+            }
+            match result.winner {
+                Some(winner) => decision.winner = Some(winner_from(winner)),
+                None if result.deadline_exceeded => {
+                    decision.no_fill_reason = NoFillReason::DeadlineExceeded as i32;
+                }
+                None => decision.no_fill_reason = NoFillReason::WaterfallExhausted as i32,
+            }
+        }
+        Ok(())
+    }
+
+    /// CLIENT mode: the ranked chain, each node with its own selection id so the client
+    /// can report what happened at it.
+    fn hand_chain_to_client(
+        &self,
+        slot: &mut Slot,
+        snapshot: &cascade_core::snapshot::Snapshot,
+        request_id: &str,
+        account_id: &str,
+        selections: &mut Vec<Selection>,
+    ) {
+        for ranked in std::mem::take(&mut slot.ranked) {
+            let Some(candidate) = ranked.candidate else {
+                continue;
+            };
+            let mut node = ChainNode {
+                source: candidate.source,
+                timeout_ms: snapshot.network(&candidate.network_id).map_or(0, |n| n.timeout_ms),
+                network_id: candidate.network_id,
+                bid_id: candidate.bid_id,
+                placement_id: candidate.placement_id,
+                price_micros: ranked.clearing_price_micros,
+                cur: AUCTION_CURRENCY.to_string(),
+                adm: candidate.adm,
+                nurl: candidate.nurl,
+                ..Default::default()
+            };
+            let selection = Selection {
+                id: new_selection_id(),
+                request_id: request_id.to_string(),
+                impid: slot.decision.impid.clone(),
+                account_id: account_id.to_string(),
+                source: node.source().as_str_name().to_string(),
+                network_id: node.network_id.clone(),
+                seat: candidate.seat,
+                bid_id: node.bid_id.clone(),
+                price_micros: node.price_micros,
+                ttl: self.selection_ttl,
+            };
+            node.selection_id = selection.id.clone();
+            selections.push(selection);
+            slot.decision.chain.push(node);
+        }
+    }
+
+    fn selection(&self, request_id: &str, impid: &str, account_id: &str, winner: &Winner) -> Selection {
+        Selection {
+            id: new_selection_id(),
+            request_id: request_id.to_string(),
+            impid: impid.to_string(),
+            account_id: account_id.to_string(),
+            source: winner.source().as_str_name().to_string(),
+            network_id: winner.network_id.clone(),
+            seat: winner.seat.clone(),
+            bid_id: winner.bid_id.clone(),
+            price_micros: winner.price_micros,
+            ttl: self.selection_ttl,
+        }
+    }
+}
+
+fn new_selection_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn mediated_candidate(bid: EligibleMediatedBid) -> Candidate {
+    Candidate {
+        id: format!("mediated:{}", bid.bid_id),
+        source: SourceKind::MediatedNetwork as i32,
+        bid_micros: bid.cpm_micros,
+        network_id: bid.network_id,
+        placement_id: bid.placement_id,
+        bid_id: bid.bid_id,
+        ..Default::default()
+    }
+}
+
+fn winner_from(ranked: RankedCandidate) -> Winner {
+    let candidate = ranked.candidate.unwrap_or_default();
+    Winner {
+        selection_id: String::new(),
+        source: candidate.source,
+        seat: candidate.seat,
+        network_id: candidate.network_id,
+        bid_id: candidate.bid_id,
+        price_micros: ranked.clearing_price_micros,
+        cur: AUCTION_CURRENCY.to_string(),
+        adm: candidate.adm,
+        nurl: candidate.nurl,
+        adomain: candidate.adomain,
+        crid: candidate.crid,
+        dealid: candidate.dealid,
+    }
+}
+
+/// The rule's filters plus the request's own (`bcat`, `badv`).
+fn merged(mut from_rule: Vec<String>, from_request: &[String]) -> Vec<String> {
+    from_rule.extend(from_request.iter().cloned());
+    from_rule
+}

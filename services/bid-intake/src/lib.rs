@@ -1,0 +1,105 @@
+//! bid-intake: the front door. Validates and normalises each decision request, owns its
+//! deadline budget, asks targeting-evaluation, auction and network-caller in turn, stores
+//! the selections and answers the gateway.
+
+mod decide;
+mod error;
+mod normalize;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
+use cascade_server::settings::GrpcSettings;
+use cascade_server::{GrpcServer, ServeError};
+use cascade_state::{SnapshotCell, StateError, StateSettings, Store, watch_snapshot};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+
+pub use decide::DecisionService;
+pub use error::DecideError;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub grpc: GrpcSettings,
+    pub state: StateSettings,
+    pub targeting_evaluation_addr: SocketAddr,
+    pub auction_addr: SocketAddr,
+    pub network_caller_addr: SocketAddr,
+    /// Budget of a decision whose caller set neither a gRPC deadline nor `tmax`.
+    pub default_budget_ms: u64,
+    /// Kept back from the budget to build and send the response.
+    pub response_reserve_ms: u64,
+    /// How long a selection is kept for event reports and chaining.
+    pub selection_ttl_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            grpc: GrpcSettings::default(),
+            state: StateSettings::default(),
+            targeting_evaluation_addr: local(50052),
+            auction_addr: local(50053),
+            network_caller_addr: local(50054),
+            default_budget_ms: 300,
+            response_reserve_ms: 2,
+            selection_ttl_secs: 3_600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the configuration: {0}")]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("invalid address {0}: {1}")]
+    Address(SocketAddr, tonic::transport::Error),
+}
+
+/// Loads the snapshot, connects to the other services (lazily: they may start after
+/// bid-intake), and serves until `shutdown` resolves.
+pub async fn serve(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let snapshot = Arc::new(SnapshotCell::default());
+    let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
+    watch_snapshot(store.clone(), snapshot.clone(), settings.state.poll_interval(), async {
+        let _ = stop_watch_rx.await;
+    })
+    .await?;
+    let channel = |addr: SocketAddr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map(|endpoint| endpoint.tcp_nodelay(true).connect_lazy())
+            .map_err(|e| Error::Address(addr, e))
+    };
+    let service = DecisionService {
+        snapshot,
+        store,
+        targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
+            channel(settings.targeting_evaluation_addr)?,
+        ),
+        auction: cascade_proto::auction::v1::auction_client::AuctionClient::new(channel(settings.auction_addr)?),
+        network_caller: cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient::new(
+            channel(settings.network_caller_addr)?,
+        ),
+        default_budget: Duration::from_millis(settings.default_budget_ms),
+        response_reserve: Duration::from_millis(settings.response_reserve_ms),
+        selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
+    };
+    let routes = tonic::service::Routes::new(BidIntakeServer::new(service));
+    GrpcServer::new(routes, &[BidIntakeServer::<DecisionService>::NAME])
+        .serve(listener, &settings.grpc, shutdown)
+        .await?;
+    let _ = stop_watch_tx.send(());
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Validation and normalisation of a decision request: every limit, price and currency
+//! is checked here, at the door, with an error naming the field; what comes out is in
+//! integer USD micros and the internal services' terms.
+
+use std::collections::HashMap;
+
+use cascade_core::Micros;
+use cascade_core::money::CurrencyRates;
+use cascade_proto::auction::v1::Candidate;
+use cascade_proto::decision::v1::{DecideRequest, SourceKind};
+use cascade_proto::openrtb::v1::{BidRequest, Imp};
+use cascade_proto::targeting::v1::{ImpContext, MediaType, Size};
+
+use crate::error::DecideError;
+
+pub const MAX_IMPS: usize = 64;
+pub const MAX_EXCHANGE_RESPONSES: usize = 64;
+pub const MAX_EXCHANGE_BIDS: usize = 1_000;
+pub const MAX_ID_LEN: usize = 256;
+pub const MAX_BLOCKLIST_LEN: usize = 1_000;
+pub const MAX_SIZES_PER_IMP: usize = 32;
+pub const MAX_ADM_BYTES: usize = 256 * 1024;
+
+/// A request that passed validation.
+#[derive(Debug)]
+pub struct Normalized {
+    pub account_id: String,
+    pub imps: Vec<ImpContext>,
+    /// Exchange bids per impression, in the order of `imps`.
+    pub exchange_candidates: Vec<Vec<Candidate>>,
+    /// The request's `bcat` and `badv`, merged into every rule's filters.
+    pub blocked_categories: Vec<String>,
+    pub blocked_adomains: Vec<String>,
+    /// `tmax` in milliseconds, when the request set one.
+    pub tmax_ms: Option<u64>,
+}
+
+pub fn normalize(request: &DecideRequest, rates: &CurrencyRates) -> Result<Normalized, DecideError> {
+    let bid_request = request
+        .request
+        .as_ref()
+        .ok_or_else(|| DecideError::invalid("request", "required: the OpenRTB bid request"))?;
+    if !request.chained_selection_ids.is_empty() {
+        return Err(DecideError::Unimplemented {
+            field: "chained_selection_ids".into(),
+            message: "chained ad selections are not supported yet".into(),
+        });
+    }
+    check_id("request.id", &bid_request.id)?;
+    if bid_request.tmax < 0 {
+        return Err(DecideError::invalid("request.tmax", "must not be negative"));
+    }
+    check_list_len("request.bcat", bid_request.bcat.len(), MAX_BLOCKLIST_LEN)?;
+    check_list_len("request.badv", bid_request.badv.len(), MAX_BLOCKLIST_LEN)?;
+    let account_id = publisher_id(bid_request)?;
+
+    if bid_request.imp.is_empty() {
+        return Err(DecideError::invalid("request.imp", "at least one impression is required"));
+    }
+    check_list_len("request.imp", bid_request.imp.len(), MAX_IMPS)?;
+    let mut imp_index = HashMap::with_capacity(bid_request.imp.len());
+    let country = bid_request
+        .device
+        .as_ref()
+        .and_then(|d| d.geo.as_ref())
+        .map(|g| g.country.trim().to_ascii_uppercase())
+        .unwrap_or_default();
+    let devicetype = match bid_request.device.as_ref().map_or(0, |d| d.devicetype) {
+        t if t < 0 => return Err(DecideError::invalid("request.device.devicetype", "must not be negative")),
+        t => t as u32,
+    };
+    let mut imps = Vec::with_capacity(bid_request.imp.len());
+    for (i, imp) in bid_request.imp.iter().enumerate() {
+        let field = format!("request.imp[{i}]");
+        check_id(&format!("{field}.id"), &imp.id)?;
+        if imp_index.insert(imp.id.as_str(), i).is_some() {
+            return Err(DecideError::invalid(
+                format!("{field}.id"),
+                format!("duplicate impression id {:?}", imp.id),
+            ));
+        }
+        imps.push(imp_context(&field, imp, rates, &country, devicetype)?);
+    }
+
+    let exchange_candidates = exchange_candidates(request, &imp_index, rates)?;
+    Ok(Normalized {
+        account_id,
+        imps,
+        exchange_candidates,
+        blocked_categories: bid_request.bcat.clone(),
+        blocked_adomains: bid_request.badv.clone(),
+        tmax_ms: (bid_request.tmax > 0).then_some(bid_request.tmax as u64),
+    })
+}
+
+fn publisher_id(request: &BidRequest) -> Result<String, DecideError> {
+    let (field, publisher) = match (&request.site, &request.app) {
+        (Some(_), Some(_)) => {
+            return Err(DecideError::invalid("request.app", "a request has a site or an app, not both"));
+        }
+        (Some(site), None) => ("request.site.publisher.id", site.publisher.as_ref()),
+        (None, Some(app)) => ("request.app.publisher.id", app.publisher.as_ref()),
+        (None, None) => {
+            return Err(DecideError::invalid("request.site", "required: a site or an app with its publisher"));
+        }
+    };
+    let id = publisher.map(|p| p.id.as_str()).unwrap_or_default();
+    check_id(field, id)?;
+    Ok(id.to_string())
+}
+
+fn imp_context(
+    field: &str,
+    imp: &Imp,
+    rates: &CurrencyRates,
+    country: &str,
+    devicetype: u32,
+) -> Result<ImpContext, DecideError> {
+    let floor = Micros::from_openrtb_price(imp.bidfloor)
+        .map_err(|e| DecideError::invalid(format!("{field}.bidfloor"), e.to_string()))?;
+    let floor = rates
+        .to_usd(floor, &imp.bidfloorcur)
+        .map_err(|e| DecideError::invalid(format!("{field}.bidfloorcur"), e.to_string()))?;
+    if imp.tagid.len() > MAX_ID_LEN {
+        return Err(DecideError::invalid(
+            format!("{field}.tagid"),
+            format!("at most {MAX_ID_LEN} characters"),
+        ));
+    }
+    let mut media_types = Vec::new();
+    let mut sizes = Vec::new();
+    if let Some(banner) = &imp.banner {
+        media_types.push(MediaType::Banner as i32);
+        check_list_len(&format!("{field}.banner.format"), banner.format.len(), MAX_SIZES_PER_IMP)?;
+        push_size(&mut sizes, &format!("{field}.banner"), banner.w, banner.h)?;
+        for (j, format) in banner.format.iter().enumerate() {
+            push_size(&mut sizes, &format!("{field}.banner.format[{j}]"), format.w, format.h)?;
+        }
+    }
+    if let Some(video) = &imp.video {
+        media_types.push(MediaType::Video as i32);
+        push_size(&mut sizes, &format!("{field}.video"), video.w, video.h)?;
+    }
+    if imp.audio.is_some() {
+        media_types.push(MediaType::Audio as i32);
+    }
+    if imp.native.is_some() {
+        media_types.push(MediaType::Native as i32);
+    }
+    if media_types.is_empty() {
+        return Err(DecideError::invalid(
+            field,
+            "an impression needs at least one of banner, video, audio or native",
+        ));
+    }
+    Ok(ImpContext {
+        impid: imp.id.clone(),
+        tagid: imp.tagid.clone(),
+        media_types,
+        sizes,
+        country: country.to_string(),
+        devicetype,
+        request_floor_micros: floor.0,
+    })
+}
+
+fn push_size(sizes: &mut Vec<Size>, field: &str, w: i32, h: i32) -> Result<(), DecideError> {
+    if w < 0 || h < 0 {
+        return Err(DecideError::invalid(format!("{field}.w"), "sizes must not be negative"));
+    }
+    if w > 0 && h > 0 {
+        sizes.push(Size { w: w as u32, h: h as u32 });
+    }
+    Ok(())
+}
+
+fn exchange_candidates(
+    request: &DecideRequest,
+    imp_index: &HashMap<&str, usize>,
+    rates: &CurrencyRates,
+) -> Result<Vec<Vec<Candidate>>, DecideError> {
+    check_list_len("exchange_bids", request.exchange_bids.len(), MAX_EXCHANGE_RESPONSES)?;
+    let total: usize = request
+        .exchange_bids
+        .iter()
+        .flat_map(|r| &r.seatbid)
+        .map(|s| s.bid.len())
+        .sum();
+    if total > MAX_EXCHANGE_BIDS {
+        return Err(DecideError::invalid(
+            "exchange_bids",
+            format!("at most {MAX_EXCHANGE_BIDS} bids in all, got {total}"),
+        ));
+    }
+    let mut per_imp = vec![Vec::new(); imp_index.len()];
+    for (r, response) in request.exchange_bids.iter().enumerate() {
+        for (s, seatbid) in response.seatbid.iter().enumerate() {
+            for (b, bid) in seatbid.bid.iter().enumerate() {
+                let field = format!("exchange_bids[{r}].seatbid[{s}].bid[{b}]");
+                check_id(&format!("{field}.id"), &bid.id)?;
+                let Some(&imp) = imp_index.get(bid.impid.as_str()) else {
+                    return Err(DecideError::invalid(
+                        format!("{field}.impid"),
+                        format!("no impression with id {:?}", bid.impid),
+                    ));
+                };
+                let price = Micros::from_openrtb_price(bid.price)
+                    .map_err(|e| DecideError::invalid(format!("{field}.price"), e.to_string()))?;
+                let price = rates
+                    .to_usd(price, &response.cur)
+                    .map_err(|e| DecideError::invalid(format!("exchange_bids[{r}].cur"), e.to_string()))?;
+                if bid.adm.len() > MAX_ADM_BYTES {
+                    return Err(DecideError::invalid(
+                        format!("{field}.adm"),
+                        format!("at most {MAX_ADM_BYTES} bytes"),
+                    ));
+                }
+                // The field path is unique and says where the bid came from.
+                per_imp[imp].push(Candidate {
+                    id: field,
+                    source: SourceKind::Exchange as i32,
+                    bid_micros: price.0,
+                    seat: seatbid.seat.clone(),
+                    bid_id: bid.id.clone(),
+                    adomain: bid.adomain.clone(),
+                    cat: bid.cat.clone(),
+                    crid: bid.crid.clone(),
+                    adm: bid.adm.clone(),
+                    nurl: bid.nurl.clone(),
+                    dealid: bid.dealid.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(per_imp)
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), DecideError> {
+    if id.is_empty() {
+        return Err(DecideError::invalid(field, "required"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(DecideError::invalid(field, format!("at most {MAX_ID_LEN} characters")));
+    }
+    Ok(())
+}
+
+fn check_list_len(field: &str, len: usize, max: usize) -> Result<(), DecideError> {
+    if len > max {
+        return Err(DecideError::invalid(field, format!("at most {max} entries, got {len}")));
+    }
+    Ok(())
+}
