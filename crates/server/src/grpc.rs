@@ -52,15 +52,9 @@ impl GrpcServer {
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
         }
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        // Older grpcurl builds only speak the v1alpha reflection protocol.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection_builder(&self.service_names).build_v1()?;
+        // grpcurl before 1.8.8 speaks only the v1alpha reflection protocol.
+        let reflection_v1alpha = reflection_builder(&self.service_names).build_v1alpha()?;
         let routes = self
             .routes
             .add_service(health_service)
@@ -98,6 +92,18 @@ impl GrpcServer {
         }
         Ok(())
     }
+}
+
+/// Reflection listing only what this server serves, so `grpcurl list` tells the
+/// services apart.
+fn reflection_builder(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    service_names
+        .iter()
+        .fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
 /// Binds the configured address; `listen` with port 0 picks a free port.

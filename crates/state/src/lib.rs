@@ -63,7 +63,19 @@ pub fn read_configuration_file(
     for (name, value) in vars {
         text = text.replace(&format!("${{{name}}}"), value);
     }
-    let configuration: Configuration = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    parse_configuration(&text).map_err(|error| match error {
+        StateError::ConfigurationFile { message, .. } => file_error(message),
+        other => other,
+    })
+}
+
+/// Parses and validates a configuration document (TOML).
+pub fn parse_configuration(text: &str) -> Result<Configuration, StateError> {
+    let configuration: Configuration =
+        toml::from_str(text).map_err(|e| StateError::ConfigurationFile {
+            path: "<text>".to_string(),
+            message: e.to_string(),
+        })?;
     configuration.validate()?;
     Ok(configuration)
 }

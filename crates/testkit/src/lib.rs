@@ -1,0 +1,9 @@
+//! Real things for tests and the demo: fake ad networks that speak OpenRTB over HTTP,
+//! service binaries started as processes on free ports, health waits and grpcurl.
+
+pub mod fake_network;
+pub mod grpcurl;
+pub mod process;
+
+pub use fake_network::{Behaviour, FakeNetworks};
+pub use process::{ServiceProcess, wait_until_serving};

@@ -1,0 +1,116 @@
+//! Service binaries as real processes: started with a settings file on a free port (they
+//! bind port 0 and print the address they got), awaited through gRPC health, killed on
+//! drop.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// A running service binary.
+pub struct ServiceProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+    _settings: tempfile::NamedTempFile,
+}
+
+/// Where cargo put the workspace's binaries: next to the `deps` folder of the running
+/// test executable (`target/<profile>/`).
+pub fn binary_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    profile_dir.join(name)
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `settings` (TOML) and waits until it prints its address and
+    /// answers health with SERVING.
+    pub async fn start(binary: &str, settings: &str) -> std::io::Result<Self> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        file.write_all(settings.as_bytes())?;
+        let path = binary_path(binary);
+        let mut child = Command::new(&path)
+            .arg("--settings")
+            .arg(file.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.rsplit("listening on ").next().and_then(|a| a.trim().parse().ok()) {
+                    return Ok(addr);
+                }
+            }
+            Err(std::io::Error::other(format!("{binary} exited before listening")))
+        })
+        .await
+        .map_err(|_| std::io::Error::other(format!("{binary} did not start in 30 s")))??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        wait_until_serving(addr, "", Duration::from_secs(30)).await?;
+        Ok(Self {
+            name: binary.to_string(),
+            addr,
+            child,
+            _settings: file,
+        })
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        self.child.wait().await
+    }
+}
+
+/// Polls `grpc.health.v1.Health/Check` for `service` until it answers SERVING.
+pub async fn wait_until_serving(addr: SocketAddr, service: &str, within: Duration) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if health(addr, service).await == Some(ServingStatus::Serving) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(std::io::Error::other(format!("{addr} not SERVING within {within:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The health status of `service` at `addr`, or `None` when it cannot be asked.
+pub async fn health(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().status())
+}
