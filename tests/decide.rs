@@ -1,0 +1,390 @@
+//! The four service binaries as separate processes on free ports, with the demo
+//! configuration and scripted fake OpenRTB networks, driven through grpcurl and server
+//! reflection exactly as an operator would.
+//!
+//! Needs the service binaries built (`cargo build --bins`) and grpcurl on PATH:
+//! `scripts/test` does both.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cascade_testkit::{Behaviour, FakeNetworks, ServiceProcess, grpcurl};
+use serde_json::{Value, json};
+
+const DECIDE: &str = "cascade.decision.v1.BidIntake/Decide";
+
+struct Cluster {
+    networks: FakeNetworks,
+    bid_intake: ServiceProcess,
+    others: Vec<ServiceProcess>,
+    _configuration: tempfile::NamedTempFile,
+}
+
+fn workspace_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let networks = FakeNetworks::start().await.unwrap();
+        let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
+        let mut configuration = tempfile::NamedTempFile::new().unwrap();
+        configuration
+            .write_all(demo.replace("${DEMO_NETWORK}", &networks.addr().to_string()).as_bytes())
+            .unwrap();
+        let state = format!(
+            "[state]\nconfiguration_file = {:?}\n",
+            configuration.path().display().to_string()
+        );
+        let (targeting, auction, network_caller) = tokio::join!(
+            ServiceProcess::start("targeting-evaluation", &state),
+            ServiceProcess::start("auction", ""),
+            ServiceProcess::start("network-caller", &state),
+        );
+        let (targeting, auction, network_caller) = (targeting.unwrap(), auction.unwrap(), network_caller.unwrap());
+        let bid_intake_settings = format!(
+            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
+            targeting.addr, auction.addr, network_caller.addr
+        );
+        let bid_intake = ServiceProcess::start("bid-intake", &bid_intake_settings).await.unwrap();
+        Cluster {
+            networks,
+            bid_intake,
+            others: vec![targeting, auction, network_caller],
+            _configuration: configuration,
+        }
+    }
+
+    async fn decide(&self, request: &Value) -> Value {
+        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &["-max-time", "5"])
+            .await
+            .unwrap();
+        assert!(output.success, "Decide failed: {}", output.stderr);
+        output.json()
+    }
+
+    /// Decide expecting an error; returns grpcurl's error output.
+    async fn decide_error(&self, request: &Value) -> String {
+        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &[]).await.unwrap();
+        assert!(!output.success, "expected an error, got {}", output.stdout);
+        output.stderr
+    }
+}
+
+/// A 300x250 banner on foobar.com (publisher 8953, which inherits the container's rules:
+/// floor $0.50, malware.example blocked), optionally with exchange bids.
+fn banner_request(exchange_bids: Value) -> Value {
+    json!({
+        "request": {
+            "id": "req-1",
+            "imp": [{"id": "1", "tagid": "home-top", "banner": {"w": 300, "h": 250}}],
+            "site": {"domain": "www.foobar.com", "publisher": {"id": "8953"}},
+            "device": {"devicetype": 2, "geo": {"country": "DEU"}}
+        },
+        "exchange_bids": exchange_bids,
+        "debug": true
+    })
+}
+
+fn exchange_bid(price: f64, adomain: &str) -> Value {
+    json!([{
+        "cur": "USD",
+        "seatbid": [{"seat": "dsp-1", "bid": [
+            {"id": "x1", "impid": "1", "price": price, "adomain": [adomain], "adm": "<div>exchange</div>"}
+        ]}]
+    }])
+}
+
+fn winner(response: &Value) -> &Value {
+    &response["decisions"][0]["winner"]
+}
+
+fn attempt_outcomes(response: &Value) -> Vec<(String, String)> {
+    response["decisions"][0]["explanation"]["attempts"]
+        .as_array()
+        .map(|attempts| {
+            attempts
+                .iter()
+                .map(|a| {
+                    (
+                        a["candidateId"].as_str().unwrap_or_default().to_string(),
+                        a["outcome"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn dropped_reasons(response: &Value) -> Vec<(String, String)> {
+    response["decisions"][0]["explanation"]["dropped"]
+        .as_array()
+        .map(|dropped| {
+            dropped
+                .iter()
+                .map(|d| {
+                    (
+                        d["candidateId"].as_str().unwrap_or_default().to_string(),
+                        d["reason"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_service_is_serving_lists_itself_and_drains_on_sigterm() {
+    let cluster = Cluster::start().await;
+    for service in cluster.others.iter().chain([&cluster.bid_intake]) {
+        let health = grpcurl::call(service.addr, "grpc.health.v1.Health/Check", &json!({}), &[])
+            .await
+            .unwrap();
+        assert!(health.success, "{}: {}", service.name, health.stderr);
+        assert_eq!(health.json()["status"], "SERVING", "{}", service.name);
+    }
+    let listed = grpcurl::run(&["-plaintext", &cluster.bid_intake.addr.to_string(), "list"])
+        .await
+        .unwrap();
+    assert!(listed.stdout.contains("cascade.decision.v1.BidIntake"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains("cascade.auction.v1.Auction"), "{}", listed.stdout);
+    let listed = grpcurl::run(&["-plaintext", &cluster.others[1].addr.to_string(), "list"])
+        .await
+        .unwrap();
+    assert!(listed.stdout.contains("cascade.auction.v1.Auction"), "{}", listed.stdout);
+
+    let Cluster { bid_intake, .. } = cluster;
+    let status = bid_intake.terminate().await.unwrap();
+    assert!(status.success(), "bid-intake exited with {status}");
+}
+
+#[tokio::test]
+async fn the_highest_mediated_bid_wins_when_its_network_fills() {
+    let cluster = Cluster::start().await;
+    let response = cluster.decide(&banner_request(exchange_bid(1.5, "shoes.example"))).await;
+    let winner = winner(&response);
+    assert_eq!(winner["source"], "SOURCE_KIND_MEDIATED_NETWORK");
+    assert_eq!(winner["networkId"], "coolads");
+    assert_eq!(winner["bidId"], "coolads-2.00");
+    assert_eq!(winner["priceMicros"], "2000000");
+    assert!(winner["adm"].as_str().unwrap().contains("coolads ad for coolads-banner-main"));
+    assert_eq!(winner["selectionId"].as_str().unwrap().len(), 32);
+    assert_eq!(cluster.networks.calls("coolads"), 1);
+    assert_eq!(cluster.networks.calls("betaads"), 0);
+    let explanation = &response["decisions"][0]["explanation"];
+    assert_eq!(explanation["appliedRuleId"], "network-default");
+    assert_eq!(explanation["ruleAccountId"], "demo-network");
+    assert_eq!(explanation["ruleInherited"], true);
+}
+
+#[tokio::test]
+async fn when_the_winning_network_has_no_ad_the_next_candidate_wins() {
+    let cluster = Cluster::start().await;
+    cluster.networks.set("coolads", Behaviour::NoFill);
+
+    // The exchange bid at $1.50 is next in rank order: it fills without a call.
+    let response = cluster.decide(&banner_request(exchange_bid(1.5, "shoes.example"))).await;
+    assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE");
+    assert_eq!(winner(&response)["priceMicros"], "1500000");
+    assert_eq!(
+        attempt_outcomes(&response),
+        [
+            ("mediated:coolads-2.00".to_string(), "ATTEMPT_OUTCOME_NO_FILL".to_string()),
+            (
+                "exchange_bids[0].seatbid[0].bid[0]".to_string(),
+                "ATTEMPT_OUTCOME_FILLED".to_string()
+            ),
+        ]
+    );
+
+    // Without exchange demand, BetaAds at $1.20 is next; an empty seatbid is no fill too.
+    cluster.networks.set("coolads", Behaviour::EmptySeatbid);
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    assert_eq!(winner(&response)["networkId"], "betaads");
+    assert_eq!(winner(&response)["priceMicros"], "1200000");
+
+    // Nobody fills: the waterfall is exhausted.
+    cluster.networks.set("betaads", Behaviour::Error(500));
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    assert!(response["decisions"][0].get("winner").is_none());
+    assert_eq!(response["decisions"][0]["noFillReason"], "NO_FILL_REASON_WATERFALL_EXHAUSTED");
+    assert_eq!(
+        attempt_outcomes(&response)[1].1,
+        "ATTEMPT_OUTCOME_ERROR",
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn a_network_answering_after_its_timeout_loses_to_the_next_candidate() {
+    let cluster = Cluster::start().await;
+    // CoolAds' timeout is 150 ms in the demo configuration.
+    cluster.networks.set(
+        "coolads",
+        Behaviour::Slow(Duration::from_millis(1_000), Box::new(Behaviour::Fill)),
+    );
+    let mut request = banner_request(json!([]));
+    request["request"]["tmax"] = json!(800);
+    let response = cluster.decide(&request).await;
+    assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
+    let outcomes = attempt_outcomes(&response);
+    assert_eq!(outcomes[0].1, "ATTEMPT_OUTCOME_TIMEOUT");
+    assert_eq!(outcomes[1].1, "ATTEMPT_OUTCOME_FILLED");
+    let timeout_latency = response["decisions"][0]["explanation"]["attempts"][0]["latencyUs"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (150_000..800_000).contains(&timeout_latency),
+        "waited {timeout_latency} us for a network with a 150 ms timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_bid_under_the_applied_floor_never_wins() {
+    let cluster = Cluster::start().await;
+    // A US phone: both container rules match and the highest floor, $1.00, applies.
+    let mut request = banner_request(exchange_bid(0.95, "shoes.example"));
+    request["request"]["device"] = json!({"devicetype": 4, "geo": {"country": "USA"}});
+    cluster.networks.set("coolads", Behaviour::NoFill);
+    let response = cluster.decide(&request).await;
+    let explanation = &response["decisions"][0]["explanation"];
+    assert_eq!(explanation["appliedRuleId"], "network-us-mobile");
+    assert_eq!(explanation["floorMicros"], "1000000");
+    assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
+    assert_eq!(
+        dropped_reasons(&response),
+        [("exchange_bids[0].seatbid[0].bid[0]".to_string(), "below_floor".to_string())]
+    );
+
+    // The request's own floor raises it above every bid: nothing may serve.
+    request["request"]["imp"][0]["bidfloor"] = json!(2.5);
+    let response = cluster.decide(&request).await;
+    assert!(response["decisions"][0].get("winner").is_none(), "{response}");
+    assert_eq!(response["decisions"][0]["noFillReason"], "NO_FILL_REASON_NO_ELIGIBLE_DEMAND");
+    assert_eq!(dropped_reasons(&response).len(), 3);
+    assert!(dropped_reasons(&response).iter().all(|(_, reason)| reason == "below_floor"));
+}
+
+#[tokio::test]
+async fn a_blocked_advertiser_domain_never_wins() {
+    let cluster = Cluster::start().await;
+    // Blocked by the inherited rule (malware.example, subdomains included).
+    let response = cluster
+        .decide(&banner_request(exchange_bid(10.0, "ads.malware.example")))
+        .await;
+    assert_eq!(winner(&response)["networkId"], "coolads");
+    assert_eq!(
+        dropped_reasons(&response),
+        [("exchange_bids[0].seatbid[0].bid[0]".to_string(), "blocked_adomain".to_string())]
+    );
+
+    // Blocked by the request's own badv.
+    let mut request = banner_request(exchange_bid(10.0, "rival.example"));
+    request["request"]["badv"] = json!(["rival.example"]);
+    let response = cluster.decide(&request).await;
+    assert_eq!(winner(&response)["networkId"], "coolads");
+
+    // Not blocked: the $10 exchange bid wins outright and no network is called.
+    let calls_before = cluster.networks.calls("coolads");
+    let response = cluster.decide(&banner_request(exchange_bid(10.0, "rival.example"))).await;
+    assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE");
+    assert_eq!(cluster.networks.calls("coolads"), calls_before);
+}
+
+#[tokio::test]
+async fn a_malformed_request_gets_invalid_argument_naming_the_field() {
+    let cluster = Cluster::start().await;
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({}), "request: required"),
+        (
+            {
+                let mut r = banner_request(json!([]));
+                r["request"]["imp"] = json!([]);
+                r
+            },
+            "request.imp: at least one impression",
+        ),
+        (
+            {
+                let mut r = banner_request(json!([]));
+                r["request"]["imp"][0]["bidfloor"] = json!(-1);
+                r
+            },
+            "request.imp[0].bidfloor",
+        ),
+        (
+            {
+                let mut r = banner_request(json!([]));
+                r["request"]["imp"][0]["bidfloorcur"] = json!("XXX");
+                r
+            },
+            "request.imp[0].bidfloorcur: unknown currency",
+        ),
+        (
+            {
+                let mut r = banner_request(json!([]));
+                r["request"]["site"]["publisher"]["id"] = json!("");
+                r
+            },
+            "request.site.publisher.id: required",
+        ),
+        (
+            {
+                let mut bids = exchange_bid(1.0, "a.example");
+                bids[0]["seatbid"][0]["bid"][0]["impid"] = json!("nope");
+                banner_request(bids)
+            },
+            "exchange_bids[0].seatbid[0].bid[0].impid",
+        ),
+    ];
+    for (request, expected) in cases {
+        let error = cluster.decide_error(&request).await;
+        assert!(error.contains("Code: InvalidArgument"), "{expected}: {error}");
+        assert!(error.contains(expected), "expected {expected:?} in {error}");
+    }
+    // Nothing was half-done: the cluster still decides.
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    assert_eq!(winner(&response)["networkId"], "coolads");
+}
+
+#[tokio::test]
+async fn the_iab_openrtb_examples_decide_as_they_are() {
+    let cluster = Cluster::start().await;
+    let fixtures = workspace_file("../shared/fixtures/openrtb26");
+    let expectations = [
+        // (file, expected winner network or no-fill reason)
+        ("bid-request-example-1-simple-banner.json", "coolads"),
+        ("bid-request-example-2-expandable-creative.json", "coolads"),
+        ("bid-request-example-3-mobile.json", "NO_FILL_REASON_UNKNOWN_ACCOUNT"),
+        ("bid-request-example-4-video.json", "coolads"),
+        ("bid-request-example-5-pmp-with-direct-deal.json", "coolads"),
+    ];
+    for (file, expected) in expectations {
+        let text = std::fs::read_to_string(fixtures.join(file)).unwrap();
+        let bid_request: Value = serde_json::from_str(&text).unwrap();
+        let response = cluster.decide(&json!({"request": bid_request})).await;
+        let decisions = response["decisions"].as_array().unwrap();
+        assert_eq!(decisions.len(), bid_request["imp"].as_array().unwrap().len(), "{file}");
+        let outcome = decisions[0]["winner"]["networkId"]
+            .as_str()
+            .or(decisions[0]["noFillReason"].as_str())
+            .unwrap();
+        assert_eq!(outcome, expected, "{file}: {response}");
+    }
+    // Example 4 is video on Site ABCD, whose own rule sells video at a $1.50 floor in a
+    // second-price auction: its $3.00 video bid beats the container's $2.00 CoolAds bid
+    // (BetaAds' $1.20 is under the floor) and clears at that next bid.
+    let text = std::fs::read_to_string(fixtures.join("bid-request-example-4-video.json")).unwrap();
+    let mut request = json!({"request": serde_json::from_str::<Value>(&text).unwrap(), "debug": true});
+    request["request"]["tmax"] = json!(1000);
+    let response = cluster.decide(&request).await;
+    assert_eq!(winner(&response)["bidId"], "coolads-video-3.00");
+    assert_eq!(winner(&response)["priceMicros"], "2000000");
+    assert_eq!(response["decisions"][0]["explanation"]["appliedRuleId"], "siteabcd-video");
+    assert_eq!(
+        dropped_reasons(&response),
+        [("mediated:betaads-1.20".to_string(), "below_floor".to_string())]
+    );
+    assert_eq!(response["decisions"][0]["explanation"]["ruleInherited"], Value::Null);
+}
