@@ -22,7 +22,9 @@ struct Cluster {
 }
 
 fn workspace_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 impl Cluster {
@@ -31,7 +33,10 @@ impl Cluster {
         let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
         let mut configuration = tempfile::NamedTempFile::new().unwrap();
         configuration
-            .write_all(demo.replace("${DEMO_NETWORK}", &networks.addr().to_string()).as_bytes())
+            .write_all(
+                demo.replace("${DEMO_NETWORK}", &networks.addr().to_string())
+                    .as_bytes(),
+            )
             .unwrap();
         let state = format!(
             "[state]\nconfiguration_file = {:?}\n",
@@ -42,12 +47,18 @@ impl Cluster {
             ServiceProcess::start("auction", ""),
             ServiceProcess::start("network-caller", &state),
         );
-        let (targeting, auction, network_caller) = (targeting.unwrap(), auction.unwrap(), network_caller.unwrap());
+        let (targeting, auction, network_caller) = (
+            targeting.unwrap(),
+            auction.unwrap(),
+            network_caller.unwrap(),
+        );
         let bid_intake_settings = format!(
             "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
             targeting.addr, auction.addr, network_caller.addr
         );
-        let bid_intake = ServiceProcess::start("bid-intake", &bid_intake_settings).await.unwrap();
+        let bid_intake = ServiceProcess::start("bid-intake", &bid_intake_settings)
+            .await
+            .unwrap();
         Cluster {
             networks,
             bid_intake,
@@ -66,7 +77,9 @@ impl Cluster {
 
     /// Decide expecting an error; returns grpcurl's error output.
     async fn decide_error(&self, request: &Value) -> String {
-        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &[]).await.unwrap();
+        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &[])
+            .await
+            .unwrap();
         assert!(!output.success, "expected an error, got {}", output.stdout);
         output.stderr
     }
@@ -147,12 +160,24 @@ async fn every_service_is_serving_lists_itself_and_drains_on_sigterm() {
     let listed = grpcurl::run(&["-plaintext", &cluster.bid_intake.addr.to_string(), "list"])
         .await
         .unwrap();
-    assert!(listed.stdout.contains("cascade.decision.v1.BidIntake"), "{}", listed.stdout);
-    assert!(!listed.stdout.contains("cascade.auction.v1.Auction"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains("cascade.decision.v1.BidIntake"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        !listed.stdout.contains("cascade.auction.v1.Auction"),
+        "{}",
+        listed.stdout
+    );
     let listed = grpcurl::run(&["-plaintext", &cluster.others[1].addr.to_string(), "list"])
         .await
         .unwrap();
-    assert!(listed.stdout.contains("cascade.auction.v1.Auction"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains("cascade.auction.v1.Auction"),
+        "{}",
+        listed.stdout
+    );
 
     let Cluster { bid_intake, .. } = cluster;
     let status = bid_intake.terminate().await.unwrap();
@@ -162,13 +187,20 @@ async fn every_service_is_serving_lists_itself_and_drains_on_sigterm() {
 #[tokio::test]
 async fn the_highest_mediated_bid_wins_when_its_network_fills() {
     let cluster = Cluster::start().await;
-    let response = cluster.decide(&banner_request(exchange_bid(1.5, "shoes.example"))).await;
+    let response = cluster
+        .decide(&banner_request(exchange_bid(1.5, "shoes.example")))
+        .await;
     let winner = winner(&response);
     assert_eq!(winner["source"], "SOURCE_KIND_MEDIATED_NETWORK");
     assert_eq!(winner["networkId"], "coolads");
     assert_eq!(winner["bidId"], "coolads-2.00");
     assert_eq!(winner["priceMicros"], "2000000");
-    assert!(winner["adm"].as_str().unwrap().contains("coolads ad for coolads-banner-main"));
+    assert!(
+        winner["adm"]
+            .as_str()
+            .unwrap()
+            .contains("coolads ad for coolads-banner-main")
+    );
     assert_eq!(winner["selectionId"].as_str().unwrap().len(), 32);
     assert_eq!(cluster.networks.calls("coolads"), 1);
     assert_eq!(cluster.networks.calls("betaads"), 0);
@@ -184,13 +216,18 @@ async fn when_the_winning_network_has_no_ad_the_next_candidate_wins() {
     cluster.networks.set("coolads", Behaviour::NoFill);
 
     // The exchange bid at $1.50 is next in rank order: it fills without a call.
-    let response = cluster.decide(&banner_request(exchange_bid(1.5, "shoes.example"))).await;
+    let response = cluster
+        .decide(&banner_request(exchange_bid(1.5, "shoes.example")))
+        .await;
     assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE");
     assert_eq!(winner(&response)["priceMicros"], "1500000");
     assert_eq!(
         attempt_outcomes(&response),
         [
-            ("mediated:coolads-2.00".to_string(), "ATTEMPT_OUTCOME_NO_FILL".to_string()),
+            (
+                "mediated:coolads-2.00".to_string(),
+                "ATTEMPT_OUTCOME_NO_FILL".to_string()
+            ),
             (
                 "exchange_bids[0].seatbid[0].bid[0]".to_string(),
                 "ATTEMPT_OUTCOME_FILLED".to_string()
@@ -208,7 +245,10 @@ async fn when_the_winning_network_has_no_ad_the_next_candidate_wins() {
     cluster.networks.set("betaads", Behaviour::Error(500));
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert!(response["decisions"][0].get("winner").is_none());
-    assert_eq!(response["decisions"][0]["noFillReason"], "NO_FILL_REASON_WATERFALL_EXHAUSTED");
+    assert_eq!(
+        response["decisions"][0]["noFillReason"],
+        "NO_FILL_REASON_WATERFALL_EXHAUSTED"
+    );
     assert_eq!(
         attempt_outcomes(&response)[1].1,
         "ATTEMPT_OUTCOME_ERROR",
@@ -254,16 +294,29 @@ async fn a_bid_under_the_applied_floor_never_wins() {
     assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
     assert_eq!(
         dropped_reasons(&response),
-        [("exchange_bids[0].seatbid[0].bid[0]".to_string(), "below_floor".to_string())]
+        [(
+            "exchange_bids[0].seatbid[0].bid[0]".to_string(),
+            "below_floor".to_string()
+        )]
     );
 
     // The request's own floor raises it above every bid: nothing may serve.
     request["request"]["imp"][0]["bidfloor"] = json!(2.5);
     let response = cluster.decide(&request).await;
-    assert!(response["decisions"][0].get("winner").is_none(), "{response}");
-    assert_eq!(response["decisions"][0]["noFillReason"], "NO_FILL_REASON_NO_ELIGIBLE_DEMAND");
+    assert!(
+        response["decisions"][0].get("winner").is_none(),
+        "{response}"
+    );
+    assert_eq!(
+        response["decisions"][0]["noFillReason"],
+        "NO_FILL_REASON_NO_ELIGIBLE_DEMAND"
+    );
     assert_eq!(dropped_reasons(&response).len(), 3);
-    assert!(dropped_reasons(&response).iter().all(|(_, reason)| reason == "below_floor"));
+    assert!(
+        dropped_reasons(&response)
+            .iter()
+            .all(|(_, reason)| reason == "below_floor")
+    );
 }
 
 #[tokio::test]
@@ -276,7 +329,10 @@ async fn a_blocked_advertiser_domain_never_wins() {
     assert_eq!(winner(&response)["networkId"], "coolads");
     assert_eq!(
         dropped_reasons(&response),
-        [("exchange_bids[0].seatbid[0].bid[0]".to_string(), "blocked_adomain".to_string())]
+        [(
+            "exchange_bids[0].seatbid[0].bid[0]".to_string(),
+            "blocked_adomain".to_string()
+        )]
     );
 
     // Blocked by the request's own badv.
@@ -287,7 +343,9 @@ async fn a_blocked_advertiser_domain_never_wins() {
 
     // Not blocked: the $10 exchange bid wins outright and no network is called.
     let calls_before = cluster.networks.calls("coolads");
-    let response = cluster.decide(&banner_request(exchange_bid(10.0, "rival.example"))).await;
+    let response = cluster
+        .decide(&banner_request(exchange_bid(10.0, "rival.example")))
+        .await;
     assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE");
     assert_eq!(cluster.networks.calls("coolads"), calls_before);
 }
@@ -340,7 +398,10 @@ async fn a_malformed_request_gets_invalid_argument_naming_the_field() {
     ];
     for (request, expected) in cases {
         let error = cluster.decide_error(&request).await;
-        assert!(error.contains("Code: InvalidArgument"), "{expected}: {error}");
+        assert!(
+            error.contains("Code: InvalidArgument"),
+            "{expected}: {error}"
+        );
         assert!(error.contains(expected), "expected {expected:?} in {error}");
     }
     // Nothing was half-done: the cluster still decides.
@@ -356,7 +417,10 @@ async fn the_iab_openrtb_examples_decide_as_they_are() {
         // (file, expected winner network or no-fill reason)
         ("bid-request-example-1-simple-banner.json", "coolads"),
         ("bid-request-example-2-expandable-creative.json", "coolads"),
-        ("bid-request-example-3-mobile.json", "NO_FILL_REASON_UNKNOWN_ACCOUNT"),
+        (
+            "bid-request-example-3-mobile.json",
+            "NO_FILL_REASON_UNKNOWN_ACCOUNT",
+        ),
         ("bid-request-example-4-video.json", "coolads"),
         ("bid-request-example-5-pmp-with-direct-deal.json", "coolads"),
     ];
@@ -365,7 +429,11 @@ async fn the_iab_openrtb_examples_decide_as_they_are() {
         let bid_request: Value = serde_json::from_str(&text).unwrap();
         let response = cluster.decide(&json!({"request": bid_request})).await;
         let decisions = response["decisions"].as_array().unwrap();
-        assert_eq!(decisions.len(), bid_request["imp"].as_array().unwrap().len(), "{file}");
+        assert_eq!(
+            decisions.len(),
+            bid_request["imp"].as_array().unwrap().len(),
+            "{file}"
+        );
         let outcome = decisions[0]["winner"]["networkId"]
             .as_str()
             .or(decisions[0]["noFillReason"].as_str())
@@ -376,15 +444,25 @@ async fn the_iab_openrtb_examples_decide_as_they_are() {
     // second-price auction: its $3.00 video bid beats the container's $2.00 CoolAds bid
     // (BetaAds' $1.20 is under the floor) and clears at that next bid.
     let text = std::fs::read_to_string(fixtures.join("bid-request-example-4-video.json")).unwrap();
-    let mut request = json!({"request": serde_json::from_str::<Value>(&text).unwrap(), "debug": true});
+    let mut request =
+        json!({"request": serde_json::from_str::<Value>(&text).unwrap(), "debug": true});
     request["request"]["tmax"] = json!(1000);
     let response = cluster.decide(&request).await;
     assert_eq!(winner(&response)["bidId"], "coolads-video-3.00");
     assert_eq!(winner(&response)["priceMicros"], "2000000");
-    assert_eq!(response["decisions"][0]["explanation"]["appliedRuleId"], "siteabcd-video");
+    assert_eq!(
+        response["decisions"][0]["explanation"]["appliedRuleId"],
+        "siteabcd-video"
+    );
     assert_eq!(
         dropped_reasons(&response),
-        [("mediated:betaads-1.20".to_string(), "below_floor".to_string())]
+        [(
+            "mediated:betaads-1.20".to_string(),
+            "below_floor".to_string()
+        )]
     );
-    assert_eq!(response["decisions"][0]["explanation"]["ruleInherited"], Value::Null);
+    assert_eq!(
+        response["decisions"][0]["explanation"]["ruleInherited"],
+        Value::Null
+    );
 }

@@ -5,7 +5,11 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cascade", version, about = "Cascade: the SSP decisioning cluster")]
+#[command(
+    name = "cascade",
+    version,
+    about = "Cascade: the SSP decisioning cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

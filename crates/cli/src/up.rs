@@ -32,24 +32,36 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let networks = FakeNetworks::start().await.context("starting the demo ad network")?;
+    let networks = FakeNetworks::start()
+        .await
+        .context("starting the demo ad network")?;
     for spec in &args.demo_networks {
         let (name, behaviour) = spec
             .split_once('=')
             .and_then(|(name, behaviour)| Some((name, Behaviour::parse(behaviour)?)))
-            .with_context(|| format!("--demo-network {spec:?}: expected NAME=fill|no-fill|empty|error|malformed|slow"))?;
+            .with_context(|| {
+                format!(
+                    "--demo-network {spec:?}: expected NAME=fill|no-fill|empty|error|malformed|slow"
+                )
+            })?;
         networks.set(name, behaviour);
     }
     let demo_network = networks.addr().to_string();
     let configuration = match &args.configuration {
-        Some(path) => cascade_state::read_configuration_file(path, &[("DEMO_NETWORK", &demo_network)])?,
-        None => cascade_state::parse_configuration(&DEMO_CONFIGURATION.replace("${DEMO_NETWORK}", &demo_network))
-            .context("the built-in demo configuration")?,
+        Some(path) => {
+            cascade_state::read_configuration_file(path, &[("DEMO_NETWORK", &demo_network)])?
+        }
+        None => cascade_state::parse_configuration(
+            &DEMO_CONFIGURATION.replace("${DEMO_NETWORK}", &demo_network),
+        )
+        .context("the built-in demo configuration")?,
     };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::with_configuration(configuration)?);
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))
     };
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let targeting_listener = bind(any_port).await?;
@@ -80,8 +92,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let (targeting_store, targeting_shutdown) = (store.clone(), shutdown());
     services.spawn(async move {
-        cascade_targeting_evaluation::serve(targeting_settings, targeting_store, targeting_listener, targeting_shutdown)
-            .await?;
+        cascade_targeting_evaluation::serve(
+            targeting_settings,
+            targeting_store,
+            targeting_listener,
+            targeting_shutdown,
+        )
+        .await?;
         Ok(())
     });
     let auction_settings = cascade_auction::Settings { grpc: grpc.clone() };
@@ -116,15 +133,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let (bid_intake_store, bid_intake_shutdown) = (store.clone(), shutdown());
     services.spawn(async move {
-        cascade_bid_intake::serve(bid_intake_settings, bid_intake_store, bid_intake_listener, bid_intake_shutdown)
-            .await?;
+        cascade_bid_intake::serve(
+            bid_intake_settings,
+            bid_intake_store,
+            bid_intake_listener,
+            bid_intake_shutdown,
+        )
+        .await?;
         Ok(())
     });
 
-    for addr in [targeting_addr, auction_addr, network_caller_addr, bid_intake_addr] {
+    for addr in [
+        targeting_addr,
+        auction_addr,
+        network_caller_addr,
+        bid_intake_addr,
+    ] {
         cascade_testkit::wait_until_serving(addr, "", std::time::Duration::from_secs(10)).await?;
     }
-    print_banner(bid_intake_addr, targeting_addr, auction_addr, network_caller_addr, &demo_network);
+    print_banner(
+        bid_intake_addr,
+        targeting_addr,
+        auction_addr,
+        network_caller_addr,
+        &demo_network,
+    );
 
     tokio::select! {
         () = cascade_server::shutdown::signal() => {}
@@ -153,7 +186,9 @@ fn print_banner(
     demo_network: &str,
 ) {
     println!("cascade is up (embedded state, demo configuration)");
-    println!("  bid-intake            {bid_intake}   (decision API: cascade.decision.v1.BidIntake)");
+    println!(
+        "  bid-intake            {bid_intake}   (decision API: cascade.decision.v1.BidIntake)"
+    );
     println!("  targeting-evaluation  {targeting}");
     println!("  auction               {auction}");
     println!("  network-caller        {network_caller}");
@@ -161,7 +196,9 @@ fn print_banner(
     println!();
     println!("Get a decision (paste into another terminal):");
     println!();
-    println!("grpcurl -plaintext -d '{DEMO_REQUEST}' {bid_intake} cascade.decision.v1.BidIntake/Decide");
+    println!(
+        "grpcurl -plaintext -d '{DEMO_REQUEST}' {bid_intake} cascade.decision.v1.BidIntake/Decide"
+    );
     println!();
     println!("Stop with Ctrl-C.");
 }

@@ -172,13 +172,13 @@ impl Configuration {
         )?;
 
         for (i, account) in self.accounts.iter().enumerate() {
-            if let Some(parent) = &account.parent_id {
-                if !accounts.contains(parent.as_str()) {
-                    return Err(ConfigError::new(
-                        format!("accounts[{i}].parent_id"),
-                        format!("unknown account {parent:?}"),
-                    ));
-                }
+            if let Some(parent) = &account.parent_id
+                && !accounts.contains(parent.as_str())
+            {
+                return Err(ConfigError::new(
+                    format!("accounts[{i}].parent_id"),
+                    format!("unknown account {parent:?}"),
+                ));
             }
         }
         self.check_account_tree_is_acyclic()?;

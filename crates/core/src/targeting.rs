@@ -78,7 +78,7 @@ pub const MAX_TARGETING_VALUES: usize = 10_000;
 impl Targeting {
     /// The first dimension that does not match, or `None` when the impression matches.
     pub fn mismatch(&self, keys: &ImpressionKeys) -> Option<Dimension> {
-        if !self.ad_units.is_empty() && !self.ad_units.iter().any(|u| *u == keys.tagid) {
+        if !self.ad_units.is_empty() && !self.ad_units.contains(&keys.tagid) {
             return Some(Dimension::AdUnit);
         }
         if !self.media_types.is_empty()
@@ -92,7 +92,7 @@ impl Targeting {
         if !self.sizes.is_empty() && !keys.sizes.iter().any(|s| self.sizes.contains(s)) {
             return Some(Dimension::Size);
         }
-        if !self.countries.is_empty() && !self.countries.iter().any(|c| *c == keys.country) {
+        if !self.countries.is_empty() && !self.countries.contains(&keys.country) {
             return Some(Dimension::Country);
         }
         if !self.device_types.is_empty() && !self.device_types.contains(&keys.devicetype) {

@@ -126,7 +126,11 @@ fn best_ad(response: BidResponse, impid: &str) -> AdOutcome {
         .into_iter()
         .flat_map(|seat| seat.bid)
         .filter(|bid| bid.impid == impid)
-        .filter_map(|bid| Micros::from_openrtb_price(bid.price).ok().map(|price| (price, bid)))
+        .filter_map(|bid| {
+            Micros::from_openrtb_price(bid.price)
+                .ok()
+                .map(|price| (price, bid))
+        })
         .max_by_key(|(price, _)| *price);
     match best {
         None => AdOutcome::NoFill,
@@ -223,12 +227,16 @@ mod tests {
         let AdOutcome::Filled(ad) = call(&endpoint, 1_000).await else {
             panic!("expected a fill");
         };
-        assert_eq!((ad.bid_id.as_str(), ad.price, ad.adm.as_str()), ("b2", Micros(2_500_000), "<b/>"));
+        assert_eq!(
+            (ad.bid_id.as_str(), ad.price, ad.adm.as_str()),
+            ("b2", Micros(2_500_000), "<b/>")
+        );
     }
 
     #[tokio::test]
     async fn no_content_and_empty_seatbid_are_no_fill() {
-        let endpoint = serve(Router::new().route("/ad", post(|| async { StatusCode::NO_CONTENT }))).await;
+        let endpoint =
+            serve(Router::new().route("/ad", post(|| async { StatusCode::NO_CONTENT }))).await;
         assert_eq!(call(&endpoint, 1_000).await, AdOutcome::NoFill);
         let endpoint = serve(Router::new().route(
             "/ad",
@@ -251,15 +259,20 @@ mod tests {
         assert_eq!(call(&slow, 50).await, AdOutcome::Timeout);
 
         let malformed = serve(Router::new().route("/ad", post(|| async { "{not json" }))).await;
-        assert!(matches!(call(&malformed, 1_000).await, AdOutcome::Error(e) if e.contains("malformed")));
+        assert!(
+            matches!(call(&malformed, 1_000).await, AdOutcome::Error(e) if e.contains("malformed"))
+        );
 
-        let failing = serve(Router::new().route("/ad", post(|| async { StatusCode::BAD_GATEWAY }))).await;
-        assert_eq!(call(&failing, 1_000).await, AdOutcome::Error("HTTP 502".into()));
+        let failing =
+            serve(Router::new().route("/ad", post(|| async { StatusCode::BAD_GATEWAY }))).await;
+        assert_eq!(
+            call(&failing, 1_000).await,
+            AdOutcome::Error("HTTP 502".into())
+        );
 
-        let huge = serve(Router::new().route(
-            "/ad",
-            post(|| async { "x".repeat(MAX_RESPONSE_BYTES + 1) }),
-        ))
+        let huge = serve(
+            Router::new().route("/ad", post(|| async { "x".repeat(MAX_RESPONSE_BYTES + 1) })),
+        )
         .await;
         assert!(matches!(call(&huge, 1_000).await, AdOutcome::Error(e) if e.contains("over")));
 
@@ -269,6 +282,9 @@ mod tests {
             drop(listener);
             format!("http://{addr}/ad")
         };
-        assert_eq!(call(&refused, 1_000).await, AdOutcome::Error("connection failed".into()));
+        assert_eq!(
+            call(&refused, 1_000).await,
+            AdOutcome::Error("connection failed".into())
+        );
     }
 }

@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("99999u"), Some(Duration::from_micros(99_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999u"),
+            Some(Duration::from_micros(99_999))
+        );
         assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
     }
 

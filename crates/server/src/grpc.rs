@@ -96,7 +96,9 @@ impl GrpcServer {
 
 /// Reflection listing only what this server serves, so `grpcurl list` tells the
 /// services apart.
-fn reflection_builder(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+fn reflection_builder(
+    service_names: &[&'static str],
+) -> tonic_reflection::server::Builder<'static> {
     let builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -15,8 +15,11 @@ pub const ENV_PREFIX: &str = "CASCADE";
 pub struct SettingsError(#[from] config::ConfigError);
 
 /// Loads `T` from its defaults, `file` (when given) and the environment.
-pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, SettingsError> {
-    let mut builder = config::Config::builder().add_source(config::Config::try_from(&T::default())?);
+pub fn load<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+) -> Result<T, SettingsError> {
+    let mut builder =
+        config::Config::builder().add_source(config::Config::try_from(&T::default())?);
     if let Some(file) = file {
         builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
     }

@@ -111,6 +111,8 @@ impl StateSettings {
             Some(path) => read_configuration_file(path, &[])?,
             None => Configuration::default(),
         };
-        Ok(std::sync::Arc::new(MemoryStore::with_configuration(configuration)?))
+        Ok(std::sync::Arc::new(MemoryStore::with_configuration(
+            configuration,
+        )?))
     }
 }

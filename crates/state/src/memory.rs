@@ -61,13 +61,13 @@ impl Store for MemoryStore {
     ) -> Result<u64, StateError> {
         configuration.validate()?;
         let mut current = self.lock_configuration();
-        if let Some(expected) = expected_version {
-            if expected != current.version {
-                return Err(StateError::VersionConflict {
-                    expected,
-                    actual: current.version,
-                });
-            }
+        if let Some(expected) = expected_version
+            && expected != current.version
+        {
+            return Err(StateError::VersionConflict {
+                expected,
+                actual: current.version,
+            });
         }
         configuration.version = current.version + 1;
         *current = configuration;
@@ -81,7 +81,10 @@ impl Store for MemoryStore {
             stored.retain(|_, (_, expires_at)| *expires_at > now);
         }
         for selection in selections {
-            stored.insert(selection.id.clone(), (selection.clone(), now + selection.ttl));
+            stored.insert(
+                selection.id.clone(),
+                (selection.clone(), now + selection.ttl),
+            );
         }
         Ok(())
     }
@@ -123,9 +126,21 @@ mod tests {
     async fn apply_bumps_the_version_and_checks_the_expected_one() {
         let store = MemoryStore::with_configuration(configuration("a")).unwrap();
         assert_eq!(store.configuration_version().await.unwrap(), 1);
-        assert_eq!(store.apply_configuration(configuration("b"), Some(1)).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .apply_configuration(configuration("b"), Some(1))
+                .await
+                .unwrap(),
+            2
+        );
         let conflict = store.apply_configuration(configuration("c"), Some(1)).await;
-        assert!(matches!(conflict, Err(StateError::VersionConflict { expected: 1, actual: 2 })));
+        assert!(matches!(
+            conflict,
+            Err(StateError::VersionConflict {
+                expected: 1,
+                actual: 2
+            })
+        ));
         assert_eq!(store.configuration().await.unwrap().accounts[0].id, "b");
     }
 
@@ -157,7 +172,10 @@ mod tests {
             ttl,
         };
         store
-            .put_selections(&[selection("keep", Duration::from_secs(60)), selection("gone", Duration::ZERO)])
+            .put_selections(&[
+                selection("keep", Duration::from_secs(60)),
+                selection("gone", Duration::ZERO),
+            ])
             .await
             .unwrap();
         let found = store

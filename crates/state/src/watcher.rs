@@ -61,7 +61,10 @@ async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::St
     }
     let configuration = store.configuration().await?;
     let snapshot = Snapshot::build(configuration)?;
-    tracing::info!(version = snapshot.version(), "configuration snapshot loaded");
+    tracing::info!(
+        version = snapshot.version(),
+        "configuration snapshot loaded"
+    );
     cell.store(snapshot);
     Ok(())
 }
@@ -85,9 +88,14 @@ mod tests {
         let store = Arc::new(MemoryStore::with_configuration(account("a")).unwrap());
         let cell = Arc::new(SnapshotCell::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        watch_snapshot(store.clone(), cell.clone(), Duration::from_millis(5), async {
-            let _ = stop_rx.await;
-        })
+        watch_snapshot(
+            store.clone(),
+            cell.clone(),
+            Duration::from_millis(5),
+            async {
+                let _ = stop_rx.await;
+            },
+        )
         .await
         .unwrap();
         assert!(cell.load().unwrap().has_account("a"));
@@ -95,7 +103,10 @@ mod tests {
         store.apply_configuration(account("b"), None).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !cell.load().unwrap().has_account("b") {
-            assert!(tokio::time::Instant::now() < deadline, "snapshot never refreshed");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "snapshot never refreshed"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(cell.load().unwrap().version(), 2);

@@ -80,7 +80,9 @@ impl FakeNetworks {
     }
 
     pub fn set(&self, network: &str, behaviour: Behaviour) {
-        self.lock().behaviours.insert(network.to_string(), behaviour);
+        self.lock()
+            .behaviours
+            .insert(network.to_string(), behaviour);
     }
 
     /// How many bid requests `network` received.
@@ -89,7 +91,9 @@ impl FakeNetworks {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
-        self.script.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.script
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -99,9 +103,15 @@ async fn answer(
     body: axum::body::Bytes,
 ) -> Response {
     let behaviour = {
-        let mut script = script.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut script = script
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *script.calls.entry(network.clone()).or_default() += 1;
-        script.behaviours.get(&network).cloned().unwrap_or(Behaviour::Fill)
+        script
+            .behaviours
+            .get(&network)
+            .cloned()
+            .unwrap_or(Behaviour::Fill)
     };
     let request: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(request) => request,

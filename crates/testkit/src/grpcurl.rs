@@ -16,14 +16,23 @@ pub struct Output {
 impl Output {
     /// The JSON response (on success).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}): {}\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "grpcurl printed no JSON ({e}): {}\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
 /// Runs `grpcurl -plaintext [args…] -d @ ADDR METHOD` with `data` on stdin; reflection
 /// provides the schema, and OpenRTB fields we do not model are ignored.
-pub async fn call(addr: SocketAddr, method: &str, data: &serde_json::Value, args: &[&str]) -> std::io::Result<Output> {
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    data: &serde_json::Value,
+    args: &[&str],
+) -> std::io::Result<Output> {
     let mut child = tokio::process::Command::new(binary())
         .arg("-plaintext")
         .arg("-allow-unknown-fields")
@@ -36,8 +45,16 @@ pub async fn call(addr: SocketAddr, method: &str, data: &serde_json::Value, args
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run grpcurl (run scripts/test to install it): {e}")))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot run grpcurl (run scripts/test to install it): {e}"),
+            )
+        })?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdin"))?;
     stdin.write_all(data.to_string().as_bytes()).await?;
     drop(stdin);
     let output = child.wait_with_output().await?;

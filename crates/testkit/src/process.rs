@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// A running service binary.
 pub struct ServiceProcess {
@@ -49,16 +49,27 @@ impl ServiceProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot start {}: {e}", path.display()))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.rsplit("listening on ").next().and_then(|a| a.trim().parse().ok()) {
+                if let Some(addr) = line
+                    .rsplit("listening on ")
+                    .next()
+                    .and_then(|a| a.trim().parse().ok())
+                {
                     return Ok(addr);
                 }
             }
-            Err(std::io::Error::other(format!("{binary} exited before listening")))
+            Err(std::io::Error::other(format!(
+                "{binary} exited before listening"
+            )))
         })
         .await
         .map_err(|_| std::io::Error::other(format!("{binary} did not start in 30 s")))??;
@@ -85,14 +96,20 @@ impl ServiceProcess {
 }
 
 /// Polls `grpc.health.v1.Health/Check` for `service` until it answers SERVING.
-pub async fn wait_until_serving(addr: SocketAddr, service: &str, within: Duration) -> std::io::Result<()> {
+pub async fn wait_until_serving(
+    addr: SocketAddr,
+    service: &str,
+    within: Duration,
+) -> std::io::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if health(addr, service).await == Some(ServingStatus::Serving) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(std::io::Error::other(format!("{addr} not SERVING within {within:?}")));
+            return Err(std::io::Error::other(format!(
+                "{addr} not SERVING within {within:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

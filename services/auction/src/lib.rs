@@ -118,8 +118,13 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
                 SourceKind::MediatedNetwork => Source::MediatedNetwork,
                 other => return Err(RankError::UnsupportedSource(i, j, other)),
             };
-            let bid = Micros::checked(candidate.bid_micros).map_err(|_| RankError::InvalidBid(i, j))?;
-            Ok(Wire { candidate, source, bid })
+            let bid =
+                Micros::checked(candidate.bid_micros).map_err(|_| RankError::InvalidBid(i, j))?;
+            Ok(Wire {
+                candidate,
+                source,
+                bid,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rules = AuctionRules {

@@ -11,7 +11,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let settings: cascade_auction::Settings = cascade_server::settings::load(args.settings.as_deref())?;
+    let settings: cascade_auction::Settings =
+        cascade_server::settings::load(args.settings.as_deref())?;
     cascade_server::telemetry::init();
     let listener = cascade_server::grpc::bind(&settings.grpc).await?;
     println!("auction listening on {}", listener.local_addr()?);

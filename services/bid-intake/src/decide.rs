@@ -8,8 +8,8 @@ use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
 use cascade_proto::decision::v1::{
-    ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision, NoFillReason,
-    SourceKind, Winner,
+    ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision,
+    NoFillReason, SourceKind, Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
 use cascade_proto::networkcaller::v1::{RunWaterfallRequest, WaterfallImp};
@@ -38,7 +38,10 @@ pub struct DecisionService {
 
 #[tonic::async_trait]
 impl BidIntake for DecisionService {
-    async fn decide(&self, request: Request<DecideRequest>) -> Result<Response<DecideResponse>, Status> {
+    async fn decide(
+        &self,
+        request: Request<DecideRequest>,
+    ) -> Result<Response<DecideResponse>, Status> {
         let caller_timeout = caller_timeout(request.metadata());
         let response = self.decide(request.into_inner(), caller_timeout).await?;
         Ok(Response::new(response))
@@ -60,11 +63,14 @@ impl DecisionService {
     ) -> Result<DecideResponse, DecideError> {
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
         let normalized = normalize(&request, snapshot.rates())?;
-        let budget = [caller_timeout, normalized.tmax_ms.map(Duration::from_millis)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.default_budget);
+        let budget = [
+            caller_timeout,
+            normalized.tmax_ms.map(Duration::from_millis),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.default_budget);
         let deadline = Deadline::after(budget.saturating_sub(self.response_reserve));
         let debug = request.debug;
         let client_mode = request.mode() == ExecutionMode::Client;
@@ -85,17 +91,32 @@ impl DecisionService {
         let mut slots: Vec<Slot> = Vec::with_capacity(evaluation.imps.len());
         let mut auction_imps = Vec::new();
         let mut auction_slots = Vec::new();
-        for (evaluated, exchange) in evaluation.imps.into_iter().zip(normalized.exchange_candidates) {
+        for (evaluated, exchange) in evaluation
+            .imps
+            .into_iter()
+            .zip(normalized.exchange_candidates)
+        {
             let mut decision = ImpDecision {
                 impid: evaluated.impid.clone(),
                 ..Default::default()
             };
             if debug {
                 decision.explanation = Some(Explanation {
-                    applied_rule_id: evaluated.applied_rule.as_ref().map(|r| r.rule_id.clone()).unwrap_or_default(),
-                    rule_account_id: evaluated.applied_rule.as_ref().map(|r| r.account_id.clone()).unwrap_or_default(),
+                    applied_rule_id: evaluated
+                        .applied_rule
+                        .as_ref()
+                        .map(|r| r.rule_id.clone())
+                        .unwrap_or_default(),
+                    rule_account_id: evaluated
+                        .applied_rule
+                        .as_ref()
+                        .map(|r| r.account_id.clone())
+                        .unwrap_or_default(),
                     rule_inherited: evaluated.applied_rule.as_ref().is_some_and(|r| r.inherited),
-                    floor_micros: evaluated.applied_rule.as_ref().map_or(0, |r| r.floor_micros),
+                    floor_micros: evaluated
+                        .applied_rule
+                        .as_ref()
+                        .map_or(0, |r| r.floor_micros),
                     matched_rule_ids: evaluated.matched_rule_ids,
                     excluded: evaluated.excluded,
                     budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
@@ -122,7 +143,10 @@ impl DecisionService {
                     floor_micros: rule.floor_micros,
                     auction_type: rule.auction_type,
                     blocked_adomains: merged(rule.blocked_adomains, &normalized.blocked_adomains),
-                    blocked_categories: merged(rule.blocked_categories, &normalized.blocked_categories),
+                    blocked_categories: merged(
+                        rule.blocked_categories,
+                        &normalized.blocked_categories,
+                    ),
                     candidates,
                 });
             }
@@ -155,13 +179,25 @@ impl DecisionService {
         let mut selections = Vec::new();
         if client_mode {
             for slot in &mut slots {
-                self.hand_chain_to_client(slot, &snapshot, &bid_request.id, &normalized.account_id, &mut selections);
+                self.hand_chain_to_client(
+                    slot,
+                    &snapshot,
+                    &bid_request.id,
+                    &normalized.account_id,
+                    &mut selections,
+                );
             }
         } else {
-            self.walk_waterfalls(&mut slots, &bid_request, deadline).await?;
+            self.walk_waterfalls(&mut slots, &bid_request, deadline)
+                .await?;
             for slot in &mut slots {
                 if let Some(winner) = slot.decision.winner.as_mut() {
-                    let selection = self.selection(&bid_request.id, &slot.decision.impid, &normalized.account_id, winner);
+                    let selection = self.selection(
+                        &bid_request.id,
+                        &slot.decision.impid,
+                        &normalized.account_id,
+                        winner,
+                    );
                     winner.selection_id = selection.id.clone();
                     selections.push(selection);
                 }
@@ -251,7 +287,9 @@ impl DecisionService {
             };
             let mut node = ChainNode {
                 source: candidate.source,
-                timeout_ms: snapshot.network(&candidate.network_id).map_or(0, |n| n.timeout_ms),
+                timeout_ms: snapshot
+                    .network(&candidate.network_id)
+                    .map_or(0, |n| n.timeout_ms),
                 network_id: candidate.network_id,
                 bid_id: candidate.bid_id,
                 placement_id: candidate.placement_id,
@@ -279,7 +317,13 @@ impl DecisionService {
         }
     }
 
-    fn selection(&self, request_id: &str, impid: &str, account_id: &str, winner: &Winner) -> Selection {
+    fn selection(
+        &self,
+        request_id: &str,
+        impid: &str,
+        account_id: &str,
+        winner: &Winner,
+    ) -> Selection {
         Selection {
             id: new_selection_id(),
             request_id: request_id.to_string(),

@@ -73,9 +73,14 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let snapshot = Arc::new(SnapshotCell::default());
     let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
-    watch_snapshot(store.clone(), snapshot.clone(), settings.state.poll_interval(), async {
-        let _ = stop_watch_rx.await;
-    })
+    watch_snapshot(
+        store.clone(),
+        snapshot.clone(),
+        settings.state.poll_interval(),
+        async {
+            let _ = stop_watch_rx.await;
+        },
+    )
     .await?;
     let channel = |addr: SocketAddr| {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -35,7 +35,10 @@ pub struct Normalized {
     pub tmax_ms: Option<u64>,
 }
 
-pub fn normalize(request: &DecideRequest, rates: &CurrencyRates) -> Result<Normalized, DecideError> {
+pub fn normalize(
+    request: &DecideRequest,
+    rates: &CurrencyRates,
+) -> Result<Normalized, DecideError> {
     let bid_request = request
         .request
         .as_ref()
@@ -55,7 +58,10 @@ pub fn normalize(request: &DecideRequest, rates: &CurrencyRates) -> Result<Norma
     let account_id = publisher_id(bid_request)?;
 
     if bid_request.imp.is_empty() {
-        return Err(DecideError::invalid("request.imp", "at least one impression is required"));
+        return Err(DecideError::invalid(
+            "request.imp",
+            "at least one impression is required",
+        ));
     }
     check_list_len("request.imp", bid_request.imp.len(), MAX_IMPS)?;
     let mut imp_index = HashMap::with_capacity(bid_request.imp.len());
@@ -66,7 +72,12 @@ pub fn normalize(request: &DecideRequest, rates: &CurrencyRates) -> Result<Norma
         .map(|g| g.country.trim().to_ascii_uppercase())
         .unwrap_or_default();
     let devicetype = match bid_request.device.as_ref().map_or(0, |d| d.devicetype) {
-        t if t < 0 => return Err(DecideError::invalid("request.device.devicetype", "must not be negative")),
+        t if t < 0 => {
+            return Err(DecideError::invalid(
+                "request.device.devicetype",
+                "must not be negative",
+            ));
+        }
         t => t as u32,
     };
     let mut imps = Vec::with_capacity(bid_request.imp.len());
@@ -96,12 +107,18 @@ pub fn normalize(request: &DecideRequest, rates: &CurrencyRates) -> Result<Norma
 fn publisher_id(request: &BidRequest) -> Result<String, DecideError> {
     let (field, publisher) = match (&request.site, &request.app) {
         (Some(_), Some(_)) => {
-            return Err(DecideError::invalid("request.app", "a request has a site or an app, not both"));
+            return Err(DecideError::invalid(
+                "request.app",
+                "a request has a site or an app, not both",
+            ));
         }
         (Some(site), None) => ("request.site.publisher.id", site.publisher.as_ref()),
         (None, Some(app)) => ("request.app.publisher.id", app.publisher.as_ref()),
         (None, None) => {
-            return Err(DecideError::invalid("request.site", "required: a site or an app with its publisher"));
+            return Err(DecideError::invalid(
+                "request.site",
+                "required: a site or an app with its publisher",
+            ));
         }
     };
     let id = publisher.map(|p| p.id.as_str()).unwrap_or_default();
@@ -131,10 +148,19 @@ fn imp_context(
     let mut sizes = Vec::new();
     if let Some(banner) = &imp.banner {
         media_types.push(MediaType::Banner as i32);
-        check_list_len(&format!("{field}.banner.format"), banner.format.len(), MAX_SIZES_PER_IMP)?;
+        check_list_len(
+            &format!("{field}.banner.format"),
+            banner.format.len(),
+            MAX_SIZES_PER_IMP,
+        )?;
         push_size(&mut sizes, &format!("{field}.banner"), banner.w, banner.h)?;
         for (j, format) in banner.format.iter().enumerate() {
-            push_size(&mut sizes, &format!("{field}.banner.format[{j}]"), format.w, format.h)?;
+            push_size(
+                &mut sizes,
+                &format!("{field}.banner.format[{j}]"),
+                format.w,
+                format.h,
+            )?;
         }
     }
     if let Some(video) = &imp.video {
@@ -166,10 +192,16 @@ fn imp_context(
 
 fn push_size(sizes: &mut Vec<Size>, field: &str, w: i32, h: i32) -> Result<(), DecideError> {
     if w < 0 || h < 0 {
-        return Err(DecideError::invalid(format!("{field}.w"), "sizes must not be negative"));
+        return Err(DecideError::invalid(
+            format!("{field}.w"),
+            "sizes must not be negative",
+        ));
     }
     if w > 0 && h > 0 {
-        sizes.push(Size { w: w as u32, h: h as u32 });
+        sizes.push(Size {
+            w: w as u32,
+            h: h as u32,
+        });
     }
     Ok(())
 }
@@ -179,7 +211,11 @@ fn exchange_candidates(
     imp_index: &HashMap<&str, usize>,
     rates: &CurrencyRates,
 ) -> Result<Vec<Vec<Candidate>>, DecideError> {
-    check_list_len("exchange_bids", request.exchange_bids.len(), MAX_EXCHANGE_RESPONSES)?;
+    check_list_len(
+        "exchange_bids",
+        request.exchange_bids.len(),
+        MAX_EXCHANGE_RESPONSES,
+    )?;
     let total: usize = request
         .exchange_bids
         .iter()
@@ -206,9 +242,9 @@ fn exchange_candidates(
                 };
                 let price = Micros::from_openrtb_price(bid.price)
                     .map_err(|e| DecideError::invalid(format!("{field}.price"), e.to_string()))?;
-                let price = rates
-                    .to_usd(price, &response.cur)
-                    .map_err(|e| DecideError::invalid(format!("exchange_bids[{r}].cur"), e.to_string()))?;
+                let price = rates.to_usd(price, &response.cur).map_err(|e| {
+                    DecideError::invalid(format!("exchange_bids[{r}].cur"), e.to_string())
+                })?;
                 if bid.adm.len() > MAX_ADM_BYTES {
                     return Err(DecideError::invalid(
                         format!("{field}.adm"),
@@ -241,14 +277,20 @@ fn check_id(field: &str, id: &str) -> Result<(), DecideError> {
         return Err(DecideError::invalid(field, "required"));
     }
     if id.len() > MAX_ID_LEN {
-        return Err(DecideError::invalid(field, format!("at most {MAX_ID_LEN} characters")));
+        return Err(DecideError::invalid(
+            field,
+            format!("at most {MAX_ID_LEN} characters"),
+        ));
     }
     Ok(())
 }
 
 fn check_list_len(field: &str, len: usize, max: usize) -> Result<(), DecideError> {
     if len > max {
-        return Err(DecideError::invalid(field, format!("at most {max} entries, got {len}")));
+        return Err(DecideError::invalid(
+            field,
+            format!("at most {max} entries, got {len}"),
+        ));
     }
     Ok(())
 }

@@ -11,11 +11,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let settings: cascade_network_caller::Settings = cascade_server::settings::load(args.settings.as_deref())?;
+    let settings: cascade_network_caller::Settings =
+        cascade_server::settings::load(args.settings.as_deref())?;
     cascade_server::telemetry::init();
     let store = settings.state.open()?;
     let listener = cascade_server::grpc::bind(&settings.grpc).await?;
     println!("network-caller listening on {}", listener.local_addr()?);
-    cascade_network_caller::serve(settings, store, listener, cascade_server::shutdown::signal()).await?;
+    cascade_network_caller::serve(
+        settings,
+        store,
+        listener,
+        cascade_server::shutdown::signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -14,8 +14,8 @@ use cascade_proto::targeting::v1::targeting_evaluation_server::{
     TargetingEvaluation, TargetingEvaluationServer,
 };
 use cascade_proto::targeting::v1::{
-    AppliedRule, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpContext,
-    ImpEvaluation, MediaType,
+    AppliedRule, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpContext, ImpEvaluation,
+    MediaType,
 };
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
@@ -73,13 +73,21 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let snapshot = Arc::new(SnapshotCell::default());
     let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
-    watch_snapshot(store, snapshot.clone(), settings.state.poll_interval(), async {
-        let _ = stop_watch_rx.await;
-    })
+    watch_snapshot(
+        store,
+        snapshot.clone(),
+        settings.state.poll_interval(),
+        async {
+            let _ = stop_watch_rx.await;
+        },
+    )
     .await?;
     let service = TargetingEvaluationServer::new(TargetingService { snapshot });
     let routes = tonic::service::Routes::new(service);
-    let server = GrpcServer::new(routes, &[TargetingEvaluationServer::<TargetingService>::NAME]);
+    let server = GrpcServer::new(
+        routes,
+        &[TargetingEvaluationServer::<TargetingService>::NAME],
+    );
     server.serve(listener, &settings.grpc, shutdown).await?;
     let _ = stop_watch_tx.send(());
     Ok(())
@@ -101,7 +109,10 @@ impl TargetingEvaluation for TargetingService {
     }
 }
 
-fn evaluate(snapshot: &Snapshot, request: &EvaluateRequest) -> Result<EvaluateResponse, EvaluateError> {
+fn evaluate(
+    snapshot: &Snapshot,
+    request: &EvaluateRequest,
+) -> Result<EvaluateResponse, EvaluateError> {
     if request.imps.len() > MAX_IMPS {
         return Err(EvaluateError::TooManyImps(request.imps.len()));
     }
@@ -110,7 +121,12 @@ fn evaluate(snapshot: &Snapshot, request: &EvaluateRequest) -> Result<EvaluateRe
     for (i, imp) in request.imps.iter().enumerate() {
         let floor = Micros::checked(imp.request_floor_micros)
             .map_err(|_| EvaluateError::InvalidFloor(i))?;
-        let evaluation = snapshot.evaluate(&request.account_id, &impression_keys(imp), floor, request.debug);
+        let evaluation = snapshot.evaluate(
+            &request.account_id,
+            &impression_keys(imp),
+            floor,
+            request.debug,
+        );
         imps.push(to_wire(&imp.impid, evaluation));
     }
     Ok(EvaluateResponse {
@@ -133,7 +149,11 @@ fn impression_keys(imp: &ImpContext) -> ImpressionKeys {
                 MediaType::Unspecified => None,
             })
             .collect(),
-        sizes: imp.sizes.iter().map(|s| CoreSize { w: s.w, h: s.h }).collect(),
+        sizes: imp
+            .sizes
+            .iter()
+            .map(|s| CoreSize { w: s.w, h: s.h })
+            .collect(),
         country: imp.country.clone(),
         devicetype: imp.devicetype,
     }
@@ -154,7 +174,11 @@ fn to_wire(impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
             blocked_adomains: applied.rule.blocked_adomains.clone(),
             blocked_categories: applied.rule.blocked_categories.clone(),
         }),
-        matched_rule_ids: evaluation.matched_rule_ids.iter().map(|id| id.to_string()).collect(),
+        matched_rule_ids: evaluation
+            .matched_rule_ids
+            .iter()
+            .map(|id| id.to_string())
+            .collect(),
         mediated_bids: evaluation
             .mediated_bids
             .iter()

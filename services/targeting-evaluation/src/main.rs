@@ -16,7 +16,16 @@ async fn main() -> anyhow::Result<()> {
     cascade_server::telemetry::init();
     let store = settings.state.open()?;
     let listener = cascade_server::grpc::bind(&settings.grpc).await?;
-    println!("targeting-evaluation listening on {}", listener.local_addr()?);
-    cascade_targeting_evaluation::serve(settings, store, listener, cascade_server::shutdown::signal()).await?;
+    println!(
+        "targeting-evaluation listening on {}",
+        listener.local_addr()?
+    );
+    cascade_targeting_evaluation::serve(
+        settings,
+        store,
+        listener,
+        cascade_server::shutdown::signal(),
+    )
+    .await?;
     Ok(())
 }
