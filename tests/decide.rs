@@ -466,3 +466,44 @@ async fn the_iab_openrtb_examples_decide_as_they_are() {
         Value::Null
     );
 }
+
+#[tokio::test]
+async fn client_mode_returns_the_ranked_chain_without_calling_networks() {
+    let cluster = Cluster::start().await;
+    let mut request = banner_request(exchange_bid(1.5, "shoes.example"));
+    request["mode"] = json!("EXECUTION_MODE_CLIENT");
+    let response = cluster.decide(&request).await;
+    let chain = response["decisions"][0]["chain"].as_array().unwrap();
+    let nodes: Vec<(&str, &str, u64)> = chain
+        .iter()
+        .map(|node| {
+            (
+                node["bidId"].as_str().unwrap(),
+                node["priceMicros"].as_str().unwrap(),
+                node["timeoutMs"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("coolads-2.00", "2000000", 150),
+            ("x1", "1500000", 0),
+            ("betaads-1.20", "1200000", 150)
+        ]
+    );
+    let selection_ids: std::collections::HashSet<_> = chain
+        .iter()
+        .map(|node| node["selectionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        selection_ids.len(),
+        3,
+        "every node has its own selection id"
+    );
+    assert!(response["decisions"][0].get("winner").is_none());
+    assert_eq!(
+        cluster.networks.calls("coolads") + cluster.networks.calls("betaads"),
+        0
+    );
+}

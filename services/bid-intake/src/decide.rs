@@ -32,6 +32,7 @@ pub struct DecisionService {
     pub(crate) auction: AuctionClient<Channel>,
     pub(crate) network_caller: NetworkCallerClient<Channel>,
     pub(crate) default_budget: Duration,
+    pub(crate) max_budget: Duration,
     pub(crate) response_reserve: Duration,
     pub(crate) selection_ttl: Duration,
 }
@@ -70,7 +71,8 @@ impl DecisionService {
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(self.default_budget);
+        .unwrap_or(self.default_budget)
+        .min(self.max_budget);
         let deadline = Deadline::after(budget.saturating_sub(self.response_reserve));
         let debug = request.debug;
         let client_mode = request.mode() == ExecutionMode::Client;

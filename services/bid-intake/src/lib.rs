@@ -31,6 +31,8 @@ pub struct Settings {
     pub network_caller_addr: SocketAddr,
     /// Budget of a decision whose caller set neither a gRPC deadline nor `tmax`.
     pub default_budget_ms: u64,
+    /// Upper bound on any decision's budget, whatever the caller asks for.
+    pub max_budget_ms: u64,
     /// Kept back from the budget to build and send the response.
     pub response_reserve_ms: u64,
     /// How long a selection is kept for event reports and chaining.
@@ -47,6 +49,7 @@ impl Default for Settings {
             auction_addr: local(50053),
             network_caller_addr: local(50054),
             default_budget_ms: 300,
+            max_budget_ms: 5_000,
             response_reserve_ms: 2,
             selection_ttl_secs: 3_600,
         }
@@ -98,6 +101,7 @@ pub async fn serve(
             channel(settings.network_caller_addr)?,
         ),
         default_budget: Duration::from_millis(settings.default_budget_ms),
+        max_budget: Duration::from_millis(settings.max_budget_ms),
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
     };

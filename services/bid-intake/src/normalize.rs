@@ -294,3 +294,153 @@ fn check_list_len(field: &str, len: usize, max: usize) -> Result<(), DecideError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use cascade_proto::openrtb::v1::{Banner, Bid, BidResponse, Publisher, SeatBid, Site};
+
+    use super::*;
+
+    fn rates() -> CurrencyRates {
+        CurrencyRates::new([("EUR".to_string(), 1_100_000)])
+    }
+
+    fn request() -> DecideRequest {
+        DecideRequest {
+            request: Some(BidRequest {
+                id: "r".into(),
+                imp: vec![Imp {
+                    id: "1".into(),
+                    bidfloor: 0.5,
+                    bidfloorcur: "EUR".into(),
+                    banner: Some(Banner {
+                        w: 300,
+                        h: 250,
+                        format: vec![cascade_proto::openrtb::v1::Format { w: 320, h: 50 }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                site: Some(Site {
+                    publisher: Some(Publisher {
+                        id: "pub".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            exchange_bids: vec![BidResponse {
+                cur: "EUR".into(),
+                seatbid: vec![SeatBid {
+                    seat: "s".into(),
+                    bid: vec![Bid {
+                        id: "b".into(),
+                        impid: "1".into(),
+                        price: 2.0,
+                        ..Default::default()
+                    }],
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn field_of(error: DecideError) -> String {
+        match error {
+            DecideError::InvalidArgument { field, .. } => field,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn converts_prices_to_usd_micros_and_collects_targeting_keys() {
+        let normalized = normalize(&request(), &rates()).unwrap();
+        assert_eq!(normalized.account_id, "pub");
+        let imp = &normalized.imps[0];
+        assert_eq!(imp.request_floor_micros, 550_000);
+        assert_eq!(imp.media_types, [MediaType::Banner as i32]);
+        assert_eq!(imp.sizes, [Size { w: 300, h: 250 }, Size { w: 320, h: 50 }]);
+        let bid = &normalized.exchange_candidates[0][0];
+        assert_eq!(bid.bid_micros, 2_200_000);
+        assert_eq!(bid.id, "exchange_bids[0].seatbid[0].bid[0]");
+    }
+
+    /// Breaks one thing in a valid request.
+    type Breakage = fn(&mut DecideRequest);
+
+    #[test]
+    fn names_the_offending_field() {
+        let cases: Vec<(Breakage, &str)> = vec![
+            (|r| r.request = None, "request"),
+            (|r| r.request.as_mut().unwrap().id.clear(), "request.id"),
+            (|r| r.request.as_mut().unwrap().tmax = -1, "request.tmax"),
+            (|r| r.request.as_mut().unwrap().site = None, "request.site"),
+            (
+                |r| r.request.as_mut().unwrap().imp[0].bidfloor = f64::NAN,
+                "request.imp[0].bidfloor",
+            ),
+            (
+                |r| r.request.as_mut().unwrap().imp[0].bidfloorcur = "JPY".into(),
+                "request.imp[0].bidfloorcur",
+            ),
+            (
+                |r| r.request.as_mut().unwrap().imp[0].banner = None,
+                "request.imp[0]",
+            ),
+            (
+                |r| {
+                    r.request.as_mut().unwrap().imp[0]
+                        .banner
+                        .as_mut()
+                        .unwrap()
+                        .w = -3
+                },
+                "request.imp[0].banner.w",
+            ),
+            (
+                |r| {
+                    let imp = r.request.as_ref().unwrap().imp[0].clone();
+                    r.request.as_mut().unwrap().imp.push(imp);
+                },
+                "request.imp[1].id",
+            ),
+            (
+                |r| r.request.as_mut().unwrap().imp = vec![Imp::default(); MAX_IMPS + 1],
+                "request.imp",
+            ),
+            (
+                |r| r.exchange_bids[0].seatbid[0].bid[0].price = -1.0,
+                "exchange_bids[0].seatbid[0].bid[0].price",
+            ),
+            (
+                |r| r.exchange_bids[0].cur = "XYZ".into(),
+                "exchange_bids[0].cur",
+            ),
+            (
+                |r| r.exchange_bids[0].seatbid[0].bid[0].impid = "9".into(),
+                "exchange_bids[0].seatbid[0].bid[0].impid",
+            ),
+            (
+                |r| r.exchange_bids[0].seatbid[0].bid[0].id.clear(),
+                "exchange_bids[0].seatbid[0].bid[0].id",
+            ),
+        ];
+        for (break_it, field) in cases {
+            let mut broken = request();
+            break_it(&mut broken);
+            assert_eq!(field_of(normalize(&broken, &rates()).unwrap_err()), field);
+        }
+    }
+
+    #[test]
+    fn chained_selections_are_refused_until_supported() {
+        let mut chained = request();
+        chained.chained_selection_ids = vec!["s1".into()];
+        assert!(matches!(
+            normalize(&chained, &rates()),
+            Err(DecideError::Unimplemented { .. })
+        ));
+    }
+}
