@@ -12,7 +12,7 @@ use cascade_core::config::{ConfigError, Configuration};
 
 pub use memory::MemoryStore;
 pub use selection::Selection;
-pub use watcher::{SnapshotCell, watch_snapshot};
+pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

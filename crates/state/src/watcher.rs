@@ -25,33 +25,48 @@ impl SnapshotCell {
     }
 }
 
-/// Keeps `cell` on the store's latest configuration: loads it now, then polls the version
-/// every `poll_interval` and rebuilds the snapshot when it changed. A store that is down
-/// or a configuration that fails to build leaves the last good snapshot in place.
-/// Returns once the first snapshot is loaded; the polling runs until `shutdown` resolves.
+/// The polling that keeps a service's snapshot current; it stops when this is dropped.
+#[derive(Debug)]
+pub struct SnapshotWatch {
+    cell: Arc<SnapshotCell>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl SnapshotWatch {
+    /// The snapshot this watch keeps current.
+    pub fn cell(&self) -> Arc<SnapshotCell> {
+        self.cell.clone()
+    }
+}
+
+impl Drop for SnapshotWatch {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+/// Loads the store's configuration into a new snapshot now, then polls the version every
+/// `poll_interval` and rebuilds the snapshot when it changed. A store that is down or a
+/// configuration that fails to build leaves the last good snapshot in place. Fails only
+/// when the first load fails: a service is not ready without a snapshot.
 pub async fn watch_snapshot(
     store: Arc<dyn Store>,
-    cell: Arc<SnapshotCell>,
     poll_interval: Duration,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), crate::StateError> {
+) -> Result<SnapshotWatch, crate::StateError> {
+    let cell = Arc::new(SnapshotCell::default());
     refresh(store.as_ref(), &cell).await?;
-    tokio::spawn(async move {
-        tokio::pin!(shutdown);
+    let polled = cell.clone();
+    let poller = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = ticker.tick() => {
-                    if let Err(error) = refresh(store.as_ref(), &cell).await {
-                        tracing::warn!(%error, "configuration refresh failed; serving the last snapshot");
-                    }
-                }
+            ticker.tick().await;
+            if let Err(error) = refresh(store.as_ref(), &polled).await {
+                tracing::warn!(%error, "configuration refresh failed; serving the last snapshot");
             }
         }
     });
-    Ok(())
+    Ok(SnapshotWatch { cell, poller })
 }
 
 async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::StateError> {
@@ -86,18 +101,10 @@ mod tests {
             ..Default::default()
         };
         let store = Arc::new(MemoryStore::with_configuration(account("a")).unwrap());
-        let cell = Arc::new(SnapshotCell::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        watch_snapshot(
-            store.clone(),
-            cell.clone(),
-            Duration::from_millis(5),
-            async {
-                let _ = stop_rx.await;
-            },
-        )
-        .await
-        .unwrap();
+        let watch = watch_snapshot(store.clone(), Duration::from_millis(5))
+            .await
+            .unwrap();
+        let cell = watch.cell();
         assert!(cell.load().unwrap().has_account("a"));
 
         store.apply_configuration(account("b"), None).await.unwrap();
@@ -110,6 +117,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(cell.load().unwrap().version(), 2);
-        let _ = stop_tx.send(());
+        drop(watch);
     }
 }

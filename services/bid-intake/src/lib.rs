@@ -13,7 +13,7 @@ use std::time::Duration;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
-use cascade_state::{SnapshotCell, StateError, StateSettings, Store, watch_snapshot};
+use cascade_state::{StateError, StateSettings, Store, watch_snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -74,17 +74,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let snapshot = Arc::new(SnapshotCell::default());
-    let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
-    watch_snapshot(
-        store.clone(),
-        snapshot.clone(),
-        settings.state.poll_interval(),
-        async {
-            let _ = stop_watch_rx.await;
-        },
-    )
-    .await?;
+    let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await?;
+    let snapshot = watch.cell();
     let channel = |addr: SocketAddr| {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map(|endpoint| endpoint.tcp_nodelay(true).connect_lazy())
@@ -109,6 +100,5 @@ pub async fn serve(
     GrpcServer::new(routes, &[BidIntakeServer::<DecisionService>::NAME])
         .serve(listener, &settings.grpc, shutdown)
         .await?;
-    let _ = stop_watch_tx.send(());
     Ok(())
 }

@@ -84,17 +84,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let snapshot = Arc::new(SnapshotCell::default());
-    let (stop_watch_tx, stop_watch_rx) = tokio::sync::oneshot::channel::<()>();
-    watch_snapshot(
-        store,
-        snapshot.clone(),
-        settings.state.poll_interval(),
-        async {
-            let _ = stop_watch_rx.await;
-        },
-    )
-    .await?;
+    let watch = watch_snapshot(store, settings.state.poll_interval()).await?;
+    let snapshot = watch.cell();
     let service = NetworkCallerService {
         snapshot,
         openrtb: OpenRtbHttpAdapter::new(),
@@ -104,7 +95,6 @@ pub async fn serve(
     GrpcServer::new(routes, &[NetworkCallerServer::<NetworkCallerService>::NAME])
         .serve(listener, &settings.grpc, shutdown)
         .await?;
-    let _ = stop_watch_tx.send(());
     Ok(())
 }
 
