@@ -148,7 +148,7 @@ fn dropped_reasons(response: &Value) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn every_service_is_serving_lists_itself_and_drains_on_sigterm() {
+async fn every_service_is_serving_lists_only_itself_and_exits_cleanly_on_sigterm() {
     let cluster = Cluster::start().await;
     for service in cluster.others.iter().chain([&cluster.bid_intake]) {
         let health = grpcurl::call(service.addr, "grpc.health.v1.Health/Check", &json!({}), &[])
@@ -506,4 +506,42 @@ async fn client_mode_returns_the_ranked_chain_without_calling_networks() {
         cluster.networks.calls("coolads") + cluster.networks.calls("betaads"),
         0
     );
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_decision_finish() {
+    let cluster = Cluster::start().await;
+    // Slow enough to still be in flight at SIGTERM, within CoolAds' 150 ms timeout.
+    cluster.networks.set(
+        "coolads",
+        Behaviour::Slow(Duration::from_millis(120), Box::new(Behaviour::Fill)),
+    );
+    let addr = cluster.bid_intake.addr;
+    let in_flight = tokio::spawn(async move {
+        grpcurl::call(
+            addr,
+            DECIDE,
+            &banner_request(json!([])),
+            &["-max-time", "5"],
+        )
+        .await
+    });
+    let waiting_since = tokio::time::Instant::now();
+    while cluster.networks.calls("coolads") == 0 {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(10),
+            "the decision never reached the network"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let Cluster { bid_intake, .. } = cluster;
+    let status = bid_intake.terminate().await.unwrap();
+    assert!(status.success(), "bid-intake exited with {status}");
+    let output = in_flight.await.unwrap().unwrap();
+    assert!(
+        output.success,
+        "the in-flight decision failed: {}",
+        output.stderr
+    );
+    assert_eq!(winner(&output.json())["networkId"], "coolads");
 }
