@@ -9,6 +9,7 @@ use std::fmt;
 
 use crate::config::AuctionType;
 use crate::money::Micros;
+pub use crate::targeting::domain_is_within;
 
 /// Kinds of demand, in the order they win a tie: an exchange bid is money in hand, a
 /// mediated bid still has to be fetched from its network.
@@ -156,18 +157,6 @@ fn drop_reason<B: Bidder>(candidate: &B, rules: &AuctionRules<'_>) -> Option<Dro
         return Some(DropReason::BlockedCategory(category.clone()));
     }
     None
-}
-
-/// `ads.example.com` is within `example.com`; `badexample.com` is not.
-pub fn domain_is_within(domain: &str, blocked: &str) -> bool {
-    let domain = domain.trim_end_matches('.');
-    let blocked = blocked.trim_end_matches('.');
-    if domain.eq_ignore_ascii_case(blocked) {
-        return true;
-    }
-    domain.len() > blocked.len()
-        && domain.as_bytes()[domain.len() - blocked.len() - 1] == b'.'
-        && domain[domain.len() - blocked.len()..].eq_ignore_ascii_case(blocked)
 }
 
 /// IAB content categories nest by suffix: `IAB2-3` is within `IAB2`.

@@ -30,6 +30,8 @@ pub struct Configuration {
     pub mediated_bids: Vec<MediatedBid>,
     #[serde(default)]
     pub currency_rates: Vec<CurrencyRate>,
+    #[serde(default)]
+    pub ad_unit_groups: Vec<AdUnitGroup>,
 }
 
 /// A publisher, or a container of publishers (`parent_id` forms the tree).
@@ -41,6 +43,21 @@ pub struct Account {
     pub parent_id: Option<String>,
     #[serde(default)]
     pub name: String,
+    /// IANA time zone (e.g. `Europe/Paris`) that day-part targeting is evaluated in;
+    /// inherited from the parent when unset, UTC at the root.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// A named set of ad units (tagids) that targeting can refer to as one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdUnitGroup {
+    pub id: String,
+    pub account_id: String,
+    #[serde(default)]
+    pub name: String,
+    pub ad_units: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,6 +199,22 @@ impl Configuration {
             }
         }
         self.check_account_tree_is_acyclic()?;
+        for (i, account) in self.accounts.iter().enumerate() {
+            if let Some(zone) = &account.time_zone
+                && jiff::tz::TimeZone::get(zone).is_err()
+            {
+                return Err(ConfigError::new(
+                    format!("accounts[{i}].time_zone"),
+                    format!(
+                        "unknown time zone {zone:?} (expected an IANA name such as Europe/Paris)"
+                    ),
+                ));
+            }
+        }
+        unique_ids(
+            "ad_unit_groups",
+            self.ad_unit_groups.iter().map(|g| g.id.as_str()),
+        )?;
 
         let known_account = |field: String, id: &str| {
             if accounts.contains(id) {
@@ -226,6 +259,18 @@ impl Configuration {
             }
             bid.targeting
                 .validate(&format!("mediated_bids[{i}].targeting"))?;
+        }
+        for (i, group) in self.ad_unit_groups.iter().enumerate() {
+            known_account(format!("ad_unit_groups[{i}].account_id"), &group.account_id)?;
+            if group.ad_units.len() > crate::targeting::MAX_TARGETING_VALUES {
+                return Err(ConfigError::new(
+                    format!("ad_unit_groups[{i}].ad_units"),
+                    format!(
+                        "more than {} ad units",
+                        crate::targeting::MAX_TARGETING_VALUES
+                    ),
+                ));
+            }
         }
         let mut currencies = HashSet::new();
         for (i, rate) in self.currency_rates.iter().enumerate() {

@@ -1,23 +1,44 @@
 //! An immutable, indexed view of one configuration version. Services build it once per
 //! version and answer every decision from it without touching the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::{ConfigError, Configuration, MediatedBid, Network, NetworkMode, SellingRule};
+use crate::index::{Dictionary, TargetingIndex};
 use crate::money::{CurrencyRates, Micros};
-use crate::targeting::{Dimension, ImpressionKeys};
+use crate::targeting::{DayHour, Dimension, ImpressionKeys};
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
     version: u64,
     parent_of: HashMap<String, String>,
-    known_accounts: std::collections::HashSet<String>,
-    /// Enabled selling rules per owning account, in configuration order.
-    rules_by_account: HashMap<String, Vec<SellingRule>>,
+    known_accounts: HashSet<String>,
+    time_zones: HashMap<String, jiff::tz::TimeZone>,
+    groups_of_ad_unit: HashMap<String, Vec<String>>,
+    /// What each account owns, with its targeting indexes.
+    owned: HashMap<String, Owned>,
     networks: HashMap<String, Network>,
-    /// Mediated bids per owning account, in configuration order.
-    bids_by_account: HashMap<String, Vec<MediatedBid>>,
+    dictionary: Dictionary,
     rates: CurrencyRates,
+}
+
+/// The selling rules and mediated bids one account owns.
+#[derive(Debug, Default)]
+struct Owned {
+    /// Enabled rules only, in configuration order.
+    rules: Vec<SellingRule>,
+    rule_index: TargetingIndex,
+    /// In configuration order.
+    bids: Vec<MediatedBid>,
+    bid_index: TargetingIndex,
+}
+
+/// How targeting is matched: through the index, or by checking every targeting (the
+/// reference the index is tested and benchmarked against).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Index,
+    Linear,
 }
 
 /// The selling rule that applies to an impression.
@@ -50,7 +71,7 @@ impl std::fmt::Display for Exclusion {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ImpEvaluation<'s> {
     /// `None` when no effective rule matches: no auction demand may serve.
     pub applied_rule: Option<AppliedRule<'s>>,
@@ -77,26 +98,53 @@ impl Snapshot {
             if let Some(parent) = account.parent_id {
                 snapshot.parent_of.insert(account.id.clone(), parent);
             }
+            if let Some(zone) = &account.time_zone {
+                // Validated above.
+                if let Ok(zone) = jiff::tz::TimeZone::get(zone) {
+                    snapshot.time_zones.insert(account.id.clone(), zone);
+                }
+            }
             snapshot.known_accounts.insert(account.id);
         }
+        for group in configuration.ad_unit_groups {
+            for ad_unit in group.ad_units {
+                snapshot
+                    .groups_of_ad_unit
+                    .entry(ad_unit)
+                    .or_default()
+                    .push(group.id.clone());
+            }
+        }
+        let mut owned: HashMap<String, Owned> = HashMap::new();
         for rule in configuration
             .selling_rules
             .into_iter()
             .filter(|r| r.enabled)
         {
-            snapshot
-                .rules_by_account
+            owned
                 .entry(rule.account_id.clone())
                 .or_default()
+                .rules
                 .push(rule);
         }
         for bid in configuration.mediated_bids {
-            snapshot
-                .bids_by_account
+            owned
                 .entry(bid.account_id.clone())
                 .or_default()
+                .bids
                 .push(bid);
         }
+        for entities in owned.values_mut() {
+            entities.rule_index = TargetingIndex::build(
+                entities.rules.iter().map(|r| &r.targeting),
+                &mut snapshot.dictionary,
+            );
+            entities.bid_index = TargetingIndex::build(
+                entities.bids.iter().map(|b| &b.targeting),
+                &mut snapshot.dictionary,
+            );
+        }
+        snapshot.owned = owned;
         snapshot.networks = configuration
             .networks
             .into_iter()
@@ -129,20 +177,35 @@ impl Snapshot {
         )
     }
 
-    /// The rule set in force for an account: that of the nearest account on its path to
-    /// the root (itself first) with at least one enabled rule. Returns the owner too.
-    pub fn effective_rules<'s>(
-        &'s self,
-        account_id: &'s str,
-    ) -> Option<(&'s str, &'s [SellingRule])> {
+    /// Fills in what the impression's keys take from the configuration: the ad-unit
+    /// groups of its tagid and its hour of the week in the publisher's time zone.
+    pub fn complete_keys(&self, account_id: &str, keys: &mut ImpressionKeys, unix_seconds: i64) {
+        keys.ad_unit_groups = self
+            .groups_of_ad_unit
+            .get(&keys.tagid)
+            .cloned()
+            .unwrap_or_default();
+        let utc = jiff::tz::TimeZone::UTC;
+        let time_zone = self
+            .account_path(account_id)
+            .find_map(|account| self.time_zones.get(account))
+            .unwrap_or(&utc);
+        keys.day_hour = DayHour::at(unix_seconds, time_zone);
+    }
+
+    /// The owner of the rule set in force for an account: the nearest account on its
+    /// path to the root (itself first) with at least one enabled rule.
+    fn rule_owner<'s>(&'s self, account_id: &'s str) -> Option<(&'s str, &'s Owned)> {
         self.account_path(account_id).find_map(|owner| {
-            self.rules_by_account
+            self.owned
                 .get(owner)
-                .map(|rules| (owner, rules.as_slice()))
+                .filter(|o| !o.rules.is_empty())
+                .map(|o| (owner, o))
         })
     }
 
-    /// Everything targeting decides about one impression of `account_id`.
+    /// Everything targeting decides about one impression of `account_id` (keys completed
+    /// by [`Snapshot::complete_keys`]).
     pub fn evaluate<'s>(
         &'s self,
         account_id: &'s str,
@@ -150,12 +213,41 @@ impl Snapshot {
         request_floor: Micros,
         explain: bool,
     ) -> ImpEvaluation<'s> {
+        self.evaluate_with(Engine::Index, account_id, keys, request_floor, explain)
+    }
+
+    pub fn evaluate_with<'s>(
+        &'s self,
+        engine: Engine,
+        account_id: &'s str,
+        keys: &ImpressionKeys,
+        request_floor: Micros,
+        explain: bool,
+    ) -> ImpEvaluation<'s> {
         let mut evaluation = ImpEvaluation::default();
-        let Some((owner, rules)) = self.effective_rules(account_id) else {
+        let Some((owner, owned)) = self.rule_owner(account_id) else {
             return evaluation;
         };
+        let resolved = (engine == Engine::Index).then(|| self.dictionary.resolve(keys));
+        let matching = |index: &TargetingIndex,
+                        targetings: &mut dyn Iterator<Item = &crate::targeting::Targeting>|
+         -> Vec<u32> {
+            match &resolved {
+                Some(resolved) => index.matches(resolved),
+                None => targetings
+                    .enumerate()
+                    .filter(|(_, t)| t.matches(keys))
+                    .map(|(i, _)| i as u32)
+                    .collect(),
+            }
+        };
+
         let mut applied: Option<&SellingRule> = None;
-        for rule in rules.iter().filter(|r| r.targeting.matches(keys)) {
+        for position in matching(
+            &owned.rule_index,
+            &mut owned.rules.iter().map(|r| &r.targeting),
+        ) {
+            let rule = &owned.rules[position as usize];
             evaluation.matched_rule_ids.push(&rule.id);
             // Highest floor wins; among equal floors the smallest id, so the choice never
             // depends on configuration order.
@@ -178,22 +270,42 @@ impl Snapshot {
         });
 
         for account in self.account_path(account_id) {
-            for bid in self.bids_by_account.get(account).into_iter().flatten() {
-                match self.mediated_bid_exclusion(bid, keys) {
+            let Some(owned) = self.owned.get(account) else {
+                continue;
+            };
+            let matched = matching(
+                &owned.bid_index,
+                &mut owned.bids.iter().map(|b| &b.targeting),
+            );
+            for position in &matched {
+                let bid = &owned.bids[*position as usize];
+                match self.eligibility(bid) {
                     None => evaluation.mediated_bids.push(bid),
                     Some(exclusion) if explain => evaluation.excluded.push((&bid.id, exclusion)),
                     Some(_) => {}
+                }
+            }
+            if explain {
+                // Only explanations pay for finding the dimension that excluded a bid.
+                let mut matched = matched.iter().peekable();
+                for (position, bid) in owned.bids.iter().enumerate() {
+                    if matched.peek() == Some(&&(position as u32)) {
+                        matched.next();
+                        continue;
+                    }
+                    if let Some(dimension) = bid.targeting.mismatch(keys) {
+                        evaluation
+                            .excluded
+                            .push((&bid.id, Exclusion::Targeting(dimension)));
+                    }
                 }
             }
         }
         evaluation
     }
 
-    fn mediated_bid_exclusion(
-        &self,
-        bid: &MediatedBid,
-        keys: &ImpressionKeys,
-    ) -> Option<Exclusion> {
+    /// Why a bid whose targeting matches still cannot compete.
+    fn eligibility(&self, bid: &MediatedBid) -> Option<Exclusion> {
         if !bid.active {
             return Some(Exclusion::Inactive);
         }
@@ -201,10 +313,7 @@ impl Snapshot {
             .networks
             .get(&bid.network_id)
             .is_some_and(|n| n.mode == NetworkMode::Waterfall);
-        if !in_waterfall {
-            return Some(Exclusion::NetworkNotInWaterfall);
-        }
-        bid.targeting.mismatch(keys).map(Exclusion::Targeting)
+        (!in_waterfall).then_some(Exclusion::NetworkNotInWaterfall)
     }
 }
 
@@ -227,6 +336,7 @@ mod tests {
             sizes: vec![Size { w: 300, h: 250 }],
             country: country.into(),
             devicetype,
+            ..Default::default()
         }
     }
 

@@ -84,6 +84,7 @@ impl DecisionService {
             .evaluate(deadline.request(EvaluateRequest {
                 account_id: normalized.account_id.clone(),
                 imps: normalized.imps,
+                context: Some(normalized.context),
                 debug,
             }))
             .await

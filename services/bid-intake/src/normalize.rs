@@ -9,7 +9,7 @@ use cascade_core::money::CurrencyRates;
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{DecideRequest, SourceKind};
 use cascade_proto::openrtb::v1::{BidRequest, Imp};
-use cascade_proto::targeting::v1::{ImpContext, MediaType, Size};
+use cascade_proto::targeting::v1::{ImpContext, KeyValue, MediaType, RequestContext, Size};
 
 use crate::error::DecideError;
 
@@ -20,12 +20,16 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_BLOCKLIST_LEN: usize = 1_000;
 pub const MAX_SIZES_PER_IMP: usize = 32;
 pub const MAX_ADM_BYTES: usize = 256 * 1024;
+pub const MAX_DEALS_PER_IMP: usize = 100;
+pub const MAX_SEGMENTS: usize = 1_000;
+pub const MAX_KEY_VALUES: usize = 100;
 
 /// A request that passed validation.
 #[derive(Debug)]
 pub struct Normalized {
     pub account_id: String,
     pub imps: Vec<ImpContext>,
+    pub context: RequestContext,
     /// Exchange bids per impression, in the order of `imps`.
     pub exchange_candidates: Vec<Vec<Candidate>>,
     /// The request's `bcat` and `badv`, merged into every rule's filters.
@@ -65,21 +69,7 @@ pub fn normalize(
     }
     check_list_len("request.imp", bid_request.imp.len(), MAX_IMPS)?;
     let mut imp_index = HashMap::with_capacity(bid_request.imp.len());
-    let country = bid_request
-        .device
-        .as_ref()
-        .and_then(|d| d.geo.as_ref())
-        .map(|g| g.country.trim().to_ascii_uppercase())
-        .unwrap_or_default();
-    let devicetype = match bid_request.device.as_ref().map_or(0, |d| d.devicetype) {
-        t if t < 0 => {
-            return Err(DecideError::invalid(
-                "request.device.devicetype",
-                "must not be negative",
-            ));
-        }
-        t => t as u32,
-    };
+    let context = request_context(request, bid_request)?;
     let mut imps = Vec::with_capacity(bid_request.imp.len());
     for (i, imp) in bid_request.imp.iter().enumerate() {
         let field = format!("request.imp[{i}]");
@@ -90,17 +80,83 @@ pub fn normalize(
                 format!("duplicate impression id {:?}", imp.id),
             ));
         }
-        imps.push(imp_context(&field, imp, rates, &country, devicetype)?);
+        imps.push(imp_context(&field, imp, rates)?);
     }
 
     let exchange_candidates = exchange_candidates(request, &imp_index, rates)?;
     Ok(Normalized {
         account_id,
         imps,
+        context,
         exchange_candidates,
         blocked_categories: bid_request.bcat.clone(),
         blocked_adomains: bid_request.badv.clone(),
         tmax_ms: (bid_request.tmax > 0).then_some(bid_request.tmax as u64),
+    })
+}
+
+/// The targeting keys the request's impressions share: geo, device, site or app, user
+/// segments and custom key-values.
+fn request_context(
+    request: &DecideRequest,
+    bid_request: &BidRequest,
+) -> Result<RequestContext, DecideError> {
+    let device = bid_request.device.clone().unwrap_or_default();
+    let geo = device.geo.unwrap_or_default();
+    let devicetype = u32::try_from(device.devicetype)
+        .map_err(|_| DecideError::invalid("request.device.devicetype", "must not be negative"))?;
+    let segments: Vec<String> = bid_request
+        .user
+        .iter()
+        .flat_map(|user| &user.data)
+        .flat_map(|data| &data.segment)
+        .map(|segment| segment.id.clone())
+        .collect();
+    check_list_len("request.user.data.segment", segments.len(), MAX_SEGMENTS)?;
+    check_list_len("key_values", request.key_values.len(), MAX_KEY_VALUES)?;
+    if let Some(segment) = segments.iter().find(|s| s.len() > MAX_ID_LEN) {
+        return Err(DecideError::invalid(
+            "request.user.data.segment.id",
+            format!("at most {MAX_ID_LEN} characters, got {}", segment.len()),
+        ));
+    }
+    if let Some((key, _)) = request
+        .key_values
+        .iter()
+        .find(|(key, value)| key.is_empty() || key.len() > MAX_ID_LEN || value.len() > MAX_ID_LEN)
+    {
+        return Err(DecideError::invalid(
+            format!("key_values[{key:?}]"),
+            format!("keys must be 1 to {MAX_ID_LEN} characters, values at most {MAX_ID_LEN}"),
+        ));
+    }
+    let mut key_values: Vec<KeyValue> = request
+        .key_values
+        .iter()
+        .map(|(key, value)| KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    key_values.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(RequestContext {
+        country: geo.country.trim().to_ascii_uppercase(),
+        region: geo.region,
+        metro: geo.metro,
+        devicetype,
+        os: device.os.to_ascii_lowercase(),
+        domain: bid_request
+            .site
+            .as_ref()
+            .map(|site| site.domain.trim_end_matches('.').to_ascii_lowercase())
+            .unwrap_or_default(),
+        bundle: bid_request
+            .app
+            .as_ref()
+            .map(|app| app.bundle.clone())
+            .unwrap_or_default(),
+        segments,
+        key_values,
     })
 }
 
@@ -126,13 +182,7 @@ fn publisher_id(request: &BidRequest) -> Result<String, DecideError> {
     Ok(id.to_string())
 }
 
-fn imp_context(
-    field: &str,
-    imp: &Imp,
-    rates: &CurrencyRates,
-    country: &str,
-    devicetype: u32,
-) -> Result<ImpContext, DecideError> {
+fn imp_context(field: &str, imp: &Imp, rates: &CurrencyRates) -> Result<ImpContext, DecideError> {
     let floor = Micros::from_openrtb_price(imp.bidfloor)
         .map_err(|e| DecideError::invalid(format!("{field}.bidfloor"), e.to_string()))?;
     let floor = rates
@@ -144,6 +194,16 @@ fn imp_context(
             format!("at most {MAX_ID_LEN} characters"),
         ));
     }
+    let deals: Vec<String> = imp
+        .pmp
+        .as_ref()
+        .map(|pmp| pmp.deals.iter().map(|d| d.id.clone()).collect())
+        .unwrap_or_default();
+    check_list_len(
+        &format!("{field}.pmp.deals"),
+        deals.len(),
+        MAX_DEALS_PER_IMP,
+    )?;
     let mut media_types = Vec::new();
     let mut sizes = Vec::new();
     if let Some(banner) = &imp.banner {
@@ -184,8 +244,8 @@ fn imp_context(
         tagid: imp.tagid.clone(),
         media_types,
         sizes,
-        country: country.to_string(),
-        devicetype,
+        interstitial: imp.instl == 1,
+        deals,
         request_floor_micros: floor.0,
     })
 }

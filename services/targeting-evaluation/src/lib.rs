@@ -15,7 +15,7 @@ use cascade_proto::targeting::v1::targeting_evaluation_server::{
 };
 use cascade_proto::targeting::v1::{
     AppliedRule, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpContext, ImpEvaluation,
-    MediaType,
+    MediaType, RequestContext,
 };
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
@@ -95,28 +95,28 @@ impl TargetingEvaluation for TargetingService {
     ) -> Result<Response<EvaluateResponse>, Status> {
         let request = request.into_inner();
         let snapshot = self.snapshot.load().ok_or(EvaluateError::NotReady)?;
-        Ok(Response::new(evaluate(&snapshot, &request)?))
+        let now = jiff::Timestamp::now().as_second();
+        Ok(Response::new(evaluate(&snapshot, &request, now)?))
     }
 }
 
 fn evaluate(
     snapshot: &Snapshot,
     request: &EvaluateRequest,
+    unix_seconds: i64,
 ) -> Result<EvaluateResponse, EvaluateError> {
     if request.imps.len() > MAX_IMPS {
         return Err(EvaluateError::TooManyImps(request.imps.len()));
     }
     let account_known = snapshot.has_account(&request.account_id);
+    let context = request.context.clone().unwrap_or_default();
     let mut imps = Vec::with_capacity(request.imps.len());
     for (i, imp) in request.imps.iter().enumerate() {
         let floor = Micros::checked(imp.request_floor_micros)
             .map_err(|_| EvaluateError::InvalidFloor(i))?;
-        let evaluation = snapshot.evaluate(
-            &request.account_id,
-            &impression_keys(imp),
-            floor,
-            request.debug,
-        );
+        let mut keys = impression_keys(imp, &context);
+        snapshot.complete_keys(&request.account_id, &mut keys, unix_seconds);
+        let evaluation = snapshot.evaluate(&request.account_id, &keys, floor, request.debug);
         imps.push(to_wire(&imp.impid, evaluation));
     }
     Ok(EvaluateResponse {
@@ -126,7 +126,7 @@ fn evaluate(
     })
 }
 
-fn impression_keys(imp: &ImpContext) -> ImpressionKeys {
+fn impression_keys(imp: &ImpContext, context: &RequestContext) -> ImpressionKeys {
     ImpressionKeys {
         tagid: imp.tagid.clone(),
         media_types: imp
@@ -144,8 +144,22 @@ fn impression_keys(imp: &ImpContext) -> ImpressionKeys {
             .iter()
             .map(|s| CoreSize { w: s.w, h: s.h })
             .collect(),
-        country: imp.country.clone(),
-        devicetype: imp.devicetype,
+        interstitial: imp.interstitial,
+        deals: imp.deals.clone(),
+        country: context.country.clone(),
+        region: context.region.clone(),
+        metro: context.metro.clone(),
+        devicetype: context.devicetype,
+        os: context.os.clone(),
+        domain: context.domain.clone(),
+        bundle: context.bundle.clone(),
+        segments: context.segments.clone(),
+        key_values: context
+            .key_values
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+        ..Default::default()
     }
 }
 
