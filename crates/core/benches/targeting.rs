@@ -15,7 +15,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cascade_core::config::{Account, AdUnitGroup, Configuration, MediatedBid, Network, SellingRule};
+use cascade_core::config::{
+    Account, AdUnitGroup, Configuration, MediatedBid, Network, SellingRule,
+};
 use cascade_core::money::Micros;
 use cascade_core::snapshot::{Engine, Snapshot};
 use cascade_core::targeting::{
@@ -45,7 +47,8 @@ struct Universe {
 
 impl Universe {
     fn new(entities: usize) -> Self {
-        let names = |prefix: &str, count: usize| (0..count).map(|i| format!("{prefix}{i}")).collect();
+        let names =
+            |prefix: &str, count: usize| (0..count).map(|i| format!("{prefix}{i}")).collect();
         let letters = |i: usize| {
             let l = |n: usize| (b'A' + (n % 26) as u8) as char;
             format!("{}{}{}", l(i / 676), l(i / 26), l(i))
@@ -55,8 +58,13 @@ impl Universe {
             groups: names("group-", (entities / 50).max(5)),
             countries: (0..60).map(|i| letters(i * 7 + 3)).collect(),
             regions: names("R", 40),
-            oses: ["ios", "android", "windows", "macos", "linux"].map(String::from).to_vec(),
-            domains: names("site", 300).iter().map(|s: &String| format!("{s}.example")).collect(),
+            oses: ["ios", "android", "windows", "macos", "linux"]
+                .map(String::from)
+                .to_vec(),
+            domains: names("site", 300)
+                .iter()
+                .map(|s: &String| format!("{s}.example"))
+                .collect(),
             segments: names("seg-", 2_000),
             deals: names("deal-", 200),
             sections: names("section-", 20),
@@ -66,10 +74,23 @@ impl Universe {
 
 fn some<T: Clone>(rng: &mut StdRng, values: &[T], max: usize) -> Vec<T> {
     let count = rng.random_range(1..=max);
-    (0..count).map(|_| values.choose(rng).cloned().unwrap_or_else(|| values[0].clone())).collect()
+    (0..count)
+        .map(|_| {
+            values
+                .choose(rng)
+                .cloned()
+                .unwrap_or_else(|| values[0].clone())
+        })
+        .collect()
 }
 
-fn maybe_filter<T: Clone>(rng: &mut StdRng, values: &[T], p_include: f64, p_exclude: f64, max: usize) -> Filter<T> {
+fn maybe_filter<T: Clone>(
+    rng: &mut StdRng,
+    values: &[T],
+    p_include: f64,
+    p_exclude: f64,
+    max: usize,
+) -> Filter<T> {
     let mut filter = Filter::default();
     if rng.random_bool(p_include) {
         filter.include = some(rng, values, max);
@@ -83,8 +104,17 @@ fn maybe_filter<T: Clone>(rng: &mut StdRng, values: &[T], p_include: f64, p_excl
 const RUN_OF_SITE: usize = 200;
 
 fn targeting(rng: &mut StdRng, universe: &Universe, run_of_site: bool) -> Targeting {
-    let sizes = [(300, 250), (320, 50), (728, 90), (160, 600), (300, 600), (970, 250), (320, 480), (640, 480)]
-        .map(|(w, h)| Size { w, h });
+    let sizes = [
+        (300, 250),
+        (320, 50),
+        (728, 90),
+        (160, 600),
+        (300, 600),
+        (970, 250),
+        (320, 480),
+        (640, 480),
+    ]
+    .map(|(w, h)| Size { w, h });
     let media = [MediaType::Banner, MediaType::Video, MediaType::Native];
     let by_group = !run_of_site && rng.random_bool(0.15);
     Targeting {
@@ -109,9 +139,21 @@ fn targeting(rng: &mut StdRng, universe: &Universe, run_of_site: bool) -> Target
         domains: maybe_filter(rng, &universe.domains, 0.2, 0.1, 3),
         bundles: Filter::default(),
         segments: SegmentFilter {
-            any_of: if rng.random_bool(0.3) { some(rng, &universe.segments, 5) } else { vec![] },
-            all_of: if rng.random_bool(0.05) { some(rng, &universe.segments, 2) } else { vec![] },
-            none_of: if rng.random_bool(0.1) { some(rng, &universe.segments, 3) } else { vec![] },
+            any_of: if rng.random_bool(0.3) {
+                some(rng, &universe.segments, 5)
+            } else {
+                vec![]
+            },
+            all_of: if rng.random_bool(0.05) {
+                some(rng, &universe.segments, 2)
+            } else {
+                vec![]
+            },
+            none_of: if rng.random_bool(0.1) {
+                some(rng, &universe.segments, 3)
+            } else {
+                vec![]
+            },
         },
         day_part: if rng.random_bool(0.1) {
             DayPart {
@@ -123,7 +165,11 @@ fn targeting(rng: &mut StdRng, universe: &Universe, run_of_site: bool) -> Target
         },
         deals: maybe_filter(rng, &universe.deals, 0.05, 0.0, 2),
         key_values: if rng.random_bool(0.1) {
-            [("section".to_string(), Filter::include(some(rng, &universe.sections, 3)))].into()
+            [(
+                "section".to_string(),
+                Filter::include(some(rng, &universe.sections, 3)),
+            )]
+            .into()
         } else {
             Default::default()
         },
@@ -138,7 +184,10 @@ fn configuration(entities: usize, universe: &Universe, rng: &mut StdRng) -> Conf
     };
     let floor = |rng: &mut StdRng| Micros(rng.random_range(10..500) * 10_000);
     Configuration {
-        accounts: vec![account("network", None), account(PUBLISHER, Some("network"))],
+        accounts: vec![
+            account("network", None),
+            account(PUBLISHER, Some("network")),
+        ],
         networks: vec![Network {
             id: "net".into(),
             account_id: "network".into(),
@@ -192,13 +241,19 @@ fn impressions(universe: &Universe, snapshot: &Snapshot, rng: &mut StdRng) -> Ve
                 region: universe.regions.choose(rng).cloned().unwrap_or_default(),
                 devicetype: rng.random_range(1..=7),
                 os: universe.oses.choose(rng).cloned().unwrap_or_default(),
-                domain: format!("www.{}", universe.domains.choose(rng).cloned().unwrap_or_default()),
+                domain: format!(
+                    "www.{}",
+                    universe.domains.choose(rng).cloned().unwrap_or_default()
+                ),
                 segments: some(rng, &universe.segments, 8),
                 key_values: vec![(
                     "section".into(),
                     universe.sections.choose(rng).cloned().unwrap_or_default(),
                 )],
-                day_hour: DayHour { day: Weekday::Wed, hour: 14 },
+                day_hour: DayHour {
+                    day: Weekday::Wed,
+                    hour: 14,
+                },
                 ..Default::default()
             };
             // Groups come from the configuration; the hour is fixed above.
@@ -222,7 +277,8 @@ fn cases() -> Vec<Case> {
         .map(|(entities, label)| {
             let mut rng = StdRng::seed_from_u64(SEED);
             let universe = Universe::new(*entities);
-            let snapshot = Snapshot::build(configuration(*entities, &universe, &mut rng)).expect("valid configuration");
+            let snapshot = Snapshot::build(configuration(*entities, &universe, &mut rng))
+                .expect("valid configuration");
             let impressions = impressions(&universe, &snapshot, &mut rng);
             Case {
                 label,
@@ -235,7 +291,9 @@ fn cases() -> Vec<Case> {
 
 fn evaluate(case: &Case, engine: Engine, i: usize) -> usize {
     let keys = &case.impressions[i % case.impressions.len()];
-    let evaluation = case.snapshot.evaluate_with(engine, PUBLISHER, keys, Micros::ZERO, false);
+    let evaluation = case
+        .snapshot
+        .evaluate_with(engine, PUBLISHER, keys, Micros::ZERO, false);
     evaluation.matched_rule_ids.len() + evaluation.mediated_bids.len()
 }
 
@@ -288,12 +346,17 @@ fn percentiles(case: &Case, engine: Engine) -> (f64, f64) {
 
 fn summary(cases: &[Case]) {
     println!("\nTargeting evaluation per impression (rules + mediated bids), same run:");
-    println!("{:>6} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10}", "size", "index p50", "index p99", "linear p50", "linear p99", "linear/index", "matches");
+    println!(
+        "{:>6} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10}",
+        "size", "index p50", "index p99", "linear p50", "linear p99", "linear/index", "matches"
+    );
     let mut index_p50 = Vec::new();
     for case in cases {
         let (ip50, ip99) = percentiles(case, Engine::Index);
         let (lp50, lp99) = percentiles(case, Engine::Linear);
-        let matches: usize = (0..case.impressions.len()).map(|i| evaluate(case, Engine::Index, i)).sum();
+        let matches: usize = (0..case.impressions.len())
+            .map(|i| evaluate(case, Engine::Index, i))
+            .sum();
         println!(
             "{:>6} {:>10.2}us {:>10.2}us {:>10.2}us {:>10.2}us {:>11.0}x {:>10.1}",
             case.label,
@@ -316,8 +379,20 @@ fn main() {
     for case in &cases {
         for i in 0..case.impressions.len() {
             assert_eq!(
-                case.snapshot.evaluate_with(Engine::Index, PUBLISHER, &case.impressions[i], Micros::ZERO, false),
-                case.snapshot.evaluate_with(Engine::Linear, PUBLISHER, &case.impressions[i], Micros::ZERO, false),
+                case.snapshot.evaluate_with(
+                    Engine::Index,
+                    PUBLISHER,
+                    &case.impressions[i],
+                    Micros::ZERO,
+                    false
+                ),
+                case.snapshot.evaluate_with(
+                    Engine::Linear,
+                    PUBLISHER,
+                    &case.impressions[i],
+                    Micros::ZERO,
+                    false
+                ),
                 "the engines disagree at {} on impression {i}",
                 case.label
             );

@@ -431,3 +431,143 @@ mod tests {
         assert_eq!(error.field, "mediated_bids[1].network_id");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{Account, MediatedBid, Network, SellingRule};
+    use crate::targeting::{Filter, Targeting};
+
+    const ACCOUNTS: usize = 6;
+    const UNITS: &[&str] = &["u1", "u2", "u3"];
+    const COUNTRIES: &[&str] = &["USA", "DEU"];
+
+    fn targeting() -> impl Strategy<Value = Targeting> {
+        let values = |all: &'static [&'static str]| {
+            prop::collection::vec(prop::sample::select(all).prop_map(String::from), 0..2)
+        };
+        (values(UNITS), values(UNITS), values(COUNTRIES)).prop_map(
+            |(include, exclude, countries)| Targeting {
+                ad_units: Filter { include, exclude },
+                countries: Filter::include(countries),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Accounts 0..6, each one's parent an earlier account (or none); rules and bids on
+    /// random accounts with random floors, targeting and flags.
+    fn configuration() -> impl Strategy<Value = Configuration> {
+        (
+            prop::collection::vec(prop::option::of(0..ACCOUNTS), ACCOUNTS),
+            prop::collection::vec((0..ACCOUNTS, 0..5i64, any::<bool>(), targeting()), 0..20),
+            prop::collection::vec((0..ACCOUNTS, 1..5i64, any::<bool>(), targeting()), 0..20),
+        )
+            .prop_map(|(parents, rules, bids)| Configuration {
+                accounts: parents
+                    .iter()
+                    .enumerate()
+                    .map(|(i, parent)| Account {
+                        id: format!("a{i}"),
+                        parent_id: parent.filter(|p| *p < i).map(|p| format!("a{p}")),
+                        ..Default::default()
+                    })
+                    .collect(),
+                networks: vec![Network {
+                    id: "n".into(),
+                    account_id: "a0".into(),
+                    endpoint: "http://127.0.0.1:1".into(),
+                    timeout_ms: 100,
+                    ..Default::default()
+                }],
+                selling_rules: rules
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (account, floor, enabled, targeting))| SellingRule {
+                        id: format!("r{i}"),
+                        account_id: format!("a{account}"),
+                        enabled,
+                        floor: Micros(floor * 100_000),
+                        targeting,
+                        ..Default::default()
+                    })
+                    .collect(),
+                mediated_bids: bids
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (account, cpm, active, targeting))| MediatedBid {
+                        id: format!("b{i}"),
+                        account_id: format!("a{account}"),
+                        network_id: "n".into(),
+                        cpm: Micros(cpm * 100_000),
+                        active,
+                        targeting,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+    }
+
+    fn keys() -> impl Strategy<Value = ImpressionKeys> {
+        (prop::sample::select(UNITS), prop::sample::select(COUNTRIES)).prop_map(
+            |(unit, country)| ImpressionKeys {
+                tagid: unit.into(),
+                country: country.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn index_and_reference_agree_and_rules_follow_inheritance_and_highest_floor(
+            configuration in configuration(),
+            account in 0..ACCOUNTS,
+            keys in keys(),
+            request_floor in 0..600_000i64,
+        ) {
+            let snapshot = Snapshot::build(configuration.clone()).unwrap();
+            let account = format!("a{account}");
+            let floor = Micros(request_floor);
+            let indexed = snapshot.evaluate_with(Engine::Index, &account, &keys, floor, true);
+            let linear = snapshot.evaluate_with(Engine::Linear, &account, &keys, floor, true);
+            prop_assert_eq!(&indexed, &linear);
+
+            // The rule set is that of the nearest account with an enabled rule.
+            let path: Vec<&str> = snapshot.account_path(&account).collect();
+            let owner = path.iter().find(|a| {
+                configuration.selling_rules.iter().any(|r| r.enabled && r.account_id == **a)
+            });
+            let matching: Vec<&SellingRule> = configuration
+                .selling_rules
+                .iter()
+                .filter(|r| r.enabled && Some(&r.account_id.as_str()) == owner && r.targeting.matches(&keys))
+                .collect();
+            match &indexed.applied_rule {
+                None => prop_assert!(matching.is_empty()),
+                Some(applied) => {
+                    prop_assert_eq!(Some(&applied.owner_account_id), owner);
+                    prop_assert_eq!(applied.inherited, applied.owner_account_id != account);
+                    prop_assert!(matching.iter().all(|r| r.floor <= applied.rule.floor));
+                    prop_assert_eq!(applied.floor, applied.rule.floor.max(floor));
+                }
+            }
+            // Eligible bids: active ones of the path whose targeting matches, and only
+            // when a rule applies.
+            let expected_bids: usize = if indexed.applied_rule.is_some() {
+                configuration
+                    .mediated_bids
+                    .iter()
+                    .filter(|b| b.active && path.contains(&b.account_id.as_str()) && b.targeting.matches(&keys))
+                    .count()
+            } else {
+                0
+            };
+            prop_assert_eq!(indexed.mediated_bids.len(), expected_bids);
+        }
+    }
+}
