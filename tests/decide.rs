@@ -545,3 +545,100 @@ async fn sigterm_lets_an_in_flight_decision_finish() {
     );
     assert_eq!(winner(&output.json())["networkId"], "coolads");
 }
+
+#[tokio::test]
+async fn line_items_serve_without_a_rule_and_outrank_by_their_class() {
+    let cluster = Cluster::start().await;
+    // Site ABCD sells only video through its rules; its banner sponsorship is a
+    // guaranteed line item, and only line items may serve where no rule matches.
+    let sponsorship = json!({
+        "request": {
+            "id": "req-sponsor",
+            "imp": [{"id": "1", "tagid": "sponsor-top", "banner": {"w": 300, "h": 250}}],
+            "site": {"domain": "siteabcd.com", "publisher": {"id": "pub12345"}}
+        },
+        "exchange_bids": exchange_bid(20.0, "rich.example"),
+        "debug": true
+    });
+    let response = cluster.decide(&sponsorship).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_LINE_ITEM",
+        "{response}"
+    );
+    assert_eq!(winner(&response)["bidId"], "siteabcd-sponsorship");
+    assert_eq!(winner(&response)["priceMicros"], "4000000");
+    assert!(
+        winner(&response)["adm"]
+            .as_str()
+            .unwrap()
+            .contains("sponsorship")
+    );
+    assert_eq!(
+        response["decisions"][0]["explanation"]["appliedRuleId"],
+        Value::Null
+    );
+
+    // On foobar.com's home section a $1.80 non-guaranteed line item competes: it beats
+    // the $1.80 exchange bid (auction demand must bid more) once CoolAds has no ad.
+    cluster.networks.set("coolads", Behaviour::NoFill);
+    let mut home = banner_request(exchange_bid(1.8, "shoes.example"));
+    home["key_values"] = json!({"section": "home"});
+    let response = cluster.decide(&home).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_LINE_ITEM",
+        "{response}"
+    );
+    assert_eq!(winner(&response)["bidId"], "foobar-home-house");
+    // Outbid by a cent, it loses.
+    let mut outbid = banner_request(exchange_bid(1.81, "shoes.example"));
+    outbid["key_values"] = json!({"section": "home"});
+    let response = cluster.decide(&outbid).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
+
+    // Another section: the line item's key-value targeting excludes it, and says why.
+    let mut sport = banner_request(json!([]));
+    sport["key_values"] = json!({"section": "sport"});
+    let response = cluster.decide(&sport).await;
+    let excluded = response["decisions"][0]["explanation"]["excluded"]
+        .as_array()
+        .unwrap();
+    assert!(
+        excluded.contains(&json!({"id": "foobar-home-house", "reason": "targeting:key_value"})),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn blocked_seats_and_creative_attributes_never_win() {
+    let cluster = Cluster::start().await;
+    let mut bids = exchange_bid(9.0, "shoes.example");
+    bids[0]["seatbid"][0]["seat"] = json!("blocked-seat");
+    let response = cluster.decide(&banner_request(bids)).await;
+    assert_eq!(winner(&response)["networkId"], "coolads");
+    assert_eq!(dropped_reasons(&response)[0].1, "blocked_seat");
+
+    let mut bids = exchange_bid(9.0, "shoes.example");
+    bids[0]["seatbid"][0]["bid"][0]["attr"] = json!([1, 3]);
+    let response = cluster.decide(&banner_request(bids)).await;
+    assert_eq!(dropped_reasons(&response)[0].1, "blocked_attribute");
+
+    // The request's own bseat and battr block too.
+    let mut request = banner_request(exchange_bid(9.0, "shoes.example"));
+    request["request"]["bseat"] = json!(["dsp-1"]);
+    let response = cluster.decide(&request).await;
+    assert_eq!(dropped_reasons(&response)[0].1, "blocked_seat");
+    let mut request = banner_request({
+        let mut bids = exchange_bid(9.0, "shoes.example");
+        bids[0]["seatbid"][0]["bid"][0]["attr"] = json!([7]);
+        bids
+    });
+    request["request"]["imp"][0]["banner"]["battr"] = json!([7]);
+    let response = cluster.decide(&request).await;
+    assert_eq!(dropped_reasons(&response)[0].1, "blocked_attribute");
+}

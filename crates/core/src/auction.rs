@@ -11,12 +11,29 @@ use crate::config::AuctionType;
 use crate::money::Micros;
 pub use crate::targeting::domain_is_within;
 
-/// Kinds of demand, in the order they win a tie: an exchange bid is money in hand, a
-/// mediated bid still has to be fetched from its network.
+/// Kinds of demand.
+///
+/// Guaranteed line items rank above everything else, among themselves by priority (1
+/// first) then CPM. Everything else ranks by bid; on equal bids the variants win in the
+/// order listed: a non-guaranteed line item is beaten only by a higher bid, an exchange
+/// bid is money in hand, a mediated bid still has to be fetched from its network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
+    GuaranteedLineItem { priority: u32 },
+    NonGuaranteedLineItem,
     Exchange,
     MediatedNetwork,
+}
+
+impl Source {
+    /// Line items are the publisher's own demand: the floor does not apply to them and
+    /// they pay their fixed CPM.
+    pub fn is_line_item(self) -> bool {
+        matches!(
+            self,
+            Source::GuaranteedLineItem { .. } | Source::NonGuaranteedLineItem
+        )
+    }
 }
 
 /// What the auction needs to know about a candidate.
@@ -28,6 +45,10 @@ pub trait Bidder {
     fn bid(&self) -> Micros;
     fn adomains(&self) -> &[String];
     fn categories(&self) -> &[String];
+    /// The buyer seat (exchange bids); empty otherwise.
+    fn seat(&self) -> &str;
+    /// OpenRTB creative attribute codes.
+    fn attributes(&self) -> &[i32];
 }
 
 /// The selling rule's side of the auction.
@@ -37,6 +58,8 @@ pub struct AuctionRules<'a> {
     pub auction_type: AuctionType,
     pub blocked_adomains: &'a [String],
     pub blocked_categories: &'a [String],
+    pub blocked_seats: &'a [String],
+    pub blocked_attributes: &'a [i32],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +68,8 @@ pub enum DropReason {
     BelowFloor { floor: Micros },
     BlockedAdomain(String),
     BlockedCategory(String),
+    BlockedSeat(String),
+    BlockedAttribute(i32),
 }
 
 impl DropReason {
@@ -55,6 +80,8 @@ impl DropReason {
             DropReason::BelowFloor { .. } => "below_floor",
             DropReason::BlockedAdomain(_) => "blocked_adomain",
             DropReason::BlockedCategory(_) => "blocked_category",
+            DropReason::BlockedSeat(_) => "blocked_seat",
+            DropReason::BlockedAttribute(_) => "blocked_attribute",
         }
     }
 }
@@ -68,6 +95,8 @@ impl fmt::Display for DropReason {
                 write!(f, "advertiser domain {domain} is blocked")
             }
             DropReason::BlockedCategory(cat) => write!(f, "category {cat} is blocked"),
+            DropReason::BlockedSeat(seat) => write!(f, "buyer seat {seat} is blocked"),
+            DropReason::BlockedAttribute(attr) => write!(f, "creative attribute {attr} is blocked"),
         }
     }
 }
@@ -89,10 +118,12 @@ pub struct Ranking {
 
 /// Ranks `candidates` under `rules`.
 ///
-/// Order: higher bid first; on equal bids exchange before mediated demand; then the
-/// smaller id. It is a total order, so the ranking never depends on input order.
-/// Clearing price: first price pays the bid; second price pays the larger of the floor
-/// and the next bid in rank order, never more than its own bid.
+/// Order: guaranteed line items first (priority, then CPM); then by bid, equal bids
+/// going to a non-guaranteed line item, then an exchange bid, then a mediated bid; then
+/// the smaller id. It is a total order, so the ranking never depends on input order.
+/// Clearing price: a line item pays its CPM; otherwise first price pays the bid, and
+/// second price the larger of the floor and the next bid in rank order, never more than
+/// its own bid.
 pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
     let mut ranking = Ranking::default();
     let mut eligible: Vec<usize> = Vec::with_capacity(candidates.len());
@@ -109,6 +140,7 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
         .map(|(position, &index)| {
             let bid = candidates[index].bid();
             let clearing_price = match rules.auction_type {
+                _ if candidates[index].source().is_line_item() => bid,
                 AuctionType::FirstPrice => bid,
                 AuctionType::SecondPrice => {
                     let next_bid = eligible
@@ -127,18 +159,42 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
 }
 
 fn compare<B: Bidder>(a: &B, b: &B) -> Ordering {
-    b.bid()
-        .cmp(&a.bid())
-        .then_with(|| a.source().cmp(&b.source()))
-        .then_with(|| a.id().cmp(b.id()))
+    let guaranteed_priority = |source: Source| match source {
+        Source::GuaranteedLineItem { priority } => Some(priority),
+        _ => None,
+    };
+    match (
+        guaranteed_priority(a.source()),
+        guaranteed_priority(b.source()),
+    ) {
+        (Some(pa), Some(pb)) => pa.cmp(&pb).then_with(|| b.bid().cmp(&a.bid())),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => b
+            .bid()
+            .cmp(&a.bid())
+            .then_with(|| a.source().cmp(&b.source())),
+    }
+    .then_with(|| a.id().cmp(b.id()))
 }
 
 fn drop_reason<B: Bidder>(candidate: &B, rules: &AuctionRules<'_>) -> Option<DropReason> {
     if candidate.bid() <= Micros::ZERO {
         return Some(DropReason::NonPositiveBid);
     }
-    if candidate.bid() < rules.floor {
+    if candidate.bid() < rules.floor && !candidate.source().is_line_item() {
         return Some(DropReason::BelowFloor { floor: rules.floor });
+    }
+    let seat = candidate.seat();
+    if !seat.is_empty() && rules.blocked_seats.iter().any(|s| s == seat) {
+        return Some(DropReason::BlockedSeat(seat.to_string()));
+    }
+    if let Some(attribute) = candidate
+        .attributes()
+        .iter()
+        .find(|a| rules.blocked_attributes.contains(a))
+    {
+        return Some(DropReason::BlockedAttribute(*attribute));
     }
     if let Some(domain) = candidate.adomains().iter().find(|d| {
         rules
@@ -178,6 +234,8 @@ mod tests {
         bid: Micros,
         adomains: Vec<String>,
         categories: Vec<String>,
+        seat: String,
+        attributes: Vec<i32>,
     }
 
     impl Bidder for Bid {
@@ -196,6 +254,12 @@ mod tests {
         fn categories(&self) -> &[String] {
             &self.categories
         }
+        fn seat(&self) -> &str {
+            &self.seat
+        }
+        fn attributes(&self) -> &[i32] {
+            &self.attributes
+        }
     }
 
     fn bid(id: &str, source: Source, micros: i64) -> Bid {
@@ -205,6 +269,8 @@ mod tests {
             bid: Micros(micros),
             adomains: vec![],
             categories: vec![],
+            seat: String::new(),
+            attributes: vec![],
         }
     }
 
@@ -285,6 +351,73 @@ mod tests {
     }
 
     #[test]
+    fn guaranteed_line_items_win_outright_and_others_must_outbid_line_items() {
+        let candidates = vec![
+            bid("exchange-high", Source::Exchange, 9_000_000),
+            bid(
+                "guaranteed-p2",
+                Source::GuaranteedLineItem { priority: 2 },
+                5_000_000,
+            ),
+            bid(
+                "guaranteed-p1",
+                Source::GuaranteedLineItem { priority: 1 },
+                1_000_000,
+            ),
+            bid("standard", Source::NonGuaranteedLineItem, 3_000_000),
+            bid("exchange-tie", Source::Exchange, 3_000_000),
+            bid("cheap-line-item", Source::NonGuaranteedLineItem, 100_000),
+        ];
+        let rules = AuctionRules {
+            floor: Micros(500_000),
+            auction_type: AuctionType::SecondPrice,
+            ..Default::default()
+        };
+        let ranking = rank(&candidates, &rules);
+        assert_eq!(
+            ids(&candidates, &ranking),
+            [
+                "guaranteed-p1",
+                "guaranteed-p2",
+                "exchange-high",
+                "standard",
+                "exchange-tie",
+                "cheap-line-item"
+            ]
+        );
+        let prices: Vec<_> = ranking.ranked.iter().map(|r| r.clearing_price.0).collect();
+        assert_eq!(
+            prices,
+            [1_000_000, 5_000_000, 3_000_000, 3_000_000, 500_000, 100_000]
+        );
+    }
+
+    #[test]
+    fn drops_blocked_seats_and_creative_attributes() {
+        let mut seat = bid("seat", Source::Exchange, 2_000_000);
+        seat.seat = "bad-seat".into();
+        let mut attribute = bid("attr", Source::Exchange, 2_000_000);
+        attribute.attributes = vec![1, 3];
+        let candidates = vec![seat, attribute, bid("ok", Source::Exchange, 1_000_000)];
+        let blocked_seats = vec!["bad-seat".to_string()];
+        let rules = AuctionRules {
+            blocked_seats: &blocked_seats,
+            blocked_attributes: &[3],
+            ..Default::default()
+        };
+        let ranking = rank(&candidates, &rules);
+        assert_eq!(ids(&candidates, &ranking), ["ok"]);
+        let reasons: Vec<_> = ranking.dropped.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(
+            reasons,
+            [
+                DropReason::BlockedSeat("bad-seat".into()),
+                DropReason::BlockedAttribute(3)
+            ]
+        );
+    }
+
+    #[test]
     fn domain_and_category_nesting() {
         assert!(domain_is_within("example.com", "example.com"));
         assert!(domain_is_within("ads.Example.com", "example.com"));
@@ -301,21 +434,18 @@ mod tests {
         use proptest::prelude::*;
 
         fn candidates() -> impl Strategy<Value = Vec<Bid>> {
-            prop::collection::vec((0..20u8, any::<bool>(), 0..5_000_000i64), 0..30).prop_map(
-                |raw| {
-                    raw.into_iter()
-                        .enumerate()
-                        .map(|(i, (id, exchange, micros))| {
-                            let source = if exchange {
-                                Source::Exchange
-                            } else {
-                                Source::MediatedNetwork
-                            };
-                            bid(&format!("{id}-{i}"), source, micros)
-                        })
-                        .collect()
-                },
-            )
+            let source = prop_oneof![
+                (1..4u32).prop_map(|priority| Source::GuaranteedLineItem { priority }),
+                Just(Source::NonGuaranteedLineItem),
+                Just(Source::Exchange),
+                Just(Source::MediatedNetwork),
+            ];
+            prop::collection::vec((0..20u8, source, 0..5_000_000i64), 0..30).prop_map(|raw| {
+                raw.into_iter()
+                    .enumerate()
+                    .map(|(i, (id, source, micros))| bid(&format!("{id}-{i}"), source, micros))
+                    .collect()
+            })
         }
 
         proptest! {
@@ -339,10 +469,32 @@ mod tests {
                     );
                 }
                 for ranked in &ranking.ranked {
-                    let own = candidates[ranked.index].bid;
-                    prop_assert!(own >= rules.floor);
-                    prop_assert!(ranked.clearing_price <= own);
-                    prop_assert!(ranked.clearing_price >= rules.floor);
+                    let candidate = &candidates[ranked.index];
+                    prop_assert!(ranked.clearing_price <= candidate.bid);
+                    if candidate.source.is_line_item() {
+                        prop_assert_eq!(ranked.clearing_price, candidate.bid);
+                    } else {
+                        prop_assert!(candidate.bid >= rules.floor);
+                        prop_assert!(ranked.clearing_price >= rules.floor);
+                    }
+                }
+                // Guaranteed line items rank above everything else; a non-guaranteed
+                // one is only ever ranked below a strictly higher bid.
+                let sources: Vec<Source> = ranking.ranked.iter().map(|r| candidates[r.index].source).collect();
+                let first_other = sources
+                    .iter()
+                    .position(|s| !matches!(s, Source::GuaranteedLineItem { .. }))
+                    .unwrap_or(sources.len());
+                let guaranteed_after_others = sources[first_other..]
+                    .iter()
+                    .any(|s| matches!(s, Source::GuaranteedLineItem { .. }));
+                prop_assert!(!guaranteed_after_others);
+                for (position, ranked) in ranking.ranked.iter().enumerate() {
+                    if candidates[ranked.index].source == Source::NonGuaranteedLineItem {
+                        for above in &ranking.ranked[first_other..position] {
+                            prop_assert!(candidates[above.index].bid > candidates[ranked.index].bid);
+                        }
+                    }
                 }
                 let order = ids(&candidates, &ranking);
                 candidates.reverse();

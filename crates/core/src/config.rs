@@ -32,6 +32,8 @@ pub struct Configuration {
     pub currency_rates: Vec<CurrencyRate>,
     #[serde(default)]
     pub ad_unit_groups: Vec<AdUnitGroup>,
+    #[serde(default)]
+    pub line_items: Vec<LineItem>,
 }
 
 /// A publisher, or a container of publishers (`parent_id` forms the tree).
@@ -85,6 +87,12 @@ pub struct SellingRule {
     pub blocked_adomains: Vec<String>,
     #[serde(default)]
     pub blocked_categories: Vec<String>,
+    /// Buyer seats whose bids may not serve.
+    #[serde(default)]
+    pub blocked_seats: Vec<String>,
+    /// OpenRTB creative attribute codes that may not serve (e.g. 3: auto-play audio).
+    #[serde(default)]
+    pub blocked_attributes: Vec<i32>,
     #[serde(default)]
     pub auction_type: AuctionType,
 }
@@ -147,6 +155,45 @@ pub struct MediatedBid {
     pub placement_id: String,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineItemClass {
+    /// Sold with a delivery guarantee: wins outright over all auction demand.
+    Guaranteed,
+    /// Beaten only by auction demand bidding more than it, at or above the floor.
+    #[default]
+    NonGuaranteed,
+}
+
+/// Direct-sold demand with its own creative. Line items are the publisher's own deals:
+/// they may serve where no selling rule matches, and the floor does not apply to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineItem {
+    pub id: String,
+    pub account_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub class: LineItemClass,
+    /// Among guaranteed line items, 1 is served first.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    pub cpm: Micros,
+    #[serde(default)]
+    pub targeting: Targeting,
+    #[serde(default = "enabled_by_default")]
+    pub active: bool,
+    /// The creative markup served when the line item wins.
+    pub adm: String,
+    #[serde(default)]
+    pub adomain: Vec<String>,
+}
+
+fn default_priority() -> u32 {
+    10
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CurrencyRate {
@@ -187,6 +234,7 @@ impl Configuration {
             "mediated_bids",
             self.mediated_bids.iter().map(|b| b.id.as_str()),
         )?;
+        unique_ids("line_items", self.line_items.iter().map(|l| l.id.as_str()))?;
 
         for (i, account) in self.accounts.iter().enumerate() {
             if let Some(parent) = &account.parent_id
@@ -259,6 +307,23 @@ impl Configuration {
             }
             bid.targeting
                 .validate(&format!("mediated_bids[{i}].targeting"))?;
+        }
+        for (i, item) in self.line_items.iter().enumerate() {
+            known_account(format!("line_items[{i}].account_id"), &item.account_id)?;
+            if item.cpm == Micros::ZERO {
+                return Err(ConfigError::new(
+                    format!("line_items[{i}].cpm"),
+                    "must be greater than zero",
+                ));
+            }
+            if item.adm.is_empty() {
+                return Err(ConfigError::new(
+                    format!("line_items[{i}].adm"),
+                    "a line item serves its own creative: adm is required",
+                ));
+            }
+            item.targeting
+                .validate(&format!("line_items[{i}].targeting"))?;
         }
         for (i, group) in self.ad_unit_groups.iter().enumerate() {
             known_account(format!("ad_unit_groups[{i}].account_id"), &group.account_id)?;

@@ -3,10 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{ConfigError, Configuration, MediatedBid, Network, NetworkMode, SellingRule};
+use crate::config::{
+    ConfigError, Configuration, LineItem, MediatedBid, Network, NetworkMode, SellingRule,
+};
 use crate::index::{Dictionary, TargetingIndex};
 use crate::money::{CurrencyRates, Micros};
-use crate::targeting::{DayHour, Dimension, ImpressionKeys};
+use crate::targeting::{DayHour, Dimension, ImpressionKeys, Targeting};
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -22,9 +24,12 @@ pub struct Snapshot {
     rates: CurrencyRates,
 }
 
-/// The selling rules and mediated bids one account owns.
+/// The selling rules, mediated bids and line items one account owns.
 #[derive(Debug, Default)]
 struct Owned {
+    /// In configuration order.
+    line_items: Vec<LineItem>,
+    line_item_index: TargetingIndex,
     /// Enabled rules only, in configuration order.
     rules: Vec<SellingRule>,
     rule_index: TargetingIndex,
@@ -77,6 +82,8 @@ pub struct ImpEvaluation<'s> {
     pub applied_rule: Option<AppliedRule<'s>>,
     pub matched_rule_ids: Vec<&'s str>,
     pub mediated_bids: Vec<&'s MediatedBid>,
+    /// Eligible line items; they may serve whether or not a selling rule applies.
+    pub line_items: Vec<&'s LineItem>,
     /// Filled only when asked to explain.
     pub excluded: Vec<(&'s str, Exclusion)>,
 }
@@ -134,6 +141,13 @@ impl Snapshot {
                 .bids
                 .push(bid);
         }
+        for item in configuration.line_items {
+            owned
+                .entry(item.account_id.clone())
+                .or_default()
+                .line_items
+                .push(item);
+        }
         for entities in owned.values_mut() {
             entities.rule_index = TargetingIndex::build(
                 entities.rules.iter().map(|r| &r.targeting),
@@ -141,6 +155,10 @@ impl Snapshot {
             );
             entities.bid_index = TargetingIndex::build(
                 entities.bids.iter().map(|b| &b.targeting),
+                &mut snapshot.dictionary,
+            );
+            entities.line_item_index = TargetingIndex::build(
+                entities.line_items.iter().map(|l| &l.targeting),
                 &mut snapshot.dictionary,
             );
         }
@@ -225,28 +243,31 @@ impl Snapshot {
         explain: bool,
     ) -> ImpEvaluation<'s> {
         let mut evaluation = ImpEvaluation::default();
+        let matcher = Matcher {
+            resolved: (engine == Engine::Index).then(|| self.dictionary.resolve(keys)),
+            keys,
+            explain,
+        };
+
+        // Line items are the publisher's own demand: selling rules do not gate them.
+        for account in self.account_path(account_id) {
+            if let Some(owned) = self.owned.get(account) {
+                matcher.collect(
+                    &owned.line_items,
+                    &owned.line_item_index,
+                    |item| (&item.id, &item.targeting),
+                    |item| (!item.active).then_some(Exclusion::Inactive),
+                    &mut evaluation.line_items,
+                    &mut evaluation.excluded,
+                );
+            }
+        }
+
         let Some((owner, owned)) = self.rule_owner(account_id) else {
             return evaluation;
         };
-        let resolved = (engine == Engine::Index).then(|| self.dictionary.resolve(keys));
-        let matching = |index: &TargetingIndex,
-                        targetings: &mut dyn Iterator<Item = &crate::targeting::Targeting>|
-         -> Vec<u32> {
-            match &resolved {
-                Some(resolved) => index.matches(resolved),
-                None => targetings
-                    .enumerate()
-                    .filter(|(_, t)| t.matches(keys))
-                    .map(|(i, _)| i as u32)
-                    .collect(),
-            }
-        };
-
         let mut applied: Option<&SellingRule> = None;
-        for position in matching(
-            &owned.rule_index,
-            &mut owned.rules.iter().map(|r| &r.targeting),
-        ) {
+        for position in matcher.matching(&owned.rule_index, &owned.rules, |r| &r.targeting) {
             let rule = &owned.rules[position as usize];
             evaluation.matched_rule_ids.push(&rule.id);
             // Highest floor wins; among equal floors the smallest id, so the choice never
@@ -270,35 +291,15 @@ impl Snapshot {
         });
 
         for account in self.account_path(account_id) {
-            let Some(owned) = self.owned.get(account) else {
-                continue;
-            };
-            let matched = matching(
-                &owned.bid_index,
-                &mut owned.bids.iter().map(|b| &b.targeting),
-            );
-            for position in &matched {
-                let bid = &owned.bids[*position as usize];
-                match self.eligibility(bid) {
-                    None => evaluation.mediated_bids.push(bid),
-                    Some(exclusion) if explain => evaluation.excluded.push((&bid.id, exclusion)),
-                    Some(_) => {}
-                }
-            }
-            if explain {
-                // Only explanations pay for finding the dimension that excluded a bid.
-                let mut matched = matched.iter().peekable();
-                for (position, bid) in owned.bids.iter().enumerate() {
-                    if matched.peek() == Some(&&(position as u32)) {
-                        matched.next();
-                        continue;
-                    }
-                    if let Some(dimension) = bid.targeting.mismatch(keys) {
-                        evaluation
-                            .excluded
-                            .push((&bid.id, Exclusion::Targeting(dimension)));
-                    }
-                }
+            if let Some(owned) = self.owned.get(account) {
+                matcher.collect(
+                    &owned.bids,
+                    &owned.bid_index,
+                    |bid| (&bid.id, &bid.targeting),
+                    |bid| self.eligibility(bid),
+                    &mut evaluation.mediated_bids,
+                    &mut evaluation.excluded,
+                );
             }
         }
         evaluation
@@ -314,6 +315,67 @@ impl Snapshot {
             .get(&bid.network_id)
             .is_some_and(|n| n.mode == NetworkMode::Waterfall);
         (!in_waterfall).then_some(Exclusion::NetworkNotInWaterfall)
+    }
+}
+
+/// Matches targetings with the chosen engine, for one impression.
+struct Matcher<'k> {
+    /// The impression resolved against the dictionary; `None` for the linear engine.
+    resolved: Option<crate::index::ResolvedImpression>,
+    keys: &'k ImpressionKeys,
+    explain: bool,
+}
+
+impl Matcher<'_> {
+    /// Positions of the `items` whose targeting matches, ascending.
+    fn matching<'a, T>(
+        &self,
+        index: &TargetingIndex,
+        items: &'a [T],
+        targeting: impl Fn(&'a T) -> &'a Targeting,
+    ) -> Vec<u32> {
+        match &self.resolved {
+            Some(resolved) => index.matches(resolved),
+            None => (0..items.len() as u32)
+                .filter(|i| targeting(&items[*i as usize]).matches(self.keys))
+                .collect(),
+        }
+    }
+
+    /// Adds the matching `items` that are also eligible to `eligible`; when explaining,
+    /// every other item goes to `excluded` with its reason.
+    fn collect<'s, T>(
+        &self,
+        items: &'s [T],
+        index: &TargetingIndex,
+        describe: impl Fn(&'s T) -> (&'s str, &'s Targeting),
+        eligibility: impl Fn(&T) -> Option<Exclusion>,
+        eligible: &mut Vec<&'s T>,
+        excluded: &mut Vec<(&'s str, Exclusion)>,
+    ) {
+        let matched = self.matching(index, items, |item| describe(item).1);
+        for position in &matched {
+            let item = &items[*position as usize];
+            match eligibility(item) {
+                None => eligible.push(item),
+                Some(exclusion) if self.explain => excluded.push((describe(item).0, exclusion)),
+                Some(_) => {}
+            }
+        }
+        if self.explain {
+            // Only explanations pay for finding the dimension that excluded an item.
+            let mut matched = matched.iter().peekable();
+            for (position, item) in items.iter().enumerate() {
+                if matched.peek() == Some(&&(position as u32)) {
+                    matched.next();
+                    continue;
+                }
+                let (id, targeting) = describe(item);
+                if let Some(dimension) = targeting.mismatch(self.keys) {
+                    excluded.push((id, Exclusion::Targeting(dimension)));
+                }
+            }
+        }
     }
 }
 
@@ -403,7 +465,10 @@ mod tests {
         assert_eq!(eligible, ["coolads-2.00", "betaads-1.20"]);
         assert_eq!(
             evaluation.excluded,
-            [("betaads-5.00-paused", Exclusion::Inactive)]
+            [
+                ("foobar-home-house", Exclusion::Targeting(Dimension::Domain)),
+                ("betaads-5.00-paused", Exclusion::Inactive)
+            ]
         );
     }
 
@@ -437,7 +502,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::{Account, MediatedBid, Network, SellingRule};
+    use crate::config::{Account, LineItem, MediatedBid, Network, SellingRule};
     use crate::targeting::{Filter, Targeting};
 
     const ACCOUNTS: usize = 6;
@@ -464,8 +529,12 @@ mod properties {
             prop::collection::vec(prop::option::of(0..ACCOUNTS), ACCOUNTS),
             prop::collection::vec((0..ACCOUNTS, 0..5i64, any::<bool>(), targeting()), 0..20),
             prop::collection::vec((0..ACCOUNTS, 1..5i64, any::<bool>(), targeting()), 0..20),
+            prop::collection::vec(
+                (0..ACCOUNTS, any::<bool>(), any::<bool>(), targeting()),
+                0..6,
+            ),
         )
-            .prop_map(|(parents, rules, bids)| Configuration {
+            .prop_map(|(parents, rules, bids, items)| Configuration {
                 accounts: parents
                     .iter()
                     .enumerate()
@@ -504,6 +573,24 @@ mod properties {
                         cpm: Micros(cpm * 100_000),
                         active,
                         targeting,
+                        ..Default::default()
+                    })
+                    .collect(),
+                line_items: items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (account, guaranteed, active, targeting))| LineItem {
+                        id: format!("l{i}"),
+                        account_id: format!("a{account}"),
+                        class: if guaranteed {
+                            crate::config::LineItemClass::Guaranteed
+                        } else {
+                            crate::config::LineItemClass::NonGuaranteed
+                        },
+                        cpm: Micros(1_000_000),
+                        active,
+                        targeting,
+                        adm: "<ad/>".into(),
                         ..Default::default()
                     })
                     .collect(),
@@ -568,6 +655,38 @@ mod properties {
                 0
             };
             prop_assert_eq!(indexed.mediated_bids.len(), expected_bids);
+            // Line items do not depend on the selling rules.
+            let expected_items = configuration
+                .line_items
+                .iter()
+                .filter(|l| l.active && path.contains(&l.account_id.as_str()) && l.targeting.matches(&keys))
+                .count();
+            prop_assert_eq!(indexed.line_items.len(), expected_items);
         }
+    }
+}
+
+#[cfg(test)]
+mod line_items {
+    use super::*;
+
+    #[test]
+    fn line_items_are_eligible_without_a_matching_rule() {
+        let configuration: Configuration =
+            toml::from_str(include_str!("../../../examples/demo.toml")).unwrap();
+        let snapshot = Snapshot::build(configuration).unwrap();
+        let keys = ImpressionKeys {
+            tagid: "sponsor-top".into(),
+            media_types: vec![crate::targeting::MediaType::Banner],
+            ..Default::default()
+        };
+        let evaluation = snapshot.evaluate("pub12345", &keys, Micros::ZERO, true);
+        assert!(evaluation.applied_rule.is_none());
+        let ids: Vec<_> = evaluation
+            .line_items
+            .iter()
+            .map(|l| l.id.as_str())
+            .collect();
+        assert_eq!(ids, ["siteabcd-sponsorship"]);
     }
 }

@@ -101,6 +101,12 @@ impl Bidder for Wire<'_> {
     fn categories(&self) -> &[String] {
         &self.candidate.cat
     }
+    fn seat(&self) -> &str {
+        &self.candidate.seat
+    }
+    fn attributes(&self) -> &[i32] {
+        &self.candidate.attr
+    }
 }
 
 fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
@@ -116,6 +122,10 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
             let source = match candidate.source() {
                 SourceKind::Exchange => Source::Exchange,
                 SourceKind::MediatedNetwork => Source::MediatedNetwork,
+                SourceKind::LineItem if candidate.guaranteed => Source::GuaranteedLineItem {
+                    priority: candidate.priority,
+                },
+                SourceKind::LineItem => Source::NonGuaranteedLineItem,
                 other => return Err(RankError::UnsupportedSource(i, j, other)),
             };
             let bid =
@@ -135,6 +145,8 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
         },
         blocked_adomains: &imp.blocked_adomains,
         blocked_categories: &imp.blocked_categories,
+        blocked_seats: &imp.blocked_seats,
+        blocked_attributes: &imp.blocked_attributes,
     };
     let ranking = auction::rank(&wire, &rules);
     let dropped = ranking

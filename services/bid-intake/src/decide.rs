@@ -14,14 +14,16 @@ use cascade_proto::decision::v1::{
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
 use cascade_proto::networkcaller::v1::{RunWaterfallRequest, WaterfallImp};
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
-use cascade_proto::targeting::v1::{EligibleMediatedBid, EvaluateRequest};
+use cascade_proto::targeting::v1::{
+    EligibleLineItem, EligibleMediatedBid, EvaluateRequest, ImpEvaluation,
+};
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_state::{Selection, SnapshotCell, Store};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::error::DecideError;
-use crate::normalize::normalize;
+use crate::normalize::{Normalized, normalize};
 
 const AUCTION_CURRENCY: &str = cascade_core::money::AUCTION_CURRENCY;
 
@@ -63,7 +65,7 @@ impl DecisionService {
         caller_timeout: Option<Duration>,
     ) -> Result<DecideResponse, DecideError> {
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
-        let normalized = normalize(&request, snapshot.rates())?;
+        let mut normalized = normalize(&request, snapshot.rates())?;
         let budget = [
             caller_timeout,
             normalized.tmax_ms.map(Duration::from_millis),
@@ -83,8 +85,8 @@ impl DecisionService {
             .clone()
             .evaluate(deadline.request(EvaluateRequest {
                 account_id: normalized.account_id.clone(),
-                imps: normalized.imps,
-                context: Some(normalized.context),
+                imps: std::mem::take(&mut normalized.imps),
+                context: Some(std::mem::take(&mut normalized.context)),
                 debug,
             }))
             .await
@@ -94,10 +96,12 @@ impl DecisionService {
         let mut slots: Vec<Slot> = Vec::with_capacity(evaluation.imps.len());
         let mut auction_imps = Vec::new();
         let mut auction_slots = Vec::new();
-        for (evaluated, exchange) in evaluation
+        let exchange_candidates = std::mem::take(&mut normalized.exchange_candidates);
+        for (index, (mut evaluated, exchange)) in evaluation
             .imps
             .into_iter()
-            .zip(normalized.exchange_candidates)
+            .zip(exchange_candidates)
+            .enumerate()
         {
             let mut decision = ImpDecision {
                 impid: evaluated.impid.clone(),
@@ -120,38 +124,24 @@ impl DecisionService {
                         .applied_rule
                         .as_ref()
                         .map_or(0, |r| r.floor_micros),
-                    matched_rule_ids: evaluated.matched_rule_ids,
-                    excluded: evaluated.excluded,
+                    matched_rule_ids: std::mem::take(&mut evaluated.matched_rule_ids),
+                    excluded: std::mem::take(&mut evaluated.excluded),
                     budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
                     ..Default::default()
                 });
             }
-            let applied_rule = match (evaluation.account_known, evaluated.applied_rule) {
-                (false, _) => {
-                    decision.no_fill_reason = NoFillReason::UnknownAccount as i32;
-                    None
+            match auction_imp(
+                evaluation.account_known,
+                evaluated,
+                exchange,
+                &normalized,
+                index,
+            ) {
+                Ok(imp) => {
+                    auction_slots.push(slots.len());
+                    auction_imps.push(imp);
                 }
-                (true, None) => {
-                    decision.no_fill_reason = NoFillReason::NoMatchingRule as i32;
-                    None
-                }
-                (true, Some(rule)) => Some(rule),
-            };
-            if let Some(rule) = applied_rule {
-                let mut candidates = exchange;
-                candidates.extend(evaluated.mediated_bids.into_iter().map(mediated_candidate));
-                auction_slots.push(slots.len());
-                auction_imps.push(AuctionImp {
-                    impid: evaluated.impid,
-                    floor_micros: rule.floor_micros,
-                    auction_type: rule.auction_type,
-                    blocked_adomains: merged(rule.blocked_adomains, &normalized.blocked_adomains),
-                    blocked_categories: merged(
-                        rule.blocked_categories,
-                        &normalized.blocked_categories,
-                    ),
-                    candidates,
-                });
+                Err(reason) => decision.no_fill_reason = reason as i32,
             }
             slots.push(Slot {
                 decision,
@@ -346,6 +336,70 @@ fn new_selection_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// What one impression brings to the auction, or why it has nothing to bring. With a
+/// selling rule: exchange bids, mediated bids and line items under the rule's floor and
+/// filters plus the request's own. Without one, no auction demand may serve: only line
+/// items, under the request's filters.
+fn auction_imp(
+    account_known: bool,
+    evaluated: ImpEvaluation,
+    exchange: Vec<Candidate>,
+    normalized: &Normalized,
+    index: usize,
+) -> Result<AuctionImp, NoFillReason> {
+    if !account_known {
+        return Err(NoFillReason::UnknownAccount);
+    }
+    let line_items = evaluated.line_items.into_iter().map(line_item_candidate);
+    let imp_blocked_attributes = &normalized.blocked_attributes[index];
+    match evaluated.applied_rule {
+        Some(rule) => {
+            let mut candidates = exchange;
+            candidates.extend(evaluated.mediated_bids.into_iter().map(mediated_candidate));
+            candidates.extend(line_items);
+            Ok(AuctionImp {
+                impid: evaluated.impid,
+                floor_micros: rule.floor_micros,
+                auction_type: rule.auction_type,
+                blocked_adomains: merged(rule.blocked_adomains, &normalized.blocked_adomains),
+                blocked_categories: merged(rule.blocked_categories, &normalized.blocked_categories),
+                blocked_seats: merged(rule.blocked_seats, &normalized.blocked_seats),
+                blocked_attributes: merged(rule.blocked_attributes, imp_blocked_attributes),
+                candidates,
+            })
+        }
+        None => {
+            let candidates: Vec<Candidate> = line_items.collect();
+            if candidates.is_empty() {
+                return Err(NoFillReason::NoMatchingRule);
+            }
+            Ok(AuctionImp {
+                impid: evaluated.impid,
+                blocked_adomains: normalized.blocked_adomains.clone(),
+                blocked_categories: normalized.blocked_categories.clone(),
+                blocked_seats: normalized.blocked_seats.clone(),
+                blocked_attributes: imp_blocked_attributes.clone(),
+                candidates,
+                ..Default::default()
+            })
+        }
+    }
+}
+
+fn line_item_candidate(item: EligibleLineItem) -> Candidate {
+    Candidate {
+        id: format!("line_item:{}", item.line_item_id),
+        source: SourceKind::LineItem as i32,
+        bid_micros: item.cpm_micros,
+        bid_id: item.line_item_id,
+        adm: item.adm,
+        adomain: item.adomain,
+        guaranteed: item.guaranteed,
+        priority: item.priority,
+        ..Default::default()
+    }
+}
+
 fn mediated_candidate(bid: EligibleMediatedBid) -> Candidate {
     Candidate {
         id: format!("mediated:{}", bid.bid_id),
@@ -376,8 +430,8 @@ fn winner_from(ranked: RankedCandidate) -> Winner {
     }
 }
 
-/// The rule's filters plus the request's own (`bcat`, `badv`).
-fn merged(mut from_rule: Vec<String>, from_request: &[String]) -> Vec<String> {
+/// The rule's filters plus the request's own (`bcat`, `badv`, `bseat`, `battr`).
+fn merged<T: Clone>(mut from_rule: Vec<T>, from_request: &[T]) -> Vec<T> {
     from_rule.extend(from_request.iter().cloned());
     from_rule
 }

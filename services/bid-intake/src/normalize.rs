@@ -35,6 +35,10 @@ pub struct Normalized {
     /// The request's `bcat` and `badv`, merged into every rule's filters.
     pub blocked_categories: Vec<String>,
     pub blocked_adomains: Vec<String>,
+    /// The request's `bseat`.
+    pub blocked_seats: Vec<String>,
+    /// Per impression (in the order of `imps`), its `banner.battr` and `video.battr`.
+    pub blocked_attributes: Vec<Vec<i32>>,
     /// `tmax` in milliseconds, when the request set one.
     pub tmax_ms: Option<u64>,
 }
@@ -59,6 +63,7 @@ pub fn normalize(
     }
     check_list_len("request.bcat", bid_request.bcat.len(), MAX_BLOCKLIST_LEN)?;
     check_list_len("request.badv", bid_request.badv.len(), MAX_BLOCKLIST_LEN)?;
+    check_list_len("request.bseat", bid_request.bseat.len(), MAX_BLOCKLIST_LEN)?;
     let account_id = publisher_id(bid_request)?;
 
     if bid_request.imp.is_empty() {
@@ -91,6 +96,16 @@ pub fn normalize(
         exchange_candidates,
         blocked_categories: bid_request.bcat.clone(),
         blocked_adomains: bid_request.badv.clone(),
+        blocked_seats: bid_request.bseat.clone(),
+        blocked_attributes: bid_request
+            .imp
+            .iter()
+            .map(|imp| {
+                let banner = imp.banner.iter().flat_map(|b| &b.battr);
+                let video = imp.video.iter().flat_map(|v| &v.battr);
+                banner.chain(video).copied().collect()
+            })
+            .collect(),
         tmax_ms: (bid_request.tmax > 0).then_some(bid_request.tmax as u64),
     })
 }
@@ -209,6 +224,11 @@ fn imp_context(field: &str, imp: &Imp, rates: &CurrencyRates) -> Result<ImpConte
     if let Some(banner) = &imp.banner {
         media_types.push(MediaType::Banner as i32);
         check_list_len(
+            &format!("{field}.banner.battr"),
+            banner.battr.len(),
+            MAX_BLOCKLIST_LEN,
+        )?;
+        check_list_len(
             &format!("{field}.banner.format"),
             banner.format.len(),
             MAX_SIZES_PER_IMP,
@@ -225,6 +245,11 @@ fn imp_context(field: &str, imp: &Imp, rates: &CurrencyRates) -> Result<ImpConte
     }
     if let Some(video) = &imp.video {
         media_types.push(MediaType::Video as i32);
+        check_list_len(
+            &format!("{field}.video.battr"),
+            video.battr.len(),
+            MAX_BLOCKLIST_LEN,
+        )?;
         push_size(&mut sizes, &format!("{field}.video"), video.w, video.h)?;
     }
     if imp.audio.is_some() {
@@ -324,6 +349,7 @@ fn exchange_candidates(
                     adm: bid.adm.clone(),
                     nurl: bid.nurl.clone(),
                     dealid: bid.dealid.clone(),
+                    attr: bid.attr.clone(),
                     ..Default::default()
                 });
             }

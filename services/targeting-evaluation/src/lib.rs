@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cascade_core::Micros;
-use cascade_core::config::AuctionType as CoreAuctionType;
+use cascade_core::config::{AuctionType as CoreAuctionType, LineItemClass};
 use cascade_core::snapshot::{ImpEvaluation as CoreEvaluation, Snapshot};
 use cascade_core::targeting::{ImpressionKeys, MediaType as CoreMediaType, Size as CoreSize};
 use cascade_proto::auction::v1::AuctionType;
@@ -14,8 +14,8 @@ use cascade_proto::targeting::v1::targeting_evaluation_server::{
     TargetingEvaluation, TargetingEvaluationServer,
 };
 use cascade_proto::targeting::v1::{
-    AppliedRule, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpContext, ImpEvaluation,
-    MediaType, RequestContext,
+    AppliedRule, EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse,
+    ImpContext, ImpEvaluation, MediaType, RequestContext,
 };
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
@@ -177,6 +177,8 @@ fn to_wire(impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
             } as i32,
             blocked_adomains: applied.rule.blocked_adomains.clone(),
             blocked_categories: applied.rule.blocked_categories.clone(),
+            blocked_seats: applied.rule.blocked_seats.clone(),
+            blocked_attributes: applied.rule.blocked_attributes.clone(),
         }),
         matched_rule_ids: evaluation
             .matched_rule_ids
@@ -191,6 +193,18 @@ fn to_wire(impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
                 network_id: bid.network_id.clone(),
                 cpm_micros: bid.cpm.0,
                 placement_id: bid.placement_id.clone(),
+            })
+            .collect(),
+        line_items: evaluation
+            .line_items
+            .iter()
+            .map(|item| EligibleLineItem {
+                line_item_id: item.id.clone(),
+                cpm_micros: item.cpm.0,
+                guaranteed: item.class == LineItemClass::Guaranteed,
+                priority: item.priority,
+                adm: item.adm.clone(),
+                adomain: item.adomain.clone(),
             })
             .collect(),
         excluded: evaluation
