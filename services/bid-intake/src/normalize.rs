@@ -521,6 +521,73 @@ mod tests {
     }
 
     #[test]
+    fn collects_the_shared_targeting_keys() {
+        use cascade_proto::openrtb::v1::{Data, Device, Geo, Pmp, Segment, User};
+        let mut request = request();
+        let bid_request = request.request.as_mut().unwrap();
+        bid_request.site.as_mut().unwrap().domain = "News.Example.com.".into();
+        bid_request.device = Some(Device {
+            os: "iOS".into(),
+            devicetype: 4,
+            geo: Some(Geo {
+                country: "usa".into(),
+                region: "CA".into(),
+                metro: "807".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        bid_request.user = Some(User {
+            data: vec![Data {
+                segment: vec![
+                    Segment {
+                        id: "auto".into(),
+                        ..Default::default()
+                    },
+                    Segment {
+                        id: "sport".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        bid_request.imp[0].instl = 1;
+        bid_request.imp[0].pmp = Some(Pmp {
+            deals: vec![cascade_proto::openrtb::v1::Deal {
+                id: "deal-1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        request.key_values = [("section".to_string(), "sport".to_string())].into();
+        let normalized = normalize(&request, &rates()).unwrap();
+        let context = &normalized.context;
+        assert_eq!(
+            (
+                context.country.as_str(),
+                context.region.as_str(),
+                context.metro.as_str(),
+                context.devicetype,
+                context.os.as_str(),
+                context.domain.as_str()
+            ),
+            ("USA", "CA", "807", 4, "ios", "news.example.com")
+        );
+        assert_eq!(context.segments, ["auto", "sport"]);
+        assert_eq!(
+            context.key_values,
+            [KeyValue {
+                key: "section".into(),
+                value: "sport".into()
+            }]
+        );
+        assert!(normalized.imps[0].interstitial);
+        assert_eq!(normalized.imps[0].deals, ["deal-1"]);
+    }
+
+    #[test]
     fn chained_selections_are_refused_until_supported() {
         let mut chained = request();
         chained.chained_selection_ids = vec!["s1".into()];
