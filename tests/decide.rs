@@ -642,3 +642,76 @@ async fn blocked_seats_and_creative_attributes_never_win() {
     let response = cluster.decide(&request).await;
     assert_eq!(dropped_reasons(&response)[0].1, "blocked_attribute");
 }
+
+const REPORT_EVENT: &str = "cascade.decision.v1.BidIntake/ReportEvent";
+
+#[tokio::test]
+async fn events_are_recorded_once_per_selection_and_type() {
+    let cluster = Cluster::start().await;
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    let selection_id = winner(&response)["selectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let report = |kind: &str| json!({"selection_id": selection_id, "type": kind});
+    let call = |request: Value| async move {
+        grpcurl::call(cluster.bid_intake.addr, REPORT_EVENT, &request, &[])
+            .await
+            .unwrap()
+    };
+
+    let first = call(report("EVENT_TYPE_IMPRESSION")).await;
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(
+        first.json().get("duplicate"),
+        None,
+        "a first report is not a duplicate"
+    );
+    let again = call(report("EVENT_TYPE_IMPRESSION")).await;
+    assert_eq!(again.json()["duplicate"], true);
+    let click = call(report("EVENT_TYPE_CLICK")).await;
+    assert_eq!(click.json().get("duplicate"), None);
+
+    let unknown =
+        call(json!({"selection_id": "no-such-selection", "type": "EVENT_TYPE_IMPRESSION"})).await;
+    assert!(
+        unknown.stderr.contains("Code: NotFound"),
+        "{}",
+        unknown.stderr
+    );
+    let untyped = call(json!({"selection_id": selection_id})).await;
+    assert!(
+        untyped.stderr.contains("Code: InvalidArgument"),
+        "{}",
+        untyped.stderr
+    );
+    assert!(
+        untyped.stderr.contains("type: required"),
+        "{}",
+        untyped.stderr
+    );
+
+    // Client-side mediation: each chain node reports its own result.
+    let mut request = banner_request(json!([]));
+    request["mode"] = json!("EXECUTION_MODE_CLIENT");
+    let response = cluster.decide(&request).await;
+    let node = response["decisions"][0]["chain"][0]["selectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let result = call(json!({
+        "selection_id": node,
+        "type": "EVENT_TYPE_NODE_RESULT",
+        "node_outcome": "ATTEMPT_OUTCOME_NO_FILL",
+        "node_latency_ms": 80
+    }))
+    .await;
+    assert!(result.success, "{}", result.stderr);
+    let missing_outcome =
+        call(json!({"selection_id": node, "type": "EVENT_TYPE_NODE_RESULT"})).await;
+    assert!(
+        missing_outcome.stderr.contains("node_outcome"),
+        "{}",
+        missing_outcome.stderr
+    );
+}

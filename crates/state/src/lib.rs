@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use cascade_core::config::{ConfigError, Configuration};
 
 pub use memory::MemoryStore;
-pub use selection::Selection;
+pub use selection::{Event, EventCounter, EventRecorded, Selection};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks selections up in one round trip; `None` for unknown or expired ids.
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError>;
+
+    /// Records `event` for a stored selection, once: a repeat changes nothing and says
+    /// so. Returns only after the event is durably stored.
+    async fn record_event(&self, event: &Event) -> Result<EventRecorded, StateError>;
+
+    /// Every event counter, for reports.
+    async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError>;
 }
 
 /// Reads a configuration file (TOML), replacing `${NAME}` placeholders from `vars` first.

@@ -1,11 +1,11 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use cascade_core::config::Configuration;
 
-use crate::{Selection, StateError, Store};
+use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store};
 
 /// The embedded store: the whole state in this process's memory. Several services in
 /// one process (`cascade up`) share one instance and so see each other's writes.
@@ -13,6 +13,14 @@ use crate::{Selection, StateError, Store};
 pub struct MemoryStore {
     configuration: Mutex<Configuration>,
     selections: Mutex<HashMap<String, (Selection, Instant)>>,
+    events: Mutex<Events>,
+}
+
+#[derive(Debug, Default)]
+struct Events {
+    /// (selection id, event kind) already recorded.
+    seen: HashSet<(String, String)>,
+    counters: HashMap<EventCounter, u64>,
 }
 
 /// The memory store drops expired selections once this many are held.
@@ -26,6 +34,7 @@ impl MemoryStore {
         Ok(Self {
             configuration: Mutex::new(configuration),
             selections: Mutex::default(),
+            events: Mutex::default(),
         })
     }
 
@@ -102,6 +111,52 @@ impl Store for MemoryStore {
             })
             .collect())
     }
+
+    async fn record_event(&self, event: &Event) -> Result<EventRecorded, StateError> {
+        let selection = {
+            let stored = self.lock_selections();
+            match stored.get(&event.selection_id) {
+                Some((selection, expires_at)) if *expires_at > Instant::now() => selection.clone(),
+                _ => return Ok(EventRecorded::UnknownSelection),
+            }
+        };
+        let mut events = unpoisoned(&self.events);
+        if !events
+            .seen
+            .insert((event.selection_id.clone(), event.kind.clone()))
+        {
+            return Ok(EventRecorded::Duplicate);
+        }
+        let demand = if selection.network_id.is_empty() {
+            selection.seat
+        } else {
+            selection.network_id
+        };
+        let counter = EventCounter {
+            account_id: selection.account_id,
+            source: selection.source,
+            demand,
+            kind: event.kind.clone(),
+            detail: event.detail.clone(),
+        };
+        *events.counters.entry(counter).or_default() += 1;
+        Ok(EventRecorded::New)
+    }
+
+    async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {
+        let events = unpoisoned(&self.events);
+        let mut counters: Vec<_> = events
+            .counters
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        counters.sort();
+        Ok(counters)
+    }
+}
+
+fn unpoisoned<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -185,5 +240,26 @@ mod tests {
         assert_eq!(found[0].as_ref().unwrap().id, "keep");
         assert!(found[1].is_none());
         assert!(found[2].is_none());
+
+        let event = |id: &str| Event {
+            selection_id: id.into(),
+            kind: "impression".into(),
+            detail: String::new(),
+        };
+        assert_eq!(
+            store.record_event(&event("keep")).await.unwrap(),
+            EventRecorded::New
+        );
+        assert_eq!(
+            store.record_event(&event("keep")).await.unwrap(),
+            EventRecorded::Duplicate
+        );
+        assert_eq!(
+            store.record_event(&event("gone")).await.unwrap(),
+            EventRecorded::UnknownSelection
+        );
+        let counters = store.event_counters().await.unwrap();
+        assert_eq!(counters.len(), 1);
+        assert_eq!((counters[0].0.demand.as_str(), counters[0].1), ("s", 1));
     }
 }

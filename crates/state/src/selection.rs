@@ -18,3 +18,35 @@ pub struct Selection {
     /// How long the store keeps it.
     pub ttl: Duration,
 }
+
+/// Something that happened to a selection, reported by the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub selection_id: String,
+    /// `impression`, `click` or `node_result`; one of each per selection counts.
+    pub kind: String,
+    /// For node results: the outcome name (`filled`, `no_fill`, `timeout`, `error`).
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventRecorded {
+    /// Stored and counted.
+    New,
+    /// Reported before: nothing changed.
+    Duplicate,
+    /// No such selection, or it expired.
+    UnknownSelection,
+}
+
+/// What event counters are kept by: the account, the demand that won (source and
+/// network or seat), the event and its detail.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventCounter {
+    pub account_id: String,
+    pub source: String,
+    /// The network id, or the seat for exchange demand.
+    pub demand: String,
+    pub kind: String,
+    pub detail: String,
+}

@@ -9,7 +9,7 @@ use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandi
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
 use cascade_proto::decision::v1::{
     ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision,
-    NoFillReason, SourceKind, Winner,
+    NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind, Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
 use cascade_proto::networkcaller::v1::{RunWaterfallRequest, WaterfallImp};
@@ -47,6 +47,15 @@ impl BidIntake for DecisionService {
     ) -> Result<Response<DecideResponse>, Status> {
         let caller_timeout = caller_timeout(request.metadata());
         let response = self.decide(request.into_inner(), caller_timeout).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_event(
+        &self,
+        request: Request<ReportEventRequest>,
+    ) -> Result<Response<ReportEventResponse>, Status> {
+        let response =
+            crate::events::report_event(self.store.as_ref(), request.into_inner()).await?;
         Ok(Response::new(response))
     }
 }

@@ -1,6 +1,6 @@
 use tonic::{Code, Status};
 
-/// Everything a decision can fail with; mapped to a gRPC status in one place, and never
+/// Everything a decision or an event report can fail with; mapped to a gRPC status in one place, and never
 /// with internal details in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum DecideError {
@@ -9,6 +9,8 @@ pub enum DecideError {
     InvalidArgument { field: String, message: String },
     #[error("{field}: {message}")]
     Unimplemented { field: String, message: String },
+    #[error("{field}: {message}")]
+    NotFound { field: String, message: String },
     #[error("configuration snapshot not loaded yet")]
     NotReady,
     #[error("the deadline ran out during {stage}")]
@@ -41,6 +43,7 @@ impl From<DecideError> for Status {
         match &error {
             DecideError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
             DecideError::Unimplemented { .. } => Status::unimplemented(error.to_string()),
+            DecideError::NotFound { .. } => Status::not_found(error.to_string()),
             DecideError::NotReady => Status::unavailable(error.to_string()),
             DecideError::DeadlineExceeded { .. } => Status::deadline_exceeded(error.to_string()),
             DecideError::Downstream { stage, status } => {
@@ -48,8 +51,8 @@ impl From<DecideError> for Status {
                 Status::unavailable(format!("{stage} is unavailable"))
             }
             DecideError::Store(state_error) => {
-                tracing::error!(%state_error, "selection write failed");
-                Status::unavailable("selections cannot be stored; the decision was not made")
+                tracing::error!(%state_error, "state write failed");
+                Status::unavailable("the state store is unavailable; nothing was recorded")
             }
         }
     }

@@ -4,6 +4,7 @@
 
 mod decide;
 mod error;
+mod events;
 mod normalize;
 
 use std::net::SocketAddr;
