@@ -715,3 +715,60 @@ async fn events_are_recorded_once_per_selection_and_type() {
         missing_outcome.stderr
     );
 }
+
+#[tokio::test]
+async fn chained_outcomes_compete_at_their_stored_price() {
+    let cluster = Cluster::start().await;
+    let earlier = cluster.decide(&banner_request(json!([]))).await;
+    let chained_id = winner(&earlier)["selectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(winner(&earlier)["priceMicros"], "2000000");
+
+    // A higher exchange bid beats the chained $2.00 outcome: a new outcome.
+    let mut request = banner_request(exchange_bid(2.5, "shoes.example"));
+    request["chained_selection_ids"] = json!([chained_id]);
+    let response = cluster.decide(&request).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
+
+    // At $2.00 the chained outcome ties CoolAds' mediated bid and wins the tie (it has
+    // already won once; CoolAds would still have to be called): the chained outcome is
+    // returned with its own selection id, and no network is called.
+    let calls_before = cluster.networks.calls("coolads");
+    let mut request = banner_request(exchange_bid(1.5, "shoes.example"));
+    request["chained_selection_ids"] = json!([chained_id]);
+    let response = cluster.decide(&request).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_CHAINED_OUTCOME",
+        "{response}"
+    );
+    assert_eq!(winner(&response)["selectionId"], chained_id.as_str());
+    assert_eq!(winner(&response)["priceMicros"], "2000000");
+    assert_eq!(cluster.networks.calls("coolads"), calls_before);
+
+    // Unknown selections are NOT_FOUND; another publisher's cannot be chained.
+    let mut request = banner_request(json!([]));
+    request["chained_selection_ids"] = json!(["no-such-selection"]);
+    let error = cluster.decide_error(&request).await;
+    assert!(
+        error.contains("Code: NotFound") && error.contains("chained_selection_ids[0]"),
+        "{error}"
+    );
+
+    let fixtures = workspace_file("../shared/fixtures/openrtb26");
+    let video = std::fs::read_to_string(fixtures.join("bid-request-example-4-video.json")).unwrap();
+    let other = cluster
+        .decide(&json!({"request": serde_json::from_str::<Value>(&video).unwrap()}))
+        .await;
+    let other_id = winner(&other)["selectionId"].as_str().unwrap().to_string();
+    let mut request = banner_request(json!([]));
+    request["chained_selection_ids"] = json!([other_id]);
+    let error = cluster.decide_error(&request).await;
+    assert!(error.contains("belongs to another publisher"), "{error}");
+}

@@ -15,23 +15,27 @@ pub use crate::targeting::domain_is_within;
 ///
 /// Guaranteed line items rank above everything else, among themselves by priority (1
 /// first) then CPM. Everything else ranks by bid; on equal bids the variants win in the
-/// order listed: a non-guaranteed line item is beaten only by a higher bid, an exchange
-/// bid is money in hand, a mediated bid still has to be fetched from its network.
+/// order listed: a non-guaranteed line item is beaten only by a higher bid, a chained
+/// outcome has already won an earlier selection, an exchange bid is money in hand, a
+/// mediated bid still has to be fetched from its network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     GuaranteedLineItem { priority: u32 },
     NonGuaranteedLineItem,
+    ChainedOutcome,
     Exchange,
     MediatedNetwork,
 }
 
 impl Source {
-    /// Line items are the publisher's own demand: the floor does not apply to them and
-    /// they pay their fixed CPM.
-    pub fn is_line_item(self) -> bool {
+    /// Line items (the publisher's own demand) and chained outcomes (already priced by
+    /// an earlier selection) pay their fixed price, and the floor does not apply to them.
+    pub fn is_fixed_price(self) -> bool {
         matches!(
             self,
-            Source::GuaranteedLineItem { .. } | Source::NonGuaranteedLineItem
+            Source::GuaranteedLineItem { .. }
+                | Source::NonGuaranteedLineItem
+                | Source::ChainedOutcome
         )
     }
 }
@@ -121,7 +125,7 @@ pub struct Ranking {
 /// Order: guaranteed line items first (priority, then CPM); then by bid, equal bids
 /// going to a non-guaranteed line item, then an exchange bid, then a mediated bid; then
 /// the smaller id. It is a total order, so the ranking never depends on input order.
-/// Clearing price: a line item pays its CPM; otherwise first price pays the bid, and
+/// Clearing price: a line item or chained outcome pays its own price; otherwise first price pays the bid, and
 /// second price the larger of the floor and the next bid in rank order, never more than
 /// its own bid.
 pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
@@ -140,7 +144,7 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
         .map(|(position, &index)| {
             let bid = candidates[index].bid();
             let clearing_price = match rules.auction_type {
-                _ if candidates[index].source().is_line_item() => bid,
+                _ if candidates[index].source().is_fixed_price() => bid,
                 AuctionType::FirstPrice => bid,
                 AuctionType::SecondPrice => {
                     let next_bid = eligible
@@ -182,7 +186,7 @@ fn drop_reason<B: Bidder>(candidate: &B, rules: &AuctionRules<'_>) -> Option<Dro
     if candidate.bid() <= Micros::ZERO {
         return Some(DropReason::NonPositiveBid);
     }
-    if candidate.bid() < rules.floor && !candidate.source().is_line_item() {
+    if candidate.bid() < rules.floor && !candidate.source().is_fixed_price() {
         return Some(DropReason::BelowFloor { floor: rules.floor });
     }
     let seat = candidate.seat();
@@ -437,6 +441,7 @@ mod tests {
             let source = prop_oneof![
                 (1..4u32).prop_map(|priority| Source::GuaranteedLineItem { priority }),
                 Just(Source::NonGuaranteedLineItem),
+                Just(Source::ChainedOutcome),
                 Just(Source::Exchange),
                 Just(Source::MediatedNetwork),
             ];
@@ -471,7 +476,7 @@ mod tests {
                 for ranked in &ranking.ranked {
                     let candidate = &candidates[ranked.index];
                     prop_assert!(ranked.clearing_price <= candidate.bid);
-                    if candidate.source.is_line_item() {
+                    if candidate.source.is_fixed_price() {
                         prop_assert_eq!(ranked.clearing_price, candidate.bid);
                     } else {
                         prop_assert!(candidate.bid >= rules.floor);

@@ -126,6 +126,7 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
                     priority: candidate.priority,
                 },
                 SourceKind::LineItem => Source::NonGuaranteedLineItem,
+                SourceKind::ChainedOutcome => Source::ChainedOutcome,
                 other => return Err(RankError::UnsupportedSource(i, j, other)),
             };
             let bid =

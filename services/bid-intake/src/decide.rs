@@ -85,6 +85,9 @@ impl DecisionService {
         .unwrap_or(self.default_budget)
         .min(self.max_budget);
         let deadline = Deadline::after(budget.saturating_sub(self.response_reserve));
+        let mut chained = self
+            .chained_candidates(&request.chained_selection_ids, &normalized)
+            .await?;
         let debug = request.debug;
         let client_mode = request.mode() == ExecutionMode::Client;
         let bid_request = request.request.unwrap_or_default();
@@ -139,10 +142,12 @@ impl DecisionService {
                     ..Default::default()
                 });
             }
+            let chained = std::mem::take(&mut chained[index]);
             match auction_imp(
                 evaluation.account_known,
                 evaluated,
                 exchange,
+                chained,
                 &normalized,
                 index,
             ) {
@@ -194,6 +199,11 @@ impl DecisionService {
                 .await?;
             for slot in &mut slots {
                 if let Some(winner) = slot.decision.winner.as_mut() {
+                    if winner.source() == SourceKind::ChainedOutcome {
+                        // One of the chained outcomes won: it keeps its own selection.
+                        winner.selection_id = winner.bid_id.clone();
+                        continue;
+                    }
                     let selection = self.selection(
                         &bid_request.id,
                         &slot.decision.impid,
@@ -287,6 +297,8 @@ impl DecisionService {
             let Some(candidate) = ranked.candidate else {
                 continue;
             };
+            let chained_selection = (candidate.source() == SourceKind::ChainedOutcome)
+                .then(|| candidate.bid_id.clone());
             let mut node = ChainNode {
                 source: candidate.source,
                 timeout_ms: snapshot
@@ -301,6 +313,11 @@ impl DecisionService {
                 nurl: candidate.nurl,
                 ..Default::default()
             };
+            if let Some(selection_id) = chained_selection {
+                node.selection_id = selection_id;
+                slot.decision.chain.push(node);
+                continue;
+            }
             let selection = Selection {
                 id: new_selection_id(),
                 request_id: request_id.to_string(),
@@ -317,6 +334,62 @@ impl DecisionService {
             selections.push(selection);
             slot.decision.chain.push(node);
         }
+    }
+
+    /// The chained selections as candidates of the impressions they were made for, read
+    /// in one batched round trip. Their price is the stored one, never the client's.
+    async fn chained_candidates(
+        &self,
+        ids: &[String],
+        normalized: &Normalized,
+    ) -> Result<Vec<Vec<Candidate>>, DecideError> {
+        let mut per_imp = vec![Vec::new(); normalized.imps.len()];
+        if ids.is_empty() {
+            return Ok(per_imp);
+        }
+        let selections = self.store.get_selections(ids).await?;
+        for (i, selection) in selections.into_iter().enumerate() {
+            let field = format!("chained_selection_ids[{i}]");
+            let Some(selection) = selection else {
+                return Err(DecideError::NotFound {
+                    field,
+                    message: format!("no selection {:?} (unknown or expired)", ids[i]),
+                });
+            };
+            if selection.account_id != normalized.account_id {
+                return Err(DecideError::invalid(
+                    field,
+                    "the selection belongs to another publisher",
+                ));
+            }
+            let imp = match normalized
+                .imps
+                .iter()
+                .position(|imp| imp.impid == selection.impid)
+            {
+                Some(imp) => imp,
+                None if normalized.imps.len() == 1 => 0,
+                None => {
+                    return Err(DecideError::invalid(
+                        field,
+                        format!(
+                            "the selection was made for impression {:?}, which this request does not have",
+                            selection.impid
+                        ),
+                    ));
+                }
+            };
+            per_imp[imp].push(Candidate {
+                id: format!("chained:{}", selection.id),
+                source: SourceKind::ChainedOutcome as i32,
+                bid_micros: selection.price_micros,
+                seat: selection.seat,
+                network_id: selection.network_id,
+                bid_id: selection.id,
+                ..Default::default()
+            });
+        }
+        Ok(per_imp)
     }
 
     fn selection(
@@ -346,20 +419,25 @@ fn new_selection_id() -> String {
 }
 
 /// What one impression brings to the auction, or why it has nothing to bring. With a
-/// selling rule: exchange bids, mediated bids and line items under the rule's floor and
-/// filters plus the request's own. Without one, no auction demand may serve: only line
-/// items, under the request's filters.
+/// selling rule: exchange bids, mediated bids, line items and chained outcomes under the
+/// rule's floor and filters plus the request's own. Without one, no auction demand may
+/// serve: only line items and chained outcomes, under the request's filters.
 fn auction_imp(
     account_known: bool,
     evaluated: ImpEvaluation,
     exchange: Vec<Candidate>,
+    chained: Vec<Candidate>,
     normalized: &Normalized,
     index: usize,
 ) -> Result<AuctionImp, NoFillReason> {
     if !account_known {
         return Err(NoFillReason::UnknownAccount);
     }
-    let line_items = evaluated.line_items.into_iter().map(line_item_candidate);
+    let line_items = evaluated
+        .line_items
+        .into_iter()
+        .map(line_item_candidate)
+        .chain(chained);
     let imp_blocked_attributes = &normalized.blocked_attributes[index];
     match evaluated.applied_rule {
         Some(rule) => {

@@ -8,8 +8,6 @@ pub enum DecideError {
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
     #[error("{field}: {message}")]
-    Unimplemented { field: String, message: String },
-    #[error("{field}: {message}")]
     NotFound { field: String, message: String },
     #[error("configuration snapshot not loaded yet")]
     NotReady,
@@ -42,7 +40,6 @@ impl From<DecideError> for Status {
     fn from(error: DecideError) -> Self {
         match &error {
             DecideError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            DecideError::Unimplemented { .. } => Status::unimplemented(error.to_string()),
             DecideError::NotFound { .. } => Status::not_found(error.to_string()),
             DecideError::NotReady => Status::unavailable(error.to_string()),
             DecideError::DeadlineExceeded { .. } => Status::deadline_exceeded(error.to_string()),

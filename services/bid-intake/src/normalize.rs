@@ -23,6 +23,7 @@ pub const MAX_ADM_BYTES: usize = 256 * 1024;
 pub const MAX_DEALS_PER_IMP: usize = 100;
 pub const MAX_SEGMENTS: usize = 1_000;
 pub const MAX_KEY_VALUES: usize = 100;
+pub const MAX_CHAINED_SELECTIONS: usize = 16;
 
 /// A request that passed validation.
 #[derive(Debug)]
@@ -51,11 +52,19 @@ pub fn normalize(
         .request
         .as_ref()
         .ok_or_else(|| DecideError::invalid("request", "required: the OpenRTB bid request"))?;
-    if !request.chained_selection_ids.is_empty() {
-        return Err(DecideError::Unimplemented {
-            field: "chained_selection_ids".into(),
-            message: "chained ad selections are not supported yet".into(),
-        });
+    check_list_len(
+        "chained_selection_ids",
+        request.chained_selection_ids.len(),
+        MAX_CHAINED_SELECTIONS,
+    )?;
+    for (i, id) in request.chained_selection_ids.iter().enumerate() {
+        check_id(&format!("chained_selection_ids[{i}]"), id)?;
+        if request.chained_selection_ids[..i].contains(id) {
+            return Err(DecideError::invalid(
+                format!("chained_selection_ids[{i}]"),
+                format!("duplicate selection id {id:?}"),
+            ));
+        }
     }
     check_id("request.id", &bid_request.id)?;
     if bid_request.tmax < 0 {
@@ -588,12 +597,19 @@ mod tests {
     }
 
     #[test]
-    fn chained_selections_are_refused_until_supported() {
+    fn chained_selection_ids_are_bounded_and_unique() {
         let mut chained = request();
-        chained.chained_selection_ids = vec!["s1".into()];
-        assert!(matches!(
-            normalize(&chained, &rates()),
-            Err(DecideError::Unimplemented { .. })
-        ));
+        chained.chained_selection_ids = vec!["s1".into(), "s1".into()];
+        assert_eq!(
+            field_of(normalize(&chained, &rates()).unwrap_err()),
+            "chained_selection_ids[1]"
+        );
+        chained.chained_selection_ids = (0..=MAX_CHAINED_SELECTIONS)
+            .map(|i| format!("s{i}"))
+            .collect();
+        assert_eq!(
+            field_of(normalize(&chained, &rates()).unwrap_err()),
+            "chained_selection_ids"
+        );
     }
 }
