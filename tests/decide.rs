@@ -29,6 +29,11 @@ fn workspace_file(path: &str) -> PathBuf {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with("").await
+    }
+
+    /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.
+    async fn start_with(network_caller_settings: &str) -> Cluster {
         let networks = FakeNetworks::start().await.unwrap();
         let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
         let mut configuration = tempfile::NamedTempFile::new().unwrap();
@@ -42,10 +47,11 @@ impl Cluster {
             "[state]\nconfiguration_file = {:?}\n",
             configuration.path().display().to_string()
         );
+        let network_caller = format!("{network_caller_settings}\n{state}");
         let (targeting, auction, network_caller) = tokio::join!(
             ServiceProcess::start("targeting-evaluation", &state),
             ServiceProcess::start("auction", ""),
-            ServiceProcess::start("network-caller", &state),
+            ServiceProcess::start("network-caller", &network_caller),
         );
         let (targeting, auction, network_caller) = (
             targeting.unwrap(),
@@ -771,4 +777,95 @@ async fn chained_outcomes_compete_at_their_stored_price() {
     request["chained_selection_ids"] = json!([other_id]);
     let error = cluster.decide_error(&request).await;
     assert!(error.contains("belongs to another publisher"), "{error}");
+}
+
+fn attempt_details(response: &Value) -> Vec<(String, String)> {
+    response["decisions"][0]["explanation"]["attempts"]
+        .as_array()
+        .map(|attempts| {
+            attempts
+                .iter()
+                .map(|a| {
+                    (
+                        a["outcome"].as_str().unwrap_or_default().to_string(),
+                        a["detail"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_failing_network_trips_its_breaker_and_is_skipped() {
+    let cluster =
+        Cluster::start_with("breaker_failures_to_open = 3\nbreaker_open_ms = 60000").await;
+    cluster.networks.set("coolads", Behaviour::Error(503));
+    for _ in 0..3 {
+        let response = cluster.decide(&banner_request(json!([]))).await;
+        assert_eq!(winner(&response)["networkId"], "betaads");
+        assert_eq!(
+            attempt_details(&response)[0],
+            ("ATTEMPT_OUTCOME_ERROR".to_string(), "HTTP 503".to_string())
+        );
+    }
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    assert_eq!(winner(&response)["networkId"], "betaads");
+    assert_eq!(
+        attempt_details(&response)[0],
+        (
+            "ATTEMPT_OUTCOME_SKIPPED".to_string(),
+            "circuit breaker open".to_string()
+        )
+    );
+    assert_eq!(
+        cluster.networks.calls("coolads"),
+        3,
+        "an open breaker makes no call"
+    );
+}
+
+#[tokio::test]
+async fn the_waterfall_stops_calling_networks_at_its_cap() {
+    let cluster = Cluster::start_with("max_network_calls_per_waterfall = 1").await;
+    cluster.networks.set("coolads", Behaviour::NoFill);
+    let response = cluster
+        .decide(&banner_request(exchange_bid(0.9, "shoes.example")))
+        .await;
+    let details = attempt_details(&response);
+    assert_eq!(details[0].0, "ATTEMPT_OUTCOME_NO_FILL");
+    assert_eq!(
+        details[1],
+        (
+            "ATTEMPT_OUTCOME_SKIPPED".to_string(),
+            "waterfall cap of 1 network calls reached".to_string()
+        )
+    );
+    // Demand in hand below the cap still fills.
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
+    assert_eq!(cluster.networks.calls("betaads"), 0);
+}
+
+#[tokio::test]
+async fn a_network_slower_than_what_is_left_of_the_deadline_is_skipped() {
+    let cluster = Cluster::start().await;
+    cluster.networks.set(
+        "coolads",
+        Behaviour::Slow(Duration::from_millis(100), Box::new(Behaviour::Fill)),
+    );
+    for _ in 0..10 {
+        let response = cluster.decide(&banner_request(json!([]))).await;
+        assert_eq!(winner(&response)["networkId"], "coolads");
+    }
+    let mut hurried = banner_request(json!([]));
+    hurried["request"]["tmax"] = json!(60);
+    let response = cluster.decide(&hurried).await;
+    let (outcome, detail) = &attempt_details(&response)[0];
+    assert_eq!(outcome, "ATTEMPT_OUTCOME_SKIPPED", "{response}");
+    assert!(detail.starts_with("recent p90 latency 10"), "{detail}");
+    assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
 }

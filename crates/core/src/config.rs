@@ -118,7 +118,7 @@ pub enum NetworkMode {
 }
 
 /// A mediated ad network. It serves its account and every descendant.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub id: String,
@@ -132,6 +132,29 @@ pub struct Network {
     pub timeout_ms: u32,
     #[serde(default)]
     pub mode: NetworkMode,
+    /// Calls to this network in flight at once (per network-caller instance); beyond
+    /// it, the network is skipped rather than queued.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            account_id: String::new(),
+            name: String::new(),
+            protocol: NetworkProtocol::default(),
+            endpoint: String::new(),
+            timeout_ms: default_network_timeout_ms(),
+            mode: NetworkMode::default(),
+            max_concurrent_calls: default_max_concurrent_calls(),
+        }
+    }
+}
+
+fn default_max_concurrent_calls() -> u32 {
+    64
 }
 
 fn default_network_timeout_ms() -> u32 {
@@ -282,6 +305,12 @@ impl Configuration {
                 return Err(ConfigError::new(
                     format!("networks[{i}].endpoint"),
                     "must not be empty",
+                ));
+            }
+            if network.max_concurrent_calls == 0 {
+                return Err(ConfigError::new(
+                    format!("networks[{i}].max_concurrent_calls"),
+                    "must be at least 1",
                 ));
             }
             if network.timeout_ms == 0 || network.timeout_ms > MAX_NETWORK_TIMEOUT_MS {

@@ -2,6 +2,7 @@
 //! a network (slow, refused, malformed, oversized) is an [`AdOutcome`] of that network,
 //! never an error of the decision.
 
+pub mod health;
 mod openrtb_http;
 
 use std::time::Duration;

@@ -4,11 +4,14 @@
 //! left of the caller's deadline. Impressions are walked concurrently; every step is
 //! recorded.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cascade_core::Micros;
+use cascade_core::config::Network;
 use cascade_core::snapshot::Snapshot;
+use cascade_networks::health::{BreakerPolicy, NetworkHealth};
 use cascade_networks::{AdCall, AdOutcome, OpenRtbHttpAdapter};
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
 use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
@@ -36,6 +39,13 @@ pub struct Settings {
     pub state: StateSettings,
     /// Budget of a walk whose caller set no deadline.
     pub default_budget_ms: u64,
+    /// Most networks one impression's waterfall calls; later mediated candidates are
+    /// skipped (demand in hand below them can still fill).
+    pub max_network_calls_per_waterfall: u32,
+    /// Consecutive failures (timeouts, errors) that open a network's circuit breaker.
+    pub breaker_failures_to_open: u32,
+    /// How long an open breaker skips its network before one probe call.
+    pub breaker_open_ms: u64,
 }
 
 impl Default for Settings {
@@ -44,6 +54,9 @@ impl Default for Settings {
             grpc: GrpcSettings::default(),
             state: StateSettings::default(),
             default_budget_ms: 1_000,
+            max_network_calls_per_waterfall: 5,
+            breaker_failures_to_open: 5,
+            breaker_open_ms: 5_000,
         }
     }
 }
@@ -90,6 +103,12 @@ pub async fn serve(
         snapshot,
         openrtb: OpenRtbHttpAdapter::new(),
         default_budget: Duration::from_millis(settings.default_budget_ms),
+        max_calls_per_waterfall: settings.max_network_calls_per_waterfall as usize,
+        breaker_policy: BreakerPolicy {
+            failures_to_open: settings.breaker_failures_to_open.max(1),
+            open_for: Duration::from_millis(settings.breaker_open_ms),
+        },
+        health: Mutex::default(),
     };
     let routes = tonic::service::Routes::new(NetworkCallerServer::new(service));
     GrpcServer::new(routes, &[NetworkCallerServer::<NetworkCallerService>::NAME])
@@ -102,6 +121,10 @@ pub struct NetworkCallerService {
     snapshot: Arc<SnapshotCell>,
     openrtb: OpenRtbHttpAdapter,
     default_budget: Duration,
+    max_calls_per_waterfall: usize,
+    breaker_policy: BreakerPolicy,
+    /// Per network id: its breaker, recent latencies and in-flight limit.
+    health: Mutex<HashMap<String, Arc<NetworkHealth>>>,
 }
 
 #[tonic::async_trait]
@@ -135,6 +158,24 @@ impl NetworkCaller for NetworkCallerService {
 }
 
 impl NetworkCallerService {
+    /// The health record of `network`, created on first use with the network's
+    /// in-flight limit (a limit changed later applies after a restart).
+    fn health_of(&self, network: &Network) -> Arc<NetworkHealth> {
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        health
+            .entry(network.id.clone())
+            .or_insert_with(|| {
+                Arc::new(NetworkHealth::new(
+                    self.breaker_policy,
+                    network.max_concurrent_calls as usize,
+                ))
+            })
+            .clone()
+    }
+
     /// Walks one impression's chain until a candidate fills or the deadline runs out.
     async fn walk(
         &self,
@@ -147,6 +188,7 @@ impl NetworkCallerService {
             impid: imp.impid,
             ..Default::default()
         };
+        let mut calls_made = 0;
         for mut ranked in imp.ranked {
             let Some(candidate) = ranked.candidate.as_mut() else {
                 continue;
@@ -179,6 +221,26 @@ impl NetworkCallerService {
                 result.attempts.push(attempt);
                 continue;
             };
+            if calls_made >= self.max_calls_per_waterfall {
+                attempt.outcome = AttemptOutcome::Skipped as i32;
+                attempt.detail = format!(
+                    "waterfall cap of {} network calls reached",
+                    self.max_calls_per_waterfall
+                );
+                result.attempts.push(attempt);
+                continue;
+            }
+            let health = self.health_of(network);
+            let permit = match health.try_call(remaining) {
+                Ok(permit) => permit,
+                Err(skip) => {
+                    attempt.outcome = AttemptOutcome::Skipped as i32;
+                    attempt.detail = skip.to_string();
+                    result.attempts.push(attempt);
+                    continue;
+                }
+            };
+            calls_made += 1;
             let timeout = Duration::from_millis(u64::from(network.timeout_ms)).min(remaining);
             let call = AdCall {
                 endpoint: &network.endpoint,
@@ -190,7 +252,12 @@ impl NetworkCallerService {
             };
             let started = Instant::now();
             let outcome = self.openrtb.request_ad(&call).await;
-            attempt.latency_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            let latency = started.elapsed();
+            permit.finish(
+                matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
+                latency,
+            );
+            attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
             tracing::debug!(network = %network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
             match outcome {
                 AdOutcome::Filled(ad) => {
