@@ -869,3 +869,92 @@ async fn a_network_slower_than_what_is_left_of_the_deadline_is_skipped() {
     assert!(detail.starts_with("recent p90 latency 10"), "{detail}");
     assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
 }
+
+fn live_request(tagid: &str, exchange_bids: Value) -> Value {
+    let mut request = banner_request(exchange_bids);
+    request["request"]["imp"][0]["tagid"] = json!(tagid);
+    request
+}
+
+#[tokio::test]
+async fn hybrid_mediation_ranks_live_bids_with_the_waterfall() {
+    let cluster = Cluster::start().await;
+    // BidWise bids $2.40 live; its 0.95 adjustment makes that $2.28, above CoolAds'
+    // $2.00: the live bid wins, in hand, and no waterfall network is called.
+    cluster.networks.set("bidwise", Behaviour::FillAt(2.4));
+    let response = cluster.decide(&live_request("home-live", json!([]))).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_BIDDING_NETWORK",
+        "{response}"
+    );
+    assert_eq!(winner(&response)["networkId"], "bidwise");
+    assert_eq!(winner(&response)["priceMicros"], "2280000");
+    assert!(
+        winner(&response)["adm"]
+            .as_str()
+            .unwrap()
+            .contains("bidwise ad for bw-home")
+    );
+    assert_eq!(cluster.networks.calls("coolads"), 0);
+    let attempts = attempt_outcomes(&response);
+    assert_eq!(
+        attempts[0],
+        (
+            "bidding:bidwise-home-live".to_string(),
+            "ATTEMPT_OUTCOME_FILLED".to_string()
+        )
+    );
+
+    // A lower live bid loses to CoolAds, which is then called.
+    cluster.networks.set("bidwise", Behaviour::FillAt(1.0));
+    let response = cluster.decide(&live_request("home-live", json!([]))).await;
+    assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
+
+    // A bidding network that does not answer in time costs only its own timeout.
+    cluster.networks.set(
+        "bidwise",
+        Behaviour::Slow(
+            Duration::from_millis(1_000),
+            Box::new(Behaviour::FillAt(9.0)),
+        ),
+    );
+    let response = cluster.decide(&live_request("home-live", json!([]))).await;
+    assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
+    assert_eq!(attempt_outcomes(&response)[0].1, "ATTEMPT_OUTCOME_TIMEOUT");
+
+    // An ad unit in waterfall mode never asks the bidding network.
+    let calls = cluster.networks.calls("bidwise");
+    let response = cluster
+        .decide(&live_request("home-live-waterfall", json!([])))
+        .await;
+    assert_eq!(winner(&response)["networkId"], "coolads");
+    assert_eq!(cluster.networks.calls("bidwise"), calls);
+    let excluded = response["decisions"][0]["explanation"]["excluded"]
+        .as_array()
+        .unwrap();
+    assert!(
+        excluded
+            .contains(&json!({"id": "bidwise-home-live", "reason": "mediation_mode:waterfall"})),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn seat_adjustments_rank_exchange_bids_at_what_they_are_worth() {
+    let cluster = Cluster::start().await;
+    // $2.10 from a seat adjusted by 0.90 is worth $1.89: CoolAds' $2.00 ranks first.
+    let mut bids = exchange_bid(2.1, "shoes.example");
+    bids[0]["seatbid"][0]["seat"] = json!("discounted-seat");
+    let response = cluster.decide(&banner_request(bids.clone())).await;
+    assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
+    // The same bid from an unadjusted seat wins.
+    bids[0]["seatbid"][0]["seat"] = json!("full-price-seat");
+    let response = cluster.decide(&banner_request(bids)).await;
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
+    assert_eq!(winner(&response)["priceMicros"], "2100000");
+}

@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use crate::config::AuctionType;
-use crate::money::Micros;
+use crate::money::{Factor, Micros};
 pub use crate::targeting::domain_is_within;
 
 /// Kinds of demand.
@@ -16,14 +16,16 @@ pub use crate::targeting::domain_is_within;
 /// Guaranteed line items rank above everything else, among themselves by priority (1
 /// first) then CPM. Everything else ranks by bid; on equal bids the variants win in the
 /// order listed: a non-guaranteed line item is beaten only by a higher bid, a chained
-/// outcome has already won an earlier selection, an exchange bid is money in hand, a
-/// mediated bid still has to be fetched from its network.
+/// outcome has already won an earlier selection, an exchange bid and a bidding
+/// network's live bid are money in hand, a mediated bid still has to be fetched from its
+/// network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     GuaranteedLineItem { priority: u32 },
     NonGuaranteedLineItem,
     ChainedOutcome,
     Exchange,
+    BiddingNetwork,
     MediatedNetwork,
 }
 
@@ -53,6 +55,10 @@ pub trait Bidder {
     fn seat(&self) -> &str;
     /// OpenRTB creative attribute codes.
     fn attributes(&self) -> &[i32];
+    /// The multiplier on this candidate's bid (its network's or seat's adjustment).
+    fn adjustment(&self) -> Factor {
+        Factor::ONE
+    }
 }
 
 /// The selling rule's side of the auction.
@@ -122,34 +128,44 @@ pub struct Ranking {
 
 /// Ranks `candidates` under `rules`.
 ///
-/// Order: guaranteed line items first (priority, then CPM); then by bid, equal bids
-/// going to a non-guaranteed line item, then an exchange bid, then a mediated bid; then
-/// the smaller id. It is a total order, so the ranking never depends on input order.
-/// Clearing price: a line item or chained outcome pays its own price; otherwise first price pays the bid, and
-/// second price the larger of the floor and the next bid in rank order, never more than
-/// its own bid.
+/// Every candidate competes with its effective bid: its bid times its bid adjustment
+/// (line items and chained outcomes are not adjusted). Order: guaranteed line items
+/// first (priority, then CPM); then by effective bid, equal bids going to a
+/// non-guaranteed line item, then a chained outcome, then an exchange bid, then a
+/// mediated bid; then the smaller id. It is a total order, so the ranking never depends
+/// on input order. Clearing price: a line item or chained outcome pays its own price;
+/// otherwise first price pays the effective bid, and second price the larger of the
+/// floor and the next effective bid in rank order, never more than its own.
 pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
+    let effective: Vec<Micros> = candidates.iter().map(effective_bid).collect();
     let mut ranking = Ranking::default();
     let mut eligible: Vec<usize> = Vec::with_capacity(candidates.len());
     for (index, candidate) in candidates.iter().enumerate() {
-        match drop_reason(candidate, rules) {
+        match drop_reason(candidate, effective[index], rules) {
             Some(reason) => ranking.dropped.push((index, reason)),
             None => eligible.push(index),
         }
     }
-    eligible.sort_by(|&a, &b| compare(&candidates[a], &candidates[b]));
+    let key = |index: usize| {
+        (
+            candidates[index].source(),
+            effective[index],
+            candidates[index].id(),
+        )
+    };
+    eligible.sort_by(|&a, &b| compare(key(a), key(b)));
     ranking.ranked = eligible
         .iter()
         .enumerate()
         .map(|(position, &index)| {
-            let bid = candidates[index].bid();
+            let bid = effective[index];
             let clearing_price = match rules.auction_type {
                 _ if candidates[index].source().is_fixed_price() => bid,
                 AuctionType::FirstPrice => bid,
                 AuctionType::SecondPrice => {
                     let next_bid = eligible
                         .get(position + 1)
-                        .map_or(Micros::ZERO, |&next| candidates[next].bid());
+                        .map_or(Micros::ZERO, |&next| effective[next]);
                     next_bid.max(rules.floor).min(bid)
                 }
             };
@@ -162,31 +178,42 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
     ranking
 }
 
-fn compare<B: Bidder>(a: &B, b: &B) -> Ordering {
+/// What a candidate competes with: its bid, adjusted unless its price is fixed.
+pub fn effective_bid<B: Bidder>(candidate: &B) -> Micros {
+    if candidate.source().is_fixed_price() {
+        candidate.bid()
+    } else {
+        candidate.adjustment().apply(candidate.bid())
+    }
+}
+
+/// The ranking order on (source, effective bid, id); see [`rank`].
+fn compare(
+    (a_source, a_bid, a_id): (Source, Micros, &str),
+    (b_source, b_bid, b_id): (Source, Micros, &str),
+) -> Ordering {
     let guaranteed_priority = |source: Source| match source {
         Source::GuaranteedLineItem { priority } => Some(priority),
         _ => None,
     };
-    match (
-        guaranteed_priority(a.source()),
-        guaranteed_priority(b.source()),
-    ) {
-        (Some(pa), Some(pb)) => pa.cmp(&pb).then_with(|| b.bid().cmp(&a.bid())),
+    match (guaranteed_priority(a_source), guaranteed_priority(b_source)) {
+        (Some(pa), Some(pb)) => pa.cmp(&pb).then_with(|| b_bid.cmp(&a_bid)),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
-        (None, None) => b
-            .bid()
-            .cmp(&a.bid())
-            .then_with(|| a.source().cmp(&b.source())),
+        (None, None) => b_bid.cmp(&a_bid).then_with(|| a_source.cmp(&b_source)),
     }
-    .then_with(|| a.id().cmp(b.id()))
+    .then_with(|| a_id.cmp(b_id))
 }
 
-fn drop_reason<B: Bidder>(candidate: &B, rules: &AuctionRules<'_>) -> Option<DropReason> {
-    if candidate.bid() <= Micros::ZERO {
+fn drop_reason<B: Bidder>(
+    candidate: &B,
+    effective: Micros,
+    rules: &AuctionRules<'_>,
+) -> Option<DropReason> {
+    if effective <= Micros::ZERO {
         return Some(DropReason::NonPositiveBid);
     }
-    if candidate.bid() < rules.floor && !candidate.source().is_fixed_price() {
+    if effective < rules.floor && !candidate.source().is_fixed_price() {
         return Some(DropReason::BelowFloor { floor: rules.floor });
     }
     let seat = candidate.seat();
@@ -240,6 +267,7 @@ mod tests {
         categories: Vec<String>,
         seat: String,
         attributes: Vec<i32>,
+        adjustment: Factor,
     }
 
     impl Bidder for Bid {
@@ -264,6 +292,9 @@ mod tests {
         fn attributes(&self) -> &[i32] {
             &self.attributes
         }
+        fn adjustment(&self) -> Factor {
+            self.adjustment
+        }
     }
 
     fn bid(id: &str, source: Source, micros: i64) -> Bid {
@@ -275,6 +306,7 @@ mod tests {
             categories: vec![],
             seat: String::new(),
             attributes: vec![],
+            adjustment: Factor::ONE,
         }
     }
 
@@ -397,6 +429,29 @@ mod tests {
     }
 
     #[test]
+    fn bid_adjustments_rank_and_price_on_the_adjusted_bid() {
+        let discounted = Bid {
+            adjustment: Factor(900_000),
+            ..bid("seat-with-shortfall", Source::Exchange, 2_000_000)
+        };
+        let candidates = vec![
+            discounted,
+            bid("mediated", Source::MediatedNetwork, 1_900_000),
+        ];
+        let ranking = rank(&candidates, &AuctionRules::default());
+        assert_eq!(
+            ids(&candidates, &ranking),
+            ["mediated", "seat-with-shortfall"]
+        );
+        assert_eq!(ranking.ranked[1].clearing_price, Micros(1_800_000));
+        let floor = AuctionRules {
+            floor: Micros(1_850_000),
+            ..Default::default()
+        };
+        assert_eq!(rank(&candidates, &floor).dropped[0].1.code(), "below_floor");
+    }
+
+    #[test]
     fn drops_blocked_seats_and_creative_attributes() {
         let mut seat = bid("seat", Source::Exchange, 2_000_000);
         seat.seat = "bad-seat".into();
@@ -443,14 +498,21 @@ mod tests {
                 Just(Source::NonGuaranteedLineItem),
                 Just(Source::ChainedOutcome),
                 Just(Source::Exchange),
+                Just(Source::BiddingNetwork),
                 Just(Source::MediatedNetwork),
             ];
-            prop::collection::vec((0..20u8, source, 0..5_000_000i64), 0..30).prop_map(|raw| {
-                raw.into_iter()
-                    .enumerate()
-                    .map(|(i, (id, source, micros))| bid(&format!("{id}-{i}"), source, micros))
-                    .collect()
-            })
+            let adjustment = prop_oneof![Just(1_000_000i64), 500_000..1_500_000i64];
+            prop::collection::vec((0..20u8, source, 0..5_000_000i64, adjustment), 0..30).prop_map(
+                |raw| {
+                    raw.into_iter()
+                        .enumerate()
+                        .map(|(i, (id, source, micros, adjustment))| Bid {
+                            adjustment: Factor(adjustment),
+                            ..bid(&format!("{id}-{i}"), source, micros)
+                        })
+                        .collect()
+                },
+            )
         }
 
         proptest! {
@@ -467,19 +529,21 @@ mod tests {
                 };
                 let ranking = rank(&candidates, &rules);
                 prop_assert_eq!(ranking.ranked.len() + ranking.dropped.len(), candidates.len());
+                let key = |index: usize| {
+                    let c = &candidates[index];
+                    (c.source, effective_bid(c), c.id.as_str())
+                };
                 for pair in ranking.ranked.windows(2) {
-                    prop_assert_eq!(
-                        compare(&candidates[pair[0].index], &candidates[pair[1].index]),
-                        Ordering::Less
-                    );
+                    prop_assert_eq!(compare(key(pair[0].index), key(pair[1].index)), Ordering::Less);
                 }
                 for ranked in &ranking.ranked {
                     let candidate = &candidates[ranked.index];
-                    prop_assert!(ranked.clearing_price <= candidate.bid);
+                    let effective = effective_bid(candidate);
+                    prop_assert!(ranked.clearing_price <= effective);
                     if candidate.source.is_fixed_price() {
                         prop_assert_eq!(ranked.clearing_price, candidate.bid);
                     } else {
-                        prop_assert!(candidate.bid >= rules.floor);
+                        prop_assert!(effective >= rules.floor);
                         prop_assert!(ranked.clearing_price >= rules.floor);
                     }
                 }
@@ -497,7 +561,7 @@ mod tests {
                 for (position, ranked) in ranking.ranked.iter().enumerate() {
                     if candidates[ranked.index].source == Source::NonGuaranteedLineItem {
                         for above in &ranking.ranked[first_other..position] {
-                            prop_assert!(candidates[above.index].bid > candidates[ranked.index].bid);
+                            prop_assert!(effective_bid(&candidates[above.index]) > candidates[ranked.index].bid);
                         }
                     }
                 }

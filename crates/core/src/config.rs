@@ -49,6 +49,39 @@ pub struct Account {
     /// inherited from the parent when unset, UTC at the root.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// How this account's impressions are mediated; inherited when unset, hybrid at
+    /// the root.
+    #[serde(default)]
+    pub mediation_mode: Option<MediationMode>,
+    /// Per ad unit (tagid) overrides of `mediation_mode`, inherited like it.
+    #[serde(default)]
+    pub ad_unit_mediation_modes: std::collections::BTreeMap<String, MediationMode>,
+    /// Multipliers on exchange bids per buyer seat (e.g. `"0.9"` for a seat whose
+    /// revenue is known to fall 10% short); inherited per seat.
+    #[serde(default)]
+    pub seat_bid_adjustments: std::collections::BTreeMap<String, crate::money::Factor>,
+}
+
+/// Which mediated networks an impression uses: those called after the auction in rank
+/// order (waterfall), those asked for a live bid before it (bidding), or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediationMode {
+    Waterfall,
+    Bidding,
+    #[default]
+    Hybrid,
+}
+
+impl MediationMode {
+    pub fn uses(self, network_mode: NetworkMode) -> bool {
+        matches!(
+            (self, network_mode),
+            (MediationMode::Hybrid, _)
+                | (MediationMode::Waterfall, NetworkMode::Waterfall)
+                | (MediationMode::Bidding, NetworkMode::Bidding)
+        )
+    }
 }
 
 /// A named set of ad units (tagids) that targeting can refer to as one.
@@ -136,6 +169,10 @@ pub struct Network {
     /// it, the network is skipped rather than queued.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: u32,
+    /// Multiplier on this network's bids in the auction (what it is known to really
+    /// pay, relative to what it bids or is expected to pay).
+    #[serde(default)]
+    pub bid_adjustment: crate::money::Factor,
 }
 
 impl Default for Network {
@@ -149,6 +186,7 @@ impl Default for Network {
             timeout_ms: default_network_timeout_ms(),
             mode: NetworkMode::default(),
             max_concurrent_calls: default_max_concurrent_calls(),
+            bid_adjustment: crate::money::Factor::ONE,
         }
     }
 }

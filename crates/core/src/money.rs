@@ -113,6 +113,45 @@ impl<'de> Deserialize<'de> for Micros {
     }
 }
 
+/// A multiplier on bids, in millionths: `Factor(950_000)` is 0.95. Written as a decimal
+/// (`"0.95"`) in configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Factor(pub i64);
+
+impl Factor {
+    pub const ONE: Factor = Factor(MICROS_PER_UNIT);
+
+    /// `amount` times this factor, rounded down to the micro.
+    pub fn apply(self, amount: Micros) -> Micros {
+        let product = i128::from(amount.0) * i128::from(self.0) / i128::from(MICROS_PER_UNIT);
+        Micros(i64::try_from(product).unwrap_or(MAX_MICROS).min(MAX_MICROS))
+    }
+}
+
+impl Default for Factor {
+    fn default() -> Self {
+        Factor::ONE
+    }
+}
+
+impl Serialize for Factor {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Micros(self.0).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Factor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let factor = Micros::deserialize(deserializer)?;
+        if factor.0 == 0 || factor.0 > 10 * MICROS_PER_UNIT {
+            return Err(serde::de::Error::custom(
+                "a bid adjustment must be greater than 0 and at most 10",
+            ));
+        }
+        Ok(Factor(factor.0))
+    }
+}
+
 /// The auction currency. Every price is converted to it at the door.
 pub const AUCTION_CURRENCY: &str = "USD";
 
@@ -178,6 +217,16 @@ mod tests {
         assert_eq!(Micros(2_000_000).to_string(), "2.00");
         assert_eq!(Micros(2_500_000).to_string(), "2.50");
         assert_eq!(Micros(1).to_string(), "0.000001");
+    }
+
+    #[test]
+    fn factors_scale_in_integers() {
+        assert_eq!(Factor(950_000).apply(Micros(2_000_000)), Micros(1_900_000));
+        assert_eq!(Factor::ONE.apply(Micros(7)), Micros(7));
+        assert_eq!(
+            Factor(1_000_001).apply(Micros(MAX_MICROS)),
+            Micros(MAX_MICROS)
+        );
     }
 
     #[test]

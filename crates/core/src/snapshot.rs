@@ -4,10 +4,11 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{
-    ConfigError, Configuration, LineItem, MediatedBid, Network, NetworkMode, SellingRule,
+    ConfigError, Configuration, LineItem, MediatedBid, MediationMode, Network, NetworkMode,
+    SellingRule,
 };
 use crate::index::{Dictionary, TargetingIndex};
-use crate::money::{CurrencyRates, Micros};
+use crate::money::{CurrencyRates, Factor, Micros};
 use crate::targeting::{DayHour, Dimension, ImpressionKeys, Targeting};
 
 #[derive(Debug, Default)]
@@ -16,12 +17,21 @@ pub struct Snapshot {
     parent_of: HashMap<String, String>,
     known_accounts: HashSet<String>,
     time_zones: HashMap<String, jiff::tz::TimeZone>,
+    /// Accounts that set a mediation mode, per-ad-unit modes or seat adjustments.
+    mediation: HashMap<String, AccountMediation>,
     groups_of_ad_unit: HashMap<String, Vec<String>>,
     /// What each account owns, with its targeting indexes.
     owned: HashMap<String, Owned>,
     networks: HashMap<String, Network>,
     dictionary: Dictionary,
     rates: CurrencyRates,
+}
+
+#[derive(Debug, Default)]
+struct AccountMediation {
+    mode: Option<MediationMode>,
+    ad_unit_modes: std::collections::BTreeMap<String, MediationMode>,
+    seat_adjustments: std::collections::BTreeMap<String, Factor>,
 }
 
 /// The selling rules, mediated bids and line items one account owns.
@@ -62,8 +72,8 @@ pub struct AppliedRule<'s> {
 pub enum Exclusion {
     Inactive,
     Targeting(Dimension),
-    /// Its network bids live instead of being called in the waterfall.
-    NetworkNotInWaterfall,
+    /// The impression's mediation mode does not use its network's mode.
+    MediationMode(MediationMode),
 }
 
 impl std::fmt::Display for Exclusion {
@@ -71,7 +81,14 @@ impl std::fmt::Display for Exclusion {
         match self {
             Exclusion::Inactive => f.write_str("inactive"),
             Exclusion::Targeting(dimension) => write!(f, "targeting:{dimension}"),
-            Exclusion::NetworkNotInWaterfall => f.write_str("network_not_in_waterfall"),
+            Exclusion::MediationMode(mode) => {
+                let mode = match mode {
+                    MediationMode::Waterfall => "waterfall",
+                    MediationMode::Bidding => "bidding",
+                    MediationMode::Hybrid => "hybrid",
+                };
+                write!(f, "mediation_mode:{mode}")
+            }
         }
     }
 }
@@ -81,7 +98,11 @@ pub struct ImpEvaluation<'s> {
     /// `None` when no effective rule matches: no auction demand may serve.
     pub applied_rule: Option<AppliedRule<'s>>,
     pub matched_rule_ids: Vec<&'s str>,
+    /// Eligible mediated bids of waterfall networks: called after the auction.
     pub mediated_bids: Vec<&'s MediatedBid>,
+    /// Eligible mediated bids of bidding networks: asked for a live bid before it.
+    pub bidding_bids: Vec<&'s MediatedBid>,
+    pub mediation_mode: MediationMode,
     /// Eligible line items; they may serve whether or not a selling rule applies.
     pub line_items: Vec<&'s LineItem>,
     /// Filled only when asked to explain.
@@ -104,6 +125,19 @@ impl Snapshot {
         for account in configuration.accounts {
             if let Some(parent) = account.parent_id {
                 snapshot.parent_of.insert(account.id.clone(), parent);
+            }
+            if account.mediation_mode.is_some()
+                || !account.ad_unit_mediation_modes.is_empty()
+                || !account.seat_bid_adjustments.is_empty()
+            {
+                snapshot.mediation.insert(
+                    account.id.clone(),
+                    AccountMediation {
+                        mode: account.mediation_mode,
+                        ad_unit_modes: account.ad_unit_mediation_modes.clone(),
+                        seat_adjustments: account.seat_bid_adjustments.clone(),
+                    },
+                );
             }
             if let Some(zone) = &account.time_zone {
                 // Validated above.
@@ -290,31 +324,73 @@ impl Snapshot {
             floor: rule.floor.max(request_floor),
         });
 
+        let mode = self.mediation_mode(account_id, &keys.tagid);
+        evaluation.mediation_mode = mode;
+        let mut eligible = Vec::new();
         for account in self.account_path(account_id) {
             if let Some(owned) = self.owned.get(account) {
                 matcher.collect(
                     &owned.bids,
                     &owned.bid_index,
                     |bid| (&bid.id, &bid.targeting),
-                    |bid| self.eligibility(bid),
-                    &mut evaluation.mediated_bids,
+                    |bid| self.eligibility(bid, mode),
+                    &mut eligible,
                     &mut evaluation.excluded,
                 );
+            }
+        }
+        for bid in eligible {
+            match self.networks.get(&bid.network_id).map(|n| n.mode) {
+                Some(NetworkMode::Bidding) => evaluation.bidding_bids.push(bid),
+                _ => evaluation.mediated_bids.push(bid),
             }
         }
         evaluation
     }
 
     /// Why a bid whose targeting matches still cannot compete.
-    fn eligibility(&self, bid: &MediatedBid) -> Option<Exclusion> {
+    fn eligibility(&self, bid: &MediatedBid, mode: MediationMode) -> Option<Exclusion> {
         if !bid.active {
             return Some(Exclusion::Inactive);
         }
-        let in_waterfall = self
+        let network_mode = self
             .networks
             .get(&bid.network_id)
-            .is_some_and(|n| n.mode == NetworkMode::Waterfall);
-        (!in_waterfall).then_some(Exclusion::NetworkNotInWaterfall)
+            .map_or(NetworkMode::Waterfall, |n| n.mode);
+        (!mode.uses(network_mode)).then_some(Exclusion::MediationMode(mode))
+    }
+
+    /// The mediation mode of an ad unit: the nearest account on the path that says
+    /// something about it (a per-ad-unit mode first, then its account-wide mode)
+    /// decides; hybrid when none does.
+    pub fn mediation_mode(&self, account_id: &str, tagid: &str) -> MediationMode {
+        self.account_path(account_id)
+            .find_map(|account| {
+                let mediation = self.mediation.get(account)?;
+                mediation
+                    .ad_unit_modes
+                    .get(tagid)
+                    .copied()
+                    .or(mediation.mode)
+            })
+            .unwrap_or_default()
+    }
+
+    /// Bid adjustments per buyer seat for an account: for each seat, the nearest
+    /// account on the path that sets one decides.
+    pub fn seat_adjustments(&self, account_id: &str) -> Vec<(String, Factor)> {
+        let mut adjustments: std::collections::BTreeMap<&str, Factor> = Default::default();
+        for account in self.account_path(account_id) {
+            if let Some(mediation) = self.mediation.get(account) {
+                for (seat, factor) in &mediation.seat_adjustments {
+                    adjustments.entry(seat).or_insert(*factor);
+                }
+            }
+        }
+        adjustments
+            .into_iter()
+            .map(|(seat, factor)| (seat.to_string(), factor))
+            .collect()
     }
 }
 
@@ -467,8 +543,43 @@ mod tests {
             evaluation.excluded,
             [
                 ("foobar-home-house", Exclusion::Targeting(Dimension::Domain)),
-                ("betaads-5.00-paused", Exclusion::Inactive)
+                ("betaads-5.00-paused", Exclusion::Inactive),
+                ("bidwise-home-live", Exclusion::Targeting(Dimension::AdUnit)),
             ]
+        );
+    }
+
+    #[test]
+    fn mediation_modes_pick_waterfall_and_bidding_networks() {
+        let snapshot = demo();
+        let live = ImpressionKeys {
+            tagid: "home-live".into(),
+            ..banner("DEU", 2)
+        };
+        let evaluation = snapshot.evaluate("8953", &live, Micros::ZERO, true);
+        assert_eq!(evaluation.mediation_mode, MediationMode::Hybrid);
+        let bidding: Vec<_> = evaluation
+            .bidding_bids
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect();
+        assert_eq!(bidding, ["bidwise-home-live"]);
+        assert_eq!(evaluation.mediated_bids.len(), 2);
+
+        let waterfall_only = ImpressionKeys {
+            tagid: "home-live-waterfall".into(),
+            ..banner("DEU", 2)
+        };
+        let evaluation = snapshot.evaluate("8953", &waterfall_only, Micros::ZERO, true);
+        assert_eq!(evaluation.mediation_mode, MediationMode::Waterfall);
+        assert!(evaluation.bidding_bids.is_empty());
+        assert!(evaluation.excluded.contains(&(
+            "bidwise-home-live",
+            Exclusion::MediationMode(MediationMode::Waterfall)
+        )));
+        assert_eq!(
+            snapshot.seat_adjustments("8953"),
+            [("discounted-seat".to_string(), Factor(900_000))]
         );
     }
 

@@ -31,8 +31,11 @@ pub struct AdCall<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ad {
     pub bid_id: String,
-    /// What the network says it pays (informational; the mediated bid's CPM ranks).
+    /// What the network bids: a bidding network's live bid ranks at it (in `cur`);
+    /// for a waterfall network it is informational (the mediated bid's CPM ranks).
     pub price: Micros,
+    /// The currency of `price`; empty means USD.
+    pub cur: String,
     pub adm: String,
     pub nurl: String,
     pub adomain: Vec<String>,

@@ -121,6 +121,7 @@ fn network_request(call: &AdCall<'_>) -> BidRequest {
 }
 
 fn best_ad(response: BidResponse, impid: &str) -> AdOutcome {
+    let cur = response.cur;
     let best = response
         .seatbid
         .into_iter()
@@ -144,6 +145,7 @@ fn best_ad(response: BidResponse, impid: &str) -> AdOutcome {
             nurl: bid.nurl,
             adomain: bid.adomain,
             crid: bid.crid,
+            cur,
         }),
     }
 }

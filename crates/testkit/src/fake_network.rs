@@ -17,6 +17,8 @@ use axum::routing::post;
 pub enum Behaviour {
     /// A bid at the request's floor with a small ad.
     Fill,
+    /// A bid at this CPM with a small ad.
+    FillAt(f64),
     /// HTTP 204.
     NoFill,
     /// HTTP 200 with an empty seatbid.
@@ -126,8 +128,12 @@ async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Beha
         behaviour = *then;
     }
     let imp = &request["imp"][0];
+    let price = match behaviour {
+        Behaviour::FillAt(price) => serde_json::json!(price),
+        _ => imp["bidfloor"].clone(),
+    };
     match behaviour {
-        Behaviour::Fill => axum::Json(serde_json::json!({
+        Behaviour::Fill | Behaviour::FillAt(_) => axum::Json(serde_json::json!({
             "id": request["id"],
             "cur": "USD",
             "seatbid": [{
@@ -135,7 +141,7 @@ async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Beha
                 "bid": [{
                     "id": format!("{network}-bid"),
                     "impid": imp["id"],
-                    "price": imp["bidfloor"],
+                    "price": price,
                     "adm": format!("<div class=\"ad\">{network} ad for {}</div>", imp["tagid"].as_str().unwrap_or("")),
                     "adomain": [format!("{network}.example")],
                     "crid": format!("{network}-creative-1"),

@@ -5,6 +5,7 @@
 use cascade_core::Micros;
 use cascade_core::auction::{self, AuctionRules, Bidder, Source};
 use cascade_core::config::AuctionType as CoreAuctionType;
+use cascade_core::money::Factor;
 use cascade_proto::auction::v1::auction_server::{Auction, AuctionServer};
 use cascade_proto::auction::v1::{
     AuctionImp, AuctionType, Candidate, ImpRanking, RankRequest, RankResponse, RankedCandidate,
@@ -20,6 +21,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_IMPS: usize = 64;
 /// Most candidates one impression may carry.
 pub const MAX_CANDIDATES_PER_IMP: usize = 2_000;
+/// Largest bid adjustment: 10x.
+const MAX_ADJUSTMENT_PPM: i64 = 10_000_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,6 +40,8 @@ enum RankError {
     InvalidFloor(usize),
     #[error("imps[{0}].candidates[{1}].bid_micros: must be between 0 and 1e12")]
     InvalidBid(usize, usize),
+    #[error("imps[{0}].candidates[{1}].bid_adjustment_ppm: must be between 0 and 10000000")]
+    InvalidAdjustment(usize, usize),
     #[error("imps[{0}].candidates[{1}].source: {2:?} cannot be ranked")]
     UnsupportedSource(usize, usize, SourceKind),
 }
@@ -83,6 +88,7 @@ struct Wire<'a> {
     candidate: &'a Candidate,
     source: Source,
     bid: Micros,
+    adjustment: Factor,
 }
 
 impl Bidder for Wire<'_> {
@@ -107,6 +113,9 @@ impl Bidder for Wire<'_> {
     fn attributes(&self) -> &[i32] {
         &self.candidate.attr
     }
+    fn adjustment(&self) -> Factor {
+        self.adjustment
+    }
 }
 
 fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
@@ -126,15 +135,22 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
                     priority: candidate.priority,
                 },
                 SourceKind::LineItem => Source::NonGuaranteedLineItem,
+                SourceKind::BiddingNetwork => Source::BiddingNetwork,
                 SourceKind::ChainedOutcome => Source::ChainedOutcome,
                 other => return Err(RankError::UnsupportedSource(i, j, other)),
             };
             let bid =
                 Micros::checked(candidate.bid_micros).map_err(|_| RankError::InvalidBid(i, j))?;
+            let adjustment = match candidate.bid_adjustment_ppm {
+                0 => Factor::ONE,
+                ppm if (1..=MAX_ADJUSTMENT_PPM).contains(&ppm) => Factor(ppm),
+                _ => return Err(RankError::InvalidAdjustment(i, j)),
+            };
             Ok(Wire {
                 candidate,
                 source,
                 bid,
+                adjustment,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -1,6 +1,7 @@
 //! The decision flow: normalise, evaluate targeting, rank, walk the waterfall (or hand
 //! the chain to the client), store the selections, answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,14 +9,17 @@ use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
 use cascade_proto::decision::v1::{
-    ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision,
+    Attempt, ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision,
     NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind, Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
-use cascade_proto::networkcaller::v1::{RunWaterfallRequest, WaterfallImp};
+use cascade_proto::networkcaller::v1::{
+    BidAsk, BiddingImp, CollectBidsRequest, RunWaterfallRequest, WaterfallImp,
+};
+use cascade_proto::openrtb::v1::BidRequest;
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
 use cascade_proto::targeting::v1::{
-    EligibleLineItem, EligibleMediatedBid, EvaluateRequest, ImpEvaluation,
+    EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
 };
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_state::{Selection, SnapshotCell, Store};
@@ -35,6 +39,7 @@ pub struct DecisionService {
     pub(crate) network_caller: NetworkCallerClient<Channel>,
     pub(crate) default_budget: Duration,
     pub(crate) max_budget: Duration,
+    pub(crate) bidding_budget: Duration,
     pub(crate) response_reserve: Duration,
     pub(crate) selection_ttl: Duration,
 }
@@ -105,16 +110,32 @@ impl DecisionService {
             .map_err(|status| DecideError::downstream("targeting-evaluation", status))?
             .into_inner();
 
+        let mut live_bids = self
+            .collect_live_bids(&evaluation, &bid_request, deadline)
+            .await?;
+        let seat_adjustments: HashMap<&str, i64> = evaluation
+            .seat_adjustments
+            .iter()
+            .map(|a| (a.seat.as_str(), a.factor_ppm))
+            .collect();
         let mut slots: Vec<Slot> = Vec::with_capacity(evaluation.imps.len());
         let mut auction_imps = Vec::new();
         let mut auction_slots = Vec::new();
         let exchange_candidates = std::mem::take(&mut normalized.exchange_candidates);
-        for (index, (mut evaluated, exchange)) in evaluation
+        for (index, (mut evaluated, mut exchange)) in evaluation
             .imps
             .into_iter()
             .zip(exchange_candidates)
             .enumerate()
         {
+            for candidate in &mut exchange {
+                if let Some(ppm) = seat_adjustments.get(candidate.seat.as_str()) {
+                    candidate.bid_adjustment_ppm = *ppm;
+                }
+            }
+            let (bidding, bidding_attempts) =
+                live_bids.remove(&evaluated.impid).unwrap_or_default();
+            exchange.extend(bidding);
             let mut decision = ImpDecision {
                 impid: evaluated.impid.clone(),
                 ..Default::default()
@@ -138,6 +159,7 @@ impl DecisionService {
                         .map_or(0, |r| r.floor_micros),
                     matched_rule_ids: std::mem::take(&mut evaluated.matched_rule_ids),
                     excluded: std::mem::take(&mut evaluated.excluded),
+                    attempts: bidding_attempts,
                     budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
                     ..Default::default()
                 });
@@ -270,7 +292,7 @@ impl DecisionService {
         for (index, result) in waterfall_slots.into_iter().zip(results.imps) {
             let decision = &mut slots[index].decision;
             if let Some(explanation) = decision.explanation.as_mut() {
-                explanation.attempts = result.attempts;
+                explanation.attempts.extend(result.attempts);
             }
             match result.winner {
                 Some(winner) => decision.winner = Some(winner_from(winner)),
@@ -334,6 +356,58 @@ impl DecisionService {
             selections.push(selection);
             slot.decision.chain.push(node);
         }
+    }
+
+    /// Asks the bidding networks of every impression that has some for a live bid, in
+    /// one call to network-caller, within the bidding budget. Returns, per impression id,
+    /// the bids (candidates with their ads) and the attempts.
+    async fn collect_live_bids(
+        &self,
+        evaluation: &EvaluateResponse,
+        bid_request: &BidRequest,
+        deadline: Deadline,
+    ) -> Result<HashMap<String, (Vec<Candidate>, Vec<Attempt>)>, DecideError> {
+        let imps: Vec<BiddingImp> = evaluation
+            .imps
+            .iter()
+            .filter_map(|imp| {
+                let rule = imp.applied_rule.as_ref()?;
+                let asks: Vec<BidAsk> = imp
+                    .bidding_bids
+                    .iter()
+                    .map(|bid| BidAsk {
+                        bid_id: bid.bid_id.clone(),
+                        network_id: bid.network_id.clone(),
+                        placement_id: bid.placement_id.clone(),
+                        floor_micros: bid.cpm_micros.max(rule.floor_micros),
+                        bid_adjustment_ppm: bid.bid_adjustment_ppm,
+                    })
+                    .collect();
+                (!asks.is_empty()).then(|| BiddingImp {
+                    impid: imp.impid.clone(),
+                    asks,
+                })
+            })
+            .collect();
+        if imps.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let bidding_deadline = Deadline::after(deadline.remaining().min(self.bidding_budget));
+        let response = self
+            .network_caller
+            .clone()
+            .collect_bids(bidding_deadline.request(CollectBidsRequest {
+                request: Some(bid_request.clone()),
+                imps,
+            }))
+            .await
+            .map_err(|status| DecideError::downstream("network-caller (bidding)", status))?
+            .into_inner();
+        Ok(response
+            .imps
+            .into_iter()
+            .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
+            .collect())
     }
 
     /// The chained selections as candidates of the impressions they were made for, read
@@ -489,6 +563,7 @@ fn line_item_candidate(item: EligibleLineItem) -> Candidate {
 
 fn mediated_candidate(bid: EligibleMediatedBid) -> Candidate {
     Candidate {
+        bid_adjustment_ppm: bid.bid_adjustment_ppm,
         id: format!("mediated:{}", bid.bid_id),
         source: SourceKind::MediatedNetwork as i32,
         bid_micros: bid.cpm_micros,

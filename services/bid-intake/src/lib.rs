@@ -34,6 +34,9 @@ pub struct Settings {
     pub default_budget_ms: u64,
     /// Upper bound on any decision's budget, whatever the caller asks for.
     pub max_budget_ms: u64,
+    /// Longest the bidding phase (live bids from bidding networks) may take; each
+    /// network's own timeout applies within it.
+    pub bidding_budget_ms: u64,
     /// Kept back from the budget to build and send the response.
     pub response_reserve_ms: u64,
     /// How long a selection is kept for event reports and chaining.
@@ -51,6 +54,7 @@ impl Default for Settings {
             network_caller_addr: local(50054),
             default_budget_ms: 300,
             max_budget_ms: 5_000,
+            bidding_budget_ms: 150,
             response_reserve_ms: 2,
             selection_ttl_secs: 3_600,
         }
@@ -94,6 +98,7 @@ pub async fn serve(
         ),
         default_budget: Duration::from_millis(settings.default_budget_ms),
         max_budget: Duration::from_millis(settings.max_budget_ms),
+        bidding_budget: Duration::from_millis(settings.bidding_budget_ms),
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
     };

@@ -12,11 +12,13 @@ use cascade_core::Micros;
 use cascade_core::config::Network;
 use cascade_core::snapshot::Snapshot;
 use cascade_networks::health::{BreakerPolicy, NetworkHealth};
-use cascade_networks::{AdCall, AdOutcome, OpenRtbHttpAdapter};
+use cascade_networks::{Ad, AdCall, AdOutcome, OpenRtbHttpAdapter};
+use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
 use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
 use cascade_proto::networkcaller::v1::{
-    RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
+    BidAsk, BiddingResult, CollectBidsRequest, CollectBidsResponse, RunWaterfallRequest,
+    RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
 use cascade_proto::openrtb::v1::BidRequest;
 use cascade_server::deadline::Deadline;
@@ -31,6 +33,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_IMPS: usize = 64;
 /// Most candidates one impression's walk may hold.
 pub const MAX_CHAIN_LENGTH: usize = 2_000;
+/// Most bidding networks asked for one impression.
+pub const MAX_ASKS_PER_IMP: usize = 50;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,6 +81,8 @@ enum WaterfallError {
     TooManyImps(usize),
     #[error("imps[{0}].ranked: at most {MAX_CHAIN_LENGTH} candidates, got {1}")]
     ChainTooLong(usize, usize),
+    #[error("imps[{0}].asks: at most {MAX_ASKS_PER_IMP} asks, got {1}")]
+    TooManyAsks(usize, usize),
     #[error("request: required")]
     MissingRequest,
 }
@@ -129,6 +135,44 @@ pub struct NetworkCallerService {
 
 #[tonic::async_trait]
 impl NetworkCaller for NetworkCallerService {
+    async fn collect_bids(
+        &self,
+        request: Request<CollectBidsRequest>,
+    ) -> Result<Response<CollectBidsResponse>, Status> {
+        let deadline = Deadline::from_metadata(request.metadata(), self.default_budget);
+        let request = request.into_inner();
+        if request.imps.len() > MAX_IMPS {
+            return Err(WaterfallError::TooManyImps(request.imps.len()).into());
+        }
+        if let Some((i, imp)) = request
+            .imps
+            .iter()
+            .enumerate()
+            .find(|(_, imp)| imp.asks.len() > MAX_ASKS_PER_IMP)
+        {
+            return Err(WaterfallError::TooManyAsks(i, imp.asks.len()).into());
+        }
+        let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
+        let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
+        let asks = request.imps.iter().map(|imp| {
+            let asks = imp
+                .asks
+                .iter()
+                .map(|ask| self.ask_for_bid(&snapshot, &bid_request, &imp.impid, ask, deadline));
+            async move {
+                let (bids, attempts): (Vec<_>, Vec<_>) =
+                    futures::future::join_all(asks).await.into_iter().unzip();
+                BiddingResult {
+                    impid: imp.impid.clone(),
+                    bids: bids.into_iter().flatten().collect(),
+                    attempts,
+                }
+            }
+        });
+        let imps = futures::future::join_all(asks).await;
+        Ok(Response::new(CollectBidsResponse { imps }))
+    }
+
     async fn run_waterfall(
         &self,
         request: Request<RunWaterfallRequest>,
@@ -157,6 +201,15 @@ impl NetworkCaller for NetworkCallerService {
     }
 }
 
+/// One network asked for one impression.
+struct NetworkCall<'a> {
+    network: &'a Network,
+    placement_id: &'a str,
+    floor: Micros,
+    request: &'a BidRequest,
+    impid: &'a str,
+}
+
 impl NetworkCallerService {
     /// The health record of `network`, created on first use with the network's
     /// in-flight limit (a limit changed later applies after a restart).
@@ -174,6 +227,118 @@ impl NetworkCallerService {
                 ))
             })
             .clone()
+    }
+
+    /// Calls a network through its health guard, under its own timeout bounded by what
+    /// is left of the deadline; records the outcome in `attempt`. Returns the ad when the
+    /// network filled.
+    async fn call(
+        &self,
+        call: NetworkCall<'_>,
+        deadline: Deadline,
+        attempt: &mut Attempt,
+    ) -> Option<Ad> {
+        let remaining = deadline.remaining();
+        let health = self.health_of(call.network);
+        let permit = match health.try_call(remaining) {
+            Ok(permit) => permit,
+            Err(skip) => {
+                attempt.outcome = AttemptOutcome::Skipped as i32;
+                attempt.detail = skip.to_string();
+                return None;
+            }
+        };
+        let timeout = Duration::from_millis(u64::from(call.network.timeout_ms)).min(remaining);
+        let ad_call = AdCall {
+            endpoint: &call.network.endpoint,
+            placement_id: call.placement_id,
+            floor: call.floor,
+            request: call.request,
+            impid: call.impid,
+            timeout,
+        };
+        let started = Instant::now();
+        let outcome = self.openrtb.request_ad(&ad_call).await;
+        let latency = started.elapsed();
+        permit.finish(
+            matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
+            latency,
+        );
+        attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        tracing::debug!(network = %call.network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
+        match outcome {
+            AdOutcome::Filled(ad) => {
+                attempt.outcome = AttemptOutcome::Filled as i32;
+                return Some(ad);
+            }
+            AdOutcome::NoFill => attempt.outcome = AttemptOutcome::NoFill as i32,
+            AdOutcome::Timeout => {
+                attempt.outcome = AttemptOutcome::Timeout as i32;
+                attempt.detail = format!("no answer within {} ms", timeout.as_millis());
+            }
+            AdOutcome::Error(detail) => {
+                attempt.outcome = AttemptOutcome::Error as i32;
+                attempt.detail = detail;
+            }
+        }
+        None
+    }
+
+    /// Asks one bidding network for a live bid: a candidate when it bids.
+    async fn ask_for_bid(
+        &self,
+        snapshot: &Snapshot,
+        request: &BidRequest,
+        impid: &str,
+        ask: &BidAsk,
+        deadline: Deadline,
+    ) -> (Option<Candidate>, Attempt) {
+        let candidate_id = format!("bidding:{}", ask.bid_id);
+        let mut attempt = Attempt {
+            candidate_id: candidate_id.clone(),
+            source: SourceKind::BiddingNetwork as i32,
+            network_id: ask.network_id.clone(),
+            ..Default::default()
+        };
+        let Some(network) = snapshot.network(&ask.network_id) else {
+            attempt.outcome = AttemptOutcome::Skipped as i32;
+            attempt.detail = "network is not configured".to_string();
+            return (None, attempt);
+        };
+        let call = NetworkCall {
+            network,
+            placement_id: &ask.placement_id,
+            floor: Micros(ask.floor_micros),
+            request,
+            impid,
+        };
+        let Some(ad) = self.call(call, deadline, &mut attempt).await else {
+            return (None, attempt);
+        };
+        let price = match snapshot.rates().to_usd(ad.price, &ad.cur) {
+            Ok(price) => price,
+            Err(error) => {
+                attempt.outcome = AttemptOutcome::Error as i32;
+                attempt.detail = error.to_string();
+                return (None, attempt);
+            }
+        };
+        attempt.detail = format!("bid {price}");
+        let candidate = Candidate {
+            id: candidate_id,
+            source: SourceKind::BiddingNetwork as i32,
+            bid_micros: price.0,
+            network_id: ask.network_id.clone(),
+            placement_id: ask.placement_id.clone(),
+            bid_id: ask.bid_id.clone(),
+            adm: ad.adm,
+            nurl: ad.nurl,
+            adomain: ad.adomain,
+            crid: ad.crid,
+            bid_adjustment_ppm: ask.bid_adjustment_ppm,
+            ..Default::default()
+        };
+        (Some(candidate), attempt)
     }
 
     /// Walks one impression's chain until a candidate fills or the deadline runs out.
@@ -200,15 +365,15 @@ impl NetworkCallerService {
                 ..Default::default()
             };
             if candidate.source() != SourceKind::MediatedNetwork {
-                // Demand already in hand (an exchange bid) fills without a call.
+                // Demand already in hand (an exchange bid, a live bid, a line item, a
+                // chained outcome) fills without a call.
                 attempt.outcome = AttemptOutcome::Filled as i32;
                 attempt.detail = "bid in hand, no call needed".to_string();
                 result.attempts.push(attempt);
                 result.winner = Some(ranked);
                 return result;
             }
-            let remaining = deadline.remaining();
-            if remaining.is_zero() {
+            if deadline.remaining().is_zero() {
                 attempt.outcome = AttemptOutcome::Skipped as i32;
                 attempt.detail = "deadline exceeded".to_string();
                 result.attempts.push(attempt);
@@ -230,57 +395,26 @@ impl NetworkCallerService {
                 result.attempts.push(attempt);
                 continue;
             }
-            let health = self.health_of(network);
-            let permit = match health.try_call(remaining) {
-                Ok(permit) => permit,
-                Err(skip) => {
-                    attempt.outcome = AttemptOutcome::Skipped as i32;
-                    attempt.detail = skip.to_string();
-                    result.attempts.push(attempt);
-                    continue;
-                }
-            };
-            calls_made += 1;
-            let timeout = Duration::from_millis(u64::from(network.timeout_ms)).min(remaining);
-            let call = AdCall {
-                endpoint: &network.endpoint,
+            let call = NetworkCall {
+                network,
                 placement_id: &candidate.placement_id,
                 floor: Micros(candidate.bid_micros),
                 request,
                 impid: &result.impid,
-                timeout,
             };
-            let started = Instant::now();
-            let outcome = self.openrtb.request_ad(&call).await;
-            let latency = started.elapsed();
-            permit.finish(
-                matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
-                latency,
-            );
-            attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-            tracing::debug!(network = %network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
-            match outcome {
-                AdOutcome::Filled(ad) => {
-                    attempt.outcome = AttemptOutcome::Filled as i32;
-                    candidate.adm = ad.adm;
-                    candidate.nurl = ad.nurl;
-                    candidate.adomain = ad.adomain;
-                    candidate.crid = ad.crid;
-                    result.attempts.push(attempt);
-                    result.winner = Some(ranked);
-                    return result;
-                }
-                AdOutcome::NoFill => attempt.outcome = AttemptOutcome::NoFill as i32,
-                AdOutcome::Timeout => {
-                    attempt.outcome = AttemptOutcome::Timeout as i32;
-                    attempt.detail = format!("no answer within {} ms", timeout.as_millis());
-                }
-                AdOutcome::Error(detail) => {
-                    attempt.outcome = AttemptOutcome::Error as i32;
-                    attempt.detail = detail;
-                }
+            let ad = self.call(call, deadline, &mut attempt).await;
+            if attempt.outcome() != AttemptOutcome::Skipped {
+                calls_made += 1;
             }
             result.attempts.push(attempt);
+            if let Some(ad) = ad {
+                candidate.adm = ad.adm;
+                candidate.nurl = ad.nurl;
+                candidate.adomain = ad.adomain;
+                candidate.crid = ad.crid;
+                result.winner = Some(ranked);
+                return result;
+            }
         }
         result
     }

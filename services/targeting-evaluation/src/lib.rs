@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use cascade_core::Micros;
-use cascade_core::config::{AuctionType as CoreAuctionType, LineItemClass};
+use cascade_core::config::{
+    AuctionType as CoreAuctionType, LineItemClass, MediatedBid, MediationMode,
+};
+use cascade_core::money::Factor;
 use cascade_core::snapshot::{ImpEvaluation as CoreEvaluation, Snapshot};
 use cascade_core::targeting::{ImpressionKeys, MediaType as CoreMediaType, Size as CoreSize};
 use cascade_proto::auction::v1::AuctionType;
@@ -15,7 +18,7 @@ use cascade_proto::targeting::v1::targeting_evaluation_server::{
 };
 use cascade_proto::targeting::v1::{
     AppliedRule, EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse,
-    ImpContext, ImpEvaluation, MediaType, RequestContext,
+    ImpContext, ImpEvaluation, MediaType, RequestContext, SeatAdjustment,
 };
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
@@ -117,12 +120,20 @@ fn evaluate(
         let mut keys = impression_keys(imp, &context);
         snapshot.complete_keys(&request.account_id, &mut keys, unix_seconds);
         let evaluation = snapshot.evaluate(&request.account_id, &keys, floor, request.debug);
-        imps.push(to_wire(&imp.impid, evaluation));
+        imps.push(to_wire(snapshot, &imp.impid, evaluation));
     }
     Ok(EvaluateResponse {
         config_version: snapshot.version(),
         account_known,
         imps,
+        seat_adjustments: snapshot
+            .seat_adjustments(&request.account_id)
+            .into_iter()
+            .map(|(seat, factor)| SeatAdjustment {
+                seat,
+                factor_ppm: factor.0,
+            })
+            .collect(),
     })
 }
 
@@ -163,7 +174,20 @@ fn impression_keys(imp: &ImpContext, context: &RequestContext) -> ImpressionKeys
     }
 }
 
-fn to_wire(impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
+fn eligible_bid(snapshot: &Snapshot, bid: &MediatedBid) -> EligibleMediatedBid {
+    EligibleMediatedBid {
+        bid_id: bid.id.clone(),
+        network_id: bid.network_id.clone(),
+        cpm_micros: bid.cpm.0,
+        placement_id: bid.placement_id.clone(),
+        bid_adjustment_ppm: snapshot
+            .network(&bid.network_id)
+            .map_or(Factor::ONE, |n| n.bid_adjustment)
+            .0,
+    }
+}
+
+fn to_wire(snapshot: &Snapshot, impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
     ImpEvaluation {
         impid: impid.to_string(),
         applied_rule: evaluation.applied_rule.map(|applied| AppliedRule {
@@ -188,13 +212,19 @@ fn to_wire(impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
         mediated_bids: evaluation
             .mediated_bids
             .iter()
-            .map(|bid| EligibleMediatedBid {
-                bid_id: bid.id.clone(),
-                network_id: bid.network_id.clone(),
-                cpm_micros: bid.cpm.0,
-                placement_id: bid.placement_id.clone(),
-            })
+            .map(|bid| eligible_bid(snapshot, bid))
             .collect(),
+        bidding_bids: evaluation
+            .bidding_bids
+            .iter()
+            .map(|bid| eligible_bid(snapshot, bid))
+            .collect(),
+        mediation_mode: match evaluation.mediation_mode {
+            MediationMode::Waterfall => "waterfall",
+            MediationMode::Bidding => "bidding",
+            MediationMode::Hybrid => "hybrid",
+        }
+        .to_string(),
         line_items: evaluation
             .line_items
             .iter()
