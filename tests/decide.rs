@@ -36,12 +36,24 @@ impl Cluster {
     async fn start_with(network_caller_settings: &str) -> Cluster {
         let networks = FakeNetworks::start().await.unwrap();
         let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
+        let demo = demo
+            .replace("${DEMO_NETWORK}", &networks.addr().to_string())
+            .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string());
+        // Plus a network nobody listens for, for the connection-refused path.
+        let closed_port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let dead_network = format!(
+            "[[networks]]\nid = \"deadnet\"\naccount_id = \"demo-network\"\n\
+             endpoint = \"http://{closed_port}/openrtb\"\n\n\
+             [[mediated_bids]]\nid = \"deadnet-9.00\"\naccount_id = \"demo-network\"\n\
+             network_id = \"deadnet\"\ncpm = \"9.00\"\n\
+             targeting = {{ ad_units = [\"dead-end\"] }}\n"
+        );
         let mut configuration = tempfile::NamedTempFile::new().unwrap();
         configuration
-            .write_all(
-                demo.replace("${DEMO_NETWORK}", &networks.addr().to_string())
-                    .as_bytes(),
-            )
+            .write_all(format!("{demo}\n{dead_network}").as_bytes())
             .unwrap();
         let state = format!(
             "[state]\nconfiguration_file = {:?}\n",
@@ -957,4 +969,68 @@ async fn seat_adjustments_rank_exchange_bids_at_what_they_are_worth() {
         "{response}"
     );
     assert_eq!(winner(&response)["priceMicros"], "2100000");
+}
+
+#[tokio::test]
+async fn custom_networks_speak_the_grpc_contract() {
+    let cluster = Cluster::start().await;
+    let response = cluster
+        .decide(&live_request("custom-slot", json!([])))
+        .await;
+    assert_eq!(winner(&response)["networkId"], "customnet", "{response}");
+    assert_eq!(winner(&response)["priceMicros"], "2500000");
+    assert!(
+        winner(&response)["adm"]
+            .as_str()
+            .unwrap()
+            .contains("customnet ad for custom-slot-1")
+    );
+
+    cluster
+        .networks
+        .set(cascade_testkit::GRPC_NETWORK, Behaviour::NoFill);
+    let response = cluster
+        .decide(&live_request("custom-slot", json!([])))
+        .await;
+    assert_eq!(attempt_outcomes(&response)[0].1, "ATTEMPT_OUTCOME_NO_FILL");
+    assert_eq!(winner(&response)["networkId"], "coolads");
+
+    cluster.networks.set(
+        cascade_testkit::GRPC_NETWORK,
+        Behaviour::Slow(Duration::from_millis(1_000), Box::new(Behaviour::Fill)),
+    );
+    let response = cluster
+        .decide(&live_request("custom-slot", json!([])))
+        .await;
+    assert_eq!(attempt_outcomes(&response)[0].1, "ATTEMPT_OUTCOME_TIMEOUT");
+    assert_eq!(winner(&response)["networkId"], "coolads");
+}
+
+#[tokio::test]
+async fn a_network_failing_in_any_way_is_its_own_error_and_the_next_candidate_serves() {
+    let cluster = Cluster::start().await;
+    let cases = [
+        (Behaviour::Malformed, "malformed bid response"),
+        (Behaviour::Huge, "response body over"),
+        (Behaviour::Error(500), "HTTP 500"),
+    ];
+    for (behaviour, detail) in cases {
+        cluster.networks.set("coolads", behaviour);
+        let response = cluster.decide(&banner_request(json!([]))).await;
+        let (outcome, got) = &attempt_details(&response)[0];
+        assert_eq!(outcome, "ATTEMPT_OUTCOME_ERROR", "{response}");
+        assert!(got.contains(detail), "{got} should mention {detail}");
+        assert_eq!(winner(&response)["networkId"], "betaads");
+    }
+    // A network whose endpoint refuses connections.
+    let response = cluster.decide(&live_request("dead-end", json!([]))).await;
+    assert_eq!(
+        attempt_details(&response)[0],
+        (
+            "ATTEMPT_OUTCOME_ERROR".to_string(),
+            "connection failed".to_string()
+        ),
+        "{response}"
+    );
+    assert_eq!(winner(&response)["networkId"], "betaads");
 }

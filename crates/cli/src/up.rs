@@ -47,13 +47,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         networks.set(name, behaviour);
     }
     let demo_network = networks.addr().to_string();
+    let demo_grpc_network = networks.grpc_addr().to_string();
+    let placeholders = [
+        ("DEMO_NETWORK", demo_network.as_str()),
+        ("DEMO_GRPC_NETWORK", demo_grpc_network.as_str()),
+    ];
     let configuration = match &args.configuration {
-        Some(path) => {
-            cascade_state::read_configuration_file(path, &[("DEMO_NETWORK", &demo_network)])?
-        }
-        None => cascade_state::parse_configuration(
-            &DEMO_CONFIGURATION.replace("${DEMO_NETWORK}", &demo_network),
-        )
+        Some(path) => cascade_state::read_configuration_file(path, &placeholders)?,
+        None => cascade_state::parse_configuration(&cascade_state::fill_placeholders(
+            DEMO_CONFIGURATION,
+            &placeholders,
+        ))
         .context("the built-in demo configuration")?,
     };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::with_configuration(configuration)?);

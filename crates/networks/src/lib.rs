@@ -2,6 +2,7 @@
 //! a network (slow, refused, malformed, oversized) is an [`AdOutcome`] of that network,
 //! never an error of the decision.
 
+mod grpc;
 pub mod health;
 mod openrtb_http;
 
@@ -10,7 +11,50 @@ use std::time::Duration;
 use cascade_core::Micros;
 use cascade_proto::openrtb::v1::BidRequest;
 
-pub use openrtb_http::OpenRtbHttpAdapter;
+pub use grpc::GrpcNetworkAdapter;
+pub use openrtb_http::{MAX_RESPONSE_BYTES, OpenRtbHttpAdapter};
+
+use cascade_core::config::NetworkProtocol;
+
+/// Every adapter, chosen by the network's protocol.
+#[derive(Debug, Default)]
+pub struct Adapters {
+    pub openrtb: OpenRtbHttpAdapter,
+    pub grpc: GrpcNetworkAdapter,
+}
+
+impl Adapters {
+    pub async fn request_ad(&self, protocol: NetworkProtocol, call: &AdCall<'_>) -> AdOutcome {
+        match protocol {
+            NetworkProtocol::OpenrtbHttp => self.openrtb.request_ad(call).await,
+            NetworkProtocol::Grpc => self.grpc.request_ad(call).await,
+        }
+    }
+}
+
+/// The request a network sees: the caller's, reduced to the one impression, with the
+/// network's placement id as tagid and the CPM asked of it as floor.
+fn single_impression_request(call: &AdCall<'_>) -> BidRequest {
+    let imp = call
+        .request
+        .imp
+        .iter()
+        .find(|imp| imp.id == call.impid)
+        .cloned()
+        .map(|mut imp| {
+            imp.tagid = call.placement_id.to_string();
+            imp.bidfloor = call.floor.0 as f64 / cascade_core::money::MICROS_PER_UNIT as f64;
+            imp.bidfloorcur = cascade_core::money::AUCTION_CURRENCY.to_string();
+            imp.pmp = None;
+            imp
+        });
+    BidRequest {
+        imp: imp.into_iter().collect(),
+        tmax: i32::try_from(call.timeout.as_millis()).unwrap_or(i32::MAX),
+        cur: vec![cascade_core::money::AUCTION_CURRENCY.to_string()],
+        ..call.request.clone()
+    }
+}
 
 /// One ask of one network for one impression.
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use cascade_core::Micros;
-use cascade_proto::openrtb::v1::{BidRequest, BidResponse};
+use cascade_proto::openrtb::v1::BidResponse;
 
 use crate::{Ad, AdCall, AdOutcome};
 
@@ -37,7 +37,7 @@ impl OpenRtbHttpAdapter {
     }
 
     pub async fn request_ad(&self, call: &AdCall<'_>) -> AdOutcome {
-        let body = match serde_json::to_vec(&network_request(call)) {
+        let body = match serde_json::to_vec(&crate::single_impression_request(call)) {
             Ok(body) => body,
             Err(error) => return AdOutcome::Error(format!("cannot encode request: {error}")),
         };
@@ -96,30 +96,6 @@ impl OpenRtbHttpAdapter {
     }
 }
 
-/// The request a network sees: the caller's, reduced to the one impression, with the
-/// network's placement id as tagid and the mediated bid's CPM as floor.
-fn network_request(call: &AdCall<'_>) -> BidRequest {
-    let imp = call
-        .request
-        .imp
-        .iter()
-        .find(|imp| imp.id == call.impid)
-        .cloned()
-        .map(|mut imp| {
-            imp.tagid = call.placement_id.to_string();
-            imp.bidfloor = call.floor.0 as f64 / cascade_core::money::MICROS_PER_UNIT as f64;
-            imp.bidfloorcur = cascade_core::money::AUCTION_CURRENCY.to_string();
-            imp.pmp = None;
-            imp
-        });
-    BidRequest {
-        imp: imp.into_iter().collect(),
-        tmax: i32::try_from(call.timeout.as_millis()).unwrap_or(i32::MAX),
-        cur: vec![cascade_core::money::AUCTION_CURRENCY.to_string()],
-        ..call.request.clone()
-    }
-}
-
 fn best_ad(response: BidResponse, impid: &str) -> AdOutcome {
     let cur = response.cur;
     let best = response
@@ -166,7 +142,7 @@ mod tests {
     use axum::Router;
     use axum::http::StatusCode;
     use axum::routing::post;
-    use cascade_proto::openrtb::v1::Imp;
+    use cascade_proto::openrtb::v1::{BidRequest, Imp};
 
     async fn serve(router: Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -233,6 +209,37 @@ mod tests {
             (ad.bid_id.as_str(), ad.price, ad.adm.as_str()),
             ("b2", Micros(2_500_000), "<b/>")
         );
+    }
+
+    #[tokio::test]
+    async fn reads_gzip_compressed_answers() {
+        use std::io::Write;
+        let body = serde_json::json!({
+            "id": "r1",
+            "seatbid": [{"bid": [{"id": "b1", "impid": "1", "price": 3.0, "adm": "<zipped/>"}]}]
+        });
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(body.to_string().as_bytes()).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let endpoint = serve(Router::new().route(
+            "/ad",
+            post(move |headers: axum::http::HeaderMap| {
+                let compressed = compressed.clone();
+                async move {
+                    let accepts_gzip = headers
+                        .get("accept-encoding")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("gzip"));
+                    assert!(accepts_gzip, "the adapter asks for gzip");
+                    ([("content-encoding", "gzip")], compressed)
+                }
+            }),
+        ))
+        .await;
+        let AdOutcome::Filled(ad) = call(&endpoint, 1_000).await else {
+            panic!("expected a fill");
+        };
+        assert_eq!(ad.adm, "<zipped/>");
     }
 
     #[tokio::test]

@@ -66,13 +66,17 @@ pub fn read_configuration_file(
         path: path.display().to_string(),
         message,
     };
-    let mut text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-    for (name, value) in vars {
-        text = text.replace(&format!("${{{name}}}"), value);
-    }
-    parse_configuration(&text).map_err(|error| match error {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    parse_configuration(&fill_placeholders(&text, vars)).map_err(|error| match error {
         StateError::ConfigurationFile { message, .. } => file_error(message),
         other => other,
+    })
+}
+
+/// Replaces every `${NAME}` in `text` by its value in `vars`.
+pub fn fill_placeholders(text: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(text.to_string(), |text, (name, value)| {
+        text.replace(&format!("${{{name}}}"), value)
     })
 }
 

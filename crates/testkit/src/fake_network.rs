@@ -11,6 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use cascade_proto::customnetwork::v1::custom_network_server::{CustomNetwork, CustomNetworkServer};
+use cascade_proto::customnetwork::v1::{AdRequest, AdResponse};
 
 /// How a fake network answers.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,12 +29,15 @@ pub enum Behaviour {
     Error(u16),
     /// A body that is not JSON.
     Malformed,
+    /// A 1 MiB body.
+    Huge,
     /// Waits, then behaves as the inner behaviour.
     Slow(Duration, Box<Behaviour>),
 }
 
 impl Behaviour {
-    /// Parses `fill`, `no-fill`, `empty`, `error`, `malformed` or `slow` (400 ms, then fill).
+    /// Parses `fill`, `no-fill`, `empty`, `error`, `malformed`, `huge` or `slow` (400 ms,
+    /// then fill).
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "fill" => Behaviour::Fill,
@@ -40,6 +45,7 @@ impl Behaviour {
             "empty" => Behaviour::EmptySeatbid,
             "error" => Behaviour::Error(500),
             "malformed" => Behaviour::Malformed,
+            "huge" => Behaviour::Huge,
             "slow" => Behaviour::Slow(Duration::from_millis(400), Box::new(Behaviour::Fill)),
             _ => return None,
         })
@@ -52,12 +58,18 @@ struct Script {
     calls: HashMap<String, usize>,
 }
 
-/// The fake networks' server. Networks not scripted fill.
+/// The fake networks' servers: OpenRTB over HTTP at `POST /openrtb/{network}`, and one
+/// custom gRPC network (the `cascade.customnetwork.v1` contract) scripted under the name
+/// [`GRPC_NETWORK`]. Networks not scripted fill.
 #[derive(Clone)]
 pub struct FakeNetworks {
     addr: SocketAddr,
+    grpc_addr: SocketAddr,
     script: Arc<Mutex<Script>>,
 }
+
+/// The script name of the fake gRPC custom network.
+pub const GRPC_NETWORK: &str = "customnet";
 
 impl FakeNetworks {
     /// Starts the server on a free loopback port; it runs until the runtime stops.
@@ -73,7 +85,32 @@ impl FakeNetworks {
                 tracing::error!(%error, "fake network server stopped");
             }
         });
-        Ok(Self { addr, script })
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let grpc = CustomNetworkServer::new(FakeGrpcNetwork {
+            script: script.clone(),
+        });
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(grpc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                    grpc_listener,
+                ))
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "fake gRPC network stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            grpc_addr,
+            script,
+        })
+    }
+
+    /// `host:port` of the fake gRPC custom network, for `${DEMO_GRPC_NETWORK}`.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
     }
 
     /// `host:port`, for `${DEMO_NETWORK}` in configuration files.
@@ -96,6 +133,57 @@ impl FakeNetworks {
         self.script
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct FakeGrpcNetwork {
+    script: Arc<Mutex<Script>>,
+}
+
+#[tonic::async_trait]
+impl CustomNetwork for FakeGrpcNetwork {
+    async fn request_ad(
+        &self,
+        request: tonic::Request<AdRequest>,
+    ) -> Result<tonic::Response<AdResponse>, tonic::Status> {
+        let mut behaviour = {
+            let mut script = self
+                .script
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *script.calls.entry(GRPC_NETWORK.to_string()).or_default() += 1;
+            script
+                .behaviours
+                .get(GRPC_NETWORK)
+                .cloned()
+                .unwrap_or(Behaviour::Fill)
+        };
+        while let Behaviour::Slow(delay, then) = behaviour {
+            tokio::time::sleep(delay).await;
+            behaviour = *then;
+        }
+        let request = request.into_inner();
+        let fill = |price_micros: i64| AdResponse {
+            filled: true,
+            price_micros,
+            adm: format!(
+                "<div class=\"ad\">{GRPC_NETWORK} ad for {}</div>",
+                request.placement_id
+            ),
+            adomain: vec![format!("{GRPC_NETWORK}.example")],
+            crid: format!("{GRPC_NETWORK}-creative-1"),
+            ..Default::default()
+        };
+        match behaviour {
+            Behaviour::Fill => Ok(tonic::Response::new(fill(request.floor_micros))),
+            Behaviour::FillAt(price) => {
+                Ok(tonic::Response::new(fill((price * 1e6).round() as i64)))
+            }
+            Behaviour::NoFill | Behaviour::EmptySeatbid => {
+                Ok(tonic::Response::new(AdResponse::default()))
+            }
+            _ => Err(tonic::Status::internal("scripted failure")),
+        }
     }
 }
 
@@ -155,6 +243,7 @@ async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Beha
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             .into_response(),
         Behaviour::Malformed => "{\"id\": \"truncated".into_response(),
+        Behaviour::Huge => format!("{{\"id\": \"{}\"}}", "x".repeat(1024 * 1024)).into_response(),
         Behaviour::Slow(..) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

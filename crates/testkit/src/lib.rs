@@ -5,5 +5,5 @@ pub mod fake_network;
 pub mod grpcurl;
 pub mod process;
 
-pub use fake_network::{Behaviour, FakeNetworks};
+pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
 pub use process::{ServiceProcess, wait_until_serving};

@@ -12,7 +12,7 @@ use cascade_core::Micros;
 use cascade_core::config::Network;
 use cascade_core::snapshot::Snapshot;
 use cascade_networks::health::{BreakerPolicy, NetworkHealth};
-use cascade_networks::{Ad, AdCall, AdOutcome, OpenRtbHttpAdapter};
+use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
 use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
@@ -107,7 +107,7 @@ pub async fn serve(
     let snapshot = watch.cell();
     let service = NetworkCallerService {
         snapshot,
-        openrtb: OpenRtbHttpAdapter::new(),
+        adapters: Adapters::default(),
         default_budget: Duration::from_millis(settings.default_budget_ms),
         max_calls_per_waterfall: settings.max_network_calls_per_waterfall as usize,
         breaker_policy: BreakerPolicy {
@@ -125,7 +125,7 @@ pub async fn serve(
 
 pub struct NetworkCallerService {
     snapshot: Arc<SnapshotCell>,
-    openrtb: OpenRtbHttpAdapter,
+    adapters: Adapters,
     default_budget: Duration,
     max_calls_per_waterfall: usize,
     breaker_policy: BreakerPolicy,
@@ -258,7 +258,10 @@ impl NetworkCallerService {
             timeout,
         };
         let started = Instant::now();
-        let outcome = self.openrtb.request_ad(&ad_call).await;
+        let outcome = self
+            .adapters
+            .request_ad(call.network.protocol, &ad_call)
+            .await;
         let latency = started.elapsed();
         permit.finish(
             matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),

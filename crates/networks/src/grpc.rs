@@ -1,0 +1,196 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cascade_core::Micros;
+use cascade_proto::customnetwork::v1::AdRequest;
+use cascade_proto::customnetwork::v1::custom_network_client::CustomNetworkClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Ad, AdCall, AdOutcome, MAX_RESPONSE_BYTES};
+
+/// Custom networks over our gRPC contract (`cascade.customnetwork.v1.CustomNetwork`).
+/// One HTTP/2 channel per endpoint, opened lazily and kept.
+#[derive(Debug, Default)]
+pub struct GrpcNetworkAdapter {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcNetworkAdapter {
+    fn channel(&self, endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(endpoint.to_string())?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy();
+        channels.insert(endpoint.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub async fn request_ad(&self, call: &AdCall<'_>) -> AdOutcome {
+        let channel = match self.channel(call.endpoint) {
+            Ok(channel) => channel,
+            Err(error) => return AdOutcome::Error(format!("invalid endpoint: {error}")),
+        };
+        let mut client =
+            CustomNetworkClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut request = tonic::Request::new(AdRequest {
+            request_id: format!("{}:{}", call.request.id, call.impid),
+            placement_id: call.placement_id.to_string(),
+            floor_micros: call.floor.0,
+            cur: cascade_core::money::AUCTION_CURRENCY.to_string(),
+            request: Some(crate::single_impression_request(call)),
+        });
+        request.set_timeout(call.timeout);
+        let response = match tokio::time::timeout(call.timeout, client.request_ad(request)).await {
+            Err(_) => return AdOutcome::Timeout,
+            Ok(Err(status))
+                if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) =>
+            {
+                return AdOutcome::Timeout;
+            }
+            Ok(Err(status)) if status.code() == Code::Unavailable => {
+                return AdOutcome::Error("unavailable (connection failed)".to_string());
+            }
+            Ok(Err(status)) => return AdOutcome::Error(format!("gRPC {:?}", status.code())),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        if !response.filled {
+            return AdOutcome::NoFill;
+        }
+        if response.adm.is_empty() && response.nurl.is_empty() {
+            return AdOutcome::Error("ad has neither adm nor nurl".to_string());
+        }
+        match Micros::checked(response.price_micros) {
+            Ok(price) => AdOutcome::Filled(Ad {
+                bid_id: String::new(),
+                price,
+                cur: response_currency(),
+                adm: response.adm,
+                nurl: response.nurl,
+                adomain: response.adomain,
+                crid: response.crid,
+            }),
+            Err(error) => AdOutcome::Error(format!("price_micros: {error}")),
+        }
+    }
+}
+
+/// The contract prices in micros of the currency Cascade asked in: USD.
+fn response_currency() -> String {
+    cascade_core::money::AUCTION_CURRENCY.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cascade_proto::customnetwork::v1::AdResponse;
+    use cascade_proto::customnetwork::v1::custom_network_server::{
+        CustomNetwork, CustomNetworkServer,
+    };
+    use cascade_proto::openrtb::v1::{BidRequest, Imp};
+
+    use super::*;
+
+    /// Answers by placement: `fill`, `none`, `slow`, `broken`.
+    struct ScriptedNetwork;
+
+    #[tonic::async_trait]
+    impl CustomNetwork for ScriptedNetwork {
+        async fn request_ad(
+            &self,
+            request: tonic::Request<AdRequest>,
+        ) -> Result<tonic::Response<AdResponse>, tonic::Status> {
+            let request = request.into_inner();
+            let imps = request.request.map(|r| r.imp.len()).unwrap_or_default();
+            assert_eq!(imps, 1, "one impression per call");
+            match request.placement_id.as_str() {
+                "fill" => Ok(tonic::Response::new(AdResponse {
+                    filled: true,
+                    price_micros: request.floor_micros + 100_000,
+                    adm: "<custom/>".into(),
+                    ..Default::default()
+                })),
+                "none" => Ok(tonic::Response::new(AdResponse::default())),
+                "slow" => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(tonic::Response::new(AdResponse::default()))
+                }
+                _ => Err(tonic::Status::internal("boom")),
+            }
+        }
+    }
+
+    async fn serve() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(CustomNetworkServer::new(ScriptedNetwork))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        format!("http://{addr}")
+    }
+
+    async fn call(adapter: &GrpcNetworkAdapter, endpoint: &str, placement: &str) -> AdOutcome {
+        let request = BidRequest {
+            id: "r".into(),
+            imp: vec![
+                Imp {
+                    id: "1".into(),
+                    ..Default::default()
+                },
+                Imp {
+                    id: "2".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        adapter
+            .request_ad(&AdCall {
+                endpoint,
+                placement_id: placement,
+                floor: Micros(1_000_000),
+                request: &request,
+                impid: "1",
+                timeout: Duration::from_millis(200),
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn speaks_the_custom_network_contract() {
+        let endpoint = serve().await;
+        let adapter = GrpcNetworkAdapter::default();
+        let AdOutcome::Filled(ad) = call(&adapter, &endpoint, "fill").await else {
+            panic!("expected a fill");
+        };
+        assert_eq!(
+            (ad.price, ad.adm.as_str()),
+            (Micros(1_100_000), "<custom/>")
+        );
+        assert_eq!(call(&adapter, &endpoint, "none").await, AdOutcome::NoFill);
+        assert_eq!(call(&adapter, &endpoint, "slow").await, AdOutcome::Timeout);
+        assert_eq!(
+            call(&adapter, &endpoint, "broken").await,
+            AdOutcome::Error("gRPC Internal".into())
+        );
+
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        assert!(matches!(
+            call(&adapter, &closed, "fill").await,
+            AdOutcome::Error(_)
+        ));
+    }
+}
