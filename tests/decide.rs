@@ -1034,3 +1034,32 @@ async fn a_network_failing_in_any_way_is_its_own_error_and_the_next_candidate_se
     );
     assert_eq!(winner(&response)["networkId"], "betaads");
 }
+
+#[tokio::test]
+async fn impressions_of_one_request_call_their_networks_concurrently() {
+    let cluster = Cluster::start().await;
+    cluster.networks.set(
+        "coolads",
+        Behaviour::Slow(Duration::from_millis(100), Box::new(Behaviour::Fill)),
+    );
+    let mut request = banner_request(json!([]));
+    request["request"]["imp"] = json!([
+        {"id": "1", "tagid": "home-top", "banner": {"w": 300, "h": 250}},
+        {"id": "2", "tagid": "home-bottom", "banner": {"w": 300, "h": 250}}
+    ]);
+    let response = cluster.decide(&request).await;
+    let decisions = response["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 2);
+    for decision in decisions {
+        assert_eq!(decision["winner"]["networkId"], "coolads", "{response}");
+    }
+    assert_ne!(
+        decisions[0]["winner"]["selectionId"],
+        decisions[1]["winner"]["selectionId"]
+    );
+    assert_eq!(
+        cluster.networks.max_in_flight("coolads"),
+        2,
+        "both impressions' calls overlapped"
+    );
+}

@@ -482,3 +482,63 @@ fn unique_ids<'a>(
     }
     Ok(seen)
 }
+
+#[cfg(test)]
+mod presets {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Preset {
+        name: String,
+        description: String,
+        protocol: NetworkProtocol,
+        mode: NetworkMode,
+        endpoint: String,
+        timeout_ms: u32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Presets {
+        presets: Vec<Preset>,
+    }
+
+    /// Every documented preset is a network configuration that validates once its
+    /// endpoint is filled in.
+    #[test]
+    fn every_preset_makes_a_valid_network() {
+        let presets: Presets =
+            toml::from_str(include_str!("../../../examples/network-presets.toml")).unwrap();
+        assert!(presets.presets.len() >= 5);
+        for preset in presets.presets {
+            assert!(!preset.description.is_empty(), "{}", preset.name);
+            assert!(
+                preset.endpoint.contains('<'),
+                "{}: the endpoint is a template",
+                preset.name
+            );
+            let configuration = Configuration {
+                accounts: vec![Account {
+                    id: "a".into(),
+                    ..Default::default()
+                }],
+                networks: vec![Network {
+                    id: preset.name.clone(),
+                    account_id: "a".into(),
+                    protocol: preset.protocol,
+                    mode: preset.mode,
+                    endpoint: preset.endpoint.replace(['<', '>'], ""),
+                    timeout_ms: preset.timeout_ms,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            configuration
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+        }
+    }
+}

@@ -56,6 +56,29 @@ impl Behaviour {
 struct Script {
     behaviours: HashMap<String, Behaviour>,
     calls: HashMap<String, usize>,
+    in_flight: HashMap<String, usize>,
+    max_in_flight: HashMap<String, usize>,
+}
+
+impl Script {
+    fn call_started(&mut self, network: &str) -> Behaviour {
+        *self.calls.entry(network.to_string()).or_default() += 1;
+        let in_flight = self.in_flight.entry(network.to_string()).or_default();
+        *in_flight += 1;
+        let in_flight = *in_flight;
+        let max = self.max_in_flight.entry(network.to_string()).or_default();
+        *max = (*max).max(in_flight);
+        self.behaviours
+            .get(network)
+            .cloned()
+            .unwrap_or(Behaviour::Fill)
+    }
+
+    fn call_ended(&mut self, network: &str) {
+        if let Some(in_flight) = self.in_flight.get_mut(network) {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
 }
 
 /// The fake networks' servers: OpenRTB over HTTP at `POST /openrtb/{network}`, and one
@@ -129,6 +152,11 @@ impl FakeNetworks {
         self.lock().calls.get(network).copied().unwrap_or(0)
     }
 
+    /// The most calls `network` had in flight at once.
+    pub fn max_in_flight(&self, network: &str) -> usize {
+        self.lock().max_in_flight.get(network).copied().unwrap_or(0)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
         self.script
             .lock()
@@ -146,44 +174,44 @@ impl CustomNetwork for FakeGrpcNetwork {
         &self,
         request: tonic::Request<AdRequest>,
     ) -> Result<tonic::Response<AdResponse>, tonic::Status> {
-        let mut behaviour = {
-            let mut script = self
-                .script
+        let lock = || {
+            self.script
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            *script.calls.entry(GRPC_NETWORK.to_string()).or_default() += 1;
-            script
-                .behaviours
-                .get(GRPC_NETWORK)
-                .cloned()
-                .unwrap_or(Behaviour::Fill)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
         };
-        while let Behaviour::Slow(delay, then) = behaviour {
-            tokio::time::sleep(delay).await;
-            behaviour = *then;
+        let behaviour = lock().call_started(GRPC_NETWORK);
+        let response = respond_grpc(request.into_inner(), behaviour).await;
+        lock().call_ended(GRPC_NETWORK);
+        response
+    }
+}
+
+async fn respond_grpc(
+    request: AdRequest,
+    mut behaviour: Behaviour,
+) -> Result<tonic::Response<AdResponse>, tonic::Status> {
+    while let Behaviour::Slow(delay, then) = behaviour {
+        tokio::time::sleep(delay).await;
+        behaviour = *then;
+    }
+    let fill = |price_micros: i64| AdResponse {
+        filled: true,
+        price_micros,
+        adm: format!(
+            "<div class=\"ad\">{GRPC_NETWORK} ad for {}</div>",
+            request.placement_id
+        ),
+        adomain: vec![format!("{GRPC_NETWORK}.example")],
+        crid: format!("{GRPC_NETWORK}-creative-1"),
+        ..Default::default()
+    };
+    match behaviour {
+        Behaviour::Fill => Ok(tonic::Response::new(fill(request.floor_micros))),
+        Behaviour::FillAt(price) => Ok(tonic::Response::new(fill((price * 1e6).round() as i64))),
+        Behaviour::NoFill | Behaviour::EmptySeatbid => {
+            Ok(tonic::Response::new(AdResponse::default()))
         }
-        let request = request.into_inner();
-        let fill = |price_micros: i64| AdResponse {
-            filled: true,
-            price_micros,
-            adm: format!(
-                "<div class=\"ad\">{GRPC_NETWORK} ad for {}</div>",
-                request.placement_id
-            ),
-            adomain: vec![format!("{GRPC_NETWORK}.example")],
-            crid: format!("{GRPC_NETWORK}-creative-1"),
-            ..Default::default()
-        };
-        match behaviour {
-            Behaviour::Fill => Ok(tonic::Response::new(fill(request.floor_micros))),
-            Behaviour::FillAt(price) => {
-                Ok(tonic::Response::new(fill((price * 1e6).round() as i64)))
-            }
-            Behaviour::NoFill | Behaviour::EmptySeatbid => {
-                Ok(tonic::Response::new(AdResponse::default()))
-            }
-            _ => Err(tonic::Status::internal("scripted failure")),
-        }
+        _ => Err(tonic::Status::internal("scripted failure")),
     }
 }
 
@@ -192,22 +220,18 @@ async fn answer(
     Path(network): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let behaviour = {
-        let mut script = script
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *script.calls.entry(network.clone()).or_default() += 1;
+    let lock = || {
         script
-            .behaviours
-            .get(&network)
-            .cloned()
-            .unwrap_or(Behaviour::Fill)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
-    let request: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    let behaviour = lock().call_started(&network);
+    let response = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(request) => respond(&network, &request, behaviour).await,
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
     };
-    respond(&network, &request, behaviour).await
+    lock().call_ended(&network);
+    response
 }
 
 async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Behaviour) -> Response {
