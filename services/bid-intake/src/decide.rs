@@ -141,28 +141,7 @@ impl DecisionService {
                 ..Default::default()
             };
             if debug {
-                decision.explanation = Some(Explanation {
-                    applied_rule_id: evaluated
-                        .applied_rule
-                        .as_ref()
-                        .map(|r| r.rule_id.clone())
-                        .unwrap_or_default(),
-                    rule_account_id: evaluated
-                        .applied_rule
-                        .as_ref()
-                        .map(|r| r.account_id.clone())
-                        .unwrap_or_default(),
-                    rule_inherited: evaluated.applied_rule.as_ref().is_some_and(|r| r.inherited),
-                    floor_micros: evaluated
-                        .applied_rule
-                        .as_ref()
-                        .map_or(0, |r| r.floor_micros),
-                    matched_rule_ids: std::mem::take(&mut evaluated.matched_rule_ids),
-                    excluded: std::mem::take(&mut evaluated.excluded),
-                    attempts: bidding_attempts,
-                    budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
-                    ..Default::default()
-                });
+                decision.explanation = Some(explanation(&mut evaluated, bidding_attempts, budget));
             }
             let chained = std::mem::take(&mut chained[index]);
             match auction_imp(
@@ -185,25 +164,8 @@ impl DecisionService {
             });
         }
 
-        if !auction_imps.is_empty() {
-            let ranking = self
-                .auction
-                .clone()
-                .rank(deadline.request(RankRequest { imps: auction_imps }))
-                .await
-                .map_err(|status| DecideError::downstream("auction", status))?
-                .into_inner();
-            for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
-                let slot = &mut slots[slot_index];
-                if let Some(explanation) = slot.decision.explanation.as_mut() {
-                    explanation.dropped = ranked_imp.dropped;
-                }
-                if ranked_imp.ranked.is_empty() {
-                    slot.decision.no_fill_reason = NoFillReason::NoEligibleDemand as i32;
-                }
-                slot.ranked = ranked_imp.ranked;
-            }
-        }
+        self.rank(&mut slots, auction_imps, auction_slots, deadline)
+            .await?;
 
         let mut selections = Vec::new();
         if client_mode {
@@ -219,23 +181,7 @@ impl DecisionService {
         } else {
             self.walk_waterfalls(&mut slots, &bid_request, deadline)
                 .await?;
-            for slot in &mut slots {
-                if let Some(winner) = slot.decision.winner.as_mut() {
-                    if winner.source() == SourceKind::ChainedOutcome {
-                        // One of the chained outcomes won: it keeps its own selection.
-                        winner.selection_id = winner.bid_id.clone();
-                        continue;
-                    }
-                    let selection = self.selection(
-                        &bid_request.id,
-                        &slot.decision.impid,
-                        &normalized.account_id,
-                        winner,
-                    );
-                    winner.selection_id = selection.id.clone();
-                    selections.push(selection);
-                }
-            }
+            selections = self.record_winners(&mut slots, &bid_request.id, &normalized.account_id);
         }
         if !selections.is_empty() {
             self.store.put_selections(&selections).await?;
@@ -245,6 +191,60 @@ impl DecisionService {
             decisions: slots.into_iter().map(|slot| slot.decision).collect(),
             config_version: evaluation.config_version,
         })
+    }
+
+    /// Ranks every impression that has candidates, in one call to the auction.
+    async fn rank(
+        &self,
+        slots: &mut [Slot],
+        auction_imps: Vec<AuctionImp>,
+        auction_slots: Vec<usize>,
+        deadline: Deadline,
+    ) -> Result<(), DecideError> {
+        if auction_imps.is_empty() {
+            return Ok(());
+        }
+        let ranking = self
+            .auction
+            .clone()
+            .rank(deadline.request(RankRequest { imps: auction_imps }))
+            .await
+            .map_err(|status| DecideError::downstream("auction", status))?
+            .into_inner();
+        for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
+            let slot = &mut slots[slot_index];
+            if let Some(explanation) = slot.decision.explanation.as_mut() {
+                explanation.dropped = ranked_imp.dropped;
+            }
+            if ranked_imp.ranked.is_empty() {
+                slot.decision.no_fill_reason = NoFillReason::NoEligibleDemand as i32;
+            }
+            slot.ranked = ranked_imp.ranked;
+        }
+        Ok(())
+    }
+
+    /// A selection for every new winner. A chained outcome that won keeps its own.
+    fn record_winners(
+        &self,
+        slots: &mut [Slot],
+        request_id: &str,
+        account_id: &str,
+    ) -> Vec<Selection> {
+        let mut selections = Vec::new();
+        for slot in slots {
+            let Some(winner) = slot.decision.winner.as_mut() else {
+                continue;
+            };
+            if winner.source() == SourceKind::ChainedOutcome {
+                winner.selection_id = winner.bid_id.clone();
+                continue;
+            }
+            let selection = self.selection(request_id, &slot.decision.impid, account_id, winner);
+            winner.selection_id = selection.id.clone();
+            selections.push(selection);
+        }
+        selections
     }
 
     /// Fills every impression whose best candidate is demand in hand directly, and asks
@@ -485,6 +485,26 @@ impl DecisionService {
             price_micros: winner.price_micros,
             ttl: self.selection_ttl,
         }
+    }
+}
+
+/// What targeting and the bidding phase say about an impression, for `debug`.
+fn explanation(
+    evaluated: &mut ImpEvaluation,
+    bidding_attempts: Vec<Attempt>,
+    budget: Duration,
+) -> Explanation {
+    let rule = evaluated.applied_rule.as_ref();
+    Explanation {
+        applied_rule_id: rule.map(|r| r.rule_id.clone()).unwrap_or_default(),
+        rule_account_id: rule.map(|r| r.account_id.clone()).unwrap_or_default(),
+        rule_inherited: rule.is_some_and(|r| r.inherited),
+        floor_micros: rule.map_or(0, |r| r.floor_micros),
+        matched_rule_ids: std::mem::take(&mut evaluated.matched_rule_ids),
+        excluded: std::mem::take(&mut evaluated.excluded),
+        attempts: bidding_attempts,
+        budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+        ..Default::default()
     }
 }
 
