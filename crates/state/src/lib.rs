@@ -4,6 +4,7 @@
 //! knows how state is laid out.
 
 mod memory;
+mod redis_store;
 mod selection;
 mod watcher;
 
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use cascade_core::config::{ConfigError, Configuration};
 
 pub use memory::MemoryStore;
+pub use redis_store::{RedisStore, keys as redis_keys};
 pub use selection::{Event, EventCounter, EventRecorded, Selection};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
@@ -99,6 +101,8 @@ pub struct StateSettings {
     pub configuration_file: Option<std::path::PathBuf>,
     /// How often the configuration version is polled for changes.
     pub poll_interval_ms: u64,
+    /// `redis://host:port`: use Redis as the shared state. Unset: the embedded store.
+    pub redis_url: Option<String>,
 }
 
 impl Default for StateSettings {
@@ -106,6 +110,7 @@ impl Default for StateSettings {
         Self {
             configuration_file: None,
             poll_interval_ms: 1_000,
+            redis_url: None,
         }
     }
 }
@@ -115,9 +120,12 @@ impl StateSettings {
         std::time::Duration::from_millis(self.poll_interval_ms.max(10))
     }
 
-    /// Opens the configured store: the embedded one, loaded from `configuration_file`
-    /// (empty without one).
+    /// Opens the configured store: Redis when `redis_url` is set (connecting lazily),
+    /// otherwise the embedded one, loaded from `configuration_file` (empty without one).
     pub fn open(&self) -> Result<std::sync::Arc<dyn Store>, StateError> {
+        if let Some(url) = &self.redis_url {
+            return Ok(std::sync::Arc::new(RedisStore::connect(url)?));
+        }
         let configuration = match &self.configuration_file {
             Some(path) => read_configuration_file(path, &[])?,
             None => Configuration::default(),

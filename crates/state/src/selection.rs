@@ -2,7 +2,7 @@ use std::time::Duration;
 
 /// The stored outcome of one impression's decision, so any replica can take its event
 /// reports and a later request can chain it without trusting a client-supplied price.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Selection {
     pub id: String,
     pub request_id: String,
@@ -15,7 +15,8 @@ pub struct Selection {
     pub bid_id: String,
     /// The clearing price, USD micros.
     pub price_micros: i64,
-    /// How long the store keeps it.
+    /// How long the store keeps it (the store's own expiry, not stored in the value).
+    #[serde(skip)]
     pub ttl: Duration,
 }
 

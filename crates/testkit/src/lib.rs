@@ -4,6 +4,8 @@
 pub mod fake_network;
 pub mod grpcurl;
 pub mod process;
+pub mod redis;
 
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
 pub use process::{ServiceProcess, wait_until_serving};
+pub use redis::RedisServer;
