@@ -1063,3 +1063,86 @@ async fn impressions_of_one_request_call_their_networks_concurrently() {
         "both impressions' calls overlapped"
     );
 }
+
+/// The four services sharing a real Redis: configuration applied to Redis reaches every
+/// service through its snapshot, and selections written by one bid-intake are in Redis.
+#[tokio::test]
+async fn with_redis_an_apply_reaches_every_service() {
+    use cascade_state::Store;
+
+    let redis = cascade_testkit::RedisServer::start().await.unwrap();
+    let networks = FakeNetworks::start().await.unwrap();
+    let state = format!(
+        "[state]\nredis_url = \"{}\"\npoll_interval_ms = 100\n",
+        redis.url()
+    );
+    let (targeting, auction, network_caller) = tokio::join!(
+        ServiceProcess::start("targeting-evaluation", &state),
+        ServiceProcess::start("auction", ""),
+        ServiceProcess::start("network-caller", &state),
+    );
+    let (targeting, auction, network_caller) = (
+        targeting.unwrap(),
+        auction.unwrap(),
+        network_caller.unwrap(),
+    );
+    let bid_intake = ServiceProcess::start(
+        "bid-intake",
+        &format!(
+            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
+            targeting.addr, auction.addr, network_caller.addr
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Redis starts empty: the publisher is unknown everywhere.
+    let decide = |request: Value| async move {
+        let output = grpcurl::call(bid_intake.addr, DECIDE, &request, &[])
+            .await
+            .unwrap();
+        assert!(output.success, "{}", output.stderr);
+        output.json()
+    };
+    let response = decide(banner_request(json!([]))).await;
+    assert_eq!(
+        response["decisions"][0]["noFillReason"],
+        "NO_FILL_REASON_UNKNOWN_ACCOUNT"
+    );
+
+    let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
+    let configuration = cascade_state::parse_configuration(&cascade_state::fill_placeholders(
+        &demo,
+        &[
+            ("DEMO_NETWORK", &networks.addr().to_string()),
+            ("DEMO_GRPC_NETWORK", &networks.grpc_addr().to_string()),
+        ],
+    ))
+    .unwrap();
+    let store = cascade_state::RedisStore::connect(&redis.url()).unwrap();
+    let version = store
+        .apply_configuration(configuration, Some(0))
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = decide(banner_request(json!([]))).await;
+        if response["configVersion"] == json!(version.to_string()) {
+            break response;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the apply never reached the services"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
+    let selection_id = winner(&response)["selectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = store.get_selections(&[selection_id]).await.unwrap();
+    assert_eq!(stored[0].as_ref().unwrap().price_micros, 2_000_000);
+    drop((targeting, auction, network_caller));
+}
