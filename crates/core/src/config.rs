@@ -74,6 +74,14 @@ pub enum MediationMode {
 }
 
 impl MediationMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            MediationMode::Waterfall => "waterfall",
+            MediationMode::Bidding => "bidding",
+            MediationMode::Hybrid => "hybrid",
+        }
+    }
+
     pub fn uses(self, network_mode: NetworkMode) -> bool {
         matches!(
             (self, network_mode),

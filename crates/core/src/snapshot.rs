@@ -81,14 +81,7 @@ impl std::fmt::Display for Exclusion {
         match self {
             Exclusion::Inactive => f.write_str("inactive"),
             Exclusion::Targeting(dimension) => write!(f, "targeting:{dimension}"),
-            Exclusion::MediationMode(mode) => {
-                let mode = match mode {
-                    MediationMode::Waterfall => "waterfall",
-                    MediationMode::Bidding => "bidding",
-                    MediationMode::Hybrid => "hybrid",
-                };
-                write!(f, "mediation_mode:{mode}")
-            }
+            Exclusion::MediationMode(mode) => write!(f, "mediation_mode:{}", mode.name()),
         }
     }
 }

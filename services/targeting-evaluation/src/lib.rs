@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use cascade_core::Micros;
-use cascade_core::config::{
-    AuctionType as CoreAuctionType, LineItemClass, MediatedBid, MediationMode,
-};
+use cascade_core::config::{AuctionType as CoreAuctionType, LineItemClass, MediatedBid};
 use cascade_core::money::Factor;
 use cascade_core::snapshot::{ImpEvaluation as CoreEvaluation, Snapshot};
 use cascade_core::targeting::{ImpressionKeys, MediaType as CoreMediaType, Size as CoreSize};
@@ -219,12 +217,7 @@ fn to_wire(snapshot: &Snapshot, impid: &str, evaluation: CoreEvaluation<'_>) -> 
             .iter()
             .map(|bid| eligible_bid(snapshot, bid))
             .collect(),
-        mediation_mode: match evaluation.mediation_mode {
-            MediationMode::Waterfall => "waterfall",
-            MediationMode::Bidding => "bidding",
-            MediationMode::Hybrid => "hybrid",
-        }
-        .to_string(),
+        mediation_mode: evaluation.mediation_mode.name().to_string(),
         line_items: evaluation
             .line_items
             .iter()
