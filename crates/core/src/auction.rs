@@ -558,6 +558,28 @@ mod tests {
                     .iter()
                     .any(|s| matches!(s, Source::GuaranteedLineItem { .. }));
                 prop_assert!(!guaranteed_after_others);
+                // A chained outcome wins exactly when nothing outranks it: no guaranteed
+                // line item, and no other candidate with a higher effective bid (or an
+                // equal one from a non-guaranteed line item).
+                if let Some(first) = ranking.ranked.first() {
+                    for candidate in &candidates {
+                        if candidate.source != Source::ChainedOutcome || candidate.bid <= Micros::ZERO {
+                            continue;
+                        }
+                        let outranked = ranking.ranked.iter().any(|other| {
+                            let other = &candidates[other.index];
+                            !std::ptr::eq(other, candidate)
+                                && match other.source {
+                                    Source::GuaranteedLineItem { .. } => true,
+                                    Source::NonGuaranteedLineItem => effective_bid(other) >= candidate.bid,
+                                    Source::ChainedOutcome => (effective_bid(other), std::cmp::Reverse(&other.id)) > (candidate.bid, std::cmp::Reverse(&candidate.id)),
+                                    _ => effective_bid(other) > candidate.bid,
+                                }
+                        });
+                        let wins = std::ptr::eq(&candidates[first.index], candidate);
+                        prop_assert_eq!(wins, !outranked);
+                    }
+                }
                 for (position, ranked) in ranking.ranked.iter().enumerate() {
                     if candidates[ranked.index].source == Source::NonGuaranteedLineItem {
                         for above in &ranking.ranked[first_other..position] {
