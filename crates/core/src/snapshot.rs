@@ -537,6 +537,7 @@ mod tests {
             [
                 ("foobar-home-house", Exclusion::Targeting(Dimension::Domain)),
                 ("betaads-5.00-paused", Exclusion::Inactive),
+                ("customnet-2.50", Exclusion::Targeting(Dimension::AdUnit)),
                 ("bidwise-home-live", Exclusion::Targeting(Dimension::AdUnit)),
             ]
         );
