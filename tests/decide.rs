@@ -18,7 +18,7 @@ struct Cluster {
     networks: FakeNetworks,
     bid_intake: ServiceProcess,
     others: Vec<ServiceProcess>,
-    _configuration: tempfile::NamedTempFile,
+    _configuration: Option<tempfile::NamedTempFile>,
 }
 
 fn workspace_file(path: &str) -> PathBuf {
@@ -59,9 +59,25 @@ impl Cluster {
             "[state]\nconfiguration_file = {:?}\n",
             configuration.path().display().to_string()
         );
+        Self::start_services(
+            networks,
+            &state,
+            network_caller_settings,
+            Some(configuration),
+        )
+        .await
+    }
+
+    /// The four service processes with the `[state]` settings `state`.
+    async fn start_services(
+        networks: FakeNetworks,
+        state: &str,
+        network_caller_settings: &str,
+        configuration: Option<tempfile::NamedTempFile>,
+    ) -> Cluster {
         let network_caller = format!("{network_caller_settings}\n{state}");
         let (targeting, auction, network_caller) = tokio::join!(
-            ServiceProcess::start("targeting-evaluation", &state),
+            ServiceProcess::start("targeting-evaluation", state),
             ServiceProcess::start("auction", ""),
             ServiceProcess::start("network-caller", &network_caller),
         );
@@ -1071,30 +1087,14 @@ async fn with_redis_an_apply_reaches_every_service() {
     use cascade_state::Store;
 
     let redis = cascade_testkit::RedisServer::start().await.unwrap();
-    let networks = FakeNetworks::start().await.unwrap();
     let state = format!(
         "[state]\nredis_url = \"{}\"\npoll_interval_ms = 100\n",
         redis.url()
     );
-    let (targeting, auction, network_caller) = tokio::join!(
-        ServiceProcess::start("targeting-evaluation", &state),
-        ServiceProcess::start("auction", ""),
-        ServiceProcess::start("network-caller", &state),
-    );
-    let (targeting, auction, network_caller) = (
-        targeting.unwrap(),
-        auction.unwrap(),
-        network_caller.unwrap(),
-    );
-    let bid_intake = ServiceProcess::start(
-        "bid-intake",
-        &format!(
-            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
-            targeting.addr, auction.addr, network_caller.addr
-        ),
-    )
-    .await
-    .unwrap();
+    let cluster =
+        Cluster::start_services(FakeNetworks::start().await.unwrap(), &state, "", None).await;
+    let networks = &cluster.networks;
+    let bid_intake = &cluster.bid_intake;
 
     // Redis starts empty: the publisher is unknown everywhere.
     let decide = |request: Value| async move {
@@ -1144,5 +1144,4 @@ async fn with_redis_an_apply_reaches_every_service() {
         .to_string();
     let stored = store.get_selections(&[selection_id]).await.unwrap();
     assert_eq!(stored[0].as_ref().unwrap().price_micros, 2_000_000);
-    drop((targeting, auction, network_caller));
 }

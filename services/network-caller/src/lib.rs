@@ -77,12 +77,12 @@ pub enum Error {
 enum WaterfallError {
     #[error("configuration snapshot not loaded yet")]
     NotReady,
-    #[error("imps: at most {MAX_IMPS} impressions, got {0}")]
-    TooManyImps(usize),
-    #[error("imps[{0}].ranked: at most {MAX_CHAIN_LENGTH} candidates, got {1}")]
-    ChainTooLong(usize, usize),
-    #[error("imps[{0}].asks: at most {MAX_ASKS_PER_IMP} asks, got {1}")]
-    TooManyAsks(usize, usize),
+    #[error("{field}: at most {max} entries, got {got}")]
+    TooLong {
+        field: String,
+        max: usize,
+        got: usize,
+    },
     #[error("request: required")]
     MissingRequest,
 }
@@ -141,17 +141,11 @@ impl NetworkCaller for NetworkCallerService {
     ) -> Result<Response<CollectBidsResponse>, Status> {
         let deadline = Deadline::from_metadata(request.metadata(), self.default_budget);
         let request = request.into_inner();
-        if request.imps.len() > MAX_IMPS {
-            return Err(WaterfallError::TooManyImps(request.imps.len()).into());
-        }
-        if let Some((i, imp)) = request
-            .imps
-            .iter()
-            .enumerate()
-            .find(|(_, imp)| imp.asks.len() > MAX_ASKS_PER_IMP)
-        {
-            return Err(WaterfallError::TooManyAsks(i, imp.asks.len()).into());
-        }
+        check_sizes(
+            request.imps.iter().map(|imp| imp.asks.len()),
+            "asks",
+            MAX_ASKS_PER_IMP,
+        )?;
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let asks = request.imps.iter().map(|imp| {
@@ -179,17 +173,11 @@ impl NetworkCaller for NetworkCallerService {
     ) -> Result<Response<RunWaterfallResponse>, Status> {
         let deadline = Deadline::from_metadata(request.metadata(), self.default_budget);
         let request = request.into_inner();
-        if request.imps.len() > MAX_IMPS {
-            return Err(WaterfallError::TooManyImps(request.imps.len()).into());
-        }
-        if let Some((i, imp)) = request
-            .imps
-            .iter()
-            .enumerate()
-            .find(|(_, imp)| imp.ranked.len() > MAX_CHAIN_LENGTH)
-        {
-            return Err(WaterfallError::ChainTooLong(i, imp.ranked.len()).into());
-        }
+        check_sizes(
+            request.imps.iter().map(|imp| imp.ranked.len()),
+            "ranked",
+            MAX_CHAIN_LENGTH,
+        )?;
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let walks = request
@@ -199,6 +187,31 @@ impl NetworkCaller for NetworkCallerService {
         let imps = futures::future::join_all(walks).await;
         Ok(Response::new(RunWaterfallResponse { imps }))
     }
+}
+
+/// Checks the number of impressions and, for each, the length of its `list`.
+fn check_sizes(
+    per_imp: impl ExactSizeIterator<Item = usize>,
+    list: &str,
+    max_per_imp: usize,
+) -> Result<(), WaterfallError> {
+    if per_imp.len() > MAX_IMPS {
+        return Err(WaterfallError::TooLong {
+            field: "imps".into(),
+            max: MAX_IMPS,
+            got: per_imp.len(),
+        });
+    }
+    for (i, len) in per_imp.enumerate() {
+        if len > max_per_imp {
+            return Err(WaterfallError::TooLong {
+                field: format!("imps[{i}].{list}"),
+                max: max_per_imp,
+                got: len,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One network asked for one impression.
