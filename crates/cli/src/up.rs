@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cascade_server::settings::GrpcSettings;
-use cascade_state::{MemoryStore, StateSettings, Store};
+use cascade_state::{MemoryStore, RedisStore, StateError, StateSettings, Store};
 use cascade_testkit::{Behaviour, FakeNetworks};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,6 +29,10 @@ pub struct UpArgs {
     /// Repeatable; networks not named fill.
     #[arg(long = "demo-network", value_name = "NAME=BEHAVIOUR")]
     demo_networks: Vec<String>,
+    /// Use Redis (`redis://HOST:PORT`) as the shared state instead of the embedded
+    /// store; the demo configuration is written to it when it holds none yet.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -60,7 +64,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ))
         .context("the built-in demo configuration")?,
     };
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::with_configuration(configuration)?);
+    let store: Arc<dyn Store> = match &args.redis {
+        None => Arc::new(MemoryStore::with_configuration(configuration)?),
+        Some(url) => {
+            let store = RedisStore::connect(url)?;
+            let version = store
+                .configuration_version()
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?;
+            if version == 0 {
+                // Expecting version 0: a concurrent seeder wins and ours is refused.
+                match store.apply_configuration(configuration, Some(0)).await {
+                    Ok(_) | Err(StateError::VersionConflict { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Arc::new(store)
+        }
+    };
+    let state_description = match &args.redis {
+        None => "embedded state".to_string(),
+        Some(url) => format!("state in Redis at {url}"),
+    };
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -86,7 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let grpc = GrpcSettings::default();
     let state = StateSettings {
-        poll_interval_ms: 200,
+        poll_interval_ms: 1_000,
         ..Default::default()
     };
     let mut services: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
@@ -155,6 +180,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ] {
         cascade_testkit::wait_until_serving(addr, "", std::time::Duration::from_secs(10)).await?;
     }
+    println!("cascade is up ({state_description})");
     print_banner(
         bid_intake_addr,
         targeting_addr,
@@ -189,7 +215,6 @@ fn print_banner(
     network_caller: SocketAddr,
     demo_network: &str,
 ) {
-    println!("cascade is up (embedded state, demo configuration)");
     println!(
         "  bid-intake            {bid_intake}   (decision API: cascade.decision.v1.BidIntake)"
     );

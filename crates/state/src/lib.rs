@@ -57,6 +57,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every event counter, for reports.
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError>;
+
+    /// Announcements of new configuration versions. Best effort: an announcement can be
+    /// lost (a dropped subscription), which is why watchers also poll the version.
+    fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// Reads a configuration file (TOML), replacing `${NAME}` placeholders from `vars` first.

@@ -9,9 +9,10 @@ use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store};
 
 /// The embedded store: the whole state in this process's memory. Several services in
 /// one process (`cascade up`) share one instance and so see each other's writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     configuration: Mutex<Configuration>,
+    changes: tokio::sync::watch::Sender<u64>,
     selections: Mutex<HashMap<String, (Selection, Instant)>>,
     events: Mutex<Events>,
 }
@@ -21,6 +22,17 @@ struct Events {
     /// (selection id, event kind) already recorded.
     seen: HashSet<(String, String)>,
     counters: HashMap<EventCounter, u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            configuration: Mutex::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+            selections: Mutex::default(),
+            events: Mutex::default(),
+        }
+    }
 }
 
 /// The memory store drops expired selections once this many are held.
@@ -33,6 +45,7 @@ impl MemoryStore {
         configuration.version = 1;
         Ok(Self {
             configuration: Mutex::new(configuration),
+            changes: tokio::sync::watch::Sender::new(1),
             selections: Mutex::default(),
             events: Mutex::default(),
         })
@@ -80,6 +93,7 @@ impl Store for MemoryStore {
         }
         configuration.version = current.version + 1;
         *current = configuration;
+        self.changes.send_replace(current.version);
         Ok(current.version)
     }
 
@@ -141,6 +155,10 @@ impl Store for MemoryStore {
         };
         *events.counters.entry(counter).or_default() += 1;
         Ok(EventRecorded::New)
+    }
+
+    fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {

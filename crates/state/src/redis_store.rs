@@ -75,6 +75,7 @@ return 1
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     apply: redis::Script,
     record_event: redis::Script,
 }
@@ -85,12 +86,47 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Forwards every version announced on the configuration channel to `changes`,
+/// resubscribing after a lost connection, until the store is dropped.
+async fn follow_announcements(
+    client: redis::Client,
+    changes: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+) {
+    use futures::StreamExt;
+    while changes.strong_count() > 0 {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(keys::CONFIG_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match subscribed.await {
+            Ok(pubsub) => {
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Some(changes) = changes.upgrade() else {
+                        return;
+                    };
+                    if let Ok(version) = message.get_payload::<u64>() {
+                        changes.send_replace(version);
+                    }
+                }
+                tracing::warn!("configuration announcements lost; resubscribing");
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot subscribe to configuration announcements")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 fn unavailable(error: redis::RedisError) -> StateError {
     StateError::Unavailable(error.to_string())
 }
 
 impl RedisStore {
-    /// Connects lazily to `url` (`redis://host:port[/db]`): the first command connects,
+    /// Connects lazily to `url` (and subscribes to configuration announcements, which
+    /// needs a tokio runtime) (`redis://host:port[/db]`): the first command connects,
     /// and a lost connection is re-established in the background.
     pub fn connect(url: &str) -> Result<Self, StateError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
@@ -101,8 +137,14 @@ impl RedisStore {
         let connection = client
             .get_connection_manager_lazy(config)
             .map_err(unavailable)?;
+        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        tokio::spawn(follow_announcements(
+            client,
+            std::sync::Arc::downgrade(&changes),
+        ));
         Ok(Self {
             connection,
+            changes,
             apply: redis::Script::new(APPLY_SCRIPT),
             record_event: redis::Script::new(RECORD_EVENT_SCRIPT),
         })
@@ -227,6 +269,10 @@ impl Store for RedisStore {
             2 => EventRecorded::Duplicate,
             _ => EventRecorded::UnknownSelection,
         })
+    }
+
+    fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {

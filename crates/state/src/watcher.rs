@@ -45,8 +45,9 @@ impl Drop for SnapshotWatch {
     }
 }
 
-/// Loads the store's configuration into a new snapshot now, then polls the version every
-/// `poll_interval` and rebuilds the snapshot when it changed. A store that is down or a
+/// Loads the store's configuration into a new snapshot now, then rebuilds it whenever
+/// the store announces a new version, and polls the version every `poll_interval` so a
+/// lost announcement costs at most one interval. A store that is down or a
 /// configuration that fails to build leaves the last good snapshot in place. Fails only
 /// when the first load fails: a service is not ready without a snapshot.
 pub async fn watch_snapshot(
@@ -56,11 +57,29 @@ pub async fn watch_snapshot(
     let cell = Arc::new(SnapshotCell::default());
     refresh(store.as_ref(), &cell).await?;
     let polled = cell.clone();
+    let mut announcements = Some(store.configuration_changes());
     let poller = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(poll_interval);
+        // The first load just happened: the first poll is one interval away.
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + poll_interval, poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let announced = async {
+                match announcements.as_mut() {
+                    Some(announcements) => announcements.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => {}
+                still_announcing = announced => {
+                    if !still_announcing {
+                        // The store stopped announcing: polling alone goes on.
+                        announcements = None;
+                        continue;
+                    }
+                }
+            }
             if let Err(error) = refresh(store.as_ref(), &polled).await {
                 tracing::warn!(%error, "configuration refresh failed; serving the last snapshot");
             }

@@ -187,3 +187,48 @@ async fn the_redis_store_fails_loudly_while_redis_is_down_and_recovers() {
     }
     assert!(store.get_selections(&["s".into()]).await.unwrap()[0].is_some());
 }
+
+/// Announced versions reach a watcher at once; its poll interval here is a minute, so
+/// only the announcement can explain a quick refresh.
+async fn check_announcements(store: std::sync::Arc<dyn Store>) {
+    let watch = cascade_state::watch_snapshot(store.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let cell = watch.cell();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Re-applied until the subscription is up: announcements are best effort.
+        let version = store
+            .apply_configuration(configuration("z"), None)
+            .await
+            .unwrap();
+        let refreshed = tokio::time::timeout(Duration::from_millis(300), async {
+            while cell.load().map(|s| s.version()) != Some(version) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if refreshed.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no announcement reached the watcher"
+        );
+    }
+    assert!(cell.load().unwrap().has_account("z"));
+}
+
+#[tokio::test]
+async fn the_embedded_store_announces_new_versions() {
+    check_announcements(std::sync::Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn the_redis_store_announces_new_versions() {
+    let redis = RedisServer::start().await.unwrap();
+    check_announcements(std::sync::Arc::new(
+        RedisStore::connect(&redis.url()).unwrap(),
+    ))
+    .await;
+}
