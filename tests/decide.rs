@@ -147,38 +147,35 @@ fn winner(response: &Value) -> &Value {
     &response["decisions"][0]["winner"]
 }
 
-fn attempt_outcomes(response: &Value) -> Vec<(String, String)> {
-    response["decisions"][0]["explanation"]["attempts"]
+/// Pairs of two fields of every entry of the first decision's explanation `list`.
+fn explained(response: &Value, list: &str, first: &str, second: &str) -> Vec<(String, String)> {
+    response["decisions"][0]["explanation"][list]
         .as_array()
-        .map(|attempts| {
-            attempts
+        .map(|entries| {
+            entries
                 .iter()
-                .map(|a| {
-                    (
-                        a["candidateId"].as_str().unwrap_or_default().to_string(),
-                        a["outcome"].as_str().unwrap_or_default().to_string(),
-                    )
+                .map(|entry| {
+                    let field = |name: &str| entry[name].as_str().unwrap_or_default().to_string();
+                    (field(first), field(second))
                 })
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// (candidate, outcome) of every waterfall or bidding attempt.
+fn attempt_outcomes(response: &Value) -> Vec<(String, String)> {
+    explained(response, "attempts", "candidateId", "outcome")
+}
+
+/// (outcome, detail) of every attempt.
+fn attempt_details(response: &Value) -> Vec<(String, String)> {
+    explained(response, "attempts", "outcome", "detail")
+}
+
+/// (candidate, reason) of every candidate the auction dropped.
 fn dropped_reasons(response: &Value) -> Vec<(String, String)> {
-    response["decisions"][0]["explanation"]["dropped"]
-        .as_array()
-        .map(|dropped| {
-            dropped
-                .iter()
-                .map(|d| {
-                    (
-                        d["candidateId"].as_str().unwrap_or_default().to_string(),
-                        d["reason"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    explained(response, "dropped", "candidateId", "reason")
 }
 
 #[tokio::test]
@@ -805,23 +802,6 @@ async fn chained_outcomes_compete_at_their_stored_price() {
     request["chained_selection_ids"] = json!([other_id]);
     let error = cluster.decide_error(&request).await;
     assert!(error.contains("belongs to another publisher"), "{error}");
-}
-
-fn attempt_details(response: &Value) -> Vec<(String, String)> {
-    response["decisions"][0]["explanation"]["attempts"]
-        .as_array()
-        .map(|attempts| {
-            attempts
-                .iter()
-                .map(|a| {
-                    (
-                        a["outcome"].as_str().unwrap_or_default().to_string(),
-                        a["detail"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test]
