@@ -108,7 +108,10 @@ fn reflection_builder(
         .fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
-/// Binds the configured address; `listen` with port 0 picks a free port.
-pub async fn bind(settings: &GrpcSettings) -> std::io::Result<TcpListener> {
-    TcpListener::bind(settings.listen).await
+/// Binds the configured address (port 0 picks a free one) and prints the bound address
+/// on stdout as `NAME listening on ADDR`, the line operators and tests read.
+pub async fn bind(name: &str, settings: &GrpcSettings) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(settings.listen).await?;
+    println!("{name} listening on {}", listener.local_addr()?);
+    Ok(listener)
 }

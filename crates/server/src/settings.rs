@@ -36,6 +36,31 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
     Ok(settings)
 }
 
+/// Loads `T` the way every service binary does: `--settings FILE` (or `$CASCADE_SETTINGS`)
+/// over the defaults, then the environment. `about` is the binary's `--help` line.
+pub fn from_command_line<T: Serialize + DeserializeOwned + Default>(
+    name: &'static str,
+    about: &'static str,
+) -> Result<T, SettingsError> {
+    let matches = clap::Command::new(name)
+        .about(about)
+        .arg(
+            clap::Arg::new("settings")
+                .long("settings")
+                .env("CASCADE_SETTINGS")
+                .value_parser(clap::value_parser!(std::path::PathBuf))
+                .help(
+                    "Settings file (TOML); CASCADE__SECTION__KEY environment variables override it",
+                ),
+        )
+        .get_matches();
+    load(
+        matches
+            .get_one::<std::path::PathBuf>("settings")
+            .map(|p| p.as_path()),
+    )
+}
+
 /// Where and how a service's gRPC server listens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

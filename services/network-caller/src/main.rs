@@ -1,22 +1,12 @@
-use clap::Parser;
-
-/// network-caller: calls mediated networks in rank order until one fills.
-#[derive(Parser)]
-struct Args {
-    /// Settings file (TOML); `CASCADE__SECTION__KEY` environment variables override it.
-    #[arg(long, env = "CASCADE_SETTINGS")]
-    settings: Option<std::path::PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let settings: cascade_network_caller::Settings =
-        cascade_server::settings::load(args.settings.as_deref())?;
+    let settings: cascade_network_caller::Settings = cascade_server::settings::from_command_line(
+        "network-caller",
+        "network-caller: calls mediated networks, live bids and waterfalls",
+    )?;
     cascade_server::telemetry::init();
     let store = settings.state.open()?;
-    let listener = cascade_server::grpc::bind(&settings.grpc).await?;
-    println!("network-caller listening on {}", listener.local_addr()?);
+    let listener = cascade_server::grpc::bind("network-caller", &settings.grpc).await?;
     cascade_network_caller::serve(
         settings,
         store,

@@ -1,25 +1,13 @@
-use clap::Parser;
-
-/// targeting-evaluation: selling rules and eligible demand per impression.
-#[derive(Parser)]
-struct Args {
-    /// Settings file (TOML); `CASCADE__SECTION__KEY` environment variables override it.
-    #[arg(long, env = "CASCADE_SETTINGS")]
-    settings: Option<std::path::PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
     let settings: cascade_targeting_evaluation::Settings =
-        cascade_server::settings::load(args.settings.as_deref())?;
+        cascade_server::settings::from_command_line(
+            "targeting-evaluation",
+            "targeting-evaluation: selling rules and eligible demand per impression",
+        )?;
     cascade_server::telemetry::init();
     let store = settings.state.open()?;
-    let listener = cascade_server::grpc::bind(&settings.grpc).await?;
-    println!(
-        "targeting-evaluation listening on {}",
-        listener.local_addr()?
-    );
+    let listener = cascade_server::grpc::bind("targeting-evaluation", &settings.grpc).await?;
     cascade_targeting_evaluation::serve(
         settings,
         store,
