@@ -24,6 +24,8 @@ pub const MAX_DEALS_PER_IMP: usize = 100;
 pub const MAX_SEGMENTS: usize = 1_000;
 pub const MAX_KEY_VALUES: usize = 100;
 pub const MAX_CHAINED_SELECTIONS: usize = 16;
+/// Most advertiser domains, categories or creative attributes one exchange bid lists.
+pub const MAX_LIST_PER_BID: usize = 100;
 
 /// A request that passed validation.
 #[derive(Debug)]
@@ -339,6 +341,13 @@ fn exchange_candidates(
                 let price = rates.to_usd(price, &response.cur).map_err(|e| {
                     DecideError::invalid(format!("exchange_bids[{r}].cur"), e.to_string())
                 })?;
+                check_list_len(
+                    &format!("{field}.adomain"),
+                    bid.adomain.len(),
+                    MAX_LIST_PER_BID,
+                )?;
+                check_list_len(&format!("{field}.cat"), bid.cat.len(), MAX_LIST_PER_BID)?;
+                check_list_len(&format!("{field}.attr"), bid.attr.len(), MAX_LIST_PER_BID)?;
                 if bid.adm.len() > MAX_ADM_BYTES {
                     return Err(DecideError::invalid(
                         format!("{field}.adm"),
@@ -520,6 +529,13 @@ mod tests {
             (
                 |r| r.exchange_bids[0].seatbid[0].bid[0].id.clear(),
                 "exchange_bids[0].seatbid[0].bid[0].id",
+            ),
+            (
+                |r| {
+                    r.exchange_bids[0].seatbid[0].bid[0].adomain =
+                        vec![String::new(); MAX_LIST_PER_BID + 1]
+                },
+                "exchange_bids[0].seatbid[0].bid[0].adomain",
             ),
         ];
         for (break_it, field) in cases {

@@ -231,15 +231,16 @@ impl NetworkCallerService {
             .health
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        health
-            .entry(network.id.clone())
-            .or_insert_with(|| {
-                Arc::new(NetworkHealth::new(
-                    self.breaker_policy,
-                    network.max_concurrent_calls as usize,
-                ))
-            })
-            .clone()
+        // Looked up by reference: the id is copied only when the record is created.
+        if let Some(existing) = health.get(&network.id) {
+            return existing.clone();
+        }
+        let created = Arc::new(NetworkHealth::new(
+            self.breaker_policy,
+            network.max_concurrent_calls as usize,
+        ));
+        health.insert(network.id.clone(), created.clone());
+        created
     }
 
     /// Calls a network through its health guard, under its own timeout bounded by what
