@@ -1,5 +1,6 @@
 //! The `cascade` command.
 
+mod admin;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -20,13 +21,23 @@ enum Command {
     /// Run the whole cluster in this process: the four services on loopback ports, the
     /// demo configuration in the embedded store, and a demo ad network.
     Up(up::UpArgs),
+    /// Get, apply, diff and delete configuration entities as YAML (kubectl style).
+    Admin(admin::AdminArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cascade_server::telemetry::init();
-    match cli.command {
-        Command::Up(args) => up::run(args).await,
+    let outcome = match cli.command {
+        Command::Up(args) => up::run(args).await.map(|()| 0),
+        Command::Admin(args) => admin::run(args).await,
+    };
+    match outcome {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

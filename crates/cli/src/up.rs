@@ -33,9 +33,16 @@ pub struct UpArgs {
     /// store; the demo configuration is written to it when it holds none yet.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// The admin API's bearer token; a random one is made (and printed) when unset.
+    #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let admin_token = args
+        .admin_token
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let networks = FakeNetworks::start()
         .await
         .context("starting the demo ad network")?;
@@ -158,6 +165,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         targeting_evaluation_addr: targeting_addr,
         auction_addr,
         network_caller_addr,
+        admin_token: Some(admin_token.clone()),
         ..Default::default()
     };
     let (bid_intake_store, bid_intake_shutdown) = (store.clone(), shutdown());
@@ -187,6 +195,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         auction_addr,
         network_caller_addr,
         &demo_network,
+        &admin_token,
     );
 
     tokio::select! {
@@ -214,6 +223,7 @@ fn print_banner(
     auction: SocketAddr,
     network_caller: SocketAddr,
     demo_network: &str,
+    admin_token: &str,
 ) {
     println!(
         "  bid-intake            {bid_intake}   (decision API: cascade.decision.v1.BidIntake)"
@@ -228,6 +238,11 @@ fn print_banner(
     println!(
         "grpcurl -plaintext -d '{DEMO_REQUEST}' {bid_intake} cascade.decision.v1.BidIntake/Decide"
     );
+    println!();
+    println!("Read and change the configuration (admin API):");
+    println!();
+    println!("export CASCADE_ADMIN_TOKEN={admin_token} CASCADE_ADMIN_TARGET=http://{bid_intake}");
+    println!("cascade admin get networks");
     println!();
     println!("Stop with Ctrl-C.");
 }

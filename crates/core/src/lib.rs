@@ -4,6 +4,7 @@
 
 pub mod auction;
 pub mod config;
+pub mod entity;
 pub mod index;
 pub mod money;
 pub mod snapshot;

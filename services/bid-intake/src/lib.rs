@@ -1,6 +1,6 @@
 //! bid-intake: the front door. Validates and normalises each decision request, owns its
 //! deadline budget, asks targeting-evaluation, auction and network-caller in turn, stores
-//! the selections and answers the gateway.
+//! the selections and answers the gateway. It also serves the admin API.
 
 mod decide;
 mod error;
@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cascade_admin::AdminService;
+use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
@@ -41,6 +43,9 @@ pub struct Settings {
     pub response_reserve_ms: u64,
     /// How long a selection is kept for event reports and chaining.
     pub selection_ttl_secs: u64,
+    /// The bearer token the admin API requires (`CASCADE__ADMIN_TOKEN`). Unset: the
+    /// admin API refuses every call.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Settings {
@@ -57,6 +62,7 @@ impl Default for Settings {
             bidding_budget_ms: 150,
             response_reserve_ms: 2,
             selection_ttl_secs: 3_600,
+            admin_token: None,
         }
     }
 }
@@ -88,7 +94,7 @@ pub async fn serve(
     };
     let service = DecisionService {
         snapshot,
-        store,
+        store: store.clone(),
         targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
             channel(settings.targeting_evaluation_addr)?,
         ),
@@ -102,9 +108,16 @@ pub async fn serve(
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
     };
-    let routes = tonic::service::Routes::new(BidIntakeServer::new(service));
-    GrpcServer::new(routes, &[BidIntakeServer::<DecisionService>::NAME])
-        .serve(listener, &settings.grpc, shutdown)
-        .await?;
+    let admin = AdminService::new(store).into_server(settings.admin_token.clone());
+    let routes = tonic::service::Routes::new(BidIntakeServer::new(service)).add_service(admin);
+    GrpcServer::new(
+        routes,
+        &[
+            BidIntakeServer::<DecisionService>::NAME,
+            AdminServer::<AdminService>::NAME,
+        ],
+    )
+    .serve(listener, &settings.grpc, shutdown)
+    .await?;
     Ok(())
 }

@@ -1,0 +1,309 @@
+//! `cascade admin`: the configuration as YAML files, in the manner of `kubectl`. A file
+//! holds entities as YAML documents, each with its `kind`:
+//!
+//! ```yaml
+//! kind: MediatedBid
+//! id: coolads-de
+//! account_id: "8953"
+//! network_id: coolads
+//! cpm: "2.00"
+//! ```
+//!
+//! `apply` creates or replaces every entity of the file in one atomic write; `diff`
+//! shows what `apply` would change; `delete` removes them; `get` prints entities in the
+//! same form, so `get` output can be edited and applied back.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cascade_admin::convert;
+use cascade_core::config::Configuration;
+use cascade_core::entity::{Entity, EntityKind};
+use cascade_proto::admin::v1 as pb;
+use cascade_proto::admin::v1::admin_client::AdminClient;
+use serde::Deserialize;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// How often a write is recomputed when another writer got in first.
+const WRITE_ATTEMPTS: usize = 5;
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// The admin API: bid-intake's address.
+    #[arg(
+        long,
+        env = "CASCADE_ADMIN_TARGET",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    target: String,
+    /// The admin bearer token (what bid-intake's admin_token is set to).
+    #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AdminCommand {
+    /// Print entities as YAML: all of them, one kind (`networks`), or one (`network coolads`).
+    Get {
+        kind: Option<String>,
+        id: Option<String>,
+        /// Only this account's entities.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Create or replace every entity in the file, all or nothing.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Validate and show the changes without making them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what `apply` would change; exits 1 when something would.
+    Diff {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the entities of a file, or one entity by kind and id.
+    Delete {
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "id"])]
+        file: Option<PathBuf>,
+        #[arg(requires = "id")]
+        kind: Option<String>,
+        id: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+type Client = AdminClient<InterceptedService<Channel, Authorization>>;
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Authorization(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Runs `cascade admin`; returns the process exit code.
+pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
+    let channel = tonic::transport::Endpoint::from_shared(args.target.clone())
+        .with_context(|| format!("--target {:?} is not a URL", args.target))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", args.target))?;
+    let token = format!("Bearer {}", args.token)
+        .parse()
+        .context("the admin token must be printable ASCII")?;
+    let mut client = AdminClient::with_interceptor(channel, Authorization(token))
+        .max_decoding_message_size(cascade_admin::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cascade_admin::MAX_MESSAGE_BYTES);
+    match args.command {
+        AdminCommand::Get { kind, id, account } => {
+            let configuration = fetch(&mut client).await?;
+            let kind = kind.as_deref().map(parse_kind).transpose()?;
+            let entities: Vec<Entity> = configuration
+                .entities()
+                .into_iter()
+                .filter(|e| kind.is_none_or(|k| e.kind() == k))
+                .filter(|e| id.as_deref().is_none_or(|id| e.id() == id))
+                .filter(|e| account.as_deref().is_none_or(|a| e.account_id() == Some(a)))
+                .collect();
+            if entities.is_empty() && id.is_some() {
+                bail!("not found");
+            }
+            print!("{}", to_yaml(&entities)?);
+            Ok(0)
+        }
+        AdminCommand::Apply { file, dry_run } => {
+            let entities = read_entities(&file)?;
+            let response = write(&mut client, dry_run, |configuration| {
+                for entity in &entities {
+                    configuration.put_entity(entity.clone());
+                }
+                Ok(())
+            })
+            .await?;
+            report(&response, dry_run);
+            Ok(0)
+        }
+        AdminCommand::Diff { file } => {
+            let entities = read_entities(&file)?;
+            let response = write(&mut client, true, |configuration| {
+                for entity in &entities {
+                    configuration.put_entity(entity.clone());
+                }
+                Ok(())
+            })
+            .await?;
+            for change in &response.changes {
+                println!("{change}");
+            }
+            Ok(if response.changes.is_empty() { 0 } else { 1 })
+        }
+        AdminCommand::Delete {
+            file,
+            kind,
+            id,
+            dry_run,
+        } => {
+            let targets: Vec<(EntityKind, String)> = match (file, kind, id) {
+                (Some(file), _, _) => read_entities(&file)?
+                    .iter()
+                    .map(|e| (e.kind(), e.id().to_string()))
+                    .collect(),
+                (None, Some(kind), Some(id)) => vec![(parse_kind(&kind)?, id)],
+                _ => bail!("delete needs -f FILE, or KIND and ID"),
+            };
+            let response = write(&mut client, dry_run, |configuration| {
+                for (kind, id) in &targets {
+                    if configuration.remove_entity(*kind, id).is_none() {
+                        bail!("no {kind} with id {id:?}");
+                    }
+                }
+                configuration.validate().map_err(|e| {
+                    anyhow::anyhow!("cannot delete: something still refers to it: {e}")
+                })
+            })
+            .await?;
+            report(&response, dry_run);
+            Ok(0)
+        }
+    }
+}
+
+fn parse_kind(text: &str) -> anyhow::Result<EntityKind> {
+    EntityKind::parse(text).with_context(|| {
+        let kinds: Vec<&str> = EntityKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown kind {text:?}; one of {}", kinds.join(", "))
+    })
+}
+
+fn report(response: &pb::ApplyConfigurationResponse, dry_run: bool) {
+    for change in &response.changes {
+        println!("{change}");
+    }
+    match (dry_run, response.changes.is_empty()) {
+        (_, true) => println!("no changes (version {})", response.version),
+        (true, false) => println!("dry run: nothing changed (version {})", response.version),
+        (false, false) => println!("applied: version {}", response.version),
+    }
+}
+
+async fn fetch(client: &mut Client) -> anyhow::Result<Configuration> {
+    let configuration = client
+        .get_configuration(pb::GetConfigurationRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    convert::configuration_from_proto(configuration)
+        .context("the admin API returned a configuration this CLI cannot read")
+}
+
+/// Reads the configuration, changes it, and applies it at the version it read: the
+/// server refuses it if anything was written in between, and this starts over.
+async fn write(
+    client: &mut Client,
+    dry_run: bool,
+    change: impl Fn(&mut Configuration) -> anyhow::Result<()>,
+) -> anyhow::Result<pb::ApplyConfigurationResponse> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let mut configuration = fetch(client).await?;
+        let version = configuration.version;
+        change(&mut configuration)?;
+        let request = pb::ApplyConfigurationRequest {
+            configuration: Some(convert::configuration_to_proto(&configuration)),
+            expected_version: version,
+            dry_run,
+        };
+        match client.apply_configuration(request).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if status.code() == Code::Aborted => continue,
+            Err(status) => return Err(status_error(status)),
+        }
+    }
+    bail!("the configuration kept changing while applying; try again")
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+/// Reads every YAML document of `path` as an entity.
+fn read_entities(path: &Path) -> anyhow::Result<Vec<Entity>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_entities(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn parse_entities(text: &str) -> anyhow::Result<Vec<Entity>> {
+    let mut entities = Vec::new();
+    for (i, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let value = yaml_serde::Value::deserialize(document)
+            .with_context(|| format!("document {}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let entity: Entity =
+            yaml_serde::from_value(value).with_context(|| format!("document {}", i + 1))?;
+        entities.push(entity);
+    }
+    Ok(entities)
+}
+
+fn to_yaml(entities: &[Entity]) -> anyhow::Result<String> {
+    let documents: Vec<String> = entities
+        .iter()
+        .map(yaml_serde::to_string)
+        .collect::<Result<_, _>>()?;
+    Ok(documents.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entities_round_trip_through_yaml_documents() {
+        let text = r#"
+kind: Account
+id: "8953"
+parent_id: "1"
+---
+kind: MediatedBid
+id: coolads-de
+account_id: "8953"
+network_id: coolads
+cpm: "2.00"
+targeting:
+  countries: [DEU]
+---
+"#;
+        let entities = parse_entities(text).unwrap();
+        assert_eq!(entities.len(), 2);
+        assert_eq!(entities[1].kind(), EntityKind::MediatedBid);
+        assert_eq!(
+            parse_entities(&to_yaml(&entities).unwrap()).unwrap(),
+            entities
+        );
+    }
+
+    #[test]
+    fn a_bad_document_is_named() {
+        let error = parse_entities("kind: Account\nid: a\n---\nkind: Gadget\nid: b\n").unwrap_err();
+        assert!(format!("{error:#}").contains("document 2"), "{error:#}");
+    }
+}
