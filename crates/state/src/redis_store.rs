@@ -1,36 +1,54 @@
 //! The Redis implementation of [`Store`], and the key schema: this module is the only
 //! place in Cascade that knows how state is laid out in Redis.
 //!
-//! Layout (hash tags in braces):
+//! Layout (hash tags in braces, so every multi-key operation stays in one cluster slot):
 //! - `{cascade:config}:document`: the whole configuration, JSON; `{cascade:config}:version`
-//!   its version. Both share a hash tag, so the apply script touches one slot.
-//! - `cascade:selection:{ID}`: one selection, JSON, with its TTL; `cascade:selection:{ID}:event:KIND`
-//!   marks an event recorded for it (same slot, same remaining TTL).
-//! - `cascade:event-counters`: a hash of event counts, one field per counter.
-//! - channel `cascade:config:changed`: the new version, published by every apply.
-//!
-//! Limitation: recording an event updates the counter hash in the same script as the
-//! selection's keys, which a Redis Cluster refuses (different slots); cluster support
-//! shards the counters per slot (issue 5).
+//!   its version.
+//! - `cascade:selection:{cs:NN}:ID`: one selection, JSON, with its TTL, where NN is the
+//!   selection's shard (a stable hash of its id, 0 to [`SHARDS`]-1);
+//!   `cascade:selection:{cs:NN}:ID:event:KIND` marks an event recorded for it (same
+//!   remaining TTL).
+//! - `cascade:event-counters:{cs:NN}`: the event counts of the shard's selections, one
+//!   hash field per counter. Recording an event touches only its shard's slot.
+//! - channel `cascade:config:changed`: the new version, published by every apply (a
+//!   cluster forwards a publish to every node).
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cascade_core::config::Configuration;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 
 use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store};
+
+/// How many shards selections and event counters are spread over. Each shard is one
+/// cluster slot; 16 spread them over any realistic number of masters.
+pub const SHARDS: u32 = 16;
 
 pub mod keys {
     pub const CONFIG_DOCUMENT: &str = "{cascade:config}:document";
     pub const CONFIG_VERSION: &str = "{cascade:config}:version";
     pub const CONFIG_CHANNEL: &str = "cascade:config:changed";
-    pub const EVENT_COUNTERS: &str = "cascade:event-counters";
+
+    /// The shard of a selection: FNV-1a of its id, stable across processes and builds.
+    pub fn shard(selection_id: &str) -> u32 {
+        let hash = selection_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        hash % super::SHARDS
+    }
 
     pub fn selection(id: &str) -> String {
-        format!("cascade:selection:{{{id}}}")
+        format!("cascade:selection:{{cs:{:02}}}:{id}", shard(id))
     }
 
     pub fn event(selection_id: &str, kind: &str) -> String {
-        format!("cascade:selection:{{{selection_id}}}:event:{kind}")
+        format!("{}:event:{kind}", selection(selection_id))
+    }
+
+    pub fn event_counters(shard: u32) -> String {
+        format!("cascade:event-counters:{{cs:{shard:02}}}")
     }
 }
 
@@ -70,12 +88,62 @@ redis.call('HINCRBY', KEYS[3], s.account_id .. sep .. s.source .. sep .. demand 
 return 1
 ";
 
+/// A connection to a single Redis or to a Redis Cluster; commands are the same.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the store reaches Redis: a single node's self-reconnecting connection, or a
+/// cluster client whose connection is made on first use (so a service can start while
+/// the cluster is down) and then reconnects to nodes on its own.
+#[derive(Clone)]
+enum Target {
+    Single(ConnectionManager),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: Arc<tokio::sync::OnceCell<ClusterConnection>>,
+    },
+}
+
 /// The shared state in Redis. Reconnects on its own; a command during an outage fails
 /// with [`StateError::Unavailable`] rather than hang or vanish.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
-    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    target: Target,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     apply: redis::Script,
     record_event: redis::Script,
 }
@@ -86,21 +154,28 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Forwards every version announced on the configuration channel to `changes`,
-/// resubscribing after a lost connection, until the store is dropped.
+/// resubscribing (to the next node, for a cluster) after a lost connection, until the
+/// store is dropped.
 async fn follow_announcements(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     changes: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
 ) {
     use futures::StreamExt;
-    while changes.strong_count() > 0 {
+    for client in clients.iter().cycle() {
+        if changes.strong_count() == 0 {
+            return;
+        }
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(keys::CONFIG_CHANNEL).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        match subscribed.await {
-            Ok(pubsub) => {
+        match tokio::time::timeout(CONNECTION_TIMEOUT, subscribed).await {
+            Ok(Ok(pubsub)) => {
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Some(changes) = changes.upgrade() else {
@@ -112,11 +187,12 @@ async fn follow_announcements(
                 }
                 tracing::warn!("configuration announcements lost; resubscribing");
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::debug!(%error, "cannot subscribe to configuration announcements")
             }
+            Err(_) => tracing::debug!("subscribing to configuration announcements timed out"),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -125,36 +201,111 @@ fn unavailable(error: redis::RedisError) -> StateError {
 }
 
 impl RedisStore {
-    /// Connects lazily to `url` (and subscribes to configuration announcements, which
-    /// needs a tokio runtime) (`redis://host:port[/db]`): the first command connects,
-    /// and a lost connection is re-established in the background.
+    /// Connects lazily to a single Redis at `url` (`redis://host:port[/db]`): the first
+    /// command connects, and a lost connection is re-established in the background.
+    /// Needs a tokio runtime (it subscribes to configuration announcements).
     pub fn connect(url: &str) -> Result<Self, StateError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2);
         let connection = client
             .get_connection_manager_lazy(config)
             .map_err(unavailable)?;
-        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
-        tokio::spawn(follow_announcements(
+        Ok(Self::new(Target::Single(connection), vec![client]))
+    }
+
+    /// Connects lazily to the Redis Cluster that `seed_urls` are nodes of.
+    pub fn connect_cluster(seed_urls: &[String]) -> Result<Self, StateError> {
+        let client = redis::cluster::ClusterClientBuilder::new(seed_urls.to_vec())
+            .connection_timeout(CONNECTION_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(2)
+            .build()
+            .map_err(unavailable)?;
+        let subscribers = seed_urls
+            .iter()
+            .map(|url| redis::Client::open(url.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        let target = Target::Cluster {
             client,
-            std::sync::Arc::downgrade(&changes),
-        ));
-        Ok(Self {
-            connection,
+            connection: Arc::default(),
+        };
+        Ok(Self::new(target, subscribers))
+    }
+
+    fn new(target: Target, subscribers: Vec<redis::Client>) -> Self {
+        let changes = Arc::new(tokio::sync::watch::Sender::new(0));
+        tokio::spawn(follow_announcements(subscribers, Arc::downgrade(&changes)));
+        Self {
+            target,
             changes,
             apply: redis::Script::new(APPLY_SCRIPT),
             record_event: redis::Script::new(RECORD_EVENT_SCRIPT),
-        })
+        }
+    }
+
+    async fn connection(&self) -> Result<Connection, StateError> {
+        match &self.target {
+            Target::Single(connection) => Ok(Connection::Single(connection.clone())),
+            Target::Cluster { client, connection } => connection
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .map(|c| Connection::Cluster(c.clone()))
+                .map_err(unavailable),
+        }
+    }
+
+    /// Runs one pipeline per group of keys that share a slot (one pipeline in all on a
+    /// single node), concurrently, returning the replies in the order of `items`.
+    async fn pipelined<T, R: redis::FromRedisValue>(
+        &self,
+        items: &[T],
+        shard_of: impl Fn(&T) -> u32,
+        add: impl Fn(&mut redis::Pipeline, &T),
+    ) -> Result<Vec<R>, StateError> {
+        let connection = self.connection().await?;
+        let groups: Vec<Vec<usize>> = match connection {
+            Connection::Single(_) => vec![(0..items.len()).collect()],
+            Connection::Cluster(_) => {
+                let mut by_shard = std::collections::BTreeMap::<u32, Vec<usize>>::new();
+                for (i, item) in items.iter().enumerate() {
+                    by_shard.entry(shard_of(item)).or_default().push(i);
+                }
+                by_shard.into_values().collect()
+            }
+        };
+        let replies = futures::future::try_join_all(groups.iter().map(|group| {
+            let mut pipeline = redis::pipe();
+            for &i in group {
+                add(&mut pipeline, &items[i]);
+            }
+            let mut connection = connection.clone();
+            async move { pipeline.query_async::<Vec<R>>(&mut connection).await }
+        }))
+        .await
+        .map_err(unavailable)?;
+        let mut ordered: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+        for (group, replies) in groups.iter().zip(replies) {
+            for (&i, reply) in group.iter().zip(replies) {
+                ordered[i] = Some(reply);
+            }
+        }
+        ordered
+            .into_iter()
+            .map(|reply| {
+                reply.ok_or_else(|| StateError::Unavailable("a pipeline reply is missing".into()))
+            })
+            .collect()
     }
 }
 
 #[async_trait]
 impl Store for RedisStore {
     async fn configuration(&self) -> Result<Configuration, StateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let (document, version): (Option<String>, Option<u64>) = redis::cmd("MGET")
             .arg(keys::CONFIG_DOCUMENT)
             .arg(keys::CONFIG_VERSION)
@@ -172,7 +323,7 @@ impl Store for RedisStore {
     }
 
     async fn configuration_version(&self) -> Result<u64, StateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let version: Option<u64> = redis::cmd("GET")
             .arg(keys::CONFIG_VERSION)
             .query_async(&mut connection)
@@ -191,7 +342,7 @@ impl Store for RedisStore {
         let document = serde_json::to_string(&configuration).map_err(|e| {
             StateError::Unavailable(format!("cannot encode the configuration: {e}"))
         })?;
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let (applied, version): (u8, u64) = self
             .apply
             .key(keys::CONFIG_DOCUMENT)
@@ -213,38 +364,45 @@ impl Store for RedisStore {
     }
 
     async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
-        let mut pipeline = redis::pipe();
-        for selection in selections {
-            let value = serde_json::to_string(selection)
-                .map_err(|e| StateError::Unavailable(format!("cannot encode a selection: {e}")))?;
-            let ttl_ms = u64::try_from(selection.ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            pipeline
-                .cmd("SET")
-                .arg(keys::selection(&selection.id))
-                .arg(value)
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
-        }
-        let mut connection = self.connection.clone();
-        pipeline
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(unavailable)
+        let values = selections
+            .iter()
+            .map(|selection| {
+                let value = serde_json::to_string(selection).map_err(|e| {
+                    StateError::Unavailable(format!("cannot encode a selection: {e}"))
+                })?;
+                let ttl_ms = u64::try_from(selection.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                Ok((selection.id.as_str(), value, ttl_ms))
+            })
+            .collect::<Result<Vec<_>, StateError>>()?;
+        let _: Vec<redis::Value> = self
+            .pipelined(
+                &values,
+                |(id, _, _)| keys::shard(id),
+                |pipeline, (id, value, ttl_ms)| {
+                    pipeline
+                        .cmd("SET")
+                        .arg(keys::selection(id))
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ttl_ms);
+                },
+            )
+            .await?;
+        Ok(())
     }
 
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {
-        let mut pipeline = redis::pipe();
-        for id in ids {
-            pipeline.cmd("GET").arg(keys::selection(id));
-        }
-        let mut connection = self.connection.clone();
-        let values: Vec<Option<String>> = pipeline
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
+        let values: Vec<Option<String>> = self
+            .pipelined(
+                ids,
+                |id| keys::shard(id),
+                |pipeline, id| {
+                    pipeline.cmd("GET").arg(keys::selection(id));
+                },
+            )
+            .await?;
         Ok(values
             .into_iter()
             .map(|value| value.and_then(|v| serde_json::from_str(&v).ok()))
@@ -252,12 +410,12 @@ impl Store for RedisStore {
     }
 
     async fn record_event(&self, event: &Event) -> Result<EventRecorded, StateError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let outcome: u8 = self
             .record_event
             .key(keys::selection(&event.selection_id))
             .key(keys::event(&event.selection_id, &event.kind))
-            .key(keys::EVENT_COUNTERS)
+            .key(keys::event_counters(keys::shard(&event.selection_id)))
             .arg(&event.kind)
             .arg(&event.detail)
             .arg(FIELD_SEPARATOR.to_string())
@@ -276,27 +434,49 @@ impl Store for RedisStore {
     }
 
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {
-        let mut connection = self.connection.clone();
-        let fields: Vec<(String, u64)> = redis::cmd("HGETALL")
-            .arg(keys::EVENT_COUNTERS)
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        let mut counters: Vec<(EventCounter, u64)> = fields
-            .into_iter()
-            .filter_map(|(field, count)| {
-                let mut parts = field.split(FIELD_SEPARATOR).map(String::from);
-                let counter = EventCounter {
+        let shards: Vec<u32> = (0..SHARDS).collect();
+        let hashes: Vec<Vec<(String, u64)>> = self
+            .pipelined(
+                &shards,
+                |shard| *shard,
+                |pipeline, shard| {
+                    pipeline.cmd("HGETALL").arg(keys::event_counters(*shard));
+                },
+            )
+            .await?;
+        let mut totals = std::collections::BTreeMap::<EventCounter, u64>::new();
+        for (field, count) in hashes.into_iter().flatten() {
+            let mut parts = field.split(FIELD_SEPARATOR).map(String::from);
+            let counter = (|| {
+                Some(EventCounter {
                     account_id: parts.next()?,
                     source: parts.next()?,
                     demand: parts.next()?,
                     kind: parts.next()?,
                     detail: parts.next()?,
-                };
-                Some((counter, count))
-            })
-            .collect();
-        counters.sort();
-        Ok(counters)
+                })
+            })();
+            if let Some(counter) = counter {
+                *totals.entry(counter).or_default() += count;
+            }
+        }
+        Ok(totals.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn a_selection_and_its_events_share_a_hash_tag() {
+        let selection = keys::selection("sel-42");
+        let tag = |key: &str| key[key.find('{').unwrap()..=key.find('}').unwrap()].to_string();
+        assert_eq!(tag(&selection), tag(&keys::event("sel-42", "impression")));
+        assert_eq!(
+            tag(&selection),
+            tag(&keys::event_counters(keys::shard("sel-42")))
+        );
+        assert!(keys::shard("sel-42") < super::SHARDS);
     }
 }

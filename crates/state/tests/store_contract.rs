@@ -1,11 +1,12 @@
 //! The Store contract, checked against every implementation: the embedded store, and
 //! Redis through a real `redis-server` started for the test.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cascade_core::config::{Account, Configuration};
 use cascade_state::{Event, EventRecorded, MemoryStore, RedisStore, Selection, StateError, Store};
-use cascade_testkit::RedisServer;
+use cascade_testkit::{RedisCluster, RedisOptions, RedisServer};
 
 fn configuration(account: &str) -> Configuration {
     Configuration {
@@ -146,11 +147,43 @@ async fn the_redis_store_keeps_the_contract() {
 }
 
 #[tokio::test]
+async fn a_redis_cluster_store_keeps_the_contract() {
+    let cluster = RedisCluster::start().await.unwrap();
+    let store = RedisStore::connect_cluster(&cluster.urls()).unwrap();
+    check_contract(&store).await;
+    // Selections and their counters really are spread over the masters.
+    let mut keys_per_node = Vec::new();
+    for node in &cluster.nodes {
+        let count: u64 = node.cli(&["dbsize"]).await.unwrap().trim().parse().unwrap();
+        keys_per_node.push(count);
+    }
+    assert!(
+        keys_per_node.iter().filter(|count| **count > 0).count() >= 2,
+        "{keys_per_node:?}"
+    );
+}
+
+async fn wait_until_reachable(store: &dyn Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(error) = store.configuration_version().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reconnected: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn the_redis_store_fails_loudly_while_redis_is_down_and_recovers() {
-    let redis = RedisServer::start().await.unwrap();
-    let url = redis.url();
-    let store = RedisStore::connect(&url).unwrap();
-    store
+    let mut redis = RedisServer::start_with(RedisOptions {
+        durable: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = RedisStore::connect(&redis.url()).unwrap();
+    let version = store
         .apply_configuration(configuration("a"), None)
         .await
         .unwrap();
@@ -167,25 +200,103 @@ async fn the_redis_store_fails_loudly_while_redis_is_down_and_recovers() {
         Err(StateError::Unavailable(_))
     ));
 
-    // Back on the same port, the same store reconnects by itself (this server keeps
-    // nothing on disk, so the state starts empty).
-    let port = url.rsplit(':').next().unwrap().parse().unwrap();
-    let _restarted = RedisServer::start_on(port).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match store
-            .put_selections(&[selection("s", Duration::from_secs(60))])
-            .await
-        {
-            Ok(()) => break,
-            Err(error) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "never reconnected: {error}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Back on the same port, the same store reconnects by itself and finds what was
+    // acknowledged before the crash.
+    redis.restart().await.unwrap();
+    wait_until_reachable(&store).await;
+    assert_eq!(store.configuration_version().await.unwrap(), version);
+    store
+        .put_selections(&[selection("s", Duration::from_secs(60))])
+        .await
+        .unwrap();
     assert!(store.get_selections(&["s".into()]).await.unwrap()[0].is_some());
+}
+
+/// Events are reported while Redis crashes and comes back: every report is either
+/// refused (the reporter retries it) or acknowledged, and every acknowledged one is
+/// there afterwards, counted once.
+#[tokio::test]
+async fn no_acknowledged_event_is_lost_when_redis_crashes() {
+    let mut redis = RedisServer::start_with(RedisOptions {
+        durable: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = std::sync::Arc::new(RedisStore::connect(&redis.url()).unwrap());
+    let ids: Vec<String> = (0..400).map(|i| format!("sel-{i}")).collect();
+    let selections: Vec<Selection> = ids
+        .iter()
+        .map(|id| selection(id, Duration::from_secs(600)))
+        .collect();
+    store.put_selections(&selections).await.unwrap();
+
+    // The reporter goes through every selection once; Redis is killed after its
+    // first acknowledgements and restarted after its first refusals.
+    let progress = std::sync::Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let reporter = {
+        let (store, ids, progress) = (store.clone(), ids.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for id in &ids {
+                match store.record_event(&event(id, "impression")).await {
+                    Ok(EventRecorded::New) => {
+                        acknowledged.push(id.clone());
+                        progress.0.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(other) => panic!("{id}: {other:?}"),
+                    Err(_) => {
+                        progress.1.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            acknowledged
+        })
+    };
+    let wait_for = |counter: usize, at_least: usize| {
+        let progress = progress.clone();
+        async move {
+            let count = |p: &(AtomicUsize, AtomicUsize)| match counter {
+                0 => p.0.load(Ordering::SeqCst),
+                _ => p.1.load(Ordering::SeqCst),
+            };
+            while count(&progress) < at_least {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    wait_for(0, 20).await;
+    redis.kill().await.unwrap();
+    wait_for(1, 5).await;
+    redis.restart().await.unwrap();
+    let acknowledged = reporter.await.unwrap();
+    wait_until_reachable(store.as_ref()).await;
+    let refused = progress.1.load(Ordering::SeqCst);
+    assert_eq!(acknowledged.len() + refused, ids.len());
+
+    assert!(!acknowledged.is_empty());
+    for id in &acknowledged {
+        assert_eq!(
+            store.record_event(&event(id, "impression")).await.unwrap(),
+            EventRecorded::Duplicate,
+            "acknowledged event of {id} is missing"
+        );
+    }
+    let counted: u64 = store
+        .event_counters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, count)| count)
+        .sum();
+    // A report whose reply was lost in the crash may be counted without having been
+    // acknowledged; never the other way round.
+    assert!(
+        counted >= acknowledged.len() as u64,
+        "{counted} < {}",
+        acknowledged.len()
+    );
+    assert!(counted <= ids.len() as u64);
 }
 
 /// Announced versions reach a watcher at once; its poll interval here is a minute, so
@@ -229,6 +340,15 @@ async fn the_redis_store_announces_new_versions() {
     let redis = RedisServer::start().await.unwrap();
     check_announcements(std::sync::Arc::new(
         RedisStore::connect(&redis.url()).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_store_announces_new_versions() {
+    let cluster = RedisCluster::start().await.unwrap();
+    check_announcements(std::sync::Arc::new(
+        RedisStore::connect_cluster(&cluster.urls()).unwrap(),
     ))
     .await;
 }

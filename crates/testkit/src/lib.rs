@@ -8,4 +8,4 @@ pub mod redis;
 
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
 pub use process::{ServiceProcess, wait_until_serving};
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisOptions, RedisServer};

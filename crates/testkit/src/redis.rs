@@ -1,5 +1,6 @@
-//! A real `redis-server` for a test: its own process on a free loopback port, nothing
-//! written to disk, stopped on drop.
+//! Real `redis-server` processes for tests: each on a free loopback port with its own
+//! directory, stopped on drop; and a three-master Redis Cluster made of them with
+//! `redis-cli --cluster create`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -7,76 +8,50 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+/// How a test server runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedisOptions {
+    /// Persist every write before acknowledging it (append-only file, fsync always), so
+    /// a killed and restarted server still has everything it acknowledged.
+    pub durable: bool,
+    /// Run as a Redis Cluster node.
+    pub cluster_node: bool,
+}
+
 pub struct RedisServer {
     port: u16,
+    options: RedisOptions,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    /// Starts `redis-server` (from `$REDIS_SERVER` or `PATH`) and waits until it answers
-    /// PING. A port taken between choosing and binding it is retried with another.
+    /// Starts a non-durable, standalone `redis-server` (from `$REDIS_SERVER` or `PATH`)
+    /// and waits until it answers PING.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(RedisOptions::default()).await
+    }
+
+    /// Starts a server with `options`. A port taken between choosing and binding it is
+    /// retried with another.
+    pub async fn start_with(options: RedisOptions) -> std::io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
-            match Self::try_start().await {
-                Ok(server) => return Ok(server),
+            let port = free_port()?;
+            let dir = tempfile::tempdir()?;
+            match spawn(port, options, &dir).await {
+                Ok(child) => {
+                    return Ok(Self {
+                        port,
+                        options,
+                        child,
+                        dir,
+                    });
+                }
                 Err(error) => last_error = Some(error),
             }
         }
         Err(last_error.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
-    }
-
-    /// Starts `redis-server` on `port`, e.g. to bring a killed server back.
-    pub async fn start_on(port: u16) -> std::io::Result<Self> {
-        Self::try_start_on(port).await
-    }
-
-    async fn try_start() -> std::io::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Self::try_start_on(port).await
-    }
-
-    async fn try_start_on(port: u16) -> std::io::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
-        let mut child = Command::new(&binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot run {binary} (scripts/test installs it): {e}"),
-                )
-            })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Err(std::io::Error::other(format!(
-                    "redis-server exited: {status}"
-                )));
-            }
-            if ping(port).await {
-                return Ok(Self {
-                    port,
-                    child,
-                    _dir: dir,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _ = child.kill().await;
-        Err(std::io::Error::other(
-            "redis-server did not answer PING within 10 s",
-        ))
     }
 
     pub fn port(&self) -> u16 {
@@ -87,9 +62,163 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (as a crash would: SIGKILL).
-    pub async fn kill(mut self) -> std::io::Result<()> {
+    /// Kills the server as a crash would (SIGKILL); [`RedisServer::restart`] brings it
+    /// back on the same port with the same directory.
+    pub async fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill().await
+    }
+
+    /// Starts the server again after [`RedisServer::kill`]: a durable one comes back
+    /// with everything it acknowledged.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        let _ = self.child.kill().await;
+        self.child = spawn(self.port, self.options, &self.dir).await?;
+        Ok(())
+    }
+
+    /// Runs `redis-cli -p PORT args…` against this server and returns its output.
+    pub async fn cli(&self, args: &[&str]) -> std::io::Result<String> {
+        redis_cli(&[&["-p", &self.port.to_string()], args].concat()).await
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn spawn(
+    port: u16,
+    options: RedisOptions,
+    dir: &tempfile::TempDir,
+) -> std::io::Result<Child> {
+    let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
+    let mut command = Command::new(&binary);
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir.path());
+    if options.durable {
+        command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+    } else {
+        command.args(["--appendonly", "no"]);
+    }
+    if options.cluster_node {
+        command.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]);
+    }
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot run {binary} (scripts/test installs it): {e}"),
+            )
+        })?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(std::io::Error::other(format!(
+                "redis-server exited: {status}"
+            )));
+        }
+        if ping(port).await {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = child.kill().await;
+    Err(std::io::Error::other(
+        "redis-server did not answer PING within 10 s",
+    ))
+}
+
+async fn redis_cli(args: &[&str]) -> std::io::Result<String> {
+    let binary = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".to_string());
+    let output = Command::new(&binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot run {binary} (scripts/test installs it): {e}"),
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(std::io::Error::other(format!(
+            "redis-cli {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+/// A Redis Cluster of three masters on loopback, created with
+/// `redis-cli --cluster create`, stopped on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> std::io::Result<Self> {
+        let options = RedisOptions {
+            durable: false,
+            cluster_node: true,
+        };
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(RedisServer::start_with(options).await?);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addresses.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        redis_cli(&args).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = node.cli(&["cluster", "info"]).await?;
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(std::io::Error::other(format!(
+                        "the cluster did not become ready: {info}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Every node's URL, as the seed list of a cluster client.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 }
 
