@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cascade_server::settings::GrpcSettings;
-use cascade_state::{MemoryStore, RedisStore, StateError, StateSettings, Store};
+use cascade_state::{MemoryStore, StateError, StateSettings, Store};
 use cascade_testkit::{Behaviour, FakeNetworks};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,6 +33,9 @@ pub struct UpArgs {
     /// store; the demo configuration is written to it when it holds none yet.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// `--redis` names nodes of a Redis Cluster (comma-separated).
+    #[arg(long, requires = "redis")]
+    redis_cluster: bool,
     /// The admin API's bearer token; a random one is made (and printed) when unset.
     #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -74,7 +77,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = match &args.redis {
         None => Arc::new(MemoryStore::with_configuration(configuration)?),
         Some(url) => {
-            let store = RedisStore::connect(url)?;
+            let store = StateSettings {
+                redis_url: Some(url.clone()),
+                redis_cluster: args.redis_cluster,
+                ..Default::default()
+            }
+            .open()?;
             let version = store
                 .configuration_version()
                 .await
@@ -86,7 +94,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     Err(error) => return Err(error.into()),
                 }
             }
-            Arc::new(store)
+            store
         }
     };
     let state_description = match &args.redis {

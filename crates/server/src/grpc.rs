@@ -23,7 +23,13 @@ pub enum ServeError {
 pub struct GrpcServer {
     routes: Routes,
     service_names: Vec<&'static str>,
+    staleness: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// The health-check name that reports whether a service's configuration snapshot is
+/// current (SERVING) or stale because the shared state cannot be read (NOT_SERVING).
+/// Informational: a stale service keeps deciding, so readiness must not use it.
+pub const STATE_HEALTH_NAME: &str = "cascade.state";
 
 impl GrpcServer {
     /// `routes` holds the service's own gRPC services; `service_names` their full names
@@ -32,7 +38,14 @@ impl GrpcServer {
         Self {
             routes,
             service_names: service_names.to_vec(),
+            staleness: None,
         }
+    }
+
+    /// Reports `staleness` (true: stale) under [`STATE_HEALTH_NAME`].
+    pub fn reporting_staleness(mut self, staleness: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.staleness = Some(staleness);
+        self
     }
 
     /// Serves on `listener` until `shutdown` resolves. The caller has made the service
@@ -51,6 +64,22 @@ impl GrpcServer {
             health_reporter
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
+        }
+        if let Some(mut staleness) = self.staleness.clone() {
+            let reporter = health_reporter.clone();
+            tokio::spawn(async move {
+                loop {
+                    let status = if *staleness.borrow_and_update() {
+                        ServingStatus::NotServing
+                    } else {
+                        ServingStatus::Serving
+                    };
+                    reporter.set_service_status(STATE_HEALTH_NAME, status).await;
+                    if staleness.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
         let reflection_v1 = reflection_builder(&self.service_names).build_v1()?;
         // grpcurl before 1.8.8 speaks only the v1alpha reflection protocol.

@@ -7,4 +7,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use grpc::{GrpcServer, ServeError};
+pub use grpc::{GrpcServer, STATE_HEALTH_NAME, ServeError};

@@ -6,6 +6,7 @@
 mod memory;
 mod redis_store;
 mod selection;
+mod selection_writer;
 mod watcher;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use cascade_core::config::{ConfigError, Configuration};
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, keys as redis_keys};
 pub use selection::{Event, EventCounter, EventRecorded, Selection};
+pub use selection_writer::{SelectionWriter, Written};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,10 @@ pub struct StateSettings {
     /// How often the configuration version is polled for changes.
     pub poll_interval_ms: u64,
     /// `redis://host:port`: use Redis as the shared state. Unset: the embedded store.
+    /// For a cluster, any of its nodes, comma-separated.
     pub redis_url: Option<String>,
+    /// `redis_url` names Redis Cluster nodes.
+    pub redis_cluster: bool,
 }
 
 impl Default for StateSettings {
@@ -115,6 +120,7 @@ impl Default for StateSettings {
             configuration_file: None,
             poll_interval_ms: 1_000,
             redis_url: None,
+            redis_cluster: false,
         }
     }
 }
@@ -128,7 +134,17 @@ impl StateSettings {
     /// otherwise the embedded one, loaded from `configuration_file` (empty without one).
     pub fn open(&self) -> Result<std::sync::Arc<dyn Store>, StateError> {
         if let Some(url) = &self.redis_url {
-            return Ok(std::sync::Arc::new(RedisStore::connect(url)?));
+            let store = if self.redis_cluster {
+                let nodes: Vec<String> = url
+                    .split(',')
+                    .map(|node| node.trim().to_string())
+                    .filter(|node| !node.is_empty())
+                    .collect();
+                RedisStore::connect_cluster(&nodes)?
+            } else {
+                RedisStore::connect(url)?
+            };
+            return Ok(std::sync::Arc::new(store));
         }
         let configuration = match &self.configuration_file {
             Some(path) => read_configuration_file(path, &[])?,

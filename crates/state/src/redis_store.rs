@@ -133,7 +133,7 @@ impl redis::aio::ConnectionLike for Connection {
 enum Target {
     Single(ConnectionManager),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Arc<redis::cluster::ClusterClient>,
         connection: Arc<tokio::sync::OnceCell<ClusterConnection>>,
     },
 }
@@ -230,7 +230,7 @@ impl RedisStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(unavailable)?;
         let target = Target::Cluster {
-            client,
+            client: Arc::new(client),
             connection: Arc::default(),
         };
         Ok(Self::new(target, subscribers))

@@ -30,12 +30,20 @@ impl SnapshotCell {
 pub struct SnapshotWatch {
     cell: Arc<SnapshotCell>,
     poller: tokio::task::JoinHandle<()>,
+    stale: tokio::sync::watch::Receiver<bool>,
 }
 
 impl SnapshotWatch {
     /// The snapshot this watch keeps current.
     pub fn cell(&self) -> Arc<SnapshotCell> {
         self.cell.clone()
+    }
+
+    /// True while the snapshot may be out of date: the last refresh could not read the
+    /// store (or the store had lost its configuration). The service keeps serving from
+    /// the last snapshot meanwhile; health reports it.
+    pub fn staleness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stale.clone()
     }
 }
 
@@ -58,6 +66,7 @@ pub async fn watch_snapshot(
     refresh(store.as_ref(), &cell).await?;
     let polled = cell.clone();
     let mut announcements = Some(store.configuration_changes());
+    let (stale_tx, stale) = tokio::sync::watch::channel(false);
     let poller = tokio::spawn(async move {
         // The first load just happened: the first poll is one interval away.
         let mut ticker =
@@ -80,18 +89,39 @@ pub async fn watch_snapshot(
                     }
                 }
             }
-            if let Err(error) = refresh(store.as_ref(), &polled).await {
-                tracing::warn!(%error, "configuration refresh failed; serving the last snapshot");
+            match refresh(store.as_ref(), &polled).await {
+                Ok(()) => {
+                    if stale_tx.send_replace(false) {
+                        tracing::info!("configuration store reachable again");
+                    }
+                }
+                Err(error) => {
+                    if !stale_tx.send_replace(true) {
+                        tracing::error!(%error, "configuration refresh failed; serving the last snapshot until it succeeds");
+                    }
+                }
             }
         }
     });
-    Ok(SnapshotWatch { cell, poller })
+    Ok(SnapshotWatch {
+        cell,
+        poller,
+        stale,
+    })
 }
 
 async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::StateError> {
     let version = store.configuration_version().await?;
-    if cell.version() == Some(version) {
-        return Ok(());
+    match cell.version() {
+        Some(current) if current == version => return Ok(()),
+        // A store that lost everything (Redis restarted without persistence) must not
+        // empty every service: keep the last snapshot until a configuration is applied.
+        Some(current) if version == 0 => {
+            return Err(crate::StateError::Unavailable(format!(
+                "the store holds no configuration; keeping version {current} until one is applied"
+            )));
+        }
+        _ => {}
     }
     let configuration = store.configuration().await?;
     let snapshot = Snapshot::build(configuration)?;

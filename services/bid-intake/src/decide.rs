@@ -22,7 +22,7 @@ use cascade_proto::targeting::v1::{
     EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
 };
 use cascade_server::deadline::{Deadline, caller_timeout};
-use cascade_state::{Selection, SnapshotCell, Store};
+use cascade_state::{Selection, SelectionWriter, SnapshotCell, Store};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -34,6 +34,8 @@ const AUCTION_CURRENCY: &str = cascade_core::money::AUCTION_CURRENCY;
 pub struct DecisionService {
     pub(crate) snapshot: Arc<SnapshotCell>,
     pub(crate) store: Arc<dyn Store>,
+    /// Where selections are written: the store, or its backlog while it is down.
+    pub(crate) selections: Arc<SelectionWriter>,
     pub(crate) targeting: TargetingEvaluationClient<Channel>,
     pub(crate) auction: AuctionClient<Channel>,
     pub(crate) network_caller: NetworkCallerClient<Channel>,
@@ -184,7 +186,9 @@ impl DecisionService {
             selections = self.record_winners(&mut slots, &bid_request.id, &normalized.account_id);
         }
         if !selections.is_empty() {
-            self.store.put_selections(&selections).await?;
+            self.selections
+                .write(selections, deadline.remaining())
+                .await?;
         }
         Ok(DecideResponse {
             id: bid_request.id,

@@ -16,7 +16,7 @@ use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
-use cascade_state::{StateError, StateSettings, Store, watch_snapshot};
+use cascade_state::{SelectionWriter, StateError, StateSettings, Store, watch_snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -46,6 +46,9 @@ pub struct Settings {
     /// The bearer token the admin API requires (`CASCADE__ADMIN_TOKEN`). Unset: the
     /// admin API refuses every call.
     pub admin_token: Option<String>,
+    /// Selections kept in memory while the state store is down, flushed when it is
+    /// back; beyond this many, decisions fail UNAVAILABLE rather than lose them.
+    pub selection_backlog_capacity: usize,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             response_reserve_ms: 2,
             selection_ttl_secs: 3_600,
             admin_token: None,
+            selection_backlog_capacity: 100_000,
         }
     }
 }
@@ -95,6 +99,11 @@ pub async fn serve(
     let service = DecisionService {
         snapshot,
         store: store.clone(),
+        selections: SelectionWriter::new(
+            store.clone(),
+            settings.selection_backlog_capacity,
+            settings.state.poll_interval(),
+        ),
         targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
             channel(settings.targeting_evaluation_addr)?,
         ),
@@ -117,6 +126,7 @@ pub async fn serve(
             AdminServer::<AdminService>::NAME,
         ],
     )
+    .reporting_staleness(watch.staleness())
     .serve(listener, &settings.grpc, shutdown)
     .await?;
     Ok(())

@@ -118,6 +118,7 @@ pub async fn serve(
     };
     let routes = tonic::service::Routes::new(NetworkCallerServer::new(service));
     GrpcServer::new(routes, &[NetworkCallerServer::<NetworkCallerService>::NAME])
+        .reporting_staleness(watch.staleness())
         .serve(listener, &settings.grpc, shutdown)
         .await?;
     Ok(())

@@ -79,7 +79,8 @@ pub async fn serve(
     let server = GrpcServer::new(
         routes,
         &[TargetingEvaluationServer::<TargetingService>::NAME],
-    );
+    )
+    .reporting_staleness(watch.staleness());
     server.serve(listener, &settings.grpc, shutdown).await?;
     Ok(())
 }

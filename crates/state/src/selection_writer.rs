@@ -1,0 +1,210 @@
+//! The write policy for selections while the store is down: decisions keep being made,
+//! their selections wait in a bounded in-memory backlog that a background task flushes
+//! to the store in batches as soon as it answers again, and once the backlog is full,
+//! writes are refused (the decision fails UNAVAILABLE) rather than silently dropped.
+//!
+//! A selection waiting in the backlog is not in the store yet: an event reported for
+//! it, or a later request chaining it, finds it unknown until the backlog drains.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::{Selection, StateError, Store};
+
+/// Most selections one flush writes in one round trip.
+const FLUSH_BATCH: usize = 512;
+
+/// Where a write went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// In the store.
+    Stored,
+    /// In the backlog, to be flushed when the store answers again.
+    Buffered,
+}
+
+pub struct SelectionWriter {
+    store: Arc<dyn Store>,
+    backlog: Mutex<VecDeque<Selection>>,
+    capacity: usize,
+    flush: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for SelectionWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelectionWriter")
+            .field("capacity", &self.capacity)
+            .field("backlog", &self.backlog_len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SelectionWriter {
+    /// A writer to `store` holding at most `capacity` selections while it is down, and
+    /// retrying every `retry_interval`. The flushing task ends when the writer is dropped.
+    pub fn new(store: Arc<dyn Store>, capacity: usize, retry_interval: Duration) -> Arc<Self> {
+        let writer = Arc::new(Self {
+            store,
+            backlog: Mutex::default(),
+            capacity,
+            flush: Arc::default(),
+        });
+        tokio::spawn(flush_backlog(Arc::downgrade(&writer), retry_interval));
+        writer
+    }
+
+    /// Stores `selections` within `timeout`, or keeps them in the backlog when the store
+    /// is down, slow, or already behind. Fails only when the backlog has no room.
+    pub async fn write(
+        &self,
+        selections: Vec<Selection>,
+        timeout: Duration,
+    ) -> Result<Written, StateError> {
+        // While a backlog waits, the store is known to be in trouble: do not spend the
+        // decision's time on it, and keep the order of writes.
+        if self.backlog_len() == 0 {
+            match tokio::time::timeout(timeout, self.store.put_selections(&selections)).await {
+                Ok(Ok(())) => return Ok(Written::Stored),
+                Ok(Err(error)) => tracing::warn!(%error, "selections go to the backlog"),
+                Err(_) => tracing::warn!("the store is slow: selections go to the backlog"),
+            }
+        }
+        self.buffer(selections)?;
+        Ok(Written::Buffered)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Selection>> {
+        // Every critical section leaves the queue consistent, so a poisoned lock is too.
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn buffer(&self, selections: Vec<Selection>) -> Result<(), StateError> {
+        let mut backlog = self.lock();
+        if backlog.len() + selections.len() > self.capacity {
+            return Err(StateError::Unavailable(format!(
+                "the store is down and the selection backlog is full ({} selections)",
+                self.capacity
+            )));
+        }
+        backlog.extend(selections);
+        drop(backlog);
+        self.flush.notify_one();
+        Ok(())
+    }
+
+    /// Selections waiting for the store.
+    pub fn backlog_len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Writes the oldest batch of the backlog; true when the backlog is now empty.
+    async fn flush_once(&self) -> bool {
+        let batch: Vec<Selection> = self.lock().iter().take(FLUSH_BATCH).cloned().collect();
+        if batch.is_empty() {
+            return true;
+        }
+        match self.store.put_selections(&batch).await {
+            Ok(()) => {
+                let mut backlog = self.lock();
+                let flushed = batch.len().min(backlog.len());
+                backlog.drain(..flushed);
+                if backlog.is_empty() {
+                    tracing::info!("selection backlog flushed");
+                }
+                backlog.is_empty()
+            }
+            Err(error) => {
+                tracing::debug!(%error, "selection backlog still waiting for the store");
+                false
+            }
+        }
+    }
+}
+
+async fn flush_backlog(writer: Weak<SelectionWriter>, retry_interval: Duration) {
+    loop {
+        let Some(strong) = writer.upgrade() else {
+            return;
+        };
+        let flush = strong.flush.clone();
+        let notified = flush.notified();
+        tokio::pin!(notified);
+        // Interest is registered before flushing, so a write buffered meanwhile still
+        // wakes this task.
+        notified.as_mut().enable();
+        let drained = strong.flush_once().await;
+        drop(strong);
+        if drained {
+            // Nothing to do until something is buffered; check now and then that the
+            // writer still exists.
+            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+        } else {
+            tokio::time::sleep(retry_interval).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    fn selection(id: &str) -> Selection {
+        Selection {
+            id: id.into(),
+            request_id: "r".into(),
+            impid: "1".into(),
+            account_id: "a".into(),
+            source: "SOURCE_KIND_EXCHANGE".into(),
+            network_id: String::new(),
+            seat: "s".into(),
+            bid_id: "b".into(),
+            price_micros: 1,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reachable_store_gets_writes_directly() {
+        let store = Arc::new(MemoryStore::default());
+        let writer = SelectionWriter::new(store.clone(), 10, Duration::from_millis(5));
+        let written = writer
+            .write(vec![selection("x")], Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(written, Written::Stored);
+        assert!(store.get_selections(&["x".into()]).await.unwrap()[0].is_some());
+    }
+
+    #[tokio::test]
+    async fn the_backlog_is_bounded_and_refuses_beyond_it() {
+        // Nothing listens on this port: the store is down.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store =
+            Arc::new(crate::RedisStore::connect(&format!("redis://127.0.0.1:{port}")).unwrap());
+        let writer = SelectionWriter::new(store, 3, Duration::from_millis(5));
+        let timeout = Duration::from_millis(200);
+        assert_eq!(
+            writer
+                .write(vec![selection("a"), selection("b")], timeout)
+                .await
+                .unwrap(),
+            Written::Buffered
+        );
+        assert_eq!(
+            writer.write(vec![selection("c")], timeout).await.unwrap(),
+            Written::Buffered
+        );
+        let refused = writer.write(vec![selection("d")], timeout).await;
+        assert!(
+            matches!(refused, Err(StateError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(writer.backlog_len(), 3);
+    }
+}

@@ -1,0 +1,148 @@
+//! What the end-to-end tests share: the four service binaries as processes on free
+//! ports, and the demo decision request.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use cascade_testkit::{FakeNetworks, ServiceProcess, grpcurl};
+use serde_json::{Value, json};
+
+pub const DECIDE: &str = "cascade.decision.v1.BidIntake/Decide";
+
+pub struct Cluster {
+    pub networks: FakeNetworks,
+    pub bid_intake: ServiceProcess,
+    pub others: Vec<ServiceProcess>,
+    _configuration: Option<tempfile::NamedTempFile>,
+}
+
+pub fn workspace_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        Self::start_with("").await
+    }
+
+    /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.
+    pub async fn start_with(network_caller_settings: &str) -> Cluster {
+        let networks = FakeNetworks::start().await.unwrap();
+        let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
+        let demo = demo
+            .replace("${DEMO_NETWORK}", &networks.addr().to_string())
+            .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string());
+        // Plus a network nobody listens for, for the connection-refused path.
+        let closed_port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let dead_network = format!(
+            "[[networks]]\nid = \"deadnet\"\naccount_id = \"demo-network\"\n\
+             endpoint = \"http://{closed_port}/openrtb\"\n\n\
+             [[mediated_bids]]\nid = \"deadnet-9.00\"\naccount_id = \"demo-network\"\n\
+             network_id = \"deadnet\"\ncpm = \"9.00\"\n\
+             targeting = {{ ad_units = [\"dead-end\"] }}\n"
+        );
+        let mut configuration = tempfile::NamedTempFile::new().unwrap();
+        configuration
+            .write_all(format!("{demo}\n{dead_network}").as_bytes())
+            .unwrap();
+        let state = format!(
+            "[state]\nconfiguration_file = {:?}\n",
+            configuration.path().display().to_string()
+        );
+        Self::start_services(
+            networks,
+            &state,
+            network_caller_settings,
+            "",
+            Some(configuration),
+        )
+        .await
+    }
+
+    /// The four service processes with the `[state]` settings `state`, and extra
+    /// top-level settings for network-caller and bid-intake.
+    pub async fn start_services(
+        networks: FakeNetworks,
+        state: &str,
+        network_caller_settings: &str,
+        bid_intake_settings: &str,
+        configuration: Option<tempfile::NamedTempFile>,
+    ) -> Cluster {
+        let network_caller = format!("{network_caller_settings}\n{state}");
+        let (targeting, auction, network_caller) = tokio::join!(
+            ServiceProcess::start("targeting-evaluation", state),
+            ServiceProcess::start("auction", ""),
+            ServiceProcess::start("network-caller", &network_caller),
+        );
+        let (targeting, auction, network_caller) = (
+            targeting.unwrap(),
+            auction.unwrap(),
+            network_caller.unwrap(),
+        );
+        let bid_intake_settings = format!(
+            "{bid_intake_settings}\ntargeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
+            targeting.addr, auction.addr, network_caller.addr
+        );
+        let bid_intake = ServiceProcess::start("bid-intake", &bid_intake_settings)
+            .await
+            .unwrap();
+        Cluster {
+            networks,
+            bid_intake,
+            others: vec![targeting, auction, network_caller],
+            _configuration: configuration,
+        }
+    }
+
+    pub async fn decide(&self, request: &Value) -> Value {
+        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &["-max-time", "5"])
+            .await
+            .unwrap();
+        assert!(output.success, "Decide failed: {}", output.stderr);
+        output.json()
+    }
+
+    /// Decide expecting an error; returns grpcurl's error output.
+    pub async fn decide_error(&self, request: &Value) -> String {
+        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &[])
+            .await
+            .unwrap();
+        assert!(!output.success, "expected an error, got {}", output.stdout);
+        output.stderr
+    }
+}
+
+/// A 300x250 banner on foobar.com (publisher 8953, which inherits the container's rules:
+/// floor $0.50, malware.example blocked), optionally with exchange bids.
+pub fn banner_request(exchange_bids: Value) -> Value {
+    json!({
+        "request": {
+            "id": "req-1",
+            "imp": [{"id": "1", "tagid": "home-top", "banner": {"w": 300, "h": 250}}],
+            "site": {"domain": "www.foobar.com", "publisher": {"id": "8953"}},
+            "device": {"devicetype": 2, "geo": {"country": "DEU"}}
+        },
+        "exchange_bids": exchange_bids,
+        "debug": true
+    })
+}
+
+pub fn exchange_bid(price: f64, adomain: &str) -> Value {
+    json!([{
+        "cur": "USD",
+        "seatbid": [{"seat": "dsp-1", "bid": [
+            {"id": "x1", "impid": "1", "price": price, "adomain": [adomain], "adm": "<div>exchange</div>"}
+        ]}]
+    }])
+}
+
+pub fn winner(response: &Value) -> &Value {
+    &response["decisions"][0]["winner"]
+}
