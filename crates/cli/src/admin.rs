@@ -129,26 +129,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         AdminCommand::Apply { file, dry_run } => {
-            let entities = read_entities(&file)?;
-            let response = write(&mut client, dry_run, |configuration| {
-                for entity in &entities {
-                    configuration.put_entity(entity.clone());
-                }
-                Ok(())
-            })
-            .await?;
+            let response = apply_file(&mut client, &file, dry_run).await?;
             report(&response, dry_run);
             Ok(0)
         }
         AdminCommand::Diff { file } => {
-            let entities = read_entities(&file)?;
-            let response = write(&mut client, true, |configuration| {
-                for entity in &entities {
-                    configuration.put_entity(entity.clone());
-                }
-                Ok(())
-            })
-            .await?;
+            let response = apply_file(&mut client, &file, true).await?;
             for change in &response.changes {
                 println!("{change}");
             }
@@ -183,6 +169,22 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Creates or replaces every entity of `file` in one write.
+async fn apply_file(
+    client: &mut Client,
+    file: &Path,
+    dry_run: bool,
+) -> anyhow::Result<pb::ApplyConfigurationResponse> {
+    let entities = read_entities(file)?;
+    write(client, dry_run, |configuration| {
+        for entity in &entities {
+            configuration.put_entity(entity.clone());
+        }
+        Ok(())
+    })
+    .await
 }
 
 fn parse_kind(text: &str) -> anyhow::Result<EntityKind> {
