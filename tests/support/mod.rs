@@ -31,6 +31,11 @@ impl Cluster {
 
     /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.
     pub async fn start_with(network_caller_settings: &str) -> Cluster {
+        Self::start_demo(network_caller_settings, &[]).await
+    }
+
+    /// The demo cluster, every service with the extra environment variables `env`.
+    pub async fn start_demo(network_caller_settings: &str, env: &[(&str, &str)]) -> Cluster {
         let networks = FakeNetworks::start().await.unwrap();
         let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
         let demo = demo
@@ -56,12 +61,13 @@ impl Cluster {
             "[state]\nconfiguration_file = {:?}\n",
             configuration.path().display().to_string()
         );
-        Self::start_services(
+        Self::start_services_with_env(
             networks,
             &state,
             network_caller_settings,
             "",
             Some(configuration),
+            env,
         )
         .await
     }
@@ -75,11 +81,31 @@ impl Cluster {
         bid_intake_settings: &str,
         configuration: Option<tempfile::NamedTempFile>,
     ) -> Cluster {
+        Self::start_services_with_env(
+            networks,
+            state,
+            network_caller_settings,
+            bid_intake_settings,
+            configuration,
+            &[],
+        )
+        .await
+    }
+
+    /// [`Cluster::start_services`] with extra environment variables for every service.
+    pub async fn start_services_with_env(
+        networks: FakeNetworks,
+        state: &str,
+        network_caller_settings: &str,
+        bid_intake_settings: &str,
+        configuration: Option<tempfile::NamedTempFile>,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let network_caller = format!("{network_caller_settings}\n{state}");
         let (targeting, auction, network_caller) = tokio::join!(
-            ServiceProcess::start("targeting-evaluation", state),
-            ServiceProcess::start("auction", ""),
-            ServiceProcess::start("network-caller", &network_caller),
+            ServiceProcess::start_with_env("targeting-evaluation", state, env),
+            ServiceProcess::start_with_env("auction", "", env),
+            ServiceProcess::start_with_env("network-caller", &network_caller, env),
         );
         let (targeting, auction, network_caller) = (
             targeting.unwrap(),
@@ -90,7 +116,7 @@ impl Cluster {
             "{bid_intake_settings}\ntargeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
             targeting.addr, auction.addr, network_caller.addr
         );
-        let bid_intake = ServiceProcess::start("bid-intake", &bid_intake_settings)
+        let bid_intake = ServiceProcess::start_with_env("bid-intake", &bid_intake_settings, env)
             .await
             .unwrap();
         Cluster {

@@ -28,9 +28,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cascade_server::telemetry::init();
     let outcome = match cli.command {
-        Command::Up(args) => up::run(args).await.map(|()| 0),
+        Command::Up(args) => {
+            // One process for the four services: spans tell them apart by their
+            // `rpc.service` attribute.
+            let _telemetry = cascade_server::telemetry::init("cascade");
+            up::run(args).await.map(|()| 0)
+        }
         Command::Admin(args) => admin::run(args).await,
     };
     match outcome {

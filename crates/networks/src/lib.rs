@@ -94,3 +94,15 @@ pub enum AdOutcome {
     /// The network failed: refused, HTTP error, malformed or oversized body.
     Error(String),
 }
+
+impl AdOutcome {
+    /// `filled`, `no_fill`, `timeout` or `error`: the name reports and spans use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdOutcome::Filled(_) => "filled",
+            AdOutcome::NoFill => "no_fill",
+            AdOutcome::Timeout => "timeout",
+            AdOutcome::Error(_) => "error",
+        }
+    }
+}

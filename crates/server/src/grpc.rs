@@ -93,6 +93,7 @@ impl GrpcServer {
         let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .tcp_nodelay(true)
+            .layer(crate::telemetry::ServerTraceLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

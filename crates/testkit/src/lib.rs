@@ -3,9 +3,11 @@
 
 pub mod fake_network;
 pub mod grpcurl;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
+pub use otlp::{OtlpCollector, ReceivedSpan};
 pub use process::{ServiceProcess, wait_until_serving};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};

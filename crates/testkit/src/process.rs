@@ -38,6 +38,15 @@ impl ServiceProcess {
     /// Starts `binary` with `settings` (TOML) and waits until it prints its address and
     /// answers health with SERVING.
     pub async fn start(binary: &str, settings: &str) -> std::io::Result<Self> {
+        Self::start_with_env(binary, settings, &[]).await
+    }
+
+    /// [`ServiceProcess::start`] with extra environment variables (e.g. `OTEL_*`).
+    pub async fn start_with_env(
+        binary: &str,
+        settings: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(settings.as_bytes())?;
         let path = binary_path(binary);
@@ -45,6 +54,7 @@ impl ServiceProcess {
             .arg("--settings")
             .arg(file.path())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

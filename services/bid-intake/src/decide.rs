@@ -22,8 +22,8 @@ use cascade_proto::targeting::v1::{
     EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
 };
 use cascade_server::deadline::{Deadline, caller_timeout};
+use cascade_server::telemetry::TracedChannel;
 use cascade_state::{Selection, SelectionWriter, SnapshotCell, Store};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::error::DecideError;
@@ -36,9 +36,9 @@ pub struct DecisionService {
     pub(crate) store: Arc<dyn Store>,
     /// Where selections are written: the store, or its backlog while it is down.
     pub(crate) selections: Arc<SelectionWriter>,
-    pub(crate) targeting: TargetingEvaluationClient<Channel>,
-    pub(crate) auction: AuctionClient<Channel>,
-    pub(crate) network_caller: NetworkCallerClient<Channel>,
+    pub(crate) targeting: TargetingEvaluationClient<TracedChannel>,
+    pub(crate) auction: AuctionClient<TracedChannel>,
+    pub(crate) network_caller: NetworkCallerClient<TracedChannel>,
     pub(crate) default_budget: Duration,
     pub(crate) max_budget: Duration,
     pub(crate) bidding_budget: Duration,
@@ -52,9 +52,16 @@ impl BidIntake for DecisionService {
         &self,
         request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
+        use tracing::Instrument as _;
         let caller_timeout = caller_timeout(request.metadata());
-        let response = self.decide(request.into_inner(), caller_timeout).await?;
-        Ok(Response::new(response))
+        let request = request.into_inner();
+        let span = decision_span(&request);
+        let response = self
+            .decide(request, caller_timeout)
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, &response);
+        Ok(Response::new(response?))
     }
 
     async fn report_event(
@@ -64,6 +71,57 @@ impl BidIntake for DecisionService {
         let response =
             crate::events::report_event(self.store.as_ref(), request.into_inner()).await?;
         Ok(Response::new(response))
+    }
+}
+
+/// The span of one decision, with its key facts; disabled when traces are not exported.
+fn decision_span(request: &DecideRequest) -> tracing::Span {
+    if !cascade_server::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let bid_request = request.request.as_ref();
+    let publisher = bid_request
+        .and_then(|r| {
+            r.site
+                .as_ref()
+                .and_then(|s| s.publisher.as_ref())
+                .or_else(|| r.app.as_ref().and_then(|a| a.publisher.as_ref()))
+        })
+        .map(|p| p.id.as_str())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "decide",
+        request.id = bid_request.map(|r| r.id.as_str()).unwrap_or_default(),
+        account.id = publisher,
+        imps = bid_request.map_or(0, |r| r.imp.len()),
+        exchange_bids = request.exchange_bids.len(),
+        chained_selections = request.chained_selection_ids.len(),
+        config.version = tracing::field::Empty,
+        winners = tracing::field::Empty,
+        winning_sources = tracing::field::Empty,
+        error = tracing::field::Empty,
+    )
+}
+
+fn record_outcome(span: &tracing::Span, response: &Result<DecideResponse, DecideError>) {
+    if span.is_disabled() {
+        return;
+    }
+    match response {
+        Ok(response) => {
+            let winners: Vec<String> = response
+                .decisions
+                .iter()
+                .filter_map(|d| d.winner.as_ref())
+                .map(|w| format!("{}:{}", w.source().as_str_name(), w.price_micros))
+                .collect();
+            span.record("config.version", response.config_version);
+            span.record("winners", winners.len());
+            span.record("winning_sources", winners.join(",").as_str());
+        }
+        Err(error) => {
+            span.record("error", error.to_string().as_str());
+        }
     }
 }
 

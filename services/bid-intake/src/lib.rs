@@ -15,6 +15,7 @@ use cascade_admin::AdminService;
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
 use cascade_server::settings::GrpcSettings;
+use cascade_server::telemetry::traced;
 use cascade_server::{GrpcServer, ServeError};
 use cascade_state::{SelectionWriter, StateError, StateSettings, Store, watch_snapshot};
 use serde::{Deserialize, Serialize};
@@ -93,7 +94,7 @@ pub async fn serve(
     let snapshot = watch.cell();
     let channel = |addr: SocketAddr| {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map(|endpoint| endpoint.tcp_nodelay(true).connect_lazy())
+            .map(|endpoint| traced(endpoint.tcp_nodelay(true).connect_lazy()))
             .map_err(|e| Error::Address(addr, e))
     };
     let service = DecisionService {

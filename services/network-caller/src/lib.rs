@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use cascade_core::Micros;
 use cascade_core::config::Network;
@@ -272,12 +273,18 @@ impl NetworkCallerService {
             impid: call.impid,
             timeout,
         };
+        let span = attempt_span(&call, timeout);
         let started = Instant::now();
         let outcome = self
             .adapters
             .request_ad(call.network.protocol, &ad_call)
+            .instrument(span.clone())
             .await;
         let latency = started.elapsed();
+        if !span.is_disabled() {
+            span.record("outcome", outcome.name());
+            span.record("latency_us", latency.as_micros() as u64);
+        }
         permit.finish(
             matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
             latency,
@@ -436,4 +443,22 @@ impl NetworkCallerService {
         }
         result
     }
+}
+
+/// The span of one network attempt; disabled when traces are not exported.
+fn attempt_span(call: &NetworkCall<'_>, timeout: Duration) -> tracing::Span {
+    if !cascade_server::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "network.attempt",
+        otel.kind = "client",
+        network.id = call.network.id.as_str(),
+        network.protocol = ?call.network.protocol,
+        placement_id = call.placement_id,
+        impid = call.impid,
+        timeout_ms = timeout.as_millis() as u64,
+        outcome = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    )
 }
