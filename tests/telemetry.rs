@@ -101,3 +101,87 @@ async fn one_decision_is_one_trace_across_the_four_services() {
     assert_eq!(attempt.attribute("network.id"), Some("coolads"));
     assert_eq!(attempt.attribute("outcome"), Some("filled"));
 }
+
+/// The value of the sample of `name` whose labels include `labels`, in Prometheus text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let has_all = labels
+            .iter()
+            .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\"")));
+        has_all.then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+#[tokio::test]
+async fn every_service_serves_prometheus_metrics() {
+    let cluster = Cluster::start().await;
+    cluster.decide(&banner_request(json!([]))).await;
+    cluster.decide(&banner_request(json!([]))).await;
+    let mut malformed = banner_request(json!([]));
+    malformed["request"]["imp"][0]["bidfloor"] = json!(-1);
+    cluster.decide_error(&malformed).await;
+
+    let bid_intake = cluster.bid_intake.metrics().await.unwrap();
+    let decide = [
+        ("rpc_service", "cascade.decision.v1.BidIntake"),
+        ("rpc_method", "Decide"),
+    ];
+    let with_code = |code| [decide[0], decide[1], ("grpc_code", code)];
+    assert_eq!(
+        sample(
+            &bid_intake,
+            "cascade_grpc_server_requests_total",
+            &with_code("OK")
+        ),
+        Some(2.0),
+        "{bid_intake}"
+    );
+    assert_eq!(
+        sample(
+            &bid_intake,
+            "cascade_grpc_server_requests_total",
+            &with_code("INVALID_ARGUMENT")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &bid_intake,
+            "cascade_grpc_server_request_duration_seconds_count",
+            &with_code("OK")
+        ),
+        Some(2.0)
+    );
+    assert_eq!(sample(&bid_intake, "cascade_state_stale", &[]), Some(0.0));
+
+    let service = |name: &str| cluster.others.iter().find(|s| s.name == name).unwrap();
+    let network_caller = service("network-caller").metrics().await.unwrap();
+    assert_eq!(
+        sample(
+            &network_caller,
+            "cascade_network_calls_total",
+            &[("network", "coolads"), ("outcome", "filled")]
+        ),
+        Some(2.0),
+        "{network_caller}"
+    );
+    assert_eq!(
+        sample(
+            &network_caller,
+            "cascade_network_breaker_state",
+            &[("network", "coolads")]
+        ),
+        Some(0.0)
+    );
+    let targeting = service("targeting-evaluation").metrics().await.unwrap();
+    assert_eq!(
+        sample(&targeting, "cascade_snapshot_version", &[]),
+        Some(1.0)
+    );
+    assert!(sample(&targeting, "cascade_snapshot_loaded_timestamp_seconds", &[]).is_some());
+}

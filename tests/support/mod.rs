@@ -101,10 +101,13 @@ impl Cluster {
         configuration: Option<tempfile::NamedTempFile>,
         env: &[(&str, &str)],
     ) -> Cluster {
-        let network_caller = format!("{network_caller_settings}\n{state}");
+        // Every service serves its metrics on a port of its own.
+        let metrics = "grpc.metrics_listen = \"127.0.0.1:0\"\n";
+        let network_caller = format!("{metrics}{network_caller_settings}\n{state}");
+        let targeting = format!("{metrics}{state}");
         let (targeting, auction, network_caller) = tokio::join!(
-            ServiceProcess::start_with_env("targeting-evaluation", state, env),
-            ServiceProcess::start_with_env("auction", "", env),
+            ServiceProcess::start_with_env("targeting-evaluation", &targeting, env),
+            ServiceProcess::start_with_env("auction", metrics, env),
             ServiceProcess::start_with_env("network-caller", &network_caller, env),
         );
         let (targeting, auction, network_caller) = (
@@ -113,7 +116,7 @@ impl Cluster {
             network_caller.unwrap(),
         );
         let bid_intake_settings = format!(
-            "{bid_intake_settings}\ntargeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
+            "{metrics}{bid_intake_settings}\ntargeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
             targeting.addr, auction.addr, network_caller.addr
         );
         let bid_intake = ServiceProcess::start_with_env("bid-intake", &bid_intake_settings, env)

@@ -36,6 +36,10 @@ pub struct UpArgs {
     /// `--redis` names nodes of a Redis Cluster (comma-separated).
     #[arg(long, requires = "redis")]
     redis_cluster: bool,
+    /// Where to serve Prometheus metrics of the whole process (port 0: any free one;
+    /// the address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
     /// The admin API's bearer token; a random one is made (and printed) when unset.
     #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -168,7 +172,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Ok(())
     });
     let bid_intake_settings = cascade_bid_intake::Settings {
-        grpc,
+        // The four services share this process and so its metrics: one endpoint.
+        grpc: GrpcSettings {
+            metrics_listen: Some(args.metrics_listen),
+            ..grpc
+        },
         state,
         targeting_evaluation_addr: targeting_addr,
         auction_addr,

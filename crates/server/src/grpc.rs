@@ -16,6 +16,19 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(#[from] std::io::Error),
+}
+
+/// Stops a background task when the server stops, however it stops.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// One service's gRPC server, built from its routes and the names of its services (the
@@ -90,10 +103,15 @@ impl GrpcServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
+        let metrics_endpoint = match settings.metrics_listen {
+            Some(listen) => Some(crate::metrics::serve(listen).await?),
+            None => None,
+        };
+        let _stop_metrics = AbortOnDrop(metrics_endpoint);
         let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .tcp_nodelay(true)
-            .layer(crate::telemetry::ServerTraceLayer)
+            .layer(crate::telemetry::ServerObserveLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -3,6 +3,7 @@
 
 pub mod deadline;
 pub mod grpc;
+pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

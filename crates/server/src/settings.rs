@@ -69,6 +69,8 @@ pub struct GrpcSettings {
     pub listen: SocketAddr,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub drain_timeout_ms: u64,
+    /// Where to serve Prometheus metrics (HTTP `GET /metrics`); unset: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for GrpcSettings {
@@ -76,6 +78,7 @@ impl Default for GrpcSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain_timeout_ms: 5_000,
+            metrics_listen: None,
         }
     }
 }

@@ -58,6 +58,7 @@ fn export_requested() -> bool {
 /// `service_name` (the resource's `service.name` unless `OTEL_SERVICE_NAME` is set). A
 /// second call in the same process changes nothing.
 pub fn init(service_name: &'static str) -> TelemetryGuard {
+    crate::metrics::install();
     let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer()
@@ -191,30 +192,70 @@ pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
     tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)
 }
 
-/// Puts every incoming gRPC call in its [`server_span`].
+/// Puts every incoming gRPC call in its [`server_span`] and counts it, by method and
+/// status, with its latency.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ServerTraceLayer;
+pub struct ServerObserveLayer;
 
-impl<S> tower::Layer<S> for ServerTraceLayer {
-    type Service = ServerTrace<S>;
+impl<S> tower::Layer<S> for ServerObserveLayer {
+    type Service = ServerObserve<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerTrace { inner }
+        ServerObserve { inner }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct ServerTrace<S> {
+pub struct ServerObserve<S> {
     inner: S,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for ServerTrace<S>
+/// gRPC status names by code, as Prometheus label values.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The status of a response: a failure is sent as headers only (`grpc-status` there);
+/// a success carries its status in trailers, after these headers.
+fn grpc_code(headers: &http::HeaderMap) -> &'static str {
+    match headers.get("grpc-status") {
+        None => GRPC_CODES[0],
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .and_then(|code| GRPC_CODES.get(code).copied())
+            .unwrap_or("UNKNOWN"),
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for ServerObserve<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
@@ -226,7 +267,32 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         use tracing::Instrument as _;
         let span = server_span(&request);
-        let _entered = span.enter();
-        self.inner.call(request).instrument(span.clone())
+        let path = request.uri().path().trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let labels = [
+            ("rpc_service", service.to_string()),
+            ("rpc_method", method.to_string()),
+        ];
+        let started = std::time::Instant::now();
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(async move {
+            let response = response.instrument(span).await;
+            let code = match &response {
+                Ok(response) => grpc_code(response.headers()),
+                Err(_) => "UNKNOWN",
+            };
+            let labels = [
+                labels[0].clone(),
+                labels[1].clone(),
+                ("grpc_code", code.to_string()),
+            ];
+            metrics::counter!("cascade_grpc_server_requests_total", &labels).increment(1);
+            metrics::histogram!("cascade_grpc_server_request_duration_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
     }
 }

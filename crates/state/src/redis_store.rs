@@ -197,6 +197,7 @@ async fn follow_announcements(
 }
 
 fn unavailable(error: redis::RedisError) -> StateError {
+    metrics::counter!("cascade_redis_errors_total").increment(1);
     StateError::Unavailable(error.to_string())
 }
 

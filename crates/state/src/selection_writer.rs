@@ -88,6 +88,7 @@ impl SelectionWriter {
             )));
         }
         backlog.extend(selections);
+        metrics::gauge!("cascade_selection_backlog").set(backlog.len() as f64);
         drop(backlog);
         self.flush.notify_one();
         Ok(())
@@ -109,6 +110,7 @@ impl SelectionWriter {
                 let mut backlog = self.lock();
                 let flushed = batch.len().min(backlog.len());
                 backlog.drain(..flushed);
+                metrics::gauge!("cascade_selection_backlog").set(backlog.len() as f64);
                 if backlog.is_empty() {
                     tracing::info!("selection backlog flushed");
                 }

@@ -64,6 +64,7 @@ pub async fn watch_snapshot(
 ) -> Result<SnapshotWatch, crate::StateError> {
     let cell = Arc::new(SnapshotCell::default());
     refresh(store.as_ref(), &cell).await?;
+    metrics::gauge!("cascade_state_stale").set(0.0);
     let polled = cell.clone();
     let mut announcements = Some(store.configuration_changes());
     let (stale_tx, stale) = tokio::sync::watch::channel(false);
@@ -91,11 +92,13 @@ pub async fn watch_snapshot(
             }
             match refresh(store.as_ref(), &polled).await {
                 Ok(()) => {
+                    metrics::gauge!("cascade_state_stale").set(0.0);
                     if stale_tx.send_replace(false) {
                         tracing::info!("configuration store reachable again");
                     }
                 }
                 Err(error) => {
+                    metrics::gauge!("cascade_state_stale").set(1.0);
                     if !stale_tx.send_replace(true) {
                         tracing::error!(%error, "configuration refresh failed; serving the last snapshot until it succeeds");
                     }
@@ -129,6 +132,11 @@ async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::St
         version = snapshot.version(),
         "configuration snapshot loaded"
     );
+    metrics::gauge!("cascade_snapshot_version").set(snapshot.version() as f64);
+    let loaded_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!("cascade_snapshot_loaded_timestamp_seconds").set(loaded_at.as_secs_f64());
     cell.store(snapshot);
     Ok(())
 }

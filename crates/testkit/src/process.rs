@@ -18,6 +18,8 @@ use tonic_health::pb::health_client::HealthClient;
 pub struct ServiceProcess {
     pub name: String,
     pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics, once it has said so.
+    metrics_addr: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
     child: Child,
     _settings: tempfile::NamedTempFile,
 }
@@ -83,15 +85,58 @@ impl ServiceProcess {
         })
         .await
         .map_err(|_| std::io::Error::other(format!("{binary} did not start in 30 s")))??;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stdout so the child never blocks on a full pipe, noting the
+        // metrics address when it is printed.
+        let metrics_addr = std::sync::Arc::new(std::sync::OnceLock::new());
+        let noted = metrics_addr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line
+                    .strip_prefix("metrics at http://")
+                    .and_then(|rest| rest.strip_suffix("/metrics"))
+                    .and_then(|addr| addr.parse().ok())
+                {
+                    let _ = noted.set(addr);
+                }
+            }
+        });
         wait_until_serving(addr, "", Duration::from_secs(30)).await?;
         Ok(Self {
             name: binary.to_string(),
             addr,
+            metrics_addr,
             child,
             _settings: file,
         })
+    }
+
+    /// The Prometheus text its `GET /metrics` answers (when `grpc.metrics_listen` is set).
+    pub async fn metrics(&self) -> std::io::Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            if let Some(addr) = self.metrics_addr.get() {
+                break *addr;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "{} printed no metrics address",
+                    self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!("GET /metrics: {head}")));
+        }
+        Ok(body.to_string())
     }
 
     /// Sends SIGTERM and waits for the process to exit.

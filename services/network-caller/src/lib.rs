@@ -261,6 +261,7 @@ impl NetworkCallerService {
             Err(skip) => {
                 attempt.outcome = AttemptOutcome::Skipped as i32;
                 attempt.detail = skip.to_string();
+                record_call_metrics(&call.network.id, "skipped", None, &health);
                 return None;
             }
         };
@@ -285,6 +286,7 @@ impl NetworkCallerService {
             span.record("outcome", outcome.name());
             span.record("latency_us", latency.as_micros() as u64);
         }
+        record_call_metrics(&call.network.id, outcome.name(), Some(latency), &health);
         permit.finish(
             matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
             latency,
@@ -461,4 +463,27 @@ fn attempt_span(call: &NetworkCall<'_>, timeout: Duration) -> tracing::Span {
         outcome = tracing::field::Empty,
         latency_us = tracing::field::Empty,
     )
+}
+
+/// Counts a network call by outcome, its latency, and the network's breaker state
+/// (0 closed, 1 half-open, 2 open).
+fn record_call_metrics(
+    network_id: &str,
+    outcome: &'static str,
+    latency: Option<Duration>,
+    health: &NetworkHealth,
+) {
+    let network = network_id.to_string();
+    metrics::counter!("cascade_network_calls_total", "network" => network.clone(), "outcome" => outcome)
+        .increment(1);
+    if let Some(latency) = latency {
+        metrics::histogram!("cascade_network_call_duration_seconds", "network" => network.clone())
+            .record(latency.as_secs_f64());
+    }
+    let breaker = match health.breaker_state() {
+        cascade_networks::health::BreakerState::Closed { .. } => 0.0,
+        cascade_networks::health::BreakerState::HalfOpen => 1.0,
+        cascade_networks::health::BreakerState::Open { .. } => 2.0,
+    };
+    metrics::gauge!("cascade_network_breaker_state", "network" => network).set(breaker);
 }
