@@ -9,7 +9,7 @@ use cascade_testkit::{
     FakeNetworks, RedisCluster, RedisOptions, RedisServer, ServiceProcess, grpcurl,
 };
 use serde_json::{Value, json};
-use support::{Cluster, banner_request, winner, workspace_file};
+use support::{Cluster, banner_request, demo_configuration, winner};
 
 mod support;
 
@@ -40,25 +40,12 @@ impl Redis {
     }
 }
 
-/// The demo configuration, for `networks`.
-fn demo(networks: &FakeNetworks) -> cascade_core::config::Configuration {
-    let text = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
-    cascade_state::parse_configuration(&cascade_state::fill_placeholders(
-        &text,
-        &[
-            ("DEMO_NETWORK", &networks.addr().to_string()),
-            ("DEMO_GRPC_NETWORK", &networks.grpc_addr().to_string()),
-        ],
-    ))
-    .unwrap()
-}
-
 /// Redis seeded with the demo configuration, and the four services on it.
 async fn start(redis: &Redis, poll_interval_ms: u64) -> Cluster {
     let networks = FakeNetworks::start().await.unwrap();
     redis
         .store()
-        .apply_configuration(demo(&networks), Some(0))
+        .apply_configuration(demo_configuration(&networks), Some(0))
         .await
         .unwrap();
     Cluster::start_services(
@@ -257,7 +244,7 @@ async fn redis_killed_and_restarted_leaves_no_service_on_a_stale_snapshot() {
     let networks = FakeNetworks::start().await.unwrap();
     let store = cascade_state::RedisStore::connect(&redis_url).unwrap();
     store
-        .apply_configuration(demo(&networks), Some(0))
+        .apply_configuration(demo_configuration(&networks), Some(0))
         .await
         .unwrap();
     let cluster = Cluster::start_services(networks, &settings, "", "", None).await;

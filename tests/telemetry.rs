@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use cascade_state::Store;
 use cascade_testkit::{OtlpCollector, ReceivedSpan};
 use serde_json::json;
-use support::{Cluster, banner_request, winner};
+use support::{Cluster, banner_request, demo_configuration, winner};
 
 mod support;
 
@@ -55,7 +56,7 @@ async fn one_decision_is_one_trace_across_the_four_services() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "50"),
     ];
-    let cluster = Cluster::start_demo("", &env).await;
+    let cluster = Cluster::start_demo("", "", &env).await;
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "coolads");
 
@@ -184,4 +185,199 @@ async fn every_service_serves_prometheus_metrics() {
         Some(1.0)
     );
     assert!(sample(&targeting, "cascade_snapshot_loaded_timestamp_seconds", &[]).is_some());
+}
+
+const ADMIN_TOKEN: &str = "report-test-token";
+
+/// Runs `cascade ARGS…` against the cluster's bid-intake; returns stdout.
+async fn cascade(cluster: &Cluster, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
+        .args(args)
+        .env(
+            "CASCADE_ADMIN_TARGET",
+            format!("http://{}", cluster.bid_intake.addr),
+        )
+        .env("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cascade {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The network totals of `network` in `cascade report --csv` output, summed over the
+/// days it lists: column name -> value.
+fn network_totals(csv: &str, network: &str) -> std::collections::BTreeMap<String, i64> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let mut totals = std::collections::BTreeMap::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells[1] != network || !cells[2].is_empty() {
+            continue;
+        }
+        for (name, cell) in header.iter().zip(cells).skip(3) {
+            if let Ok(value) = cell.parse::<i64>() {
+                *totals.entry(name.to_string()).or_default() += value;
+            }
+        }
+    }
+    totals
+}
+
+/// A scripted run: CoolAds fills four decisions and has no ad for two, which BetaAds
+/// then serves; three CoolAds and one BetaAds impression are reported, and CoolAds says
+/// it paid half a cent for the day. The report shows exactly that.
+#[tokio::test]
+async fn the_network_report_adds_up_to_a_scripted_run() {
+    // The services share their counts through Redis, and flush them every 50 ms.
+    let redis = cascade_testkit::RedisServer::start().await.unwrap();
+    let networks = cascade_testkit::FakeNetworks::start().await.unwrap();
+    cascade_state::RedisStore::connect(&redis.url())
+        .unwrap()
+        .apply_configuration(demo_configuration(&networks), None)
+        .await
+        .unwrap();
+    let state = format!(
+        "[state]\nredis_url = \"{}\"\nreport_flush_interval_ms = 50\n",
+        redis.url()
+    );
+    let cluster = Cluster::start_services(
+        networks,
+        &state,
+        "",
+        &format!("admin_token = \"{ADMIN_TOKEN}\""),
+        None,
+    )
+    .await;
+    let today = cascade_core::report::period_of(cascade_state::now_unix_seconds()).0;
+
+    let mut selections: Vec<(String, String)> = Vec::new();
+    for round in 0..6 {
+        if round == 4 {
+            cluster
+                .networks
+                .set("coolads", cascade_testkit::Behaviour::NoFill);
+        }
+        let response = cluster.decide(&banner_request(json!([]))).await;
+        let network = winner(&response)["networkId"].as_str().unwrap().to_string();
+        let selection = winner(&response)["selectionId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        selections.push((network, selection));
+    }
+    let served: Vec<&str> = selections.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        served,
+        [
+            "coolads", "coolads", "coolads", "coolads", "betaads", "betaads"
+        ]
+    );
+    for (_, selection) in selections
+        .iter()
+        .take(3)
+        .chain(selections.iter().skip(4).take(1))
+    {
+        let report = json!({"selection_id": selection, "type": "EVENT_TYPE_IMPRESSION"});
+        let output = cascade_testkit::grpcurl::call(
+            cluster.bid_intake.addr,
+            "cascade.decision.v1.BidIntake/ReportEvent",
+            &report,
+            &[],
+        )
+        .await
+        .unwrap();
+        assert!(output.success, "{}", output.stderr);
+    }
+    cascade(
+        &cluster,
+        &[
+            "report",
+            "ingest",
+            "--network",
+            "coolads",
+            "--date",
+            &today,
+            "--revenue",
+            "0.005",
+        ],
+    )
+    .await;
+
+    // Counts reach the store with the services' next flush.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (coolads, betaads) = loop {
+        let csv = cascade(
+            &cluster,
+            &["report", "--csv", "--from", &today, "--to", &today],
+        )
+        .await;
+        let (coolads, betaads) = (
+            network_totals(&csv, "coolads"),
+            network_totals(&csv, "betaads"),
+        );
+        if coolads.get("requests") == Some(&6)
+            && coolads.get("wins") == Some(&4)
+            && betaads.get("wins") == Some(&2)
+        {
+            break (coolads, betaads);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the report never added up:\n{csv}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let figure =
+        |totals: &std::collections::BTreeMap<String, i64>, name: &str| totals.get(name).copied();
+    for (name, expected) in [
+        ("requests", 6),
+        ("fills", 4),
+        ("no_fills", 2),
+        ("timeouts", 0),
+        ("errors", 0),
+        ("wins", 4),
+        ("impressions", 3),
+        ("fill_rate", 666_666),
+        ("estimated_revenue", 6_000),
+        ("reported_revenue", 5_000),
+        ("estimated_ecpm", 2_000_000),
+        ("realized_ecpm", 1_666_666),
+        ("ecpm_gap", 333_334),
+    ] {
+        assert_eq!(
+            figure(&coolads, name),
+            Some(expected),
+            "coolads {name}: {coolads:?}"
+        );
+    }
+    assert!(figure(&coolads, "latency_p50_ms").is_some());
+    assert!(figure(&coolads, "latency_p95_ms") >= figure(&coolads, "latency_p50_ms"));
+    for (name, expected) in [
+        ("requests", 2),
+        ("fills", 2),
+        ("wins", 2),
+        ("impressions", 1),
+        ("estimated_revenue", 1_200),
+        ("estimated_ecpm", 1_200_000),
+    ] {
+        assert_eq!(
+            figure(&betaads, name),
+            Some(expected),
+            "betaads {name}: {betaads:?}"
+        );
+    }
+    assert_eq!(figure(&betaads, "reported_revenue"), None);
+
+    // The table says the same for people.
+    let table = cascade(&cluster, &["report", "--network", "coolads"]).await;
+    assert!(
+        table.contains("66.6%") && table.contains("1.666666"),
+        "{table}"
+    );
 }

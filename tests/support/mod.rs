@@ -18,6 +18,19 @@ pub struct Cluster {
     _configuration: Option<tempfile::NamedTempFile>,
 }
 
+/// The demo configuration, pointing at `networks`.
+pub fn demo_configuration(networks: &FakeNetworks) -> cascade_core::config::Configuration {
+    let text = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
+    cascade_state::parse_configuration(&cascade_state::fill_placeholders(
+        &text,
+        &[
+            ("DEMO_NETWORK", &networks.addr().to_string()),
+            ("DEMO_GRPC_NETWORK", &networks.grpc_addr().to_string()),
+        ],
+    ))
+    .unwrap()
+}
+
 pub fn workspace_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -31,11 +44,16 @@ impl Cluster {
 
     /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.
     pub async fn start_with(network_caller_settings: &str) -> Cluster {
-        Self::start_demo(network_caller_settings, &[]).await
+        Self::start_demo(network_caller_settings, "", &[]).await
     }
 
-    /// The demo cluster, every service with the extra environment variables `env`.
-    pub async fn start_demo(network_caller_settings: &str, env: &[(&str, &str)]) -> Cluster {
+    /// The demo cluster, network-caller and bid-intake with extra settings, every
+    /// service with the extra environment variables `env`.
+    pub async fn start_demo(
+        network_caller_settings: &str,
+        bid_intake_settings: &str,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let networks = FakeNetworks::start().await.unwrap();
         let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
         let demo = demo
@@ -65,7 +83,7 @@ impl Cluster {
             networks,
             &state,
             network_caller_settings,
-            "",
+            bid_intake_settings,
             Some(configuration),
             env,
         )

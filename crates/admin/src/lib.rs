@@ -1,7 +1,10 @@
 //! The admin API: the protobuf contract's conversions to and from the configuration
-//! types, and the `cascade.admin.v1.Admin` service that bid-intake serves.
+//! types, and the `cascade.admin.v1.Admin` and `Reports` services that bid-intake
+//! serves.
 
 pub mod convert;
+mod reports;
 mod service;
 
+pub use reports::{MAX_REPORT_DAYS, ReportService};
 pub use service::{AdminError, AdminService, BearerToken, MAX_MESSAGE_BYTES};

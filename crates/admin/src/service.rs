@@ -87,7 +87,7 @@ impl AdminService {
         let server = AdminServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tonic::service::interceptor::InterceptedService::new(server, BearerToken(token))
+        tonic::service::interceptor::InterceptedService::new(server, BearerToken::new(token))
     }
 
     /// Computes the new configuration from the stored one with `change` and stores it
@@ -326,6 +326,13 @@ impl std::fmt::Display for PageToken {
 /// Accepts a call only with `authorization: Bearer <token>`, compared in constant time.
 #[derive(Clone)]
 pub struct BearerToken(Option<String>);
+
+impl BearerToken {
+    /// Requires `token`; `None` refuses every call.
+    pub fn new(token: Option<String>) -> Self {
+        Self(token)
+    }
+}
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {

@@ -29,8 +29,10 @@ use tonic::transport::Channel;
 /// How often a write is recomputed when another writer got in first.
 const WRITE_ATTEMPTS: usize = 5;
 
+/// Where the admin API is and how to be let in; shared by `cascade admin` and
+/// `cascade report`.
 #[derive(clap::Args)]
-pub struct AdminArgs {
+pub struct ApiArgs {
     /// The admin API: bid-intake's address.
     #[arg(
         long,
@@ -41,6 +43,29 @@ pub struct AdminArgs {
     /// The admin bearer token (what bid-intake's admin_token is set to).
     #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
+}
+
+impl ApiArgs {
+    /// A channel to the admin API whose calls carry the token.
+    pub async fn connect(&self) -> anyhow::Result<AuthorizedChannel> {
+        let channel = tonic::transport::Endpoint::from_shared(self.target.clone())
+            .with_context(|| format!("--target {:?} is not a URL", self.target))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.target))?;
+        let token = format!("Bearer {}", self.token)
+            .parse()
+            .context("the admin token must be printable ASCII")?;
+        Ok(InterceptedService::new(channel, Authorization(token)))
+    }
+}
+
+pub type AuthorizedChannel = InterceptedService<Channel, Authorization>;
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -80,11 +105,11 @@ enum AdminCommand {
     },
 }
 
-type Client = AdminClient<InterceptedService<Channel, Authorization>>;
+type Client = AdminClient<AuthorizedChannel>;
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
-struct Authorization(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct Authorization(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Authorization {
     fn call(
@@ -100,15 +125,7 @@ impl tonic::service::Interceptor for Authorization {
 
 /// Runs `cascade admin`; returns the process exit code.
 pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
-    let channel = tonic::transport::Endpoint::from_shared(args.target.clone())
-        .with_context(|| format!("--target {:?} is not a URL", args.target))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the admin API at {}", args.target))?;
-    let token = format!("Bearer {}", args.token)
-        .parse()
-        .context("the admin token must be printable ASCII")?;
-    let mut client = AdminClient::with_interceptor(channel, Authorization(token))
+    let mut client = AdminClient::new(args.api.connect().await?)
         .max_decoding_message_size(cascade_admin::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cascade_admin::MAX_MESSAGE_BYTES);
     match args.command {
@@ -240,7 +257,7 @@ async fn write(
     bail!("the configuration kept changing while applying; try again")
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 

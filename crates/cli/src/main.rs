@@ -1,6 +1,7 @@
 //! The `cascade` command.
 
 mod admin;
+mod report;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Command {
     Up(up::UpArgs),
     /// Get, apply, diff and delete configuration entities as YAML (kubectl style).
     Admin(admin::AdminArgs),
+    /// The network performance report (table or CSV); `ingest` records a network's own
+    /// daily revenue.
+    Report(report::ReportArgs),
 }
 
 #[tokio::main]
@@ -36,6 +40,7 @@ async fn main() -> std::process::ExitCode {
             up::run(args).await.map(|()| 0)
         }
         Command::Admin(args) => admin::run(args).await,
+        Command::Report(args) => report::run(args).await,
     };
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod entity;
 pub mod index;
 pub mod money;
+pub mod report;
 pub mod snapshot;
 pub mod targeting;
 

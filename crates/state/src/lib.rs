@@ -5,15 +5,18 @@
 
 mod memory;
 mod redis_store;
+mod report_recorder;
 mod selection;
 mod selection_writer;
 mod watcher;
 
 use async_trait::async_trait;
 use cascade_core::config::{ConfigError, Configuration};
+use cascade_core::report::ReportCell;
 
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, keys as redis_keys};
+pub use report_recorder::ReportRecorder;
 pub use selection::{Event, EventCounter, EventRecorded, Selection};
 pub use selection_writer::{SelectionWriter, Written};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
@@ -60,9 +63,67 @@ pub trait Store: Send + Sync + 'static {
     /// Every event counter, for reports.
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError>;
 
+    /// Adds `counts` to the network performance report's counters, in one round trip
+    /// (one per shard on a cluster).
+    async fn add_report_counts(&self, counts: &[(ReportCell, u64)]) -> Result<(), StateError>;
+
+    /// Every report counter of `days` (`YYYY-MM-DD`).
+    async fn report_counts(&self, days: &[String]) -> Result<Vec<(ReportCell, u64)>, StateError>;
+
+    /// Records what `network_id` says it paid on `day`, replacing an earlier figure.
+    async fn put_reported_revenue(
+        &self,
+        day: &str,
+        network_id: &str,
+        revenue_micros: i64,
+    ) -> Result<(), StateError>;
+
+    /// The revenue networks reported for `days`: (day, network, micros).
+    async fn reported_revenue(
+        &self,
+        days: &[String],
+    ) -> Result<Vec<(String, String, i64)>, StateError>;
+
     /// Announcements of new configuration versions. Best effort: an announcement can be
     /// lost (a dropped subscription), which is why watchers also poll the version.
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The event kind that counts as an impression in the report.
+pub const IMPRESSION: &str = "impression";
+
+/// The report cells an impression of `selection` adds to, at `unix_seconds`: one
+/// impression and the estimated revenue (the winning CPM / 1000) of its network and
+/// mediated bid. `None` for demand that is not a network's.
+pub fn impression_cells(
+    selection: &Selection,
+    unix_seconds: i64,
+) -> Option<[(ReportCell, u64); 2]> {
+    if selection.network_id.is_empty() {
+        return None;
+    }
+    let (day, hour) = cascade_core::report::period_of(unix_seconds);
+    let cell = |metric| ReportCell {
+        day: day.clone(),
+        hour,
+        network_id: selection.network_id.clone(),
+        mediated_bid_id: selection.bid_id.clone(),
+        metric,
+    };
+    let revenue = u64::try_from(selection.price_micros / 1_000).unwrap_or(0);
+    Some([
+        (cell(cascade_core::report::Metric::Impressions), 1),
+        (
+            cell(cascade_core::report::Metric::EstimatedRevenueMicros),
+            revenue,
+        ),
+    ])
+}
+
+pub fn now_unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Reads a configuration file (TOML), replacing `${NAME}` placeholders from `vars` first.
@@ -112,6 +173,8 @@ pub struct StateSettings {
     pub redis_url: Option<String>,
     /// `redis_url` names Redis Cluster nodes.
     pub redis_cluster: bool,
+    /// How often report counters counted in memory are written to the store.
+    pub report_flush_interval_ms: u64,
 }
 
 impl Default for StateSettings {
@@ -121,6 +184,7 @@ impl Default for StateSettings {
             poll_interval_ms: 1_000,
             redis_url: None,
             redis_cluster: false,
+            report_flush_interval_ms: 1_000,
         }
     }
 }
@@ -128,6 +192,10 @@ impl Default for StateSettings {
 impl StateSettings {
     pub fn poll_interval(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+
+    pub fn report_flush_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.report_flush_interval_ms.max(10))
     }
 
     /// Opens the configured store: Redis when `redis_url` is set (connecting lazily),

@@ -5,7 +5,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use cascade_core::config::Configuration;
 
-use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store};
+use cascade_core::report::ReportCell;
+
+use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store, now_unix_seconds};
 
 /// The embedded store: the whole state in this process's memory. Several services in
 /// one process (`cascade up`) share one instance and so see each other's writes.
@@ -15,6 +17,14 @@ pub struct MemoryStore {
     changes: tokio::sync::watch::Sender<u64>,
     selections: Mutex<HashMap<String, (Selection, Instant)>>,
     events: Mutex<Events>,
+    report: Mutex<Report>,
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    counts: HashMap<ReportCell, u64>,
+    /// (day, network) -> micros.
+    reported: HashMap<(String, String), i64>,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +41,7 @@ impl Default for MemoryStore {
             changes: tokio::sync::watch::Sender::new(0),
             selections: Mutex::default(),
             events: Mutex::default(),
+            report: Mutex::default(),
         }
     }
 }
@@ -48,6 +59,7 @@ impl MemoryStore {
             changes: tokio::sync::watch::Sender::new(1),
             selections: Mutex::default(),
             events: Mutex::default(),
+            report: Mutex::default(),
         })
     }
 
@@ -142,23 +154,75 @@ impl Store for MemoryStore {
             return Ok(EventRecorded::Duplicate);
         }
         let demand = if selection.network_id.is_empty() {
-            selection.seat
+            selection.seat.clone()
         } else {
-            selection.network_id
+            selection.network_id.clone()
         };
         let counter = EventCounter {
-            account_id: selection.account_id,
-            source: selection.source,
+            account_id: selection.account_id.clone(),
+            source: selection.source.clone(),
             demand,
             kind: event.kind.clone(),
             detail: event.detail.clone(),
         };
         *events.counters.entry(counter).or_default() += 1;
+        drop(events);
+        if event.kind == crate::IMPRESSION
+            && let Some(cells) = crate::impression_cells(&selection, now_unix_seconds())
+        {
+            let mut report = unpoisoned(&self.report);
+            for (cell, count) in cells {
+                *report.counts.entry(cell).or_default() += count;
+            }
+        }
         Ok(EventRecorded::New)
     }
 
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn add_report_counts(&self, counts: &[(ReportCell, u64)]) -> Result<(), StateError> {
+        let mut report = unpoisoned(&self.report);
+        for (cell, count) in counts {
+            *report.counts.entry(cell.clone()).or_default() += count;
+        }
+        Ok(())
+    }
+
+    async fn report_counts(&self, days: &[String]) -> Result<Vec<(ReportCell, u64)>, StateError> {
+        let report = unpoisoned(&self.report);
+        Ok(report
+            .counts
+            .iter()
+            .filter(|(cell, _)| days.contains(&cell.day))
+            .map(|(cell, count)| (cell.clone(), *count))
+            .collect())
+    }
+
+    async fn put_reported_revenue(
+        &self,
+        day: &str,
+        network_id: &str,
+        revenue_micros: i64,
+    ) -> Result<(), StateError> {
+        unpoisoned(&self.report)
+            .reported
+            .insert((day.to_string(), network_id.to_string()), revenue_micros);
+        Ok(())
+    }
+
+    async fn reported_revenue(
+        &self,
+        days: &[String],
+    ) -> Result<Vec<(String, String, i64)>, StateError> {
+        let report = unpoisoned(&self.report);
+        Ok(report
+            .reported
+            .iter()
+            .filter(|((day, _), _)| days.contains(day))
+            .map(|((day, network), micros)| (day.clone(), network.clone(), *micros))
+            .collect())
     }
 
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {

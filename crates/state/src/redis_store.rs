@@ -10,6 +10,11 @@
 //!   remaining TTL).
 //! - `cascade:event-counters:{cs:NN}`: the event counts of the shard's selections, one
 //!   hash field per counter. Recording an event touches only its shard's slot.
+//! - `cascade:report:{cs:NN}:DAY`: the network performance report's counters of the
+//!   shard for one UTC day, one hash field per cell (hour, network, mediated bid,
+//!   metric); kept [`REPORT_TTL_SECS`]. An impression's cells live in its selection's
+//!   shard, so recording the event stays one script in one slot.
+//! - `cascade:report-revenue:DAY`: network id -> the revenue it reported for the day.
 //! - channel `cascade:config:changed`: the new version, published by every apply (a
 //!   cluster forwards a publish to every node).
 
@@ -17,6 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cascade_core::config::Configuration;
+use cascade_core::report::ReportCell;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
@@ -50,7 +56,20 @@ pub mod keys {
     pub fn event_counters(shard: u32) -> String {
         format!("cascade:event-counters:{{cs:{shard:02}}}")
     }
+
+    /// The report counters of one shard for one day (`YYYY-MM-DD`).
+    pub fn report(shard: u32, day: &str) -> String {
+        format!("cascade:report:{{cs:{shard:02}}}:{day}")
+    }
+
+    /// What networks reported they paid on `day`: network id -> micros.
+    pub fn reported_revenue(day: &str) -> String {
+        format!("cascade:report-revenue:{day}")
+    }
 }
+
+/// How long report counters are kept: thirteen months, for year-over-year views.
+pub const REPORT_TTL_SECS: u64 = 400 * 24 * 3600;
 
 /// Separates the parts of an event counter's field.
 const FIELD_SEPARATOR: char = '\u{1f}';
@@ -68,7 +87,8 @@ redis.call('PUBLISH', ARGV[3], version)
 return {1, version}
 ";
 
-/// Records an event once for a live selection and counts it. Returns 0 for an unknown
+/// Records an event once for a live selection and counts it; an impression of a
+/// network's demand also counts in the report (KEYS[4], hour ARGV[4]). Returns 0 for an unknown
 /// or expired selection, 1 when recorded, 2 for a duplicate.
 const RECORD_EVENT_SCRIPT: &str = r"
 local selection = redis.call('GET', KEYS[1])
@@ -85,6 +105,12 @@ local demand = s.network_id
 if demand == '' then demand = s.seat end
 local sep = ARGV[3]
 redis.call('HINCRBY', KEYS[3], s.account_id .. sep .. s.source .. sep .. demand .. sep .. ARGV[1] .. sep .. ARGV[2], 1)
+if ARGV[1] == 'impression' and s.network_id ~= '' then
+  local cell = ARGV[4] .. sep .. s.network_id .. sep .. s.bid_id .. sep
+  redis.call('HINCRBY', KEYS[4], cell .. 'impressions', 1)
+  redis.call('HINCRBY', KEYS[4], cell .. 'estimated_revenue_micros', math.floor(s.price_micros / 1000))
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
 return 1
 ";
 
@@ -411,15 +437,19 @@ impl Store for RedisStore {
     }
 
     async fn record_event(&self, event: &Event) -> Result<EventRecorded, StateError> {
+        let (day, hour) = cascade_core::report::period_of(crate::now_unix_seconds());
         let mut connection = self.connection().await?;
         let outcome: u8 = self
             .record_event
             .key(keys::selection(&event.selection_id))
             .key(keys::event(&event.selection_id, &event.kind))
             .key(keys::event_counters(keys::shard(&event.selection_id)))
+            .key(keys::report(keys::shard(&event.selection_id), &day))
             .arg(&event.kind)
             .arg(&event.detail)
             .arg(FIELD_SEPARATOR.to_string())
+            .arg(format!("{hour:02}"))
+            .arg(REPORT_TTL_SECS)
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -432,6 +462,96 @@ impl Store for RedisStore {
 
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn add_report_counts(&self, counts: &[(ReportCell, u64)]) -> Result<(), StateError> {
+        let _: Vec<redis::Value> = self
+            .pipelined(
+                counts,
+                |(cell, _)| keys::shard(&cell.network_id),
+                |pipeline, (cell, count)| {
+                    let key = keys::report(keys::shard(&cell.network_id), &cell.day);
+                    pipeline
+                        .cmd("HINCRBY")
+                        .arg(&key)
+                        .arg(cell.field())
+                        .arg(*count)
+                        .ignore()
+                        .cmd("EXPIRE")
+                        .arg(&key)
+                        .arg(REPORT_TTL_SECS);
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn report_counts(&self, days: &[String]) -> Result<Vec<(ReportCell, u64)>, StateError> {
+        let hashes: Vec<(&String, u32)> = days
+            .iter()
+            .flat_map(|day| (0..SHARDS).map(move |shard| (day, shard)))
+            .collect();
+        let fields: Vec<Vec<(String, u64)>> = self
+            .pipelined(
+                &hashes,
+                |(_, shard)| *shard,
+                |pipeline, (day, shard)| {
+                    pipeline.cmd("HGETALL").arg(keys::report(*shard, day));
+                },
+            )
+            .await?;
+        Ok(hashes
+            .iter()
+            .zip(fields)
+            .flat_map(|((day, _), fields)| {
+                fields
+                    .into_iter()
+                    .filter_map(|(field, count)| Some((ReportCell::parse(day, &field)?, count)))
+            })
+            .collect())
+    }
+
+    async fn put_reported_revenue(
+        &self,
+        day: &str,
+        network_id: &str,
+        revenue_micros: i64,
+    ) -> Result<(), StateError> {
+        let mut connection = self.connection().await?;
+        redis::pipe()
+            .cmd("HSET")
+            .arg(keys::reported_revenue(day))
+            .arg(network_id)
+            .arg(revenue_micros)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(keys::reported_revenue(day))
+            .arg(REPORT_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn reported_revenue(
+        &self,
+        days: &[String],
+    ) -> Result<Vec<(String, String, i64)>, StateError> {
+        let mut reported = Vec::new();
+        for day in days {
+            let mut connection = self.connection().await?;
+            let networks: Vec<(String, i64)> = redis::cmd("HGETALL")
+                .arg(keys::reported_revenue(day))
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            reported.extend(
+                networks
+                    .into_iter()
+                    .map(|(network, micros)| (day.clone(), network, micros)),
+            );
+        }
+        Ok(reported)
     }
 
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {

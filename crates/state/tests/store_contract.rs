@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cascade_core::config::{Account, Configuration};
+use cascade_core::report::{Metric, ReportCell, period_of};
 use cascade_state::{Event, EventRecorded, MemoryStore, RedisStore, Selection, StateError, Store};
 use cascade_testkit::{RedisCluster, RedisOptions, RedisServer};
 
@@ -131,6 +132,56 @@ async fn check_contract(store: &dyn Store) {
             ("pub", "coolads", "click", 1),
             ("pub", "coolads", "impression", 1)
         ]
+    );
+
+    // The report: the impression counted with its estimated revenue (CPM / 1000), added
+    // counts summed, reported revenue replaced, nothing outside the asked days.
+    let (today, hour) = period_of(cascade_state::now_unix_seconds());
+    let cell = |day: &str, metric| ReportCell {
+        day: day.into(),
+        hour,
+        network_id: "coolads".into(),
+        mediated_bid_id: "coolads-2.00".into(),
+        metric,
+    };
+    store
+        .add_report_counts(&[
+            (cell(&today, Metric::Requests), 2),
+            (cell("2020-01-01", Metric::Requests), 9),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_report_counts(&[(cell(&today, Metric::Requests), 3)])
+        .await
+        .unwrap();
+    let mut counts = store
+        .report_counts(std::slice::from_ref(&today))
+        .await
+        .unwrap();
+    counts.sort();
+    // A report read at midnight may see the impression under the next day: then only
+    // the requests are compared.
+    let expected = vec![
+        (cell(&today, Metric::Requests), 5),
+        (cell(&today, Metric::Impressions), 1),
+        (cell(&today, Metric::EstimatedRevenueMicros), 2_000),
+    ];
+    assert!(counts == expected || counts == expected[..1], "{counts:?}");
+    store
+        .put_reported_revenue(&today, "coolads", 7)
+        .await
+        .unwrap();
+    store
+        .put_reported_revenue(&today, "coolads", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .reported_revenue(&[today.clone(), "2020-01-02".into()])
+            .await
+            .unwrap(),
+        [(today.clone(), "coolads".to_string(), 5_000)]
     );
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cascade_core::report::{Metric, ReportCell, period_of};
 use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
@@ -23,7 +24,7 @@ use cascade_proto::targeting::v1::{
 };
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_server::telemetry::TracedChannel;
-use cascade_state::{Selection, SelectionWriter, SnapshotCell, Store};
+use cascade_state::{ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store};
 use tonic::{Request, Response, Status};
 
 use crate::error::DecideError;
@@ -36,6 +37,8 @@ pub struct DecisionService {
     pub(crate) store: Arc<dyn Store>,
     /// Where selections are written: the store, or its backlog while it is down.
     pub(crate) selections: Arc<SelectionWriter>,
+    /// Wins of network demand, for the network performance report.
+    pub(crate) report: Arc<ReportRecorder>,
     pub(crate) targeting: TargetingEvaluationClient<TracedChannel>,
     pub(crate) auction: AuctionClient<TracedChannel>,
     pub(crate) network_caller: NetworkCallerClient<TracedChannel>,
@@ -304,6 +307,17 @@ impl DecisionService {
             }
             let selection = self.selection(request_id, &slot.decision.impid, account_id, winner);
             winner.selection_id = selection.id.clone();
+            if !selection.network_id.is_empty() {
+                let (day, hour) = period_of(cascade_state::now_unix_seconds());
+                let win = ReportCell {
+                    day,
+                    hour,
+                    network_id: selection.network_id.clone(),
+                    mediated_bid_id: selection.bid_id.clone(),
+                    metric: Metric::Wins,
+                };
+                self.report.count([(win, 1)]);
+            }
             selections.push(selection);
         }
         selections

@@ -11,13 +11,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascade_admin::AdminService;
+use cascade_admin::{AdminService, ReportService};
 use cascade_proto::admin::v1::admin_server::AdminServer;
+use cascade_proto::admin::v1::reports_server::ReportsServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::telemetry::traced;
 use cascade_server::{GrpcServer, ServeError};
-use cascade_state::{SelectionWriter, StateError, StateSettings, Store, watch_snapshot};
+use cascade_state::{
+    ReportRecorder, SelectionWriter, StateError, StateSettings, Store, watch_snapshot,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -92,6 +95,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await?;
     let snapshot = watch.cell();
+    let report = ReportRecorder::new(store.clone(), settings.state.report_flush_interval());
     let channel = |addr: SocketAddr| {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map(|endpoint| traced(endpoint.tcp_nodelay(true).connect_lazy()))
@@ -100,6 +104,7 @@ pub async fn serve(
     let service = DecisionService {
         snapshot,
         store: store.clone(),
+        report: report.clone(),
         selections: SelectionWriter::new(
             store.clone(),
             settings.selection_backlog_capacity,
@@ -118,17 +123,22 @@ pub async fn serve(
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
     };
-    let admin = AdminService::new(store).into_server(settings.admin_token.clone());
-    let routes = tonic::service::Routes::new(BidIntakeServer::new(service)).add_service(admin);
+    let admin = AdminService::new(store.clone()).into_server(settings.admin_token.clone());
+    let reports = ReportService::new(store).into_server(settings.admin_token.clone());
+    let routes = tonic::service::Routes::new(BidIntakeServer::new(service))
+        .add_service(admin)
+        .add_service(reports);
     GrpcServer::new(
         routes,
         &[
             BidIntakeServer::<DecisionService>::NAME,
             AdminServer::<AdminService>::NAME,
+            ReportsServer::<ReportService>::NAME,
         ],
     )
     .reporting_staleness(watch.staleness())
     .serve(listener, &settings.grpc, shutdown)
     .await?;
+    report.flush().await;
     Ok(())
 }

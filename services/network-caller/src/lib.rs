@@ -11,6 +11,8 @@ use tracing::Instrument as _;
 
 use cascade_core::Micros;
 use cascade_core::config::Network;
+use cascade_core::config::NetworkMode;
+use cascade_core::report::{Metric, ReportCell, period_of};
 use cascade_core::snapshot::Snapshot;
 use cascade_networks::health::{BreakerPolicy, NetworkHealth};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
@@ -25,7 +27,9 @@ use cascade_proto::openrtb::v1::BidRequest;
 use cascade_server::deadline::Deadline;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::{GrpcServer, ServeError};
-use cascade_state::{SnapshotCell, StateError, StateSettings, Store, watch_snapshot};
+use cascade_state::{
+    ReportRecorder, SnapshotCell, StateError, StateSettings, Store, watch_snapshot,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -104,10 +108,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let watch = watch_snapshot(store, settings.state.poll_interval()).await?;
+    let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await?;
     let snapshot = watch.cell();
+    let report = ReportRecorder::new(store, settings.state.report_flush_interval());
     let service = NetworkCallerService {
         snapshot,
+        report: report.clone(),
         adapters: Adapters::default(),
         default_budget: Duration::from_millis(settings.default_budget_ms),
         max_calls_per_waterfall: settings.max_network_calls_per_waterfall as usize,
@@ -122,11 +128,14 @@ pub async fn serve(
         .reporting_staleness(watch.staleness())
         .serve(listener, &settings.grpc, shutdown)
         .await?;
+    report.flush().await;
     Ok(())
 }
 
 pub struct NetworkCallerService {
     snapshot: Arc<SnapshotCell>,
+    /// Every attempt's outcome and latency, for the network performance report.
+    report: Arc<ReportRecorder>,
     adapters: Adapters,
     default_budget: Duration,
     max_calls_per_waterfall: usize,
@@ -219,6 +228,8 @@ fn check_sizes(
 /// One network asked for one impression.
 struct NetworkCall<'a> {
     network: &'a Network,
+    /// The mediated bid the call is made for.
+    bid_id: &'a str,
     placement_id: &'a str,
     floor: Micros,
     request: &'a BidRequest,
@@ -287,6 +298,7 @@ impl NetworkCallerService {
             span.record("latency_us", latency.as_micros() as u64);
         }
         record_call_metrics(&call.network.id, outcome.name(), Some(latency), &health);
+        self.report.count(report_cells(&call, &outcome, latency));
         permit.finish(
             matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
             latency,
@@ -334,6 +346,7 @@ impl NetworkCallerService {
         };
         let call = NetworkCall {
             network,
+            bid_id: &ask.bid_id,
             placement_id: &ask.placement_id,
             floor: Micros(ask.floor_micros),
             request,
@@ -424,6 +437,7 @@ impl NetworkCallerService {
             }
             let call = NetworkCall {
                 network,
+                bid_id: &candidate.bid_id,
                 placement_id: &candidate.placement_id,
                 floor: Micros(candidate.bid_micros),
                 request,
@@ -486,4 +500,34 @@ fn record_call_metrics(
         cascade_networks::health::BreakerState::Open { .. } => 2.0,
     };
     metrics::gauge!("cascade_network_breaker_state", "network" => network).set(breaker);
+}
+
+/// What one call adds to the network performance report: a request, its outcome, its
+/// latency bucket.
+fn report_cells(
+    call: &NetworkCall<'_>,
+    outcome: &AdOutcome,
+    latency: Duration,
+) -> [(ReportCell, u64); 3] {
+    let (day, hour) = period_of(cascade_state::now_unix_seconds());
+    let answered = match (outcome, call.network.mode) {
+        (AdOutcome::Filled(_), NetworkMode::Bidding) => Metric::Bids,
+        (AdOutcome::Filled(_), NetworkMode::Waterfall) => Metric::Fills,
+        (AdOutcome::NoFill, _) => Metric::NoFills,
+        (AdOutcome::Timeout, _) => Metric::Timeouts,
+        (AdOutcome::Error(_), _) => Metric::Errors,
+    };
+    let cell = |metric| ReportCell {
+        day: day.clone(),
+        hour,
+        network_id: call.network.id.clone(),
+        mediated_bid_id: call.bid_id.to_string(),
+        metric,
+    };
+    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    [
+        (cell(Metric::Requests), 1),
+        (cell(answered), 1),
+        (cell(Metric::latency(latency_us)), 1),
+    ]
 }
