@@ -15,6 +15,7 @@ const PROTO_FILES: &[&str] = &[
     "cascade/networkcaller/v1/network_caller.proto",
     "cascade/customnetwork/v1/custom_network.proto",
     "cascade/admin/v1/admin.proto",
+    "cascade/bench/v1/echo.proto",
 ];
 
 /// OpenRTB objects that are left out of the JSON when absent, rather than sent as null.

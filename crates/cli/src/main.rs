@@ -1,6 +1,9 @@
 //! The `cascade` command.
 
 mod admin;
+mod bench;
+mod echo;
+mod load;
 mod report;
 mod up;
 
@@ -27,6 +30,14 @@ enum Command {
     /// The network performance report (table or CSV); `ingest` records a network's own
     /// daily revenue.
     Report(report::ReportArgs),
+    /// Load a decision API (or an echo chain) over gRPC and report throughput, latency
+    /// percentiles and errors.
+    Load(load::LoadArgs),
+    /// The benchmark baseline: a chain of bare tonic echo servers.
+    EchoChain(echo::EchoChainArgs),
+    /// The cluster benchmark: Redis, the four services and the echo chain baseline,
+    /// every figure a ratio to the baseline measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -41,6 +52,12 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Report(args) => report::run(args).await,
+        Command::Load(args) => load::run(&args).await.map(|result| {
+            result.print(if args.echo { "echo chain" } else { "decisions" });
+            0
+        }),
+        Command::EchoChain(args) => echo::run(args).await.map(|()| 0),
+        Command::Bench(args) => bench::run(args).await.map(|()| 0),
     };
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),

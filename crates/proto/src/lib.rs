@@ -50,3 +50,9 @@ pub mod admin {
         tonic::include_proto!("cascade.admin.v1");
     }
 }
+
+pub mod bench {
+    pub mod v1 {
+        tonic::include_proto!("cascade.bench.v1");
+    }
+}

@@ -49,9 +49,22 @@ impl ServiceProcess {
         settings: &str,
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
+        Self::start_binary(&binary_path(binary), settings, env).await
+    }
+
+    /// Starts the service binary at `path` (e.g. next to the running `cascade`).
+    pub async fn start_binary(
+        path: &std::path::Path,
+        settings: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let binary = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(settings.as_bytes())?;
-        let path = binary_path(binary);
+        let path = path.to_path_buf();
         let mut child = Command::new(&path)
             .arg("--settings")
             .arg(file.path())
@@ -108,6 +121,11 @@ impl ServiceProcess {
             child,
             _settings: file,
         })
+    }
+
+    /// The operating system's id of the process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The Prometheus text its `GET /metrics` answers (when `grpc.metrics_listen` is set).

@@ -1,0 +1,348 @@
+//! `cascade load`: load over gRPC against a decision API (or the echo chain baseline),
+//! closed loop (a fixed number of calls in flight) or open loop (a fixed rate, latency
+//! measured from when each call was due, so a slow server cannot hide its queueing),
+//! with an HDR histogram of latencies and errors by status.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use cascade_proto::bench::v1::EchoMessage;
+use cascade_proto::bench::v1::echo_client::EchoClient;
+use cascade_proto::decision::v1::DecideRequest;
+use cascade_proto::decision::v1::bid_intake_client::BidIntakeClient;
+use hdrhistogram::Histogram;
+use prost::Message;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// Most calls in flight in open loop; beyond it a due call is counted as dropped.
+const MAX_IN_FLIGHT: usize = 8_192;
+
+#[derive(clap::Args, Clone)]
+pub struct LoadArgs {
+    /// The gRPC address to load: bid-intake (or, with `--echo`, an echo chain).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// How long to run (`30s`, `500ms`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Closed loop: this many calls in flight at all times.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Open loop: this many calls per second, whatever the latency.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// HTTP/2 connections to spread the calls over.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Impressions per decision request.
+    #[arg(long, default_value_t = 1)]
+    pub imps: usize,
+    /// Exchange bids per impression.
+    #[arg(long, default_value_t = 1)]
+    pub exchange_bids: usize,
+    /// The ad unit (tagid) of every impression: it selects the mediated chain.
+    #[arg(long, default_value = "home-top")]
+    pub tagid: String,
+    /// The publisher id of every request.
+    #[arg(long, default_value = "8953")]
+    pub publisher: String,
+    /// Load an echo chain (the baseline) with payloads as large as the decision requests.
+    #[arg(long)]
+    pub echo: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 30s, 500ms, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{text:?}: the unit is ms, s or m")),
+    }
+}
+
+/// What one run measured.
+pub struct LoadResult {
+    pub elapsed: Duration,
+    /// Latencies of successful calls, in microseconds.
+    pub latencies: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl LoadResult {
+    pub fn completed(&self) -> u64 {
+        self.latencies.len()
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.completed() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// The `quantile` (0.5, 0.99…) latency in milliseconds.
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        self.latencies.value_at_quantile(quantile) as f64 / 1_000.0
+    }
+
+    pub fn print(&self, label: &str) {
+        println!(
+            "{label}: {} ok in {:.1}s = {:.0}/s; latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            self.completed(),
+            self.elapsed.as_secs_f64(),
+            self.throughput(),
+            self.latency_ms(0.5),
+            self.latency_ms(0.9),
+            self.latency_ms(0.99),
+            self.latency_ms(0.999),
+            self.latencies.max() as f64 / 1_000.0,
+        );
+        for (status, count) in &self.errors {
+            println!("  errors {status}: {count}");
+        }
+    }
+}
+
+/// The decision request of call number `n`: `imps` banners, each with `exchange_bids`
+/// bids (prices spread so the auction has work to do).
+pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
+    let imps: Vec<serde_json::Value> = (0..args.imps)
+        .map(|i| {
+            serde_json::json!({"id": (i + 1).to_string(), "tagid": args.tagid, "banner": {"w": 300, "h": 250}})
+        })
+        .collect();
+    let bids: Vec<serde_json::Value> = (0..args.imps)
+        .flat_map(|i| {
+            (0..args.exchange_bids).map(move |b| {
+                serde_json::json!({"id": format!("b{i}-{b}"), "impid": (i + 1).to_string(),
+                    "price": 0.6 + 0.1 * b as f64, "adomain": ["shoes.example"], "adm": "<div>exchange ad</div>"})
+            })
+        })
+        .collect();
+    let request = serde_json::json!({
+        "id": format!("load-{n}"),
+        "imp": imps,
+        "site": {"domain": "www.foobar.com", "publisher": {"id": args.publisher}},
+        "device": {"devicetype": 2, "geo": {"country": "DEU"}},
+    });
+    let exchange_bids = if bids.is_empty() {
+        vec![]
+    } else {
+        vec![serde_json::json!({"cur": "USD", "seatbid": [{"seat": "dsp-1", "bid": bids}]})]
+    };
+    DecideRequest {
+        request: serde_json::from_value(request).ok(),
+        exchange_bids: exchange_bids
+            .into_iter()
+            .filter_map(|b| serde_json::from_value(b).ok())
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn channels(target: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        let channel = tonic::transport::Endpoint::from_shared(target.to_string())
+            .with_context(|| format!("--target {target:?} is not a URL"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Runs `args` against its target.
+pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
+    let channels = channels(&args.target, args.connections).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    if args.echo {
+        let payload = decide_request(args, 0).encode_to_vec();
+        let clients: Vec<_> = channels.into_iter().map(EchoClient::new).collect();
+        Ok(drive(args, move || {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let mut client = clients[n as usize % clients.len()].clone();
+            let payload = payload.clone();
+            async move {
+                client
+                    .echo(EchoMessage { payload })
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.code())
+            }
+        })
+        .await)
+    } else {
+        let clients: Vec<_> = channels.into_iter().map(BidIntakeClient::new).collect();
+        let args_for_calls = args.clone();
+        Ok(drive(args, move || {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let mut client = clients[n as usize % clients.len()].clone();
+            let request = decide_request(&args_for_calls, n);
+            async move {
+                client
+                    .decide(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.code())
+            }
+        })
+        .await)
+    }
+}
+
+type Shared<T> = Arc<Mutex<T>>;
+
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Calls `call` for `args.duration`, closed or open loop, and measures every call.
+async fn drive<F, Fut>(args: &LoadArgs, call: F) -> LoadResult
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Code>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let latencies: Shared<Histogram<u64>> = Arc::new(Mutex::new(new_histogram()));
+    let errors: Shared<BTreeMap<String, u64>> = Arc::default();
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let end = started + args.duration;
+    let progress = progress_bar(args, done.clone());
+
+    let record = {
+        let (latencies, errors, done) = (latencies.clone(), errors.clone(), done.clone());
+        move |result: Result<(), tonic::Code>, since: Instant| {
+            let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            match result {
+                Ok(()) => {
+                    let _ = lock(&latencies).record(micros.max(1));
+                }
+                Err(code) => *lock(&errors).entry(format!("{code:?}")).or_default() += 1,
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+
+    match args.rate {
+        None => {
+            let workers: Vec<_> = (0..args.concurrency.max(1))
+                .map(|_| {
+                    let (call, record) = (call.clone(), record.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < end {
+                            let since = Instant::now();
+                            let result = call().await;
+                            record(result, since);
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                let _ = worker.await;
+            }
+        }
+        Some(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+            let mut due = started;
+            let mut tasks = tokio::task::JoinSet::new();
+            while due < end {
+                tokio::time::sleep_until(due).await;
+                match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (call, record) = (call.clone(), record.clone());
+                        let since = due;
+                        tasks.spawn(async move {
+                            let result = call().await;
+                            record(result, since);
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        *lock(&errors)
+                            .entry("Dropped (generator saturated)".into())
+                            .or_default() += 1
+                    }
+                }
+                due += interval;
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let elapsed = started.elapsed();
+    let latencies = std::mem::replace(&mut *lock(&latencies), new_histogram());
+    let errors = std::mem::take(&mut *lock(&errors));
+    LoadResult {
+        elapsed,
+        latencies,
+        errors,
+    }
+}
+
+/// A progress bar on stderr (when it is a terminal), updated five times a second.
+fn progress_bar(args: &LoadArgs, done: Arc<AtomicU64>) -> Option<tokio::task::JoinHandle<()>> {
+    if args.quiet {
+        return None;
+    }
+    let total_ms = args.duration.as_millis() as u64;
+    let bar = indicatif::ProgressBar::new(total_ms);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let elapsed = started.elapsed();
+            let calls = done.load(Ordering::Relaxed);
+            bar.set_position((elapsed.as_millis() as u64).min(total_ms));
+            bar.set_message(format!(
+                "{calls} calls, {:.0}/s",
+                calls as f64 / elapsed.as_secs_f64().max(0.001)
+            ));
+            if elapsed.as_millis() as u64 >= total_ms {
+                bar.finish_and_clear();
+                return;
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_their_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+}
