@@ -23,10 +23,10 @@ use crate::load::{LoadArgs, LoadResult, parse_duration};
 const DEMO_CONFIGURATION: &str = include_str!("../../../examples/demo.toml");
 /// The ad unit the load targets: its mediated chain is the benchmark's.
 const BENCH_TAGID: &str = "bench-top";
-/// Sequential gRPC hops of one decision: gateway to bid-intake, bid-intake to
-/// targeting-evaluation, auction and network-caller in turn, network-caller to the
-/// first network of the chain.
-const DECISION_HOPS: usize = 5;
+/// Sequential round trips of one decision besides its networks: gateway to bid-intake,
+/// bid-intake to targeting-evaluation, auction and network-caller in turn, and the
+/// selection write to Redis. Each network of the chain adds one.
+const DECISION_HOPS_WITHOUT_NETWORKS: usize = 5;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Mediated networks one decision walks: all but the last have no ad.
     #[arg(long, default_value_t = 2)]
     chain_depth: usize,
+    /// How long each network of the chain takes to answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    network_latency_ms: u64,
     /// Impressions per decision request.
     #[arg(long, default_value_t = 1)]
     imps: usize,
@@ -211,8 +214,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("starting redis-server")?;
     let networks = FakeNetworks::start().await?;
-    for k in 0..args.chain_depth.saturating_sub(1) {
-        networks.set(&format!("bench-net-{k}"), Behaviour::NoFill);
+    let depth = args.chain_depth.max(1);
+    for k in 0..depth {
+        let answer = if k + 1 < depth {
+            Behaviour::NoFill
+        } else {
+            Behaviour::Fill
+        };
+        let behaviour = match args.network_latency_ms {
+            0 => answer,
+            ms => Behaviour::Slow(Duration::from_millis(ms), Box::new(answer)),
+        };
+        networks.set(&format!("bench-net-{k}"), behaviour);
     }
     let configuration = configuration(&networks, args.rules, args.chain_depth)?;
     let entities = configuration.selling_rules.len() + configuration.mediated_bids.len();
@@ -238,7 +251,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &quiet,
     )
     .await?;
-    let echo = EchoChain::start(DECISION_HOPS).await?;
+    let hops = DECISION_HOPS_WITHOUT_NETWORKS + args.chain_depth.max(1);
+    let echo = EchoChain::start(hops).await?;
 
     let load = LoadArgs {
         target: format!("http://{}", bid_intake.addr),
@@ -254,14 +268,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         quiet: false,
     };
     println!(
-        "cascade bench: {entities} selling rules and mediated bids, a chain of {} networks, {} impression(s) x {} exchange bid(s), {} s per run",
+        "cascade bench: {entities} selling rules and mediated bids, a chain of {} networks answering in {} ms, {} impression(s) x {} exchange bid(s), {} s per run",
         args.chain_depth,
+        args.network_latency_ms,
         args.imps,
         args.exchange_bids,
         args.duration.as_secs()
     );
     let [_, echo_max, echo_half] = max_then_half(
-        &format!("echo chain ({DECISION_HOPS} hops)"),
+        &format!("echo chain ({hops} hops)"),
         LoadArgs {
             target: format!("http://{}", echo.addr),
             echo: true,
