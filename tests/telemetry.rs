@@ -101,6 +101,28 @@ async fn one_decision_is_one_trace_across_the_four_services() {
     assert_eq!(parent.service_name, "network-caller");
     assert_eq!(attempt.attribute("network.id"), Some("coolads"));
     assert_eq!(attempt.attribute("outcome"), Some("filled"));
+
+    // A custom network on the gRPC contract is called with the attempt as parent.
+    assert_eq!(cluster.networks.last_traceparent(), None);
+    let mut custom = banner_request(json!([]));
+    custom["request"]["id"] = json!("req-2");
+    custom["request"]["imp"][0]["tagid"] = json!("custom-slot");
+    let response = cluster.decide(&custom).await;
+    assert_eq!(winner(&response)["networkId"], "customnet", "{response}");
+    let traceparent = cluster
+        .networks
+        .last_traceparent()
+        .expect("no traceparent sent");
+    let trace = decision_trace(&collector, "req-2").await;
+    let attempt = trace
+        .iter()
+        .find(|s| s.name == "network.attempt" && s.attribute("network.id") == Some("customnet"))
+        .unwrap();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        traceparent,
+        format!("00-{}-{}-01", hex(&attempt.trace_id), hex(&attempt.span_id))
+    );
 }
 
 /// The value of the sample of `name` whose labels include `labels`, in Prometheus text.

@@ -38,8 +38,10 @@ impl GrpcNetworkAdapter {
             Ok(channel) => channel,
             Err(error) => return AdOutcome::Error(format!("invalid endpoint: {error}")),
         };
-        let mut client =
-            CustomNetworkClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        // The call carries the attempt's trace context, so a network that traces joins
+        // the decision's trace.
+        let mut client = CustomNetworkClient::new(cascade_server::telemetry::traced(channel))
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let mut request = tonic::Request::new(AdRequest {
             request_id: format!("{}:{}", call.request.id, call.impid),
             placement_id: call.placement_id.to_string(),

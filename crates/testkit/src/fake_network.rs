@@ -58,6 +58,8 @@ struct Script {
     calls: HashMap<String, usize>,
     in_flight: HashMap<String, usize>,
     max_in_flight: HashMap<String, usize>,
+    /// The W3C `traceparent` of the last gRPC call, when it carried one.
+    last_traceparent: Option<String>,
 }
 
 impl Script {
@@ -152,6 +154,11 @@ impl FakeNetworks {
         self.lock().calls.get(network).copied().unwrap_or(0)
     }
 
+    /// The `traceparent` metadata of the last call to the gRPC network, if it had one.
+    pub fn last_traceparent(&self) -> Option<String> {
+        self.lock().last_traceparent.clone()
+    }
+
     /// The most calls `network` had in flight at once.
     pub fn max_in_flight(&self, network: &str) -> usize {
         self.lock().max_in_flight.get(network).copied().unwrap_or(0)
@@ -179,7 +186,16 @@ impl CustomNetwork for FakeGrpcNetwork {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         };
-        let behaviour = lock().call_started(GRPC_NETWORK);
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(String::from);
+        let behaviour = {
+            let mut script = lock();
+            script.last_traceparent = traceparent;
+            script.call_started(GRPC_NETWORK)
+        };
         let response = respond_grpc(request.into_inner(), behaviour).await;
         lock().call_ended(GRPC_NETWORK);
         response
