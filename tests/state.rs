@@ -31,6 +31,31 @@ impl Redis {
         )
     }
 
+    /// Connections subscribed to configuration announcements, over every node.
+    async fn subscribers(&self) -> u64 {
+        let nodes: Vec<&RedisServer> = match self {
+            Redis::Single(server) => vec![server],
+            Redis::Cluster(cluster) => cluster.nodes.iter().collect(),
+        };
+        let mut subscribers = 0;
+        for node in nodes {
+            let reply = node
+                .cli(&[
+                    "pubsub",
+                    "numsub",
+                    cascade_state::redis_keys::CONFIG_CHANNEL,
+                ])
+                .await
+                .unwrap();
+            subscribers += reply
+                .lines()
+                .nth(1)
+                .and_then(|count| count.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        subscribers
+    }
+
     fn store(&self) -> cascade_state::RedisStore {
         match self {
             Redis::Single(server) => cascade_state::RedisStore::connect(&server.url()),
@@ -48,14 +73,22 @@ async fn start(redis: &Redis, poll_interval_ms: u64) -> Cluster {
         .apply_configuration(demo_configuration(&networks), Some(0))
         .await
         .unwrap();
-    Cluster::start_services(
+    let cluster = Cluster::start_services(
         networks,
         &redis.state_settings(poll_interval_ms),
         "",
         &format!("admin_token = \"{ADMIN_TOKEN}\""),
         None,
     )
-    .await
+    .await;
+    // Subscriptions are made in the background: the tests about announcements start
+    // once every service that reads the state (three) has one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.subscribers().await < 3 {
+        assert!(Instant::now() < deadline, "the services never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster
 }
 
 /// A new network, FastAds, with a mediated bid above every other: once a decision is
