@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cascade_state::Store;
 use cascade_testkit::{OtlpCollector, ReceivedSpan};
 use serde_json::json;
-use support::{Cluster, banner_request, demo_configuration, winner};
+use support::{Cluster, banner_request, demo_configuration, sample, winner};
 
 mod support;
 
@@ -123,21 +123,6 @@ async fn one_decision_is_one_trace_across_the_four_services() {
         traceparent,
         format!("00-{}-{}-01", hex(&attempt.trace_id), hex(&attempt.span_id))
     );
-}
-
-/// The value of the sample of `name` whose labels include `labels`, in Prometheus text.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(rest) => rest.split_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        let has_all = labels
-            .iter()
-            .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\"")));
-        has_all.then(|| value.trim().parse().ok()).flatten()
-    })
 }
 
 #[tokio::test]

@@ -37,6 +37,37 @@ pub fn workspace_file(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// The fake networks, the `[state]` settings every service reads and the demo
+/// configuration file they point at.
+pub async fn demo_state() -> (FakeNetworks, String, tempfile::NamedTempFile) {
+    let networks = FakeNetworks::start().await.unwrap();
+    let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
+    let demo = demo
+        .replace("${DEMO_NETWORK}", &networks.addr().to_string())
+        .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string());
+    // Plus a network nobody listens for, for the connection-refused path.
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let dead_network = format!(
+        "[[networks]]\nid = \"deadnet\"\naccount_id = \"demo-network\"\n\
+         endpoint = \"http://{closed_port}/openrtb\"\n\n\
+         [[mediated_bids]]\nid = \"deadnet-9.00\"\naccount_id = \"demo-network\"\n\
+         network_id = \"deadnet\"\ncpm = \"9.00\"\n\
+         targeting = {{ ad_units = [\"dead-end\"] }}\n"
+    );
+    let mut configuration = tempfile::NamedTempFile::new().unwrap();
+    configuration
+        .write_all(format!("{demo}\n{dead_network}").as_bytes())
+        .unwrap();
+    let state = format!(
+        "[state]\nconfiguration_file = {:?}\n",
+        configuration.path().display().to_string()
+    );
+    (networks, state, configuration)
+}
+
 impl Cluster {
     pub async fn start() -> Cluster {
         Self::start_with("").await
@@ -54,31 +85,7 @@ impl Cluster {
         bid_intake_settings: &str,
         env: &[(&str, &str)],
     ) -> Cluster {
-        let networks = FakeNetworks::start().await.unwrap();
-        let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
-        let demo = demo
-            .replace("${DEMO_NETWORK}", &networks.addr().to_string())
-            .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string());
-        // Plus a network nobody listens for, for the connection-refused path.
-        let closed_port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap()
-        };
-        let dead_network = format!(
-            "[[networks]]\nid = \"deadnet\"\naccount_id = \"demo-network\"\n\
-             endpoint = \"http://{closed_port}/openrtb\"\n\n\
-             [[mediated_bids]]\nid = \"deadnet-9.00\"\naccount_id = \"demo-network\"\n\
-             network_id = \"deadnet\"\ncpm = \"9.00\"\n\
-             targeting = {{ ad_units = [\"dead-end\"] }}\n"
-        );
-        let mut configuration = tempfile::NamedTempFile::new().unwrap();
-        configuration
-            .write_all(format!("{demo}\n{dead_network}").as_bytes())
-            .unwrap();
-        let state = format!(
-            "[state]\nconfiguration_file = {:?}\n",
-            configuration.path().display().to_string()
-        );
+        let (networks, state, configuration) = demo_state().await;
         Self::start_services_with_env(
             networks,
             &state,
@@ -192,4 +199,19 @@ pub fn exchange_bid(price: f64, adomain: &str) -> Value {
 
 pub fn winner(response: &Value) -> &Value {
     &response["decisions"][0]["winner"]
+}
+
+/// The value of the sample of `name` whose labels include `labels`, in Prometheus text.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let has_all = labels
+            .iter()
+            .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\"")));
+        has_all.then(|| value.trim().parse().ok()).flatten()
+    })
 }

@@ -178,9 +178,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ..grpc
         },
         state,
-        targeting_evaluation_addr: targeting_addr,
-        auction_addr,
-        network_caller_addr,
+        targeting_evaluation_addr: targeting_addr.into(),
+        auction_addr: auction_addr.into(),
+        network_caller_addr: network_caller_addr.into(),
         admin_token: Some(admin_token.clone()),
         ..Default::default()
     };

@@ -63,8 +63,8 @@ impl GrpcServer {
 
     /// Serves on `listener` until `shutdown` resolves. The caller has made the service
     /// ready (snapshot loaded) before: health answers SERVING from the first call. On
-    /// shutdown, health turns NOT_SERVING, the server stops accepting, and in-flight
-    /// calls get `drain_timeout` to finish.
+    /// shutdown, health turns NOT_SERVING, calls are still served for `shutdown_delay`,
+    /// then the server stops accepting and in-flight calls get `drain_timeout` to finish.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -129,6 +129,12 @@ impl GrpcServer {
             health_reporter
                 .set_service_status(*name, ServingStatus::NotServing)
                 .await;
+        }
+        // Keep serving while clients and load balancers notice NOT_SERVING (or the pod
+        // leaving the endpoints) and send their calls elsewhere.
+        tokio::select! {
+            result = &mut server => return Ok(result?),
+            () = tokio::time::sleep(settings.shutdown_delay()) => {}
         }
         let _ = stop_accepting_tx.send(());
         match tokio::time::timeout(settings.drain_timeout(), server).await {

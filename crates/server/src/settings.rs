@@ -67,7 +67,11 @@ pub fn from_command_line<T: Serialize + DeserializeOwned + Default>(
 pub struct GrpcSettings {
     /// Address to bind; port 0 picks a free one (the bound address is printed).
     pub listen: SocketAddr,
-    /// How long in-flight calls may take to finish after a shutdown signal.
+    /// How long the server keeps serving after a shutdown signal, health already
+    /// NOT_SERVING, so that clients stop sending before it stops accepting. In Kubernetes:
+    /// longer than a client's endpoint refresh and the DNS TTL.
+    pub shutdown_delay_ms: u64,
+    /// How long in-flight calls may then take to finish.
     pub drain_timeout_ms: u64,
     /// Where to serve Prometheus metrics (HTTP `GET /metrics`); unset: not served.
     pub metrics_listen: Option<SocketAddr>,
@@ -77,6 +81,7 @@ impl Default for GrpcSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_delay_ms: 0,
             drain_timeout_ms: 5_000,
             metrics_listen: None,
         }
@@ -84,6 +89,10 @@ impl Default for GrpcSettings {
 }
 
 impl GrpcSettings {
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }

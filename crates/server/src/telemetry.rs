@@ -185,10 +185,12 @@ impl tonic::service::Interceptor for InjectTraceContext {
 }
 
 /// A channel whose calls carry the trace context.
-pub type TracedChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InjectTraceContext>;
+pub type Traced<C> = tonic::service::interceptor::InterceptedService<C, InjectTraceContext>;
 
-pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
+/// A plain channel whose calls carry the trace context.
+pub type TracedChannel = Traced<tonic::transport::Channel>;
+
+pub fn traced<C>(channel: C) -> Traced<C> {
     tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)
 }
 

@@ -1,12 +1,15 @@
 //! Real things for tests and the demo: fake ad networks that speak OpenRTB over HTTP,
-//! service binaries started as processes on free ports, health waits and grpcurl.
+//! service binaries started as processes on free ports, health waits, grpcurl and a DNS
+//! server for names with several addresses.
 
+pub mod dns;
 pub mod fake_network;
 pub mod grpcurl;
 pub mod otlp;
 pub mod process;
 pub mod redis;
 
+pub use dns::FakeDns;
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
 pub use otlp::{OtlpCollector, ReceivedSpan};
 pub use process::{ServiceProcess, wait_until_serving};

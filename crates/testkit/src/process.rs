@@ -157,6 +157,11 @@ impl ServiceProcess {
         Ok(body.to_string())
     }
 
+    /// Sends SIGKILL (no chance to drain or say goodbye) and waits for the process to exit.
+    pub async fn kill(mut self) -> std::io::Result<()> {
+        self.child.kill().await
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {

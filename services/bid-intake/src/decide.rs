@@ -22,8 +22,9 @@ use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluati
 use cascade_proto::targeting::v1::{
     EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
 };
+use cascade_server::balance::BalancedChannel;
 use cascade_server::deadline::{Deadline, caller_timeout};
-use cascade_server::telemetry::TracedChannel;
+use cascade_server::telemetry::Traced;
 use cascade_state::{ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store};
 use tonic::{Request, Response, Status};
 
@@ -39,9 +40,9 @@ pub struct DecisionService {
     pub(crate) selections: Arc<SelectionWriter>,
     /// Wins of network demand, for the network performance report.
     pub(crate) report: Arc<ReportRecorder>,
-    pub(crate) targeting: TargetingEvaluationClient<TracedChannel>,
-    pub(crate) auction: AuctionClient<TracedChannel>,
-    pub(crate) network_caller: NetworkCallerClient<TracedChannel>,
+    pub(crate) targeting: TargetingEvaluationClient<Traced<BalancedChannel>>,
+    pub(crate) auction: AuctionClient<Traced<BalancedChannel>>,
+    pub(crate) network_caller: NetworkCallerClient<Traced<BalancedChannel>>,
     pub(crate) default_budget: Duration,
     pub(crate) max_budget: Duration,
     pub(crate) bidding_budget: Duration,

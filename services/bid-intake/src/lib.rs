@@ -15,6 +15,7 @@ use cascade_admin::{AdminService, ReportService};
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::admin::v1::reports_server::ReportsServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
+use cascade_server::balance::{Resolver, ResolverError, ResolverSettings, Target};
 use cascade_server::settings::GrpcSettings;
 use cascade_server::telemetry::traced;
 use cascade_server::{GrpcServer, ServeError};
@@ -33,9 +34,13 @@ pub use error::DecideError;
 pub struct Settings {
     pub grpc: GrpcSettings,
     pub state: StateSettings,
-    pub targeting_evaluation_addr: SocketAddr,
-    pub auction_addr: SocketAddr,
-    pub network_caller_addr: SocketAddr,
+    /// Where the other services are (`host:port`). A name is resolved to every address it
+    /// has and calls are balanced over them (in Kubernetes: the headless Services).
+    pub targeting_evaluation_addr: Target,
+    pub auction_addr: Target,
+    pub network_caller_addr: Target,
+    /// How those names are resolved and their endpoints watched.
+    pub resolver: ResolverSettings,
     /// Budget of a decision whose caller set neither a gRPC deadline nor `tmax`.
     pub default_budget_ms: u64,
     /// Upper bound on any decision's budget, whatever the caller asks for.
@@ -57,13 +62,14 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let local = |port| Target::from(SocketAddr::from(([127, 0, 0, 1], port)));
         Self {
             grpc: GrpcSettings::default(),
             state: StateSettings::default(),
             targeting_evaluation_addr: local(50052),
             auction_addr: local(50053),
             network_caller_addr: local(50054),
+            resolver: ResolverSettings::default(),
             default_budget_ms: 300,
             max_budget_ms: 5_000,
             bidding_budget_ms: 150,
@@ -81,12 +87,13 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Serve(#[from] ServeError),
-    #[error("invalid address {0}: {1}")]
-    Address(SocketAddr, tonic::transport::Error),
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
 }
 
 /// Loads the snapshot, connects to the other services (lazily: they may start after
-/// bid-intake), and serves until `shutdown` resolves.
+/// bid-intake; balanced over every address their names resolve to), and serves until
+/// `shutdown` resolves.
 pub async fn serve(
     settings: Settings,
     store: Arc<dyn Store>,
@@ -96,11 +103,8 @@ pub async fn serve(
     let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await?;
     let snapshot = watch.cell();
     let report = ReportRecorder::new(store.clone(), settings.state.report_flush_interval());
-    let channel = |addr: SocketAddr| {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map(|endpoint| traced(endpoint.tcp_nodelay(true).connect_lazy()))
-            .map_err(|e| Error::Address(addr, e))
-    };
+    let resolver = Resolver::new(&settings.resolver)?;
+    let channel = |target: &Target| traced(resolver.channel(target.clone()));
     let service = DecisionService {
         snapshot,
         store: store.clone(),
@@ -111,11 +115,11 @@ pub async fn serve(
             settings.state.poll_interval(),
         ),
         targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
-            channel(settings.targeting_evaluation_addr)?,
+            channel(&settings.targeting_evaluation_addr),
         ),
-        auction: cascade_proto::auction::v1::auction_client::AuctionClient::new(channel(settings.auction_addr)?),
+        auction: cascade_proto::auction::v1::auction_client::AuctionClient::new(channel(&settings.auction_addr)),
         network_caller: cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient::new(
-            channel(settings.network_caller_addr)?,
+            channel(&settings.network_caller_addr),
         ),
         default_budget: Duration::from_millis(settings.default_budget_ms),
         max_budget: Duration::from_millis(settings.max_budget_ms),

@@ -1,0 +1,207 @@
+//! Client-side balancing, end to end: bid-intake reaches targeting-evaluation through one
+//! DNS name that resolves to several instances (as a Kubernetes headless Service does),
+//! spreads its calls over all of them, keeps deciding when one is killed, follows the
+//! name when it changes, and stops calling an instance that is shutting down before it
+//! stops listening.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use cascade_testkit::{FakeDns, FakeNetworks, ServiceProcess, grpcurl};
+use serde_json::json;
+use support::{DECIDE, banner_request, demo_state, sample, winner};
+
+mod support;
+
+const NAME: &str = "targeting-evaluation.cascade.test";
+const HOSTS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(127, 0, 0, 1),
+    Ipv4Addr::new(127, 0, 0, 2),
+    Ipv4Addr::new(127, 0, 0, 3),
+];
+
+/// A port free on every loopback address of `HOSTS`: the instances behind one name
+/// differ by address only, as pods behind a headless Service do.
+fn port_free_on_every_host() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind((HOSTS[0], 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        if HOSTS[1..]
+            .iter()
+            .all(|host| std::net::TcpListener::bind((*host, port)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
+async fn targeting_instance(host: Ipv4Addr, port: u16, state: &str) -> ServiceProcess {
+    let settings = format!(
+        "grpc.listen = \"{host}:{port}\"\ngrpc.metrics_listen = \"127.0.0.1:0\"\n\
+         grpc.shutdown_delay_ms = 1000\n{state}"
+    );
+    ServiceProcess::start("targeting-evaluation", &settings)
+        .await
+        .unwrap()
+}
+
+/// How many Evaluate calls `instance` has answered.
+async fn evaluations(instance: &ServiceProcess) -> u64 {
+    let metrics = instance.metrics().await.unwrap();
+    sample(
+        &metrics,
+        "cascade_grpc_server_requests_total",
+        &[("rpc_method", "Evaluate"), ("grpc_code", "OK")],
+    )
+    .unwrap_or(0.0) as u64
+}
+
+async fn decide(bid_intake: SocketAddr) {
+    let output = grpcurl::call(
+        bid_intake,
+        DECIDE,
+        &banner_request(json!([])),
+        &["-max-time", "5"],
+    )
+    .await
+    .unwrap();
+    assert!(output.success, "Decide failed: {}", output.stderr);
+    assert_eq!(
+        winner(&output.json())["source"],
+        "SOURCE_KIND_MEDIATED_NETWORK"
+    );
+}
+
+/// bid-intake (with auction and network-caller) calling targeting-evaluation by `NAME`,
+/// which first resolves to instances on the first two hosts.
+struct Setup {
+    dns: FakeDns,
+    port: u16,
+    state: String,
+    bid_intake: ServiceProcess,
+    instances: Vec<ServiceProcess>,
+    _rest: (
+        FakeNetworks,
+        ServiceProcess,
+        ServiceProcess,
+        tempfile::NamedTempFile,
+    ),
+}
+
+impl Setup {
+    async fn start(refresh_interval_ms: u64) -> Setup {
+        let (networks, state, configuration) = demo_state().await;
+        let dns = FakeDns::start().await.unwrap();
+        let port = port_free_on_every_host();
+        let (first, second) = tokio::join!(
+            targeting_instance(HOSTS[0], port, &state),
+            targeting_instance(HOSTS[1], port, &state),
+        );
+        dns.set(NAME, &HOSTS[..2]);
+        let (auction, network_caller) = tokio::join!(
+            ServiceProcess::start("auction", ""),
+            ServiceProcess::start("network-caller", &state),
+        );
+        let (auction, network_caller) = (auction.unwrap(), network_caller.unwrap());
+        let bid_intake = ServiceProcess::start(
+            "bid-intake",
+            &format!(
+                "targeting_evaluation_addr = \"{NAME}:{port}\"\n\
+                 auction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n\
+                 resolver.nameserver = \"{}\"\n\
+                 resolver.refresh_interval_ms = {refresh_interval_ms}\n{state}",
+                auction.addr,
+                network_caller.addr,
+                dns.addr()
+            ),
+        )
+        .await
+        .unwrap();
+        Setup {
+            dns,
+            port,
+            state,
+            bid_intake,
+            instances: vec![first, second],
+            _rest: (networks, auction, network_caller, configuration),
+        }
+    }
+
+    async fn decide(&self, times: usize) {
+        for _ in 0..times {
+            decide(self.bid_intake.addr).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_spread_over_every_instance_and_survive_one_killed() {
+    // No refresh during the test: the killed instance stays in DNS and in rotation
+    // until a call finds it dead.
+    let mut setup = Setup::start(600_000).await;
+    setup.decide(40).await;
+    let (first, second) = (&setup.instances[0], &setup.instances[1]);
+    let (on_first, on_second) = (evaluations(first).await, evaluations(second).await);
+    assert_eq!(on_first + on_second, 40);
+    assert!(
+        on_first >= 10 && on_second >= 10,
+        "calls not spread: {on_first} and {on_second}"
+    );
+
+    // Killed without warning: the call that finds it dead is retried on the other
+    // instance, which takes every call from then on; not one decision fails.
+    setup.instances.remove(1).kill().await.unwrap();
+    setup.decide(30).await;
+    assert_eq!(evaluations(&setup.instances[0]).await, on_first + 30);
+}
+
+#[tokio::test]
+async fn bid_intake_follows_the_name_and_lets_instances_drain() {
+    let mut setup = Setup::start(100).await;
+    setup.decide(4).await;
+
+    // The name changes: a new instance gets calls once bid-intake resolves it again.
+    let third = targeting_instance(HOSTS[2], setup.port, &setup.state).await;
+    setup.dns.set(NAME, &[HOSTS[0], HOSTS[2]]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while evaluations(&third).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new instance never got a call"
+        );
+        setup.decide(1).await;
+    }
+    let removed = setup.instances.remove(1);
+    let on_removed = evaluations(&removed).await;
+    setup.decide(10).await;
+    assert_eq!(
+        evaluations(&removed).await,
+        on_removed,
+        "an instance no longer behind the name still gets calls"
+    );
+
+    // A graceful stop: the instance reports NOT_SERVING for its shutdown delay, clients
+    // take it out of rotation, and no decision fails while it goes.
+    let on_third = evaluations(&third).await;
+    let stopping = tokio::spawn(setup.instances.remove(0).terminate());
+    let started = Instant::now();
+    let mut during = 0;
+    while !stopping.is_finished() {
+        setup.decide(1).await;
+        during += 1;
+    }
+    let status = stopping.await.unwrap().unwrap();
+    assert!(
+        status.success(),
+        "targeting-evaluation exited with {status}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the shutdown delay was not kept"
+    );
+    setup.decide(10).await;
+    assert!(
+        evaluations(&third).await >= on_third + 10 + during / 2,
+        "calls did not move to the remaining instance"
+    );
+}
