@@ -18,18 +18,28 @@ pub struct SettingsError(#[from] config::ConfigError);
 pub fn load<T: Serialize + DeserializeOwned + Default>(
     file: Option<&Path>,
 ) -> Result<T, SettingsError> {
+    load_with_environment(file, None)
+}
+
+/// [`load`] with `environment` standing in for the process environment when given.
+fn load_with_environment<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+    environment: Option<config::Map<String, String>>,
+) -> Result<T, SettingsError> {
     let mut builder =
         config::Config::builder().add_source(config::Config::try_from(&T::default())?);
     if let Some(file) = file {
         builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
     }
+    // No list separator: with one, every variable would be split into a list (a URL
+    // included); no setting is a list.
     let settings = builder
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .list_separator(",")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(environment),
         )
         .build()?
         .try_deserialize()?;
@@ -95,5 +105,52 @@ impl GrpcSettings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Example {
+        grpc: GrpcSettings,
+        url: Option<String>,
+        enabled: bool,
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_keeps_strings_whole() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"url = \"redis://file:6379\"\n[grpc]\ndrain_timeout_ms = 7\n",
+        )
+        .unwrap();
+        let environment = config::Map::from([
+            (
+                "CASCADE__URL".to_string(),
+                "redis://a:6379,redis://b:6379".to_string(),
+            ),
+            ("CASCADE__ENABLED".to_string(), "true".to_string()),
+            (
+                "CASCADE__GRPC__LISTEN".to_string(),
+                "0.0.0.0:50051".to_string(),
+            ),
+        ]);
+        let loaded: Example = load_with_environment(Some(file.path()), Some(environment)).unwrap();
+        assert_eq!(loaded.url.as_deref(), Some("redis://a:6379,redis://b:6379"));
+        assert!(loaded.enabled);
+        assert_eq!(loaded.grpc.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(loaded.grpc.drain_timeout_ms, 7);
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let environment =
+            config::Map::from([("CASCADE__GRPC__LISTN".to_string(), "x".to_string())]);
+        let error = load_with_environment::<Example>(None, Some(environment)).unwrap_err();
+        assert!(error.to_string().contains("listn"), "{error}");
     }
 }
