@@ -7,9 +7,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use cascade_testkit::{FakeDns, FakeNetworks, ServiceProcess, grpcurl};
+use cascade_testkit::{FakeDns, FakeNetworks, ServiceProcess};
 use serde_json::json;
-use support::{DECIDE, banner_request, demo_state, sample, winner};
+use support::{banner_request, decide_at, demo_state, sample, winner};
 
 mod support;
 
@@ -57,19 +57,8 @@ async fn evaluations(instance: &ServiceProcess) -> u64 {
 }
 
 async fn decide(bid_intake: SocketAddr) {
-    let output = grpcurl::call(
-        bid_intake,
-        DECIDE,
-        &banner_request(json!([])),
-        &["-max-time", "5"],
-    )
-    .await
-    .unwrap();
-    assert!(output.success, "Decide failed: {}", output.stderr);
-    assert_eq!(
-        winner(&output.json())["source"],
-        "SOURCE_KIND_MEDIATED_NETWORK"
-    );
+    let response = decide_at(bid_intake, &banner_request(json!([]))).await;
+    assert_eq!(winner(&response)["source"], "SOURCE_KIND_MEDIATED_NETWORK");
 }
 
 /// bid-intake (with auction and network-caller) calling targeting-evaluation by `NAME`,

@@ -11,7 +11,7 @@ use cascade_state::Store;
 use cascade_testkit::{FakeNetworks, RedisServer, ServiceProcess, grpcurl};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{DECIDE, banner_request, demo_configuration, winner, workspace_file};
+use support::{banner_request, decide_at, demo_configuration, winner, workspace_file};
 
 mod support;
 
@@ -141,19 +141,8 @@ async fn the_services_run_on_their_kubernetes_settings() {
     )
     .await;
 
-    let output = grpcurl::call(
-        bid_intake.addr,
-        DECIDE,
-        &banner_request(json!([])),
-        &["-max-time", "5"],
-    )
-    .await
-    .unwrap();
-    assert!(output.success, "Decide failed: {}", output.stderr);
-    assert_eq!(
-        winner(&output.json())["source"],
-        "SOURCE_KIND_MEDIATED_NETWORK"
-    );
+    let response = decide_at(bid_intake.addr, &banner_request(json!([]))).await;
+    assert_eq!(winner(&response)["source"], "SOURCE_KIND_MEDIATED_NETWORK");
     // The admin API takes the token from the Secret.
     let admin = grpcurl::call(
         bid_intake.addr,

@@ -156,11 +156,7 @@ impl Cluster {
     }
 
     pub async fn decide(&self, request: &Value) -> Value {
-        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &["-max-time", "5"])
-            .await
-            .unwrap();
-        assert!(output.success, "Decide failed: {}", output.stderr);
-        output.json()
+        decide_at(self.bid_intake.addr, request).await
     }
 
     /// Decide expecting an error; returns grpcurl's error output.
@@ -171,6 +167,15 @@ impl Cluster {
         assert!(!output.success, "expected an error, got {}", output.stdout);
         output.stderr
     }
+}
+
+/// Decide at the bid-intake listening on `addr`, expecting success.
+pub async fn decide_at(addr: std::net::SocketAddr, request: &Value) -> Value {
+    let output = grpcurl::call(addr, DECIDE, request, &["-max-time", "5"])
+        .await
+        .unwrap();
+    assert!(output.success, "Decide failed: {}", output.stderr);
+    output.json()
 }
 
 /// A 300x250 banner on foobar.com (publisher 8953, which inherits the container's rules:
