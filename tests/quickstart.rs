@@ -1,0 +1,55 @@
+//! The README's quick start, as a user runs it: `cascade up` (embedded state, no Redis),
+//! then the `grpcurl` command it prints, then Ctrl-C.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{decide_at, winner};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+mod support;
+
+#[tokio::test]
+async fn cascade_up_serves_the_decision_its_banner_prints() {
+    let mut up = tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    // The banner's command: grpcurl -plaintext -d 'REQUEST' ADDR cascade.decision.v1.BidIntake/Decide
+    let command = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("grpcurl -plaintext -d '") {
+                return line;
+            }
+        }
+        panic!("cascade up printed no grpcurl command");
+    })
+    .await
+    .expect("cascade up did not come up in 30 s");
+    let (request, rest) = command
+        .strip_prefix("grpcurl -plaintext -d '")
+        .and_then(|rest| rest.split_once("' "))
+        .unwrap();
+    let request: Value = serde_json::from_str(request).unwrap();
+    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+
+    let response = decide_at(addr, &request).await;
+    assert_eq!(winner(&response)["source"], "SOURCE_KIND_MEDIATED_NETWORK");
+
+    let pid = up.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), up.wait())
+        .await
+        .expect("cascade up did not stop on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "cascade up exited with {status}");
+}
