@@ -438,7 +438,24 @@ impl Service<http::Request<Body>> for BalancedChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(self.clone().dispatch(request))
+        // The call's deadline covers everything here, waiting for the first resolution
+        // and a retry included, not only the time on the wire.
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout);
+        let dispatch = self.clone().dispatch(request);
+        Box::pin(async move {
+            match timeout {
+                None => dispatch.await,
+                Some(timeout) => tokio::time::timeout(timeout, dispatch)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded("deadline exceeded").into())
+                    }),
+            }
+        })
     }
 }
 
