@@ -9,7 +9,7 @@ use cascade_proto::admin::v1::reports_server::{Reports, ReportsServer};
 use cascade_state::Store;
 use tonic::{Request, Response, Status};
 
-use crate::BearerToken;
+use crate::{AdminError, BearerToken};
 
 /// The longest range one report covers.
 pub const MAX_REPORT_DAYS: usize = 92;
@@ -34,10 +34,6 @@ impl ReportService {
             BearerToken::new(token),
         )
     }
-}
-
-fn unavailable(error: cascade_state::StateError) -> Status {
-    Status::unavailable(format!("the shared state is unavailable: {error}"))
 }
 
 fn date_or_today(date: &str) -> String {
@@ -70,7 +66,7 @@ impl Reports for ReportService {
             self.store.report_counts(&days),
             self.store.reported_revenue(&days)
         )
-        .map_err(unavailable)?;
+        .map_err(AdminError::from)?;
         let rows = build_report(&counts, &reported, granularity)
             .into_iter()
             .filter(|row| request.network_id.is_empty() || row.network_id == request.network_id)
@@ -91,7 +87,7 @@ impl Reports for ReportService {
                 "revenue_micros: must not be negative",
             ));
         }
-        let configuration = self.store.configuration().await.map_err(unavailable)?;
+        let configuration = self.store.configuration().await.map_err(AdminError::from)?;
         if !configuration
             .networks
             .iter()
@@ -105,7 +101,7 @@ impl Reports for ReportService {
         self.store
             .put_reported_revenue(&request.date, &request.network_id, request.revenue_micros)
             .await
-            .map_err(unavailable)?;
+            .map_err(AdminError::from)?;
         Ok(Response::new(pb::IngestNetworkRevenueResponse {}))
     }
 }
