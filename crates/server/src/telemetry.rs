@@ -271,10 +271,9 @@ where
         let span = server_span(&request);
         let path = request.uri().path().trim_start_matches('/');
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
-        let labels = [
-            ("rpc_service", service.to_string()),
-            ("rpc_method", method.to_string()),
-        ];
+        // Shared, so that each metric's copy of the labels is a reference count.
+        let (service, method): (std::sync::Arc<str>, std::sync::Arc<str>) =
+            (service.into(), method.into());
         let started = std::time::Instant::now();
         let response = {
             let _entered = span.enter();
@@ -287,13 +286,16 @@ where
                 Err(_) => "UNKNOWN",
             };
             let labels = [
-                labels[0].clone(),
-                labels[1].clone(),
-                ("grpc_code", code.to_string()),
+                metrics::Label::new("rpc_service", service),
+                metrics::Label::new("rpc_method", method),
+                metrics::Label::from_static_parts("grpc_code", code),
             ];
-            metrics::counter!("cascade_grpc_server_requests_total", &labels).increment(1);
-            metrics::histogram!("cascade_grpc_server_request_duration_seconds", &labels)
-                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!(
+                "cascade_grpc_server_request_duration_seconds",
+                labels.iter()
+            )
+            .record(started.elapsed().as_secs_f64());
+            metrics::counter!("cascade_grpc_server_requests_total", labels.iter()).increment(1);
             response
         })
     }
