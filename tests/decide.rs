@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cascade_testkit::{Behaviour, grpcurl};
 use serde_json::{Value, json};
-use support::{Cluster, DECIDE, banner_request, exchange_bid, winner, workspace_file};
+use support::{Cluster, DECIDE, banner_request, exchange_bid, run_cascade, winner, workspace_file};
 
 mod support;
 
@@ -931,24 +931,12 @@ async fn impressions_of_one_request_call_their_networks_concurrently() {
 #[tokio::test]
 async fn the_load_generator_measures_decisions_and_the_echo_chain() {
     let cluster = Cluster::start().await;
-    let cascade = cascade_testkit::process::binary_path("cascade");
-    let load = |args: Vec<String>| {
-        let cascade = cascade.clone();
-        async move {
-            let output = tokio::process::Command::new(cascade)
-                .arg("load")
-                .args(["--duration", "500ms", "--quiet"])
-                .args(args)
-                .output()
-                .await
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).unwrap()
-        }
+    let load = |args: Vec<String>| async move {
+        let args: Vec<&str> = ["load", "--duration", "500ms", "--quiet"]
+            .into_iter()
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        run_cascade(&args, &[]).await
     };
     let target = format!("http://{}", cluster.bid_intake.addr);
     for mode in [vec![], vec!["--rate".to_string(), "50".to_string()]] {
@@ -972,7 +960,7 @@ async fn the_load_generator_measures_decisions_and_the_echo_chain() {
         assert!(report.contains("p99.9"), "{report}");
     }
 
-    let mut echo = tokio::process::Command::new(&cascade)
+    let mut echo = tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
         .args(["echo-chain", "--hops", "3"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

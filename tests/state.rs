@@ -9,7 +9,7 @@ use cascade_testkit::{
     FakeNetworks, RedisCluster, RedisOptions, RedisServer, ServiceProcess, grpcurl,
 };
 use serde_json::{Value, json};
-use support::{Cluster, banner_request, demo_configuration, winner};
+use support::{Cluster, banner_request, cascade_output, demo_configuration, winner};
 
 mod support;
 
@@ -126,15 +126,12 @@ async fn time_until_fast_ads_serves(cluster: &Cluster, limit: Duration) -> Durat
 
 /// Runs `cascade admin ARGS…` against the cluster's bid-intake.
 async fn cascade_admin(cluster: &Cluster, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
-        .arg("admin")
-        .arg("--target")
-        .arg(format!("http://{}", cluster.bid_intake.addr))
-        .args(args)
-        .env("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .await
-        .unwrap()
+    let target = format!("http://{}", cluster.bid_intake.addr);
+    let args: Vec<&str> = ["admin", "--target", &target]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    cascade_output(&args, &[("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN)]).await
 }
 
 async fn admin_call(cluster: &Cluster, method: &str, data: &Value) -> grpcurl::Output {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cascade_state::Store;
 use cascade_testkit::{OtlpCollector, ReceivedSpan};
 use serde_json::json;
-use support::{Cluster, banner_request, demo_configuration, sample, winner};
+use support::{Cluster, banner_request, demo_configuration, run_cascade, sample, winner};
 
 mod support;
 
@@ -198,22 +198,15 @@ const ADMIN_TOKEN: &str = "report-test-token";
 
 /// Runs `cascade ARGS…` against the cluster's bid-intake; returns stdout.
 async fn cascade(cluster: &Cluster, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
-        .args(args)
-        .env(
-            "CASCADE_ADMIN_TARGET",
-            format!("http://{}", cluster.bid_intake.addr),
-        )
-        .env("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "cascade {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let target = format!("http://{}", cluster.bid_intake.addr);
+    run_cascade(
+        args,
+        &[
+            ("CASCADE_ADMIN_TARGET", &target),
+            ("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await
 }
 
 /// The network totals of `network` in `cascade report --csv` output, summed over the

@@ -169,6 +169,27 @@ impl Cluster {
     }
 }
 
+/// Runs the `cascade` binary with `args` and the extra environment `env`.
+pub async fn cascade_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// [`cascade_output`] expecting success; its standard output.
+pub async fn run_cascade(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = cascade_output(args, env).await;
+    assert!(
+        output.status.success(),
+        "cascade {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Decide at the bid-intake listening on `addr`, expecting success.
 pub async fn decide_at(addr: std::net::SocketAddr, request: &Value) -> Value {
     let output = grpcurl::call(addr, DECIDE, request, &["-max-time", "5"])
