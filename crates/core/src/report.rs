@@ -123,6 +123,27 @@ pub fn period_of(unix_seconds: i64) -> (String, u8) {
     (zoned.date().to_string(), zoned.hour() as u8)
 }
 
+/// `counts` of metrics of one network (and mediated bid, or `""`) in the hour of
+/// `unix_seconds`: the cells a fact adds to.
+pub fn counts_at<const N: usize>(
+    unix_seconds: i64,
+    network_id: &str,
+    mediated_bid_id: &str,
+    counts: [(Metric, u64); N],
+) -> [(ReportCell, u64); N] {
+    let (day, hour) = period_of(unix_seconds);
+    counts.map(|(metric, count)| {
+        let cell = ReportCell {
+            day: day.clone(),
+            hour,
+            network_id: network_id.to_string(),
+            mediated_bid_id: mediated_bid_id.to_string(),
+            metric,
+        };
+        (cell, count)
+    })
+}
+
 /// The days from `from` to `to` (`YYYY-MM-DD`, both included), at most `limit` of them.
 pub fn days_between(from: &str, to: &str, limit: usize) -> Result<Vec<String>, String> {
     let parse = |text: &str| {
@@ -369,5 +390,23 @@ mod tests {
         );
         assert!(days_between("2026-01-01", "2026-12-31", 31).is_err());
         assert!(days_between("yesterday", "2026-12-31", 31).is_err());
+    }
+
+    #[test]
+    fn a_fact_counts_in_the_cells_of_its_hour() {
+        let [(requests, 1), (fills, 1)] = counts_at(
+            1_795_000_000,
+            "coolads",
+            "coolads-2.00",
+            [(Metric::Requests, 1), (Metric::Fills, 1)],
+        ) else {
+            panic!("counts are kept");
+        };
+        let in_that_hour = |metric| ReportCell {
+            day: "2026-11-18".into(),
+            ..cell(11, "coolads-2.00", metric)
+        };
+        assert_eq!(requests, in_that_hour(Metric::Requests));
+        assert_eq!(fills, in_that_hour(Metric::Fills));
     }
 }

@@ -12,7 +12,7 @@ mod watcher;
 
 use async_trait::async_trait;
 use cascade_core::config::{ConfigError, Configuration};
-use cascade_core::report::ReportCell;
+use cascade_core::report::{Metric, ReportCell, counts_at};
 
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, keys as redis_keys};
@@ -102,22 +102,16 @@ pub fn impression_cells(
     if selection.network_id.is_empty() {
         return None;
     }
-    let (day, hour) = cascade_core::report::period_of(unix_seconds);
-    let cell = |metric| ReportCell {
-        day: day.clone(),
-        hour,
-        network_id: selection.network_id.clone(),
-        mediated_bid_id: selection.bid_id.clone(),
-        metric,
-    };
     let revenue = u64::try_from(selection.price_micros / 1_000).unwrap_or(0);
-    Some([
-        (cell(cascade_core::report::Metric::Impressions), 1),
-        (
-            cell(cascade_core::report::Metric::EstimatedRevenueMicros),
-            revenue,
-        ),
-    ])
+    Some(counts_at(
+        unix_seconds,
+        &selection.network_id,
+        &selection.bid_id,
+        [
+            (Metric::Impressions, 1),
+            (Metric::EstimatedRevenueMicros, revenue),
+        ],
+    ))
 }
 
 pub fn now_unix_seconds() -> i64 {

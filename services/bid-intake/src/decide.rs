@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascade_core::report::{Metric, ReportCell, period_of};
+use cascade_core::report::{Metric, counts_at};
 use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
@@ -309,15 +309,12 @@ impl DecisionService {
             let selection = self.selection(request_id, &slot.decision.impid, account_id, winner);
             winner.selection_id = selection.id.clone();
             if !selection.network_id.is_empty() {
-                let (day, hour) = period_of(cascade_state::now_unix_seconds());
-                let win = ReportCell {
-                    day,
-                    hour,
-                    network_id: selection.network_id.clone(),
-                    mediated_bid_id: selection.bid_id.clone(),
-                    metric: Metric::Wins,
-                };
-                self.report.count([(win, 1)]);
+                self.report.count(counts_at(
+                    cascade_state::now_unix_seconds(),
+                    &selection.network_id,
+                    &selection.bid_id,
+                    [(Metric::Wins, 1)],
+                ));
             }
             selections.push(selection);
         }

@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 use cascade_core::Micros;
 use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
-use cascade_core::report::{Metric, ReportCell, period_of};
+use cascade_core::report::{Metric, ReportCell, counts_at};
 use cascade_core::snapshot::Snapshot;
 use cascade_networks::health::{BreakerPolicy, NetworkHealth};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
@@ -509,7 +509,6 @@ fn report_cells(
     outcome: &AdOutcome,
     latency: Duration,
 ) -> [(ReportCell, u64); 3] {
-    let (day, hour) = period_of(cascade_state::now_unix_seconds());
     let answered = match (outcome, call.network.mode) {
         (AdOutcome::Filled(_), NetworkMode::Bidding) => Metric::Bids,
         (AdOutcome::Filled(_), NetworkMode::Waterfall) => Metric::Fills,
@@ -517,17 +516,15 @@ fn report_cells(
         (AdOutcome::Timeout, _) => Metric::Timeouts,
         (AdOutcome::Error(_), _) => Metric::Errors,
     };
-    let cell = |metric| ReportCell {
-        day: day.clone(),
-        hour,
-        network_id: call.network.id.clone(),
-        mediated_bid_id: call.bid_id.to_string(),
-        metric,
-    };
     let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    [
-        (cell(Metric::Requests), 1),
-        (cell(answered), 1),
-        (cell(Metric::latency(latency_us)), 1),
-    ]
+    counts_at(
+        cascade_state::now_unix_seconds(),
+        &call.network.id,
+        call.bid_id,
+        [
+            (Metric::Requests, 1),
+            (answered, 1),
+            (Metric::latency(latency_us), 1),
+        ],
+    )
 }
