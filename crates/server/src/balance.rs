@@ -143,7 +143,8 @@ impl fmt::Display for Target {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResolverSettings {
-    /// How often names are resolved again and endpoints health-checked.
+    /// How often names are resolved again and endpoints health-checked (at least 50 ms:
+    /// each refresh is a DNS query and a health check per endpoint).
     pub refresh_interval_ms: u64,
     /// The DNS server to ask; unset: the system's (`/etc/resolv.conf`, `/etc/hosts`).
     pub nameserver: Option<SocketAddr>,
@@ -187,7 +188,7 @@ impl Resolver {
         let dns = builder.build().map_err(|e| ResolverError(e.to_string()))?;
         Ok(Self {
             dns,
-            refresh_interval: Duration::from_millis(settings.refresh_interval_ms.max(1)),
+            refresh_interval: Duration::from_millis(settings.refresh_interval_ms.max(50)),
         })
     }
 
