@@ -279,6 +279,9 @@ fn selling_rule_to_proto(rule: &SellingRule) -> pb::SellingRule {
         .into(),
         blocked_seats: rule.blocked_seats.clone(),
         blocked_attributes: rule.blocked_attributes.clone(),
+        block_unknown_adomain: rule.block_unknown_adomain,
+        block_unknown_category: rule.block_unknown_category,
+        mediated_bids_set_second_price: rule.mediated_bids_set_second_price,
     }
 }
 
@@ -304,6 +307,9 @@ fn selling_rule_from_proto(rule: pb::SellingRule, path: &str) -> Result<SellingR
         blocked_categories: rule.blocked_categories,
         blocked_seats: rule.blocked_seats,
         blocked_attributes: rule.blocked_attributes,
+        block_unknown_adomain: rule.block_unknown_adomain,
+        block_unknown_category: rule.block_unknown_category,
+        mediated_bids_set_second_price: rule.mediated_bids_set_second_price,
     })
 }
 
@@ -326,6 +332,7 @@ fn network_to_proto(network: &Network) -> pb::Network {
         .into(),
         max_concurrent_calls: network.max_concurrent_calls,
         bid_adjustment_micros: network.bid_adjustment.0,
+        currency: network.currency.clone().unwrap_or_default(),
     }
 }
 
@@ -370,6 +377,7 @@ fn network_from_proto(network: pb::Network, path: &str) -> Result<Network> {
         account_id: network.account_id,
         name: network.name,
         endpoint: network.endpoint,
+        currency: (!network.currency.is_empty()).then_some(network.currency),
     })
 }
 
@@ -413,6 +421,8 @@ fn line_item_to_proto(item: &LineItem) -> pb::LineItem {
         active: Some(item.active),
         adm: item.adm.clone(),
         adomain: item.adomain.clone(),
+        cat: item.categories.clone(),
+        attr: item.attributes.clone(),
     }
 }
 
@@ -443,6 +453,8 @@ fn line_item_from_proto(item: pb::LineItem, path: &str) -> Result<LineItem> {
         active: item.active.unwrap_or(true),
         adm: item.adm,
         adomain: item.adomain,
+        categories: item.cat,
+        attributes: item.attr,
     })
 }
 

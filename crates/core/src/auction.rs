@@ -1,5 +1,6 @@
-//! The auction: filters candidates by ad quality and floor, ranks the rest, and prices
-//! each one for the case that it ends up serving (the waterfall may skip the leaders).
+//! The auction: filters candidates by ad quality and by the floor that applies to each,
+//! ranks the rest, and prices each one for the case that it ends up serving (the
+//! waterfall may skip the leaders).
 //!
 //! It works on any candidate type through [`Bidder`], so services rank their wire types
 //! in place and get back indices, with no copy per candidate.
@@ -7,8 +8,10 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use crate::ad_quality::{AdQuality, Creative, Refusal};
 use crate::config::AuctionType;
 use crate::money::{Factor, Micros};
+pub use crate::ad_quality::category_is_within;
 pub use crate::targeting::domain_is_within;
 
 /// Kinds of demand.
@@ -40,6 +43,16 @@ impl Source {
                 | Source::ChainedOutcome
         )
     }
+
+    /// Mediated networks, waterfall or bidding, pay what they pay: never a second price.
+    pub fn is_network(self) -> bool {
+        matches!(self, Source::BiddingNetwork | Source::MediatedNetwork)
+    }
+
+    /// Demand that needs no call to serve: everything but a waterfall network.
+    pub fn is_in_hand(self) -> bool {
+        self != Source::MediatedNetwork
+    }
 }
 
 /// What the auction needs to know about a candidate.
@@ -59,27 +72,117 @@ pub trait Bidder {
     fn adjustment(&self) -> Factor {
         Factor::ONE
     }
+    /// The deal the bid says it is made under; empty for an open-auction bid.
+    fn dealid(&self) -> &str {
+        ""
+    }
+    /// The least this candidate may bid whatever the floor: for a bidding network's live
+    /// bid, the mediated bid's CPM.
+    fn minimum(&self) -> Micros {
+        Micros::ZERO
+    }
+    /// False for a chained outcome that selected no ad (a client-side chain node the
+    /// client reported as no fill, or never reported as filled).
+    fn filled(&self) -> bool {
+        true
+    }
 }
 
-/// The selling rule's side of the auction.
+/// How a deal is priced (OpenRTB `deal.at`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DealPricing {
+    /// The rule's auction type (`at` unset).
+    #[default]
+    Inherit,
+    FirstPrice,
+    SecondPrice,
+    /// `at = 3`: the deal's floor is the agreed price, paid by any bid at or above it.
+    Fixed,
+}
+
+impl DealPricing {
+    pub fn from_openrtb(at: i32) -> Self {
+        match at {
+            1 => DealPricing::FirstPrice,
+            2 => DealPricing::SecondPrice,
+            3 => DealPricing::Fixed,
+            _ => DealPricing::Inherit,
+        }
+    }
+}
+
+/// A deal the impression is offered under (`imp.pmp.deals[]`), its floor in USD micros.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deal {
+    pub id: String,
+    pub floor: Micros,
+    pub pricing: DealPricing,
+    /// Buyer seats allowed to bid on the deal; empty allows every seat.
+    pub wseats: Vec<String>,
+    /// Advertiser domains allowed on the deal; empty allows every advertiser.
+    pub wadomains: Vec<String>,
+}
+
+impl Deal {
+    /// Whether a bid with this seat and these advertiser domains may use the deal.
+    pub fn admits(&self, seat: &str, adomains: &[String]) -> bool {
+        let seat_ok = self.wseats.is_empty() || self.wseats.iter().any(|w| w.eq_ignore_ascii_case(seat));
+        let adomain_ok = self.wadomains.is_empty()
+            || (!adomains.is_empty()
+                && adomains
+                    .iter()
+                    .all(|d| self.wadomains.iter().any(|w| domain_is_within(d, w))));
+        seat_ok && adomain_ok
+    }
+}
+
+/// The selling rule's and the request's side of the auction of one impression.
 #[derive(Clone, Debug, Default)]
 pub struct AuctionRules<'a> {
+    /// max(rule floor, imp floor): the floor of open-auction demand.
     pub floor: Micros,
     pub auction_type: AuctionType,
-    pub blocked_adomains: &'a [String],
-    pub blocked_categories: &'a [String],
-    pub blocked_seats: &'a [String],
-    pub blocked_attributes: &'a [i32],
+    pub ad_quality: AdQuality<'a>,
+    pub deals: &'a [Deal],
+    /// `imp.pmp.private_auction = 1`: only bids under one of `deals` may serve among
+    /// auction demand (line items and chained outcomes keep their exemption).
+    pub private_auction: bool,
+    /// Whether a waterfall network's CPM (a publisher's estimate, not a bid) may set
+    /// the second price an exchange winner pays; by default it does not.
+    pub mediated_sets_second_price: bool,
+}
+
+/// The terms one candidate competes under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terms<'d> {
+    /// Line items and chained outcomes: their own price, no floor.
+    Fixed,
+    /// The open auction, under the rule and imp floor.
+    Open,
+    /// One of the impression's deals, under its floor.
+    Deal(&'d Deal),
+}
+
+impl Terms<'_> {
+    /// The floor the candidate's effective bid must meet; `None` when exempt.
+    pub fn floor(&self, rules: &AuctionRules<'_>) -> Option<Micros> {
+        match self {
+            Terms::Fixed => None,
+            Terms::Open => Some(rules.floor),
+            Terms::Deal(deal) => Some(deal.floor),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DropReason {
     NonPositiveBid,
     BelowFloor { floor: Micros },
-    BlockedAdomain(String),
-    BlockedCategory(String),
-    BlockedSeat(String),
-    BlockedAttribute(i32),
+    Refused(Refusal),
+    /// Under `private_auction`, a bid that is not under one of the impression's deals.
+    PrivateAuction,
+    /// A chained outcome that selected no ad.
+    UnfilledOutcome,
 }
 
 impl DropReason {
@@ -88,11 +191,16 @@ impl DropReason {
         match self {
             DropReason::NonPositiveBid => "non_positive_bid",
             DropReason::BelowFloor { .. } => "below_floor",
-            DropReason::BlockedAdomain(_) => "blocked_adomain",
-            DropReason::BlockedCategory(_) => "blocked_category",
-            DropReason::BlockedSeat(_) => "blocked_seat",
-            DropReason::BlockedAttribute(_) => "blocked_attribute",
+            DropReason::Refused(refusal) => refusal.code(),
+            DropReason::PrivateAuction => "private_auction",
+            DropReason::UnfilledOutcome => "unfilled_outcome",
         }
+    }
+}
+
+impl From<Refusal> for DropReason {
+    fn from(refusal: Refusal) -> Self {
+        DropReason::Refused(refusal)
     }
 }
 
@@ -101,12 +209,13 @@ impl fmt::Display for DropReason {
         match self {
             DropReason::NonPositiveBid => f.write_str("bid is zero"),
             DropReason::BelowFloor { floor } => write!(f, "bid is below the floor of {floor}"),
-            DropReason::BlockedAdomain(domain) => {
-                write!(f, "advertiser domain {domain} is blocked")
+            DropReason::Refused(refusal) => refusal.fmt(f),
+            DropReason::PrivateAuction => f.write_str(
+                "private auction: the bid names no deal of this impression that admits its seat and advertiser",
+            ),
+            DropReason::UnfilledOutcome => {
+                f.write_str("the chained selection selected no ad (its node was not reported filled)")
             }
-            DropReason::BlockedCategory(cat) => write!(f, "category {cat} is blocked"),
-            DropReason::BlockedSeat(seat) => write!(f, "buyer seat {seat} is blocked"),
-            DropReason::BlockedAttribute(attr) => write!(f, "creative attribute {attr} is blocked"),
         }
     }
 }
@@ -126,6 +235,61 @@ pub struct Ranking {
     pub dropped: Vec<(usize, DropReason)>,
 }
 
+/// The terms a candidate competes under: a line item or chained outcome its fixed
+/// price; a bid naming one of the impression's deals that admits its seat and
+/// advertiser, that deal; anything else the open auction, which `private_auction`
+/// closes to auction demand.
+pub fn terms_of<'d, B: Bidder>(candidate: &B, rules: &AuctionRules<'d>) -> Result<Terms<'d>, DropReason> {
+    if candidate.source().is_fixed_price() {
+        return Ok(Terms::Fixed);
+    }
+    let dealid = candidate.dealid();
+    let deal = (!dealid.is_empty())
+        .then(|| rules.deals.iter().find(|d| d.id == dealid))
+        .flatten()
+        .filter(|d| d.admits(candidate.seat(), candidate.adomains()));
+    match deal {
+        Some(deal) => Ok(Terms::Deal(deal)),
+        None if rules.private_auction => Err(DropReason::PrivateAuction),
+        None => Ok(Terms::Open),
+    }
+}
+
+/// Why `candidate` may not compete, or the terms it competes under.
+pub fn admit<'d, B: Bidder>(
+    candidate: &B,
+    rules: &AuctionRules<'d>,
+) -> Result<Terms<'d>, DropReason> {
+    let effective = effective_bid(candidate);
+    if effective <= Micros::ZERO {
+        return Err(DropReason::NonPositiveBid);
+    }
+    if !candidate.filled() {
+        return Err(DropReason::UnfilledOutcome);
+    }
+    let terms = terms_of(candidate, rules)?;
+    if let Some(floor) = terms.floor(rules)
+        && effective < floor
+    {
+        return Err(DropReason::BelowFloor { floor });
+    }
+    if candidate.bid() < candidate.minimum() {
+        return Err(DropReason::BelowFloor {
+            floor: candidate.minimum(),
+        });
+    }
+    let creative = Creative {
+        adomains: candidate.adomains(),
+        categories: candidate.categories(),
+        seat: candidate.seat(),
+        attributes: candidate.attributes(),
+    };
+    if let Some(refusal) = rules.ad_quality.check(&creative) {
+        return Err(refusal.into());
+    }
+    Ok(terms)
+}
+
 /// Ranks `candidates` under `rules`.
 ///
 /// Every candidate competes with its effective bid: its bid times its bid adjustment
@@ -133,17 +297,15 @@ pub struct Ranking {
 /// first (priority, then CPM); then by effective bid, equal bids going to a
 /// non-guaranteed line item, then a chained outcome, then an exchange bid, then a
 /// mediated bid; then the smaller id. It is a total order, so the ranking never depends
-/// on input order. Clearing price: a line item or chained outcome pays its own price;
-/// otherwise first price pays the effective bid, and second price the larger of the
-/// floor and the next effective bid in rank order, never more than its own.
+/// on input order. Clearing price: see [`clearing_price`].
 pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
     let effective: Vec<Micros> = candidates.iter().map(effective_bid).collect();
     let mut ranking = Ranking::default();
-    let mut eligible: Vec<usize> = Vec::with_capacity(candidates.len());
+    let mut eligible: Vec<(usize, Terms<'_>)> = Vec::with_capacity(candidates.len());
     for (index, candidate) in candidates.iter().enumerate() {
-        match drop_reason(candidate, effective[index], rules) {
-            Some(reason) => ranking.dropped.push((index, reason)),
-            None => eligible.push(index),
+        match admit(candidate, rules) {
+            Ok(terms) => eligible.push((index, terms)),
+            Err(reason) => ranking.dropped.push((index, reason)),
         }
     }
     let key = |index: usize| {
@@ -153,29 +315,66 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
             candidates[index].id(),
         )
     };
-    eligible.sort_by(|&a, &b| compare(key(a), key(b)));
+    eligible.sort_by(|&(a, _), &(b, _)| compare(key(a), key(b)));
     ranking.ranked = eligible
         .iter()
         .enumerate()
-        .map(|(position, &index)| {
-            let bid = effective[index];
-            let clearing_price = match rules.auction_type {
-                _ if candidates[index].source().is_fixed_price() => bid,
-                AuctionType::FirstPrice => bid,
-                AuctionType::SecondPrice => {
-                    let next_bid = eligible
-                        .get(position + 1)
-                        .map_or(Micros::ZERO, |&next| effective[next]);
-                    next_bid.max(rules.floor).min(bid)
-                }
-            };
+        .map(|(position, &(index, terms))| {
+            // The next bid that may set a second price: a waterfall network's CPM is
+            // the publisher's estimate, not a bid, unless the rule says otherwise.
+            let next_bid = eligible[position + 1..]
+                .iter()
+                .find(|(next, _)| {
+                    rules.mediated_sets_second_price
+                        || candidates[*next].source() != Source::MediatedNetwork
+                })
+                .map_or(Micros::ZERO, |&(next, _)| effective[next]);
             Ranked {
                 index,
-                clearing_price,
+                clearing_price: clearing_price(
+                    candidates[index].source(),
+                    effective[index],
+                    terms,
+                    next_bid,
+                    rules,
+                ),
             }
         })
         .collect();
     ranking
+}
+
+/// What a candidate pays if it serves. A line item or chained outcome pays its own
+/// price, a network (waterfall or bidding) its effective bid, never a second price; a
+/// fixed-price deal (`at = 3`) its floor; otherwise first price pays the effective bid,
+/// and second price the larger of the candidate's floor and `next_bid`, never more
+/// than its own bid.
+pub fn clearing_price(
+    source: Source,
+    effective: Micros,
+    terms: Terms<'_>,
+    next_bid: Micros,
+    rules: &AuctionRules<'_>,
+) -> Micros {
+    if source.is_fixed_price() || source.is_network() {
+        return effective;
+    }
+    let auction_type = match terms {
+        Terms::Deal(deal) => match deal.pricing {
+            DealPricing::Fixed => return deal.floor.min(effective),
+            DealPricing::FirstPrice => AuctionType::FirstPrice,
+            DealPricing::SecondPrice => AuctionType::SecondPrice,
+            DealPricing::Inherit => rules.auction_type,
+        },
+        Terms::Fixed | Terms::Open => rules.auction_type,
+    };
+    match auction_type {
+        AuctionType::FirstPrice => effective,
+        AuctionType::SecondPrice => {
+            let floor = terms.floor(rules).unwrap_or(Micros::ZERO);
+            next_bid.max(floor).min(effective)
+        }
+    }
 }
 
 /// What a candidate competes with: its bid, adjusted unless its price is fixed.
@@ -205,55 +404,6 @@ fn compare(
     .then_with(|| a_id.cmp(b_id))
 }
 
-fn drop_reason<B: Bidder>(
-    candidate: &B,
-    effective: Micros,
-    rules: &AuctionRules<'_>,
-) -> Option<DropReason> {
-    if effective <= Micros::ZERO {
-        return Some(DropReason::NonPositiveBid);
-    }
-    if effective < rules.floor && !candidate.source().is_fixed_price() {
-        return Some(DropReason::BelowFloor { floor: rules.floor });
-    }
-    let seat = candidate.seat();
-    if !seat.is_empty() && rules.blocked_seats.iter().any(|s| s == seat) {
-        return Some(DropReason::BlockedSeat(seat.to_string()));
-    }
-    if let Some(attribute) = candidate
-        .attributes()
-        .iter()
-        .find(|a| rules.blocked_attributes.contains(a))
-    {
-        return Some(DropReason::BlockedAttribute(*attribute));
-    }
-    if let Some(domain) = candidate.adomains().iter().find(|d| {
-        rules
-            .blocked_adomains
-            .iter()
-            .any(|b| domain_is_within(d, b))
-    }) {
-        return Some(DropReason::BlockedAdomain(domain.clone()));
-    }
-    if let Some(category) = candidate.categories().iter().find(|c| {
-        rules
-            .blocked_categories
-            .iter()
-            .any(|b| category_is_within(c, b))
-    }) {
-        return Some(DropReason::BlockedCategory(category.clone()));
-    }
-    None
-}
-
-/// IAB content categories nest by suffix: `IAB2-3` is within `IAB2`.
-pub fn category_is_within(category: &str, blocked: &str) -> bool {
-    category.eq_ignore_ascii_case(blocked)
-        || (category.len() > blocked.len()
-            && category.as_bytes()[blocked.len()] == b'-'
-            && category[..blocked.len()].eq_ignore_ascii_case(blocked))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +418,9 @@ mod tests {
         seat: String,
         attributes: Vec<i32>,
         adjustment: Factor,
+        dealid: String,
+        minimum: Micros,
+        filled: bool,
     }
 
     impl Bidder for Bid {
@@ -295,6 +448,15 @@ mod tests {
         fn adjustment(&self) -> Factor {
             self.adjustment
         }
+        fn dealid(&self) -> &str {
+            &self.dealid
+        }
+        fn minimum(&self) -> Micros {
+            self.minimum
+        }
+        fn filled(&self) -> bool {
+            self.filled
+        }
     }
 
     fn bid(id: &str, source: Source, micros: i64) -> Bid {
@@ -307,6 +469,9 @@ mod tests {
             seat: String::new(),
             attributes: vec![],
             adjustment: Factor::ONE,
+            dealid: String::new(),
+            minimum: Micros::ZERO,
+            filled: true,
         }
     }
 
@@ -348,8 +513,11 @@ mod tests {
         let blocked_categories = vec!["IAB25".to_string()];
         let rules = AuctionRules {
             floor: Micros(500_000),
-            blocked_adomains: &blocked_adomains,
-            blocked_categories: &blocked_categories,
+            ad_quality: AdQuality {
+                blocked_adomains: &blocked_adomains,
+                blocked_categories: &blocked_categories,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let ranking = rank(&candidates, &rules);
@@ -460,8 +628,11 @@ mod tests {
         let candidates = vec![seat, attribute, bid("ok", Source::Exchange, 1_000_000)];
         let blocked_seats = vec!["bad-seat".to_string()];
         let rules = AuctionRules {
-            blocked_seats: &blocked_seats,
-            blocked_attributes: &[3],
+            ad_quality: AdQuality {
+                blocked_seats: &blocked_seats,
+                blocked_attributes: &[3],
+                ..Default::default()
+            },
             ..Default::default()
         };
         let ranking = rank(&candidates, &rules);
@@ -470,8 +641,8 @@ mod tests {
         assert_eq!(
             reasons,
             [
-                DropReason::BlockedSeat("bad-seat".into()),
-                DropReason::BlockedAttribute(3)
+                DropReason::Refused(Refusal::BlockedSeat("bad-seat".into())),
+                DropReason::Refused(Refusal::BlockedAttribute(3))
             ]
         );
     }

@@ -136,6 +136,17 @@ pub struct SellingRule {
     pub blocked_attributes: Vec<i32>,
     #[serde(default)]
     pub auction_type: AuctionType,
+    /// Refuse an ad that declares no advertiser domain (demand that cannot be inspected
+    /// passes by default).
+    #[serde(default)]
+    pub block_unknown_adomain: bool,
+    /// Refuse an ad that declares no category.
+    #[serde(default)]
+    pub block_unknown_category: bool,
+    /// Under second price, let a waterfall network's CPM (a publisher's estimate, not a
+    /// bid) set the price an exchange winner pays; off by default.
+    #[serde(default)]
+    pub mediated_bids_set_second_price: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -181,6 +192,10 @@ pub struct Network {
     /// pay, relative to what it bids or is expected to pay).
     #[serde(default)]
     pub bid_adjustment: crate::money::Factor,
+    /// ISO-4217 currency of the network's CPMs, the floors it is sent and its answers
+    /// (when an answer names none); USD when unset.
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 impl Default for Network {
@@ -195,6 +210,7 @@ impl Default for Network {
             mode: NetworkMode::default(),
             max_concurrent_calls: default_max_concurrent_calls(),
             bid_adjustment: crate::money::Factor::ONE,
+            currency: None,
         }
     }
 }
@@ -257,6 +273,12 @@ pub struct LineItem {
     pub adm: String,
     #[serde(default)]
     pub adomain: Vec<String>,
+    /// The creative's IAB categories, for ad-quality filters.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// The creative's OpenRTB attribute codes.
+    #[serde(default)]
+    pub attributes: Vec<i32>,
 }
 
 fn default_priority() -> u32 {
@@ -357,6 +379,15 @@ impl Configuration {
                 return Err(ConfigError::new(
                     format!("networks[{i}].max_concurrent_calls"),
                     "must be at least 1",
+                ));
+            }
+            if let Some(currency) = &network.currency
+                && !(currency == crate::money::AUCTION_CURRENCY
+                    || self.currency_rates.iter().any(|r| &r.currency == currency))
+            {
+                return Err(ConfigError::new(
+                    format!("networks[{i}].currency"),
+                    format!("no currency rate is configured for {currency:?}"),
                 ));
             }
             if network.timeout_ms == 0 || network.timeout_ms > MAX_NETWORK_TIMEOUT_MS {

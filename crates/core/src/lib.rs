@@ -2,6 +2,7 @@
 //! translate their protobuf messages into these types (or implement
 //! [`auction::Bidder`] for them) and keep every business rule here.
 
+pub mod ad_quality;
 pub mod auction;
 pub mod config;
 pub mod entity;
@@ -10,5 +11,6 @@ pub mod money;
 pub mod report;
 pub mod snapshot;
 pub mod targeting;
+pub mod waterfall;
 
 pub use money::Micros;

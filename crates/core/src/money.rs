@@ -126,6 +126,18 @@ impl Factor {
         let product = i128::from(amount.0) * i128::from(self.0) / i128::from(MICROS_PER_UNIT);
         Micros(i64::try_from(product).unwrap_or(MAX_MICROS).min(MAX_MICROS))
     }
+
+    /// The least amount that is still at least `amount` once this factor applies:
+    /// `amount / factor`, rounded up (so `apply(gross_up(x)) >= x`).
+    pub fn gross_up(self, amount: Micros) -> Micros {
+        if self.0 <= 0 {
+            return Micros(MAX_MICROS);
+        }
+        let numerator = i128::from(amount.0) * i128::from(MICROS_PER_UNIT);
+        let divisor = i128::from(self.0);
+        let quotient = (numerator + divisor - 1) / divisor;
+        Micros(i64::try_from(quotient).unwrap_or(MAX_MICROS).min(MAX_MICROS))
+    }
 }
 
 impl Default for Factor {
@@ -184,6 +196,35 @@ impl CurrencyRates {
             .map(Micros)
             .ok_or_else(|| MoneyError::TooLarge(amount.to_string()))
     }
+
+    /// Converts `usd` to `currency`, rounding up: a floor sent in another currency is
+    /// never below the floor in USD.
+    pub fn from_usd(&self, usd: Micros, currency: &str) -> Result<Micros, MoneyError> {
+        if currency.is_empty() || currency.eq_ignore_ascii_case(AUCTION_CURRENCY) {
+            return Ok(usd);
+        }
+        let rate = i128::from(
+            *self
+                .usd_micros_per_unit
+                .get(&currency.to_ascii_uppercase())
+                .ok_or_else(|| MoneyError::UnknownCurrency(currency.to_string()))?,
+        );
+        let amount = (i128::from(usd.0) * i128::from(MICROS_PER_UNIT) + rate - 1) / rate;
+        i64::try_from(amount)
+            .ok()
+            .filter(|m| *m <= MAX_MICROS)
+            .map(Micros)
+            .ok_or_else(|| MoneyError::TooLarge(usd.to_string()))
+    }
+
+    /// Whether a rate is configured for `currency` (USD always is).
+    pub fn knows(&self, currency: &str) -> bool {
+        currency.is_empty()
+            || currency.eq_ignore_ascii_case(AUCTION_CURRENCY)
+            || self
+                .usd_micros_per_unit
+                .contains_key(&currency.to_ascii_uppercase())
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +268,23 @@ mod tests {
             Factor(1_000_001).apply(Micros(MAX_MICROS)),
             Micros(MAX_MICROS)
         );
+    }
+
+    #[test]
+    fn gross_up_is_the_least_amount_that_survives_the_factor() {
+        assert_eq!(Factor(800_000).gross_up(Micros(1_000_000)), Micros(1_250_000));
+        assert_eq!(Factor(300_000).gross_up(Micros(1)), Micros(4));
+        assert_eq!(Factor(300_000).apply(Micros(4)), Micros(1));
+        assert_eq!(Factor::ONE.gross_up(Micros(7)), Micros(7));
+    }
+
+    #[test]
+    fn floors_convert_from_usd_rounding_up() {
+        let rates = CurrencyRates::new([("EUR".to_string(), 1_100_000)]);
+        let eur = rates.from_usd(Micros(1_000_000), "EUR").unwrap();
+        assert_eq!(eur, Micros(909_091));
+        assert!(rates.to_usd(eur, "EUR").unwrap() >= Micros(1_000_000));
+        assert!(rates.from_usd(Micros(1), "GBP").is_err());
     }
 
     #[test]

@@ -40,6 +40,9 @@ struct Owned {
     /// In configuration order.
     line_items: Vec<LineItem>,
     line_item_index: TargetingIndex,
+    /// Whether the account has selling rules of its own, enabled or not: then it does
+    /// not inherit its container's.
+    has_own_rules: bool,
     /// Enabled rules only, in configuration order.
     rules: Vec<SellingRule>,
     rule_index: TargetingIndex,
@@ -150,16 +153,12 @@ impl Snapshot {
             }
         }
         let mut owned: HashMap<String, Owned> = HashMap::new();
-        for rule in configuration
-            .selling_rules
-            .into_iter()
-            .filter(|r| r.enabled)
-        {
-            owned
-                .entry(rule.account_id.clone())
-                .or_default()
-                .rules
-                .push(rule);
+        for rule in configuration.selling_rules {
+            let entities = owned.entry(rule.account_id.clone()).or_default();
+            entities.has_own_rules = true;
+            if rule.enabled {
+                entities.rules.push(rule);
+            }
         }
         for bid in configuration.mediated_bids {
             owned
@@ -239,12 +238,15 @@ impl Snapshot {
     }
 
     /// The owner of the rule set in force for an account: the nearest account on its
-    /// path to the root (itself first) with at least one enabled rule.
+    /// path to the root (itself first) with selling rules of its own, enabled or not
+    /// (OpenX: an account inherits "unless the account has its own rules directly
+    /// associated with it"). An account whose own rules are all disabled has no rule
+    /// in force; it does not fall back to its container's, possibly looser, set.
     fn rule_owner<'s>(&'s self, account_id: &'s str) -> Option<(&'s str, &'s Owned)> {
         self.account_path(account_id).find_map(|owner| {
             self.owned
                 .get(owner)
-                .filter(|o| !o.rules.is_empty())
+                .filter(|o| o.has_own_rules)
                 .map(|o| (owner, o))
         })
     }
@@ -523,6 +525,21 @@ mod tests {
     }
 
     #[test]
+    fn an_account_whose_own_rules_are_all_disabled_does_not_inherit() {
+        let mut configuration: Configuration = toml::from_str(DEMO).unwrap();
+        configuration.selling_rules.push(SellingRule {
+            id: "paused".into(),
+            account_id: "8953".into(),
+            enabled: false,
+            ..Default::default()
+        });
+        let snapshot = Snapshot::build(configuration).unwrap();
+        let evaluation = snapshot.evaluate("8953", &banner("DEU", 2), Micros::ZERO, false);
+        assert!(evaluation.applied_rule.is_none(), "{evaluation:?}");
+        assert!(evaluation.mediated_bids.is_empty());
+    }
+
+    #[test]
     fn mediated_bids_come_from_the_account_path_and_explain_exclusions() {
         let snapshot = demo();
         let evaluation = snapshot.evaluate("8953", &banner("DEU", 2), Micros::ZERO, true);
@@ -729,10 +746,11 @@ mod properties {
             let linear = snapshot.evaluate_with(Engine::Linear, &account, &keys, floor, true);
             prop_assert_eq!(&indexed, &linear);
 
-            // The rule set is that of the nearest account with an enabled rule.
+            // The rule set is that of the nearest account with rules of its own,
+            // enabled or not.
             let path: Vec<&str> = snapshot.account_path(&account).collect();
             let owner = path.iter().find(|a| {
-                configuration.selling_rules.iter().any(|r| r.enabled && r.account_id == **a)
+                configuration.selling_rules.iter().any(|r| r.account_id == **a)
             });
             let matching: Vec<&SellingRule> = configuration
                 .selling_rules

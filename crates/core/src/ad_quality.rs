@@ -1,0 +1,228 @@
+//! Ad-quality filters: what the publisher (its selling rule) and the request (`badv`,
+//! `bcat`, `bseat`, `battr`) refuse to show. One check for every ad that can serve:
+//! exchange bids, bidding networks' live bids, waterfall networks' answers, line items
+//! and chained outcomes.
+
+use std::fmt;
+
+use crate::targeting::domain_is_within;
+
+/// The content taxonomy categories are written in (OpenRTB 2.6 `cattax`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Taxonomy {
+    /// IAB Content Category Taxonomy 1.0 (`cattax` 1, the OpenRTB default): a category
+    /// nests under its parent by prefix, `IAB25-2` within `IAB25`.
+    #[default]
+    Content1,
+    /// Any other taxonomy: no parent table is shipped, so a category is blocked only by
+    /// its exact code.
+    Other(i32),
+}
+
+impl Taxonomy {
+    /// From OpenRTB's `cattax`; 0 (unset) means the default, 1.
+    pub fn from_cattax(cattax: i32) -> Self {
+        match cattax {
+            0 | 1 => Taxonomy::Content1,
+            other => Taxonomy::Other(other),
+        }
+    }
+
+    /// Whether `category` is `blocked` or one of its descendants.
+    pub fn is_within(self, category: &str, blocked: &str) -> bool {
+        match self {
+            Taxonomy::Content1 => category_is_within(category, blocked),
+            Taxonomy::Other(_) => category.eq_ignore_ascii_case(blocked),
+        }
+    }
+}
+
+/// IAB Content Taxonomy 1.0 categories nest by suffix: `IAB2-3` is within `IAB2`.
+pub fn category_is_within(category: &str, blocked: &str) -> bool {
+    category.eq_ignore_ascii_case(blocked)
+        || (category.len() > blocked.len()
+            && category.as_bytes()[blocked.len()] == b'-'
+            && category.is_char_boundary(blocked.len())
+            && category[..blocked.len()].eq_ignore_ascii_case(blocked))
+}
+
+/// The filters that apply to one impression: the selling rule's plus the request's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdQuality<'a> {
+    /// Blocked advertiser domains; a domain also blocks its subdomains.
+    pub blocked_adomains: &'a [String],
+    /// Blocked categories; a category also blocks its children (see [`Taxonomy`]).
+    pub blocked_categories: &'a [String],
+    pub blocked_seats: &'a [String],
+    /// OpenRTB creative attribute codes.
+    pub blocked_attributes: &'a [i32],
+    pub taxonomy: Taxonomy,
+    /// Refuse an ad that declares no advertiser domain (a rule setting, as Prebid's
+    /// ortb2blocking `enforce_blocks`); by default it passes.
+    pub block_unknown_adomain: bool,
+    /// Refuse an ad that declares no category.
+    pub block_unknown_category: bool,
+}
+
+/// What an ad says about itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Creative<'a> {
+    pub adomains: &'a [String],
+    pub categories: &'a [String],
+    /// The buyer seat; empty when the demand has none (networks, line items).
+    pub seat: &'a str,
+    pub attributes: &'a [i32],
+}
+
+/// Why an ad may not serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    BlockedAdomain(String),
+    BlockedCategory(String),
+    BlockedSeat(String),
+    BlockedAttribute(i32),
+    UnknownAdomain,
+    UnknownCategory,
+}
+
+impl Refusal {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::BlockedAdomain(_) => "blocked_adomain",
+            Refusal::BlockedCategory(_) => "blocked_category",
+            Refusal::BlockedSeat(_) => "blocked_seat",
+            Refusal::BlockedAttribute(_) => "blocked_attribute",
+            Refusal::UnknownAdomain => "unknown_adomain",
+            Refusal::UnknownCategory => "unknown_category",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::BlockedAdomain(domain) => write!(f, "advertiser domain {domain} is blocked"),
+            Refusal::BlockedCategory(cat) => write!(f, "category {cat} is blocked"),
+            Refusal::BlockedSeat(seat) => write!(f, "buyer seat {seat} is blocked"),
+            Refusal::BlockedAttribute(attr) => write!(f, "creative attribute {attr} is blocked"),
+            Refusal::UnknownAdomain => {
+                f.write_str("the ad declares no advertiser domain and the rule blocks unknown ones")
+            }
+            Refusal::UnknownCategory => {
+                f.write_str("the ad declares no category and the rule blocks unknown ones")
+            }
+        }
+    }
+}
+
+impl AdQuality<'_> {
+    /// `None` when the ad may serve; otherwise the first filter it fails.
+    pub fn check(&self, creative: &Creative<'_>) -> Option<Refusal> {
+        let seat = creative.seat;
+        if !seat.is_empty()
+            && self
+                .blocked_seats
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(seat))
+        {
+            return Some(Refusal::BlockedSeat(seat.to_string()));
+        }
+        if let Some(attribute) = creative
+            .attributes
+            .iter()
+            .find(|a| self.blocked_attributes.contains(a))
+        {
+            return Some(Refusal::BlockedAttribute(*attribute));
+        }
+        if let Some(domain) = creative.adomains.iter().find(|d| {
+            self.blocked_adomains
+                .iter()
+                .any(|blocked| domain_is_within(d, blocked))
+        }) {
+            return Some(Refusal::BlockedAdomain(domain.clone()));
+        }
+        if let Some(category) = creative.categories.iter().find(|c| {
+            self.blocked_categories
+                .iter()
+                .any(|blocked| self.taxonomy.is_within(c, blocked))
+        }) {
+            return Some(Refusal::BlockedCategory(category.clone()));
+        }
+        if self.block_unknown_adomain && creative.adomains.iter().all(|d| d.trim().is_empty()) {
+            return Some(Refusal::UnknownAdomain);
+        }
+        if self.block_unknown_category && creative.categories.iter().all(|c| c.trim().is_empty())
+        {
+            return Some(Refusal::UnknownCategory);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn categories_nest_by_taxonomy() {
+        assert!(category_is_within("IAB2-3", "IAB2"));
+        assert!(category_is_within("iab2", "IAB2"));
+        assert!(!category_is_within("IAB22", "IAB2"));
+        assert!(!category_is_within("IAB2", "IAB2-3"));
+        let other = Taxonomy::from_cattax(6);
+        assert!(other.is_within("1234", "1234"));
+        assert!(!other.is_within("1234-5", "1234"));
+        assert!(Taxonomy::from_cattax(0).is_within("IAB25-2", "IAB25"));
+    }
+
+    #[test]
+    fn unknown_values_pass_unless_the_rule_blocks_them() {
+        let blocked = strings(&["bad.example"]);
+        let mut quality = AdQuality {
+            blocked_adomains: &blocked,
+            ..Default::default()
+        };
+        let silent = Creative::default();
+        assert_eq!(quality.check(&silent), None);
+        quality.block_unknown_adomain = true;
+        assert_eq!(quality.check(&silent), Some(Refusal::UnknownAdomain));
+        quality.block_unknown_adomain = false;
+        quality.block_unknown_category = true;
+        assert_eq!(quality.check(&silent), Some(Refusal::UnknownCategory));
+    }
+
+    proptest! {
+        /// An ad passes exactly when none of its domains is within a blocked one, none
+        /// of its categories within a blocked one, its seat and attributes not blocked.
+        #[test]
+        fn check_refuses_exactly_what_a_filter_names(
+            domains in prop::collection::vec(prop_oneof!["bad\\.example", "ads\\.bad\\.example", "good\\.example", "notbad\\.example"], 0..3),
+            categories in prop::collection::vec(prop_oneof!["IAB25", "IAB25-2", "IAB2", "IAB22-1"], 0..3),
+            attributes in prop::collection::vec(1..10i32, 0..3),
+            seat in prop_oneof!["", "seat-a", "seat-b"],
+        ) {
+            let blocked_domains = strings(&["bad.example"]);
+            let blocked_categories = strings(&["IAB25"]);
+            let blocked_seats = strings(&["seat-b"]);
+            let quality = AdQuality {
+                blocked_adomains: &blocked_domains,
+                blocked_categories: &blocked_categories,
+                blocked_seats: &blocked_seats,
+                blocked_attributes: &[3],
+                ..Default::default()
+            };
+            let creative = Creative { adomains: &domains, categories: &categories, seat: &seat, attributes: &attributes };
+            let expect_refused = domains.iter().any(|d| d == "bad.example" || d.ends_with(".bad.example"))
+                || categories.iter().any(|c| c == "IAB25" || c.starts_with("IAB25-"))
+                || seat == "seat-b"
+                || attributes.contains(&3);
+            prop_assert_eq!(quality.check(&creative).is_some(), expect_refused);
+        }
+    }
+}
