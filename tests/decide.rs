@@ -319,7 +319,11 @@ async fn the_iab_openrtb_examples_decide_as_they_are() {
             "NO_FILL_REASON_UNKNOWN_ACCOUNT",
         ),
         ("bid-request-example-4-video.json", "coolads"),
-        ("bid-request-example-5-pmp-with-direct-deal.json", "coolads"),
+        // A private auction: only bids under its deals may serve, and there are none.
+        (
+            "bid-request-example-5-pmp-with-direct-deal.json",
+            "NO_FILL_REASON_NO_ELIGIBLE_DEMAND",
+        ),
     ];
     for (file, expected) in expectations {
         let text = std::fs::read_to_string(fixtures.join(file)).unwrap();
@@ -339,14 +343,15 @@ async fn the_iab_openrtb_examples_decide_as_they_are() {
     }
     // Example 4 is video on Site ABCD, whose own rule sells video at a $1.50 floor in a
     // second-price auction: its $3.00 video bid beats the container's $2.00 CoolAds bid
-    // (BetaAds' $1.20 is under the floor) and clears at that next bid.
+    // (BetaAds' $1.20 is under the floor) and, a mediated network, pays its own price:
+    // nobody charges a network a second price.
     let text = std::fs::read_to_string(fixtures.join("bid-request-example-4-video.json")).unwrap();
     let mut request =
         json!({"request": serde_json::from_str::<Value>(&text).unwrap(), "debug": true});
     request["request"]["tmax"] = json!(1000);
     let response = cluster.decide(&request).await;
     assert_eq!(winner(&response)["bidId"], "coolads-video-3.00");
-    assert_eq!(winner(&response)["priceMicros"], "2000000");
+    assert_eq!(winner(&response)["priceMicros"], "3000000");
     assert_eq!(
         response["decisions"][0]["explanation"]["appliedRuleId"],
         "siteabcd-video"

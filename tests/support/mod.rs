@@ -40,6 +40,11 @@ pub fn workspace_file(path: &str) -> PathBuf {
 /// The fake networks, the `[state]` settings every service reads and the demo
 /// configuration file they point at.
 pub async fn demo_state() -> (FakeNetworks, String, tempfile::NamedTempFile) {
+    demo_state_with("").await
+}
+
+/// [`demo_state`] with `extra` TOML appended to the demo configuration.
+pub async fn demo_state_with(extra: &str) -> (FakeNetworks, String, tempfile::NamedTempFile) {
     let networks = FakeNetworks::start().await.unwrap();
     let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
     let demo = demo
@@ -59,7 +64,11 @@ pub async fn demo_state() -> (FakeNetworks, String, tempfile::NamedTempFile) {
     );
     let mut configuration = tempfile::NamedTempFile::new().unwrap();
     configuration
-        .write_all(format!("{demo}\n{dead_network}").as_bytes())
+        .write_all(
+            format!("{demo}\n{dead_network}\n{extra}")
+                .replace("${DEMO_NETWORK}", &networks.addr().to_string())
+                .as_bytes(),
+        )
         .unwrap();
     let state = format!(
         "[state]\nconfiguration_file = {:?}\n",
@@ -71,6 +80,12 @@ pub async fn demo_state() -> (FakeNetworks, String, tempfile::NamedTempFile) {
 impl Cluster {
     pub async fn start() -> Cluster {
         Self::start_with("").await
+    }
+
+    /// The demo cluster with `extra` TOML appended to its configuration.
+    pub async fn start_with_configuration(extra: &str) -> Cluster {
+        let (networks, state, configuration) = demo_state_with(extra).await;
+        Self::start_services(networks, &state, "", "", Some(configuration)).await
     }
 
     /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.

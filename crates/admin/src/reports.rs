@@ -123,6 +123,7 @@ fn row_to_proto(row: ReportRow) -> pb::NetworkReportRow {
         bids: row.bids,
         fills: row.fills,
         no_fills: row.no_fills,
+        blocked: row.blocked,
         timeouts: row.timeouts,
         errors: row.errors,
         wins: row.wins,

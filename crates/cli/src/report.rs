@@ -106,7 +106,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-const COLUMNS: [&str; 19] = [
+const COLUMNS: [&str; 20] = [
     "period",
     "network",
     "mediated_bid",
@@ -115,6 +115,7 @@ const COLUMNS: [&str; 19] = [
     "fills",
     "fill_rate",
     "no_fills",
+    "blocked",
     "timeouts",
     "errors",
     "wins",
@@ -144,6 +145,7 @@ fn cells(
         row.fills.to_string(),
         optional(row.fill_rate_ppm.map(&rate)),
         row.no_fills.to_string(),
+        row.blocked.to_string(),
         row.timeouts.to_string(),
         row.errors.to_string(),
         row.wins.to_string(),

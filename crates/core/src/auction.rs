@@ -11,6 +11,7 @@ use std::fmt;
 use crate::ad_quality::{AdQuality, Creative, Refusal};
 use crate::config::AuctionType;
 use crate::money::{Factor, Micros};
+use crate::waterfall::network_floor;
 pub use crate::ad_quality::category_is_within;
 pub use crate::targeting::domain_is_within;
 
@@ -226,6 +227,10 @@ pub struct Ranked {
     pub index: usize,
     /// What the candidate pays if it serves.
     pub clearing_price: Micros,
+    /// The floor the candidate is held to, before its adjustment: for a network, the
+    /// floor it is sent and whose answer must meet it ([`network_floor`]); zero for a
+    /// line item or chained outcome.
+    pub floor: Micros,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -278,6 +283,11 @@ pub fn admit<'d, B: Bidder>(
             floor: candidate.minimum(),
         });
     }
+    // A waterfall network's ad is not known until it is called: its answer is judged
+    // then, by the same filters (`waterfall::judge`).
+    if candidate.source() == Source::MediatedNetwork {
+        return Ok(terms);
+    }
     let creative = Creative {
         adomains: candidate.adomains(),
         categories: candidate.categories(),
@@ -329,8 +339,16 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
                         || candidates[*next].source() != Source::MediatedNetwork
                 })
                 .map_or(Micros::ZERO, |&(next, _)| effective[next]);
+            let candidate = &candidates[index];
+            let floor = terms.floor(rules).unwrap_or(Micros::ZERO);
+            let floor = match candidate.source() {
+                Source::MediatedNetwork => network_floor(candidate.bid(), floor, candidate.adjustment()),
+                Source::BiddingNetwork => network_floor(candidate.minimum(), floor, candidate.adjustment()),
+                _ => floor,
+            };
             Ranked {
                 index,
+                floor,
                 clearing_price: clearing_price(
                     candidates[index].source(),
                     effective[index],

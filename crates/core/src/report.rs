@@ -20,6 +20,9 @@ pub enum Metric {
     /// Answers with an ad (waterfall networks).
     Fills,
     NoFills,
+    /// Answers with an ad the impression's ad-quality filters refused: neither a fill
+    /// nor a no fill of the network, and never a failure.
+    Blocked,
     Timeouts,
     Errors,
     /// Decisions the network's demand won.
@@ -39,6 +42,7 @@ impl Metric {
             Metric::Bids => "bids".into(),
             Metric::Fills => "fills".into(),
             Metric::NoFills => "no_fills".into(),
+            Metric::Blocked => "blocked".into(),
             Metric::Timeouts => "timeouts".into(),
             Metric::Errors => "errors".into(),
             Metric::Wins => "wins".into(),
@@ -54,6 +58,7 @@ impl Metric {
             "bids" => Metric::Bids,
             "fills" => Metric::Fills,
             "no_fills" => Metric::NoFills,
+            "blocked" => Metric::Blocked,
             "timeouts" => Metric::Timeouts,
             "errors" => Metric::Errors,
             "wins" => Metric::Wins,
@@ -179,6 +184,7 @@ pub struct ReportRow {
     pub bids: u64,
     pub fills: u64,
     pub no_fills: u64,
+    pub blocked: u64,
     pub timeouts: u64,
     pub errors: u64,
     pub wins: u64,
@@ -235,6 +241,7 @@ impl ReportRow {
             Metric::Bids => self.bids += count,
             Metric::Fills => self.fills += count,
             Metric::NoFills => self.no_fills += count,
+            Metric::Blocked => self.blocked += count,
             Metric::Timeouts => self.timeouts += count,
             Metric::Errors => self.errors += count,
             Metric::Wins => self.wins += count,

@@ -209,6 +209,19 @@ impl Snapshot {
         self.networks.get(id)
     }
 
+    /// A mediated bid's CPM in USD micros, converted from its network's currency.
+    pub fn mediated_cpm(&self, bid: &MediatedBid) -> Micros {
+        let currency = self
+            .networks
+            .get(&bid.network_id)
+            .and_then(|n| n.currency.as_deref())
+            .unwrap_or_default();
+        // The currency was validated against the rates; only an overflow can fail.
+        self.rates
+            .to_usd(bid.cpm, currency)
+            .unwrap_or(Micros(crate::money::MAX_MICROS))
+    }
+
     pub fn has_account(&self, id: &str) -> bool {
         self.known_accounts.contains(id)
     }

@@ -47,7 +47,7 @@ impl Default for WalkLimits {
     fn default() -> Self {
         Self {
             max_calls: 5,
-            answer_reserve: Duration::from_millis(2),
+            answer_reserve: Duration::from_millis(5),
             min_call: Duration::from_millis(5),
         }
     }
@@ -286,7 +286,7 @@ mod tests {
             steps,
             [Step::Call {
                 index: 0,
-                timeout: 98 * MS
+                timeout: 95 * MS
             }]
         );
     }

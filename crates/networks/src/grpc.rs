@@ -46,7 +46,7 @@ impl GrpcNetworkAdapter {
             request_id: format!("{}:{}", call.request.id, call.impid),
             placement_id: call.placement_id.to_string(),
             floor_micros: call.floor.0,
-            cur: cascade_core::money::AUCTION_CURRENCY.to_string(),
+            cur: call.currency().to_string(),
             request: Some(crate::single_impression_request(call)),
         });
         request.set_timeout(call.timeout);
@@ -69,24 +69,30 @@ impl GrpcNetworkAdapter {
         if response.adm.is_empty() && response.nurl.is_empty() {
             return AdOutcome::Error("ad has neither adm nor nurl".to_string());
         }
-        match Micros::checked(response.price_micros) {
-            Ok(price) => AdOutcome::Filled(Ad {
-                bid_id: String::new(),
-                price,
-                cur: response_currency(),
-                adm: response.adm,
-                nurl: response.nurl,
-                adomain: response.adomain,
-                crid: response.crid,
-            }),
-            Err(error) => AdOutcome::Error(format!("price_micros: {error}")),
-        }
+        let price = match response.price_micros {
+            0 => None,
+            micros => match Micros::checked(micros) {
+                Ok(price) => Some(price),
+                Err(error) => return AdOutcome::Error(format!("price_micros: {error}")),
+            },
+        };
+        AdOutcome::Filled(Ad {
+            bid_id: String::new(),
+            price,
+            // The contract prices in the currency Cascade asked in unless it says.
+            cur: if response.cur.is_empty() {
+                call.currency().to_string()
+            } else {
+                response.cur
+            },
+            adm: response.adm,
+            nurl: response.nurl,
+            adomain: response.adomain,
+            crid: response.crid,
+            cat: response.cat,
+            attr: response.attr,
+        })
     }
-}
-
-/// The contract prices in micros of the currency Cascade asked in: USD.
-fn response_currency() -> String {
-    cascade_core::money::AUCTION_CURRENCY.to_string()
 }
 
 #[cfg(test)]
@@ -161,6 +167,7 @@ mod tests {
                 endpoint,
                 placement_id: placement,
                 floor: Micros(1_000_000),
+                currency: "",
                 request: &request,
                 impid: "1",
                 timeout: Duration::from_millis(200),
@@ -177,7 +184,7 @@ mod tests {
         };
         assert_eq!(
             (ad.price, ad.adm.as_str()),
-            (Micros(1_100_000), "<custom/>")
+            (Some(Micros(1_100_000)), "<custom/>")
         );
         assert_eq!(call(&adapter, &endpoint, "none").await, AdOutcome::NoFill);
         assert_eq!(call(&adapter, &endpoint, "slow").await, AdOutcome::Timeout);

@@ -44,14 +44,14 @@ fn single_impression_request(call: &AdCall<'_>) -> BidRequest {
         .map(|mut imp| {
             imp.tagid = call.placement_id.to_string();
             imp.bidfloor = call.floor.0 as f64 / cascade_core::money::MICROS_PER_UNIT as f64;
-            imp.bidfloorcur = cascade_core::money::AUCTION_CURRENCY.to_string();
+            imp.bidfloorcur = call.currency().to_string();
             imp.pmp = None;
             imp
         });
     BidRequest {
         imp: imp.into_iter().collect(),
         tmax: i32::try_from(call.timeout.as_millis()).unwrap_or(i32::MAX),
-        cur: vec![cascade_core::money::AUCTION_CURRENCY.to_string()],
+        cur: vec![call.currency().to_string()],
         ..call.request.clone()
     }
 }
@@ -62,8 +62,11 @@ pub struct AdCall<'a> {
     pub endpoint: &'a str,
     /// The network's placement id, sent as the impression's tagid.
     pub placement_id: &'a str,
-    /// The CPM the publisher expects (the mediated bid), sent as the floor.
+    /// The floor the network is held to, in micros of `currency`: max(its mediated
+    /// CPM, the applicable floor).
     pub floor: Micros,
+    /// The network's currency (ISO-4217); empty means USD.
+    pub currency: &'a str,
     /// The original request; only the impression `impid` is sent.
     pub request: &'a BidRequest,
     pub impid: &'a str,
@@ -71,19 +74,35 @@ pub struct AdCall<'a> {
     pub timeout: Duration,
 }
 
+impl AdCall<'_> {
+    /// The currency the network is asked in and answers in unless it says otherwise.
+    pub fn currency(&self) -> &str {
+        if self.currency.is_empty() {
+            cascade_core::money::AUCTION_CURRENCY
+        } else {
+            self.currency
+        }
+    }
+}
+
 /// The ad a network returned.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ad {
     pub bid_id: String,
-    /// What the network bids: a bidding network's live bid ranks at it (in `cur`);
-    /// for a waterfall network it is informational (the mediated bid's CPM ranks).
-    pub price: Micros,
-    /// The currency of `price`; empty means USD.
+    /// What the network pays, in `cur`: a bidding network's live bid ranks at it; a
+    /// waterfall network's ad is booked at it (its mediated bid's CPM ranks). `None`
+    /// when the network stated no price.
+    pub price: Option<Micros>,
+    /// The currency of `price`.
     pub cur: String,
     pub adm: String,
     pub nurl: String,
     pub adomain: Vec<String>,
     pub crid: String,
+    /// IAB categories of the ad.
+    pub cat: Vec<String>,
+    /// OpenRTB creative attributes of the ad.
+    pub attr: Vec<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -90,14 +90,20 @@ impl OpenRtbHttpAdapter {
             return AdOutcome::NoFill;
         }
         match serde_json::from_slice::<BidResponse>(&body) {
-            Ok(bid_response) => best_ad(bid_response, call.impid),
+            Ok(bid_response) => best_ad(bid_response, call.impid, call.currency()),
             Err(error) => AdOutcome::Error(format!("malformed bid response: {error}")),
         }
     }
 }
 
-fn best_ad(response: BidResponse, impid: &str) -> AdOutcome {
-    let cur = response.cur;
+/// The best bid for `impid`; prices are in the response's `cur`, or in `asked_in` (the
+/// currency the request named) when it names none.
+fn best_ad(response: BidResponse, impid: &str, asked_in: &str) -> AdOutcome {
+    let cur = if response.cur.is_empty() {
+        asked_in.to_string()
+    } else {
+        response.cur
+    };
     let best = response
         .seatbid
         .into_iter()
@@ -116,11 +122,13 @@ fn best_ad(response: BidResponse, impid: &str) -> AdOutcome {
         }
         Some((price, bid)) => AdOutcome::Filled(Ad {
             bid_id: bid.id,
-            price,
+            price: Some(price),
             adm: bid.adm,
             nurl: bid.nurl,
             adomain: bid.adomain,
             crid: bid.crid,
+            cat: bid.cat,
+            attr: bid.attr,
             cur,
         }),
     }
@@ -176,6 +184,7 @@ mod tests {
                 endpoint,
                 placement_id: "net-placement",
                 floor: Micros(2_000_000),
+                currency: "",
                 request: &request,
                 impid: "1",
                 timeout: Duration::from_millis(timeout_ms),
@@ -207,7 +216,7 @@ mod tests {
         };
         assert_eq!(
             (ad.bid_id.as_str(), ad.price, ad.adm.as_str()),
-            ("b2", Micros(2_500_000), "<b/>")
+            ("b2", Some(Micros(2_500_000)), "<b/>")
         );
     }
 

@@ -52,6 +52,12 @@ impl Deadline {
         self.0
     }
 
+    /// This deadline less `reserve`: what a downstream call may take so that the
+    /// caller still has `reserve` to answer after it.
+    pub fn less(&self, reserve: std::time::Duration) -> Self {
+        Deadline(self.0.checked_sub(reserve).unwrap_or_else(Instant::now))
+    }
+
     /// A request whose `grpc-timeout` is what is left of this deadline.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);

@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wire;
 
 pub use grpc::{GrpcServer, STATE_HEALTH_NAME, ServeError};

@@ -91,6 +91,10 @@ pub trait Store: Send + Sync + 'static {
 
 /// The event kind that counts as an impression in the report.
 pub const IMPRESSION: &str = "impression";
+/// The event kind of a client-side chain node's result.
+pub const NODE_RESULT: &str = "node_result";
+/// The outcome of a node result that filled.
+pub const FILLED: &str = "filled";
 
 /// The report cells an impression of `selection` adds to, at `unix_seconds`: one
 /// impression and the estimated revenue (the winning CPM / 1000) of its network and

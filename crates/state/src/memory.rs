@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -29,8 +29,8 @@ struct Report {
 
 #[derive(Debug, Default)]
 struct Events {
-    /// (selection id, event kind) already recorded.
-    seen: HashSet<(String, String)>,
+    /// (selection id, event kind) already recorded -> its detail.
+    seen: HashMap<(String, String), String>,
     counters: HashMap<EventCounter, u64>,
 }
 
@@ -127,13 +127,20 @@ impl Store for MemoryStore {
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {
         let now = Instant::now();
         let stored = self.lock_selections();
+        let events = unpoisoned(&self.events);
         Ok(ids
             .iter()
             .map(|id| {
                 stored
                     .get(id)
                     .filter(|(_, expires_at)| *expires_at > now)
-                    .map(|(selection, _)| selection.clone())
+                    .map(|(selection, _)| Selection {
+                        node_outcome: events
+                            .seen
+                            .get(&(id.clone(), crate::NODE_RESULT.to_string()))
+                            .cloned(),
+                        ..selection.clone()
+                    })
             })
             .collect())
     }
@@ -147,12 +154,11 @@ impl Store for MemoryStore {
             }
         };
         let mut events = unpoisoned(&self.events);
-        if !events
-            .seen
-            .insert((event.selection_id.clone(), event.kind.clone()))
-        {
+        let key = (event.selection_id.clone(), event.kind.clone());
+        if events.seen.contains_key(&key) {
             return Ok(EventRecorded::Duplicate);
         }
+        events.seen.insert(key, event.detail.clone());
         let demand = if selection.network_id.is_empty() {
             selection.seat.clone()
         } else {
@@ -175,7 +181,7 @@ impl Store for MemoryStore {
                 *report.counts.entry(cell).or_default() += count;
             }
         }
-        Ok(EventRecorded::New)
+        Ok(EventRecorded::New(Box::new(selection)))
     }
 
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -307,6 +313,7 @@ mod tests {
             bid_id: "b".into(),
             price_micros: 1,
             ttl,
+            ..Default::default()
         };
         store
             .put_selections(&[
@@ -328,10 +335,10 @@ mod tests {
             kind: "impression".into(),
             detail: String::new(),
         };
-        assert_eq!(
+        assert!(matches!(
             store.record_event(&event("keep")).await.unwrap(),
-            EventRecorded::New
-        );
+            EventRecorded::New(_)
+        ));
         assert_eq!(
             store.record_event(&event("keep")).await.unwrap(),
             EventRecorded::Duplicate

@@ -7,7 +7,7 @@
 //! - `cascade:selection:{cs:NN}:ID`: one selection, JSON, with its TTL, where NN is the
 //!   selection's shard (a stable hash of its id, 0 to [`SHARDS`]-1);
 //!   `cascade:selection:{cs:NN}:ID:event:KIND` marks an event recorded for it (same
-//!   remaining TTL).
+//!   remaining TTL; its value is the event's detail, e.g. a node result's outcome).
 //! - `cascade:event-counters:{cs:NN}`: the event counts of the shard's selections, one
 //!   hash field per counter. Recording an event touches only its shard's slot.
 //! - `cascade:report:{cs:NN}:DAY`: the network performance report's counters of the
@@ -88,17 +88,18 @@ return {1, version}
 ";
 
 /// Records an event once for a live selection and counts it; an impression of a
-/// network's demand also counts in the report (KEYS[4], hour ARGV[4]). Returns 0 for an unknown
-/// or expired selection, 1 when recorded, 2 for a duplicate.
+/// network's demand also counts in the report (KEYS[4], hour ARGV[4]). Returns {0} for an
+/// unknown or expired selection, {1, selection} when recorded, {2} for a duplicate (with
+/// a nil second element, so every reply has two).
 const RECORD_EVENT_SCRIPT: &str = r"
 local selection = redis.call('GET', KEYS[1])
 if not selection then
-  return 0
+  return {0, false}
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 1 then ttl = 1 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ttl) then
-  return 2
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ttl) then
+  return {2, false}
 end
 local s = cjson.decode(selection)
 local demand = s.network_id
@@ -111,7 +112,7 @@ if ARGV[1] == 'impression' and s.network_id ~= '' then
   redis.call('HINCRBY', KEYS[4], cell .. 'estimated_revenue_micros', math.floor(s.price_micros / 1000))
   redis.call('EXPIRE', KEYS[4], ARGV[5])
 end
-return 1
+return {1, selection}
 ";
 
 /// A connection to a single Redis or to a Redis Cluster; commands are the same.
@@ -421,25 +422,36 @@ impl Store for RedisStore {
     }
 
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {
-        let values: Vec<Option<String>> = self
+        // The selection and its node-result mark share a hash tag: one MGET each.
+        let values: Vec<Vec<Option<String>>> = self
             .pipelined(
                 ids,
                 |id| keys::shard(id),
                 |pipeline, id| {
-                    pipeline.cmd("GET").arg(keys::selection(id));
+                    pipeline
+                        .cmd("MGET")
+                        .arg(keys::selection(id))
+                        .arg(keys::event(id, crate::NODE_RESULT));
                 },
             )
             .await?;
         Ok(values
             .into_iter()
-            .map(|value| value.and_then(|v| serde_json::from_str(&v).ok()))
+            .map(|mut pair| {
+                let node_outcome = pair.get_mut(1).and_then(Option::take);
+                let selection: Selection = serde_json::from_str(pair.first()?.as_deref()?).ok()?;
+                Some(Selection {
+                    node_outcome,
+                    ..selection
+                })
+            })
             .collect())
     }
 
     async fn record_event(&self, event: &Event) -> Result<EventRecorded, StateError> {
         let (day, hour) = cascade_core::report::period_of(crate::now_unix_seconds());
         let mut connection = self.connection().await?;
-        let outcome: u8 = self
+        let (outcome, selection): (u8, Option<String>) = self
             .record_event
             .key(keys::selection(&event.selection_id))
             .key(keys::event(&event.selection_id, &event.kind))
@@ -454,7 +466,14 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(match outcome {
-            1 => EventRecorded::New,
+            1 => {
+                let selection = selection
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .ok_or_else(|| {
+                        StateError::Unavailable("a stored selection cannot be read".into())
+                    })?;
+                EventRecorded::New(Box::new(selection))
+            }
             2 => EventRecorded::Duplicate,
             _ => EventRecorded::UnknownSelection,
         })

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 /// The stored outcome of one impression's decision, so any replica can take its event
 /// reports and a later request can chain it without trusting a client-supplied price.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Selection {
     pub id: String,
     pub request_id: String,
@@ -15,6 +15,22 @@ pub struct Selection {
     pub bid_id: String,
     /// The clearing price, USD micros.
     pub price_micros: i64,
+    /// What the ad declared, so that a later request's filters apply to it when it is
+    /// chained (the markup is not kept: whoever chains an outcome holds its ad).
+    #[serde(default)]
+    pub adomain: Vec<String>,
+    #[serde(default)]
+    pub cat: Vec<String>,
+    #[serde(default)]
+    pub attr: Vec<i32>,
+    /// A node of a client-side chain: it is an outcome (can be chained) only once the
+    /// client reported it filled.
+    #[serde(default)]
+    pub client_node: bool,
+    /// The node result reported for it (`filled`, `no_fill`, ...), as read back from
+    /// the store; not part of the stored value.
+    #[serde(skip)]
+    pub node_outcome: Option<String>,
     /// How long the store keeps it (the store's own expiry, not stored in the value).
     #[serde(skip)]
     pub ttl: Duration,
@@ -32,8 +48,8 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventRecorded {
-    /// Stored and counted.
-    New,
+    /// Stored and counted; the selection it was recorded for.
+    New(Box<Selection>),
     /// Reported before: nothing changed.
     Duplicate,
     /// No such selection, or it expired.

@@ -164,6 +164,7 @@ mod tests {
             bid_id: "b".into(),
             price_micros: 1,
             ttl: Duration::from_secs(60),
+            ..Default::default()
         }
     }
 

@@ -30,7 +30,11 @@ fn selection(id: &str, ttl: Duration) -> Selection {
         seat: String::new(),
         bid_id: "coolads-2.00".into(),
         price_micros: 2_000_000,
+        adomain: vec!["shoes.example".into()],
+        cat: vec!["IAB18-3".into()],
+        attr: vec![1],
         ttl,
+        ..Default::default()
     }
 }
 
@@ -78,6 +82,13 @@ async fn check_contract(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(found[0].as_ref().map(|s| s.price_micros), Some(2_000_000));
+    // What chaining needs to filter the outcome again is kept.
+    let kept = found[0].as_ref().unwrap();
+    assert_eq!(
+        (kept.adomain.as_slice(), kept.cat.as_slice(), kept.attr.as_slice()),
+        (&["shoes.example".to_string()][..], &["IAB18-3".to_string()][..], &[1][..])
+    );
+    assert_eq!(kept.node_outcome, None);
     assert!(found[1].is_none());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while store.get_selections(&["brief".into()]).await.unwrap()[0].is_some() {
@@ -89,13 +100,13 @@ async fn check_contract(store: &dyn Store) {
     }
 
     // Events: once per selection and kind, counted once; unknown selections refused.
-    assert_eq!(
+    assert!(matches!(
         store
             .record_event(&event("kept", "impression"))
             .await
             .unwrap(),
-        EventRecorded::New
-    );
+        EventRecorded::New(_)
+    ));
     assert_eq!(
         store
             .record_event(&event("kept", "impression"))
@@ -103,9 +114,25 @@ async fn check_contract(store: &dyn Store) {
             .unwrap(),
         EventRecorded::Duplicate
     );
-    assert_eq!(
+    assert!(matches!(
         store.record_event(&event("kept", "click")).await.unwrap(),
-        EventRecorded::New
+        EventRecorded::New(_)
+    ));
+    // A node result is read back with the selection, so chaining can tell a node
+    // that selected no ad.
+    let node_result = Event {
+        detail: "no_fill".into(),
+        ..event("kept", "node_result")
+    };
+    let recorded = store.record_event(&node_result).await.unwrap();
+    assert!(
+        matches!(&recorded, EventRecorded::New(s) if s.id == "kept" && s.bid_id == "coolads-2.00"),
+        "{recorded:?}"
+    );
+    let found = store.get_selections(&["kept".into()]).await.unwrap();
+    assert_eq!(
+        found[0].as_ref().and_then(|s| s.node_outcome.as_deref()),
+        Some("no_fill")
     );
     assert_eq!(
         store
@@ -130,7 +157,8 @@ async fn check_contract(store: &dyn Store) {
         counted,
         [
             ("pub", "coolads", "click", 1),
-            ("pub", "coolads", "impression", 1)
+            ("pub", "coolads", "impression", 1),
+            ("pub", "coolads", "node_result", 1)
         ]
     );
 
@@ -291,7 +319,7 @@ async fn no_acknowledged_event_is_lost_when_redis_crashes() {
             let mut acknowledged = Vec::new();
             for id in &ids {
                 match store.record_event(&event(id, "impression")).await {
-                    Ok(EventRecorded::New) => {
+                    Ok(EventRecorded::New(_)) => {
                         acknowledged.push(id.clone());
                         progress.0.fetch_add(1, Ordering::SeqCst);
                     }

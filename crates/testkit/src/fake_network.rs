@@ -21,6 +21,13 @@ pub enum Behaviour {
     Fill,
     /// A bid at this CPM with a small ad.
     FillAt(f64),
+    /// A bid with this ad: at `price` (the request's floor when `None`), declaring these
+    /// advertiser domains and categories.
+    FillWith {
+        price: Option<f64>,
+        adomain: Vec<String>,
+        cat: Vec<String>,
+    },
     /// HTTP 204.
     NoFill,
     /// HTTP 200 with an empty seatbid.
@@ -60,6 +67,8 @@ struct Script {
     max_in_flight: HashMap<String, usize>,
     /// The W3C `traceparent` of the last gRPC call, when it carried one.
     last_traceparent: Option<String>,
+    /// The last OpenRTB request body each network received.
+    last_request: HashMap<String, serde_json::Value>,
 }
 
 impl Script {
@@ -159,6 +168,11 @@ impl FakeNetworks {
         self.lock().last_traceparent.clone()
     }
 
+    /// The last OpenRTB bid request `network` received.
+    pub fn last_request(&self, network: &str) -> Option<serde_json::Value> {
+        self.lock().last_request.get(network).cloned()
+    }
+
     /// The most calls `network` had in flight at once.
     pub fn max_in_flight(&self, network: &str) -> usize {
         self.lock().max_in_flight.get(network).copied().unwrap_or(0)
@@ -223,7 +237,13 @@ async fn respond_grpc(
     };
     match behaviour {
         Behaviour::Fill => Ok(tonic::Response::new(fill(request.floor_micros))),
-        Behaviour::FillAt(price) => Ok(tonic::Response::new(fill((price * 1e6).round() as i64))),
+        Behaviour::FillAt(price)
+        | Behaviour::FillWith {
+            price: Some(price), ..
+        } => Ok(tonic::Response::new(fill((price * 1e6).round() as i64))),
+        Behaviour::FillWith { price: None, .. } => {
+            Ok(tonic::Response::new(fill(request.floor_micros)))
+        }
         Behaviour::NoFill | Behaviour::EmptySeatbid => {
             Ok(tonic::Response::new(AdResponse::default()))
         }
@@ -243,7 +263,10 @@ async fn answer(
     };
     let behaviour = lock().call_started(&network);
     let response = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(request) => respond(&network, &request, behaviour).await,
+        Ok(request) => {
+            lock().last_request.insert(network.clone(), request.clone());
+            respond(&network, &request, behaviour).await
+        }
         Err(_) => StatusCode::BAD_REQUEST.into_response(),
     };
     lock().call_ended(&network);
@@ -256,14 +279,23 @@ async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Beha
         behaviour = *then;
     }
     let imp = &request["imp"][0];
-    let price = match behaviour {
-        Behaviour::FillAt(price) => serde_json::json!(price),
+    let price = match &behaviour {
+        Behaviour::FillAt(price)
+        | Behaviour::FillWith {
+            price: Some(price), ..
+        } => serde_json::json!(price),
         _ => imp["bidfloor"].clone(),
     };
+    // It answers in the currency it was asked in, as a network does.
+    let cur = request["cur"][0].as_str().unwrap_or("USD").to_string();
+    let (adomain, cat) = match &behaviour {
+        Behaviour::FillWith { adomain, cat, .. } => (adomain.clone(), cat.clone()),
+        _ => (vec![format!("{network}.example")], Vec::new()),
+    };
     match behaviour {
-        Behaviour::Fill | Behaviour::FillAt(_) => axum::Json(serde_json::json!({
+        Behaviour::Fill | Behaviour::FillAt(_) | Behaviour::FillWith { .. } => axum::Json(serde_json::json!({
             "id": request["id"],
-            "cur": "USD",
+            "cur": cur,
             "seatbid": [{
                 "seat": network,
                 "bid": [{
@@ -271,7 +303,8 @@ async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Beha
                     "impid": imp["id"],
                     "price": price,
                     "adm": format!("<div class=\"ad\">{network} ad for {}</div>", imp["tagid"].as_str().unwrap_or("")),
-                    "adomain": [format!("{network}.example")],
+                    "adomain": adomain,
+                    "cat": cat,
                     "crid": format!("{network}-creative-1"),
                 }],
             }],

@@ -3,12 +3,13 @@
 //! It holds no state: everything it needs comes in the request.
 
 use cascade_core::Micros;
-use cascade_core::auction::{self, AuctionRules, Bidder, Source};
+use cascade_core::auction::{self, AuctionRules, Bidder, Deal, DealPricing, Source};
 use cascade_core::config::AuctionType as CoreAuctionType;
 use cascade_core::money::Factor;
 use cascade_proto::auction::v1::auction_server::{Auction, AuctionServer};
 use cascade_proto::auction::v1::{
-    AuctionImp, AuctionType, Candidate, ImpRanking, RankRequest, RankResponse, RankedCandidate,
+    AuctionImp, AuctionType, Candidate, ImpRanking, RankRequest,
+    RankResponse, RankedCandidate,
 };
 use cascade_proto::decision::v1::{DroppedCandidate, SourceKind};
 use cascade_server::settings::GrpcSettings;
@@ -21,6 +22,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_IMPS: usize = 64;
 /// Most candidates one impression may carry.
 pub const MAX_CANDIDATES_PER_IMP: usize = 2_000;
+/// Most deals one impression may carry.
+pub const MAX_DEALS_PER_IMP: usize = 100;
 /// Largest bid adjustment: 10x.
 const MAX_ADJUSTMENT_PPM: i64 = 10_000_000;
 
@@ -40,6 +43,12 @@ enum RankError {
     InvalidFloor(usize),
     #[error("imps[{0}].candidates[{1}].bid_micros: must be between 0 and 1e12")]
     InvalidBid(usize, usize),
+    #[error("imps[{0}].deals: at most {MAX_DEALS_PER_IMP} deals, got {1}")]
+    TooManyDeals(usize, usize),
+    #[error("imps[{0}].deals[{1}].floor_micros: must be between 0 and 1e12")]
+    InvalidDealFloor(usize, usize),
+    #[error("imps[{0}].candidates[{1}].minimum_micros: must be between 0 and 1e12")]
+    InvalidMinimum(usize, usize),
     #[error("imps[{0}].candidates[{1}].bid_adjustment_ppm: must be between 0 and 10000000")]
     InvalidAdjustment(usize, usize),
     #[error("imps[{0}].candidates[{1}].source: {2:?} cannot be ranked")]
@@ -88,6 +97,7 @@ struct Wire<'a> {
     candidate: &'a Candidate,
     source: Source,
     bid: Micros,
+    minimum: Micros,
     adjustment: Factor,
 }
 
@@ -116,11 +126,23 @@ impl Bidder for Wire<'_> {
     fn adjustment(&self) -> Factor {
         self.adjustment
     }
+    fn dealid(&self) -> &str {
+        &self.candidate.dealid
+    }
+    fn minimum(&self) -> Micros {
+        self.minimum
+    }
+    fn filled(&self) -> bool {
+        !self.candidate.unfilled
+    }
 }
 
 fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
     if imp.candidates.len() > MAX_CANDIDATES_PER_IMP {
         return Err(RankError::TooManyCandidates(i, imp.candidates.len()));
+    }
+    if imp.deals.len() > MAX_DEALS_PER_IMP {
+        return Err(RankError::TooManyDeals(i, imp.deals.len()));
     }
     let floor = Micros::checked(imp.floor_micros).map_err(|_| RankError::InvalidFloor(i))?;
     let wire = imp
@@ -141,6 +163,8 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
             };
             let bid =
                 Micros::checked(candidate.bid_micros).map_err(|_| RankError::InvalidBid(i, j))?;
+            let minimum = Micros::checked(candidate.minimum_micros)
+                .map_err(|_| RankError::InvalidMinimum(i, j))?;
             let adjustment = match candidate.bid_adjustment_ppm {
                 0 => Factor::ONE,
                 ppm if (1..=MAX_ADJUSTMENT_PPM).contains(&ppm) => Factor(ppm),
@@ -150,20 +174,37 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
                 candidate,
                 source,
                 bid,
+                minimum,
                 adjustment,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let deals = imp
+        .deals
+        .iter()
+        .enumerate()
+        .map(|(d, deal)| {
+            Ok(Deal {
+                id: deal.id.clone(),
+                floor: Micros::checked(deal.floor_micros)
+                    .map_err(|_| RankError::InvalidDealFloor(i, d))?,
+                pricing: DealPricing::from_openrtb(deal.at),
+                wseats: deal.wseat.clone(),
+                wadomains: deal.wadomain.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, RankError>>()?;
+    let quality = imp.ad_quality.clone().unwrap_or_default();
     let rules = AuctionRules {
         floor,
         auction_type: match imp.auction_type() {
             AuctionType::SecondPrice => CoreAuctionType::SecondPrice,
             AuctionType::FirstPrice | AuctionType::Unspecified => CoreAuctionType::FirstPrice,
         },
-        blocked_adomains: &imp.blocked_adomains,
-        blocked_categories: &imp.blocked_categories,
-        blocked_seats: &imp.blocked_seats,
-        blocked_attributes: &imp.blocked_attributes,
+        ad_quality: cascade_server::wire::ad_quality(&quality),
+        deals: &deals,
+        private_auction: imp.private_auction,
+        mediated_sets_second_price: imp.mediated_sets_second_price,
     };
     let ranking = auction::rank(&wire, &rules);
     let dropped = ranking
@@ -187,6 +228,7 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
         .map(|ranked| RankedCandidate {
             candidate: candidates[ranked.index].take(),
             clearing_price_micros: ranked.clearing_price.0,
+            floor_micros: ranked.floor.0,
         })
         .collect();
     Ok(ImpRanking {

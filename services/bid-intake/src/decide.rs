@@ -7,11 +7,17 @@ use std::time::Duration;
 
 use cascade_core::report::{Metric, counts_at};
 use cascade_proto::auction::v1::auction_client::AuctionClient;
-use cascade_proto::auction::v1::{AuctionImp, Candidate, RankRequest, RankedCandidate};
+use cascade_core::money::Factor;
+use cascade_core::waterfall::network_floor;
+use cascade_core::Micros;
+use cascade_proto::auction::v1::{
+    AdQuality, AuctionImp, Candidate, RankRequest, RankedCandidate,
+};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
 use cascade_proto::decision::v1::{
-    Attempt, ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation, ImpDecision,
-    NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind, Winner,
+    Attempt, AttemptOutcome, ChainNode, DecideRequest, DecideResponse, ExecutionMode,
+    Explanation, ImpDecision, NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind,
+    Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
 use cascade_proto::networkcaller::v1::{
@@ -47,6 +53,7 @@ pub struct DecisionService {
     pub(crate) max_budget: Duration,
     pub(crate) bidding_budget: Duration,
     pub(crate) response_reserve: Duration,
+    pub(crate) fallback_reserve: Duration,
     pub(crate) selection_ttl: Duration,
 }
 
@@ -72,8 +79,12 @@ impl BidIntake for DecisionService {
         &self,
         request: Request<ReportEventRequest>,
     ) -> Result<Response<ReportEventResponse>, Status> {
-        let response =
-            crate::events::report_event(self.store.as_ref(), request.into_inner()).await?;
+        let response = crate::events::report_event(
+            self.store.as_ref(),
+            &self.report,
+            request.into_inner(),
+        )
+        .await?;
         Ok(Response::new(response))
     }
 }
@@ -134,6 +145,8 @@ struct Slot {
     decision: ImpDecision,
     /// Set once the auction ranked its candidates and it still needs the waterfall.
     ranked: Vec<RankedCandidate>,
+    /// The ad-quality filters every ad of this impression must pass.
+    quality: AdQuality,
 }
 
 impl DecisionService {
@@ -174,9 +187,15 @@ impl DecisionService {
             .map_err(|status| DecideError::downstream("targeting-evaluation", status))?
             .into_inner();
 
+        let qualities: Vec<AdQuality> = evaluation
+            .imps
+            .iter()
+            .enumerate()
+            .map(|(index, imp)| ad_quality(imp.applied_rule.as_ref(), &normalized, index))
+            .collect();
         let mut live_bids = self
-            .collect_live_bids(&evaluation, &bid_request, deadline)
-            .await?;
+            .collect_live_bids(&evaluation, &qualities, &bid_request, deadline)
+            .await;
         let seat_adjustments: HashMap<&str, i64> = evaluation
             .seat_adjustments
             .iter()
@@ -186,10 +205,11 @@ impl DecisionService {
         let mut auction_imps = Vec::new();
         let mut auction_slots = Vec::new();
         let exchange_candidates = std::mem::take(&mut normalized.exchange_candidates);
-        for (index, (mut evaluated, mut exchange)) in evaluation
+        for (index, ((mut evaluated, mut exchange), quality)) in evaluation
             .imps
             .into_iter()
             .zip(exchange_candidates)
+            .zip(qualities)
             .enumerate()
         {
             for candidate in &mut exchange {
@@ -214,6 +234,7 @@ impl DecisionService {
                 exchange,
                 chained,
                 &normalized,
+                quality.clone(),
                 index,
             ) {
                 Ok(imp) => {
@@ -225,6 +246,7 @@ impl DecisionService {
             slots.push(Slot {
                 decision,
                 ranked: Vec::new(),
+                quality,
             });
         }
 
@@ -244,7 +266,7 @@ impl DecisionService {
             }
         } else {
             self.walk_waterfalls(&mut slots, &bid_request, deadline)
-                .await?;
+                .await;
             selections = self.record_winners(&mut slots, &bid_request.id, &normalized.account_id);
         }
         if !selections.is_empty() {
@@ -321,62 +343,152 @@ impl DecisionService {
         selections
     }
 
-    /// Fills every impression whose best candidate is demand in hand directly, and asks
-    /// network-caller to walk the others (one call for all, skipped when none needs it).
+    /// Walks every impression's ranked list: the waterfall networks ranked above its
+    /// best demand in hand are asked by network-caller (one call for all impressions,
+    /// skipped when none needs it); when none of them fills, or network-caller cannot
+    /// answer in time or at all, the demand in hand serves.
     async fn walk_waterfalls(
         &self,
         slots: &mut [Slot],
         bid_request: &cascade_proto::openrtb::v1::BidRequest,
         deadline: Deadline,
-    ) -> Result<(), DecideError> {
+    ) {
         let mut waterfall_imps = Vec::new();
         let mut waterfall_slots = Vec::new();
+        // Per slot: its best demand in hand, which serves when no network above it fills.
+        let mut in_hand: Vec<Option<RankedCandidate>> = Vec::with_capacity(slots.len());
         for (index, slot) in slots.iter_mut().enumerate() {
-            let Some(best) = slot.ranked.first() else {
-                continue;
-            };
-            let needs_call = best
-                .candidate
-                .as_ref()
-                .is_some_and(|c| c.source() == SourceKind::MediatedNetwork);
-            if needs_call {
+            let mut ranked = std::mem::take(&mut slot.ranked);
+            let networks = ranked
+                .iter()
+                .position(|r| !needs_call(r))
+                .unwrap_or(ranked.len());
+            let rest = ranked.split_off(networks);
+            in_hand.push(rest.into_iter().next());
+            if !ranked.is_empty() {
                 waterfall_slots.push(index);
                 waterfall_imps.push(WaterfallImp {
                     impid: slot.decision.impid.clone(),
-                    ranked: std::mem::take(&mut slot.ranked),
+                    ranked,
+                    ad_quality: Some(slot.quality.clone()),
                 });
-            } else {
-                let best = slot.ranked.swap_remove(0);
-                slot.decision.winner = Some(winner_from(best));
             }
         }
-        if waterfall_imps.is_empty() {
-            return Ok(());
-        }
-        let results = self
-            .network_caller
-            .clone()
-            .run_waterfall(deadline.request(RunWaterfallRequest {
-                request: Some(bid_request.clone()),
-                imps: waterfall_imps,
-            }))
-            .await
-            .map_err(|status| DecideError::downstream("network-caller", status))?
-            .into_inner();
-        for (index, result) in waterfall_slots.into_iter().zip(results.imps) {
-            let decision = &mut slots[index].decision;
-            if let Some(explanation) = decision.explanation.as_mut() {
-                explanation.attempts.extend(result.attempts);
-            }
-            match result.winner {
-                Some(winner) => decision.winner = Some(winner_from(winner)),
-                None if result.deadline_exceeded => {
-                    decision.no_fill_reason = NoFillReason::DeadlineExceeded as i32;
+        if !waterfall_imps.is_empty() {
+            let call_deadline = deadline.less(self.fallback_reserve);
+            // Kept to explain, should network-caller not answer.
+            let asked: Vec<Vec<(String, String)>> = waterfall_imps
+                .iter()
+                .map(|imp| {
+                    imp.ranked
+                        .iter()
+                        .filter_map(|r| r.candidate.as_ref())
+                        .map(|c| (c.id.clone(), c.network_id.clone()))
+                        .collect()
+                })
+                .collect();
+            let mut network_caller = self.network_caller.clone();
+            let call = network_caller
+                .run_waterfall(call_deadline.request(RunWaterfallRequest {
+                    request: Some(bid_request.clone()),
+                    imps: waterfall_imps,
+                }));
+            // network-caller is told to finish `fallback_reserve` early; the wait runs to
+            // the decision's own deadline, so an answer delayed in transit still counts.
+            let answer = tokio::time::timeout_at(deadline.instant(), call).await;
+            match answer {
+                Ok(Ok(results)) => {
+                    for (index, result) in waterfall_slots.into_iter().zip(results.into_inner().imps) {
+                        let decision = &mut slots[index].decision;
+                        if let Some(explanation) = decision.explanation.as_mut() {
+                            explanation.attempts.extend(result.attempts);
+                        }
+                        match result.winner {
+                            Some(winner) => {
+                                decision.winner = Some(winner_from(winner));
+                                in_hand[index] = None;
+                            }
+                            None if in_hand[index].is_none() && result.deadline_exceeded => {
+                                decision.no_fill_reason = NoFillReason::DeadlineExceeded as i32;
+                            }
+                            None => {}
+                        }
+                    }
                 }
-                None => decision.no_fill_reason = NoFillReason::WaterfallExhausted as i32,
+                failed => {
+                    let (reason, detail, no_fill) = match failed {
+                        Err(_) => (
+                            "deadline",
+                            "network-caller did not answer within the deadline".to_string(),
+                            NoFillReason::DeadlineExceeded,
+                        ),
+                        Ok(Err(status)) => {
+                            let error = DecideError::downstream("network-caller", status);
+                            tracing::warn!(%error, "waterfall call failed; serving demand in hand");
+                            match error {
+                                DecideError::DeadlineExceeded { .. } => (
+                                    "deadline",
+                                    "network-caller did not answer within the deadline".to_string(),
+                                    NoFillReason::DeadlineExceeded,
+                                ),
+                                _ => (
+                                    "unreachable",
+                                    "network-caller is unavailable".to_string(),
+                                    NoFillReason::NetworksUnreachable,
+                                ),
+                            }
+                        }
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    for (index, asked) in waterfall_slots.into_iter().zip(asked) {
+                        let decision = &mut slots[index].decision;
+                        if let Some(explanation) = decision.explanation.as_mut() {
+                            explanation.attempts.extend(asked.into_iter().map(
+                                |(candidate_id, network_id)| Attempt {
+                                    candidate_id,
+                                    source: SourceKind::MediatedNetwork as i32,
+                                    network_id,
+                                    outcome: AttemptOutcome::Skipped as i32,
+                                    reason: reason.to_string(),
+                                    detail: detail.clone(),
+                                    ..Default::default()
+                                },
+                            ));
+                        }
+                        if in_hand[index].is_none() {
+                            decision.no_fill_reason = no_fill as i32;
+                        }
+                    }
+                }
             }
         }
-        Ok(())
+        for (slot, best) in slots.iter_mut().zip(in_hand) {
+            let Some(best) = best else { continue };
+            if slot.decision.winner.is_some() {
+                continue;
+            }
+            if let (Some(explanation), Some(candidate)) =
+                (slot.decision.explanation.as_mut(), best.candidate.as_ref())
+            {
+                explanation.attempts.push(Attempt {
+                    candidate_id: candidate.id.clone(),
+                    source: candidate.source,
+                    network_id: candidate.network_id.clone(),
+                    outcome: AttemptOutcome::Filled as i32,
+                    detail: "bid in hand, no call needed".to_string(),
+                    ..Default::default()
+                });
+            }
+            slot.decision.no_fill_reason = NoFillReason::Unspecified as i32;
+            slot.decision.winner = Some(winner_from(best));
+        }
+        for slot in slots.iter_mut() {
+            if slot.decision.winner.is_none()
+                && slot.decision.no_fill_reason == NoFillReason::Unspecified as i32
+            {
+                slot.decision.no_fill_reason = NoFillReason::WaterfallExhausted as i32;
+            }
+        }
     }
 
     /// CLIENT mode: the ranked chain, each node with its own selection id so the client
@@ -424,7 +536,12 @@ impl DecisionService {
                 seat: candidate.seat,
                 bid_id: node.bid_id.clone(),
                 price_micros: node.price_micros,
+                adomain: candidate.adomain,
+                cat: candidate.cat,
+                attr: candidate.attr,
+                client_node: true,
                 ttl: self.selection_ttl,
+                ..Default::default()
             };
             node.selection_id = selection.id.clone();
             selections.push(selection);
@@ -434,17 +551,20 @@ impl DecisionService {
 
     /// Asks the bidding networks of every impression that has some for a live bid, in
     /// one call to network-caller, within the bidding budget. Returns, per impression id,
-    /// the bids (candidates with their ads) and the attempts.
+    /// the bids (candidates with their ads) and the attempts. When network-caller cannot
+    /// answer, the decision goes on without live bids and the attempts say why.
     async fn collect_live_bids(
         &self,
         evaluation: &EvaluateResponse,
+        qualities: &[AdQuality],
         bid_request: &BidRequest,
         deadline: Deadline,
-    ) -> Result<HashMap<String, (Vec<Candidate>, Vec<Attempt>)>, DecideError> {
+    ) -> HashMap<String, (Vec<Candidate>, Vec<Attempt>)> {
         let imps: Vec<BiddingImp> = evaluation
             .imps
             .iter()
-            .filter_map(|imp| {
+            .zip(qualities)
+            .filter_map(|(imp, quality)| {
                 let rule = imp.applied_rule.as_ref()?;
                 let asks: Vec<BidAsk> = imp
                     .bidding_bids
@@ -453,35 +573,89 @@ impl DecisionService {
                         bid_id: bid.bid_id.clone(),
                         network_id: bid.network_id.clone(),
                         placement_id: bid.placement_id.clone(),
-                        floor_micros: bid.cpm_micros.max(rule.floor_micros),
+                        floor_micros: network_floor(
+                            Micros(bid.cpm_micros),
+                            Micros(rule.floor_micros),
+                            adjustment(bid.bid_adjustment_ppm),
+                        )
+                        .0,
                         bid_adjustment_ppm: bid.bid_adjustment_ppm,
                     })
                     .collect();
                 (!asks.is_empty()).then(|| BiddingImp {
                     impid: imp.impid.clone(),
                     asks,
+                    ad_quality: Some(quality.clone()),
                 })
             })
             .collect();
         if imps.is_empty() {
-            return Ok(HashMap::new());
+            return HashMap::new();
         }
-        let bidding_deadline = Deadline::after(deadline.remaining().min(self.bidding_budget));
-        let response = self
-            .network_caller
-            .clone()
+        let bidding_deadline = Deadline::after(
+            deadline
+                .less(self.fallback_reserve)
+                .remaining()
+                .min(self.bidding_budget),
+        );
+        // As for the waterfall: told to finish early, waited for a little longer.
+        let wait_until = (bidding_deadline.instant() + self.fallback_reserve).min(deadline.instant());
+        let unanswered: Vec<(String, Vec<Attempt>)> = imps
+            .iter()
+            .map(|imp| {
+                let attempts = imp
+                    .asks
+                    .iter()
+                    .map(|ask| Attempt {
+                        candidate_id: format!("bidding:{}", ask.bid_id),
+                        source: SourceKind::BiddingNetwork as i32,
+                        network_id: ask.network_id.clone(),
+                        outcome: AttemptOutcome::Skipped as i32,
+                        floor_micros: ask.floor_micros,
+                        ..Default::default()
+                    })
+                    .collect();
+                (imp.impid.clone(), attempts)
+            })
+            .collect();
+        let mut network_caller = self.network_caller.clone();
+        let call = network_caller
             .collect_bids(bidding_deadline.request(CollectBidsRequest {
                 request: Some(bid_request.clone()),
                 imps,
-            }))
-            .await
-            .map_err(|status| DecideError::downstream("network-caller (bidding)", status))?
-            .into_inner();
-        Ok(response
-            .imps
+            }));
+        let (reason, detail) = match tokio::time::timeout_at(wait_until, call).await {
+            Ok(Ok(response)) => {
+                return response
+                    .into_inner()
+                    .imps
+                    .into_iter()
+                    .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
+                    .collect();
+            }
+            Err(_) => ("deadline", "network-caller did not answer within the bidding budget"),
+            Ok(Err(status)) => {
+                let error = DecideError::downstream("network-caller (bidding)", status);
+                tracing::warn!(%error, "bidding call failed; deciding without live bids");
+                match error {
+                    DecideError::DeadlineExceeded { .. } => (
+                        "deadline",
+                        "network-caller did not answer within the bidding budget",
+                    ),
+                    _ => ("unreachable", "network-caller is unavailable"),
+                }
+            }
+        };
+        unanswered
             .into_iter()
-            .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
-            .collect())
+            .map(|(impid, mut attempts)| {
+                for attempt in &mut attempts {
+                    attempt.reason = reason.to_string();
+                    attempt.detail = detail.to_string();
+                }
+                (impid, (Vec::new(), attempts))
+            })
+            .collect()
     }
 
     /// The chained selections as candidates of the impressions they were made for, read
@@ -527,6 +701,10 @@ impl DecisionService {
                     ));
                 }
             };
+            // A client-side chain node is an outcome only once the client reported it
+            // filled; the auction drops it otherwise, saying why.
+            let unfilled = selection.client_node
+                && selection.node_outcome.as_deref() != Some(cascade_state::FILLED);
             per_imp[imp].push(Candidate {
                 id: format!("chained:{}", selection.id),
                 source: SourceKind::ChainedOutcome as i32,
@@ -534,6 +712,10 @@ impl DecisionService {
                 seat: selection.seat,
                 network_id: selection.network_id,
                 bid_id: selection.id,
+                adomain: selection.adomain,
+                cat: selection.cat,
+                attr: selection.attr,
+                unfilled,
                 ..Default::default()
             });
         }
@@ -557,7 +739,11 @@ impl DecisionService {
             seat: winner.seat.clone(),
             bid_id: winner.bid_id.clone(),
             price_micros: winner.price_micros,
+            adomain: winner.adomain.clone(),
+            cat: winner.cat.clone(),
+            attr: winner.attr.clone(),
             ttl: self.selection_ttl,
+            ..Default::default()
         }
     }
 }
@@ -587,15 +773,17 @@ fn new_selection_id() -> String {
 }
 
 /// What one impression brings to the auction, or why it has nothing to bring. With a
-/// selling rule: exchange bids, mediated bids, line items and chained outcomes under the
-/// rule's floor and filters plus the request's own. Without one, no auction demand may
-/// serve: only line items and chained outcomes, under the request's filters.
+/// selling rule: exchange bids, live bids, mediated bids, line items and chained
+/// outcomes under the rule's floor, the impression's deals, and the filters. Without
+/// one, no auction demand may serve: only line items and chained outcomes, under the
+/// request's filters.
 fn auction_imp(
     account_known: bool,
     evaluated: ImpEvaluation,
     exchange: Vec<Candidate>,
     chained: Vec<Candidate>,
     normalized: &Normalized,
+    quality: AdQuality,
     index: usize,
 ) -> Result<AuctionImp, NoFillReason> {
     if !account_known {
@@ -606,7 +794,7 @@ fn auction_imp(
         .into_iter()
         .map(line_item_candidate)
         .chain(chained);
-    let imp_blocked_attributes = &normalized.blocked_attributes[index];
+    let (deals, private_auction) = normalized.deals[index].clone();
     match evaluated.applied_rule {
         Some(rule) => {
             let mut candidates = exchange;
@@ -616,10 +804,10 @@ fn auction_imp(
                 impid: evaluated.impid,
                 floor_micros: rule.floor_micros,
                 auction_type: rule.auction_type,
-                blocked_adomains: merged(rule.blocked_adomains, &normalized.blocked_adomains),
-                blocked_categories: merged(rule.blocked_categories, &normalized.blocked_categories),
-                blocked_seats: merged(rule.blocked_seats, &normalized.blocked_seats),
-                blocked_attributes: merged(rule.blocked_attributes, imp_blocked_attributes),
+                mediated_sets_second_price: rule.mediated_sets_second_price,
+                ad_quality: Some(quality),
+                deals,
+                private_auction,
                 candidates,
             })
         }
@@ -630,15 +818,45 @@ fn auction_imp(
             }
             Ok(AuctionImp {
                 impid: evaluated.impid,
-                blocked_adomains: normalized.blocked_adomains.clone(),
-                blocked_categories: normalized.blocked_categories.clone(),
-                blocked_seats: normalized.blocked_seats.clone(),
-                blocked_attributes: imp_blocked_attributes.clone(),
+                ad_quality: Some(quality),
                 candidates,
                 ..Default::default()
             })
         }
     }
+}
+
+/// The filters of one impression: the applied rule's plus the request's (`badv`,
+/// `bcat`, `bseat`, the impression's `battr`), in the request's `cattax`. Without a
+/// rule, the request's alone.
+fn ad_quality(
+    rule: Option<&cascade_proto::targeting::v1::AppliedRule>,
+    normalized: &Normalized,
+    index: usize,
+) -> AdQuality {
+    let from_rule = |list: fn(&cascade_proto::targeting::v1::AppliedRule) -> &Vec<String>| {
+        rule.map(|r| list(r).clone()).unwrap_or_default()
+    };
+    AdQuality {
+        blocked_adomains: merged(from_rule(|r| &r.blocked_adomains), &normalized.blocked_adomains),
+        blocked_categories: merged(
+            from_rule(|r| &r.blocked_categories),
+            &normalized.blocked_categories,
+        ),
+        blocked_seats: merged(from_rule(|r| &r.blocked_seats), &normalized.blocked_seats),
+        blocked_attributes: merged(
+            rule.map(|r| r.blocked_attributes.clone()).unwrap_or_default(),
+            &normalized.blocked_attributes[index],
+        ),
+        cattax: normalized.cattax,
+        block_unknown_adomain: rule.is_some_and(|r| r.block_unknown_adomain),
+        block_unknown_category: rule.is_some_and(|r| r.block_unknown_category),
+    }
+}
+
+/// A bid adjustment from the wire: 0 means none.
+fn adjustment(ppm: i64) -> Factor {
+    if ppm > 0 { Factor(ppm) } else { Factor::ONE }
 }
 
 fn line_item_candidate(item: EligibleLineItem) -> Candidate {
@@ -649,6 +867,8 @@ fn line_item_candidate(item: EligibleLineItem) -> Candidate {
         bid_id: item.line_item_id,
         adm: item.adm,
         adomain: item.adomain,
+        cat: item.cat,
+        attr: item.attr,
         guaranteed: item.guaranteed,
         priority: item.priority,
         ..Default::default()
@@ -668,6 +888,15 @@ fn mediated_candidate(bid: EligibleMediatedBid) -> Candidate {
     }
 }
 
+/// Whether a ranked candidate is a waterfall network, which must be called to serve;
+/// everything else is demand in hand.
+fn needs_call(ranked: &RankedCandidate) -> bool {
+    ranked
+        .candidate
+        .as_ref()
+        .is_some_and(|c| c.source() == SourceKind::MediatedNetwork)
+}
+
 fn winner_from(ranked: RankedCandidate) -> Winner {
     let candidate = ranked.candidate.unwrap_or_default();
     Winner {
@@ -683,6 +912,8 @@ fn winner_from(ranked: RankedCandidate) -> Winner {
         adomain: candidate.adomain,
         crid: candidate.crid,
         dealid: candidate.dealid,
+        cat: candidate.cat,
+        attr: candidate.attr,
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Settings {
     pub bidding_budget_ms: u64,
     /// Kept back from the budget to build and send the response.
     pub response_reserve_ms: u64,
+    /// Kept back from network-caller's share of the budget, so that when it cannot
+    /// answer in time the best demand already in hand still serves.
+    pub fallback_reserve_ms: u64,
     /// How long a selection is kept for event reports and chaining.
     pub selection_ttl_secs: u64,
     /// The bearer token the admin API requires (`CASCADE__ADMIN_TOKEN`). Unset: the
@@ -74,6 +77,7 @@ impl Default for Settings {
             max_budget_ms: 5_000,
             bidding_budget_ms: 150,
             response_reserve_ms: 2,
+            fallback_reserve_ms: 5,
             selection_ttl_secs: 3_600,
             admin_token: None,
             selection_backlog_capacity: 100_000,
@@ -125,6 +129,7 @@ pub async fn serve(
         max_budget: Duration::from_millis(settings.max_budget_ms),
         bidding_budget: Duration::from_millis(settings.bidding_budget_ms),
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
+        fallback_reserve: Duration::from_millis(settings.fallback_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
     };
     let admin = AdminService::new(store.clone()).into_server(settings.admin_token.clone());

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use cascade_core::Micros;
 use cascade_core::money::CurrencyRates;
-use cascade_proto::auction::v1::Candidate;
+use cascade_proto::auction::v1::{Candidate, Deal};
 use cascade_proto::decision::v1::{DecideRequest, SourceKind};
 use cascade_proto::openrtb::v1::{BidRequest, Imp};
 use cascade_proto::targeting::v1::{ImpContext, KeyValue, MediaType, RequestContext, Size};
@@ -42,6 +42,11 @@ pub struct Normalized {
     pub blocked_seats: Vec<String>,
     /// Per impression (in the order of `imps`), its `banner.battr` and `video.battr`.
     pub blocked_attributes: Vec<Vec<i32>>,
+    /// Per impression, its deals (`imp.pmp.deals`, floors in USD micros) and whether
+    /// only they may serve (`imp.pmp.private_auction`).
+    pub deals: Vec<(Vec<Deal>, bool)>,
+    /// The request's `cattax`.
+    pub cattax: i32,
     /// `tmax` in milliseconds, when the request set one.
     pub tmax_ms: Option<u64>,
 }
@@ -99,6 +104,15 @@ pub fn normalize(
         imps.push(imp_context(&field, imp, rates)?);
     }
 
+    let deals = bid_request
+        .imp
+        .iter()
+        .enumerate()
+        .map(|(i, imp)| imp_deals(&format!("request.imp[{i}]"), imp, rates))
+        .collect::<Result<_, _>>()?;
+    if bid_request.cattax < 0 {
+        return Err(DecideError::invalid("request.cattax", "must not be negative"));
+    }
     let exchange_candidates = exchange_candidates(request, &imp_index, rates)?;
     Ok(Normalized {
         account_id,
@@ -118,7 +132,45 @@ pub fn normalize(
             })
             .collect(),
         tmax_ms: (bid_request.tmax > 0).then_some(bid_request.tmax as u64),
+        deals,
+        cattax: bid_request.cattax,
     })
+}
+
+/// The impression's deals with their floors in USD micros (a deal's `bidfloorcur`
+/// defaults to USD, as OpenRTB says), and its `private_auction` flag.
+fn imp_deals(
+    field: &str,
+    imp: &Imp,
+    rates: &CurrencyRates,
+) -> Result<(Vec<Deal>, bool), DecideError> {
+    let Some(pmp) = &imp.pmp else {
+        return Ok((Vec::new(), false));
+    };
+    let mut deals = Vec::with_capacity(pmp.deals.len());
+    for (d, deal) in pmp.deals.iter().enumerate() {
+        let field = format!("{field}.pmp.deals[{d}]");
+        check_id(&format!("{field}.id"), &deal.id)?;
+        let floor = Micros::from_openrtb_price(deal.bidfloor)
+            .map_err(|e| DecideError::invalid(format!("{field}.bidfloor"), e.to_string()))?;
+        let floor = rates
+            .to_usd(floor, &deal.bidfloorcur)
+            .map_err(|e| DecideError::invalid(format!("{field}.bidfloorcur"), e.to_string()))?;
+        check_list_len(&format!("{field}.wseat"), deal.wseat.len(), MAX_BLOCKLIST_LEN)?;
+        check_list_len(
+            &format!("{field}.wadomain"),
+            deal.wadomain.len(),
+            MAX_BLOCKLIST_LEN,
+        )?;
+        deals.push(Deal {
+            id: deal.id.clone(),
+            floor_micros: floor.0,
+            at: deal.at,
+            wseat: deal.wseat.clone(),
+            wadomain: deal.wadomain.clone(),
+        });
+    }
+    Ok((deals, pmp.private_auction == 1))
 }
 
 /// The targeting keys the request's impressions share: geo, device, site or app, user

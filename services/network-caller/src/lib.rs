@@ -14,13 +14,16 @@ use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
 use cascade_core::report::{Metric, ReportCell, counts_at};
 use cascade_core::snapshot::Snapshot;
-use cascade_networks::health::{BreakerPolicy, NetworkHealth};
+use cascade_core::ad_quality::{AdQuality, Creative};
+use cascade_core::money::Factor;
+use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
+use cascade_networks::health::{BreakerPolicy, NetworkHealth, Skip as HealthSkip};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
 use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
 use cascade_proto::networkcaller::v1::{
-    BidAsk, BiddingResult, CollectBidsRequest, CollectBidsResponse, RunWaterfallRequest,
+    BidAsk, BiddingImp, BiddingResult, CollectBidsRequest, CollectBidsResponse, RunWaterfallRequest,
     RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
 use cascade_proto::openrtb::v1::BidRequest;
@@ -55,6 +58,10 @@ pub struct Settings {
     pub breaker_failures_to_open: u32,
     /// How long an open breaker skips its network before one probe call.
     pub breaker_open_ms: u64,
+    /// Time kept back from every network call to answer the caller once it returns.
+    pub answer_reserve_ms: u64,
+    /// A network call that could wait less than this is skipped (`deadline`).
+    pub min_call_ms: u64,
 }
 
 impl Default for Settings {
@@ -66,6 +73,8 @@ impl Default for Settings {
             max_network_calls_per_waterfall: 5,
             breaker_failures_to_open: 5,
             breaker_open_ms: 5_000,
+            answer_reserve_ms: 5,
+            min_call_ms: 5,
         }
     }
 }
@@ -116,7 +125,11 @@ pub async fn serve(
         report: report.clone(),
         adapters: Adapters::default(),
         default_budget: Duration::from_millis(settings.default_budget_ms),
-        max_calls_per_waterfall: settings.max_network_calls_per_waterfall as usize,
+        limits: WalkLimits {
+            max_calls: settings.max_network_calls_per_waterfall as usize,
+            answer_reserve: Duration::from_millis(settings.answer_reserve_ms),
+            min_call: Duration::from_millis(settings.min_call_ms),
+        },
         breaker_policy: BreakerPolicy {
             failures_to_open: settings.breaker_failures_to_open.max(1),
             open_for: Duration::from_millis(settings.breaker_open_ms),
@@ -138,7 +151,8 @@ pub struct NetworkCallerService {
     report: Arc<ReportRecorder>,
     adapters: Adapters,
     default_budget: Duration,
-    max_calls_per_waterfall: usize,
+    /// The call cap and the time rules of every walk.
+    limits: WalkLimits,
     breaker_policy: BreakerPolicy,
     /// Per network id: its breaker, recent latencies and in-flight limit.
     health: Mutex<HashMap<String, Arc<NetworkHealth>>>,
@@ -160,11 +174,14 @@ impl NetworkCaller for NetworkCallerService {
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let asks = request.imps.iter().map(|imp| {
-            let asks = imp
-                .asks
-                .iter()
-                .map(|ask| self.ask_for_bid(&snapshot, &bid_request, &imp.impid, ask, deadline));
+            let snapshot = &snapshot;
+            let bid_request = &bid_request;
             async move {
+                let quality = imp.ad_quality.clone().unwrap_or_default();
+                let quality = cascade_server::wire::ad_quality(&quality);
+                let asks = imp.asks.iter().map(|ask| {
+                    self.ask_for_bid(snapshot, bid_request, imp, ask, &quality, deadline)
+                });
                 let (bids, attempts): (Vec<_>, Vec<_>) =
                     futures::future::join_all(asks).await.into_iter().unzip();
                 BiddingResult {
@@ -231,9 +248,17 @@ struct NetworkCall<'a> {
     /// The mediated bid the call is made for.
     bid_id: &'a str,
     placement_id: &'a str,
+    /// The floor it is sent and held to, USD micros.
     floor: Micros,
     request: &'a BidRequest,
     impid: &'a str,
+}
+
+/// A network's answer that may serve, and the price it is booked at (USD micros,
+/// before the network's bid adjustment).
+struct Accepted {
+    ad: Ad,
+    price: Micros,
 }
 
 impl NetworkCallerService {
@@ -256,36 +281,49 @@ impl NetworkCallerService {
         created
     }
 
-    /// Calls a network through its health guard, under its own timeout bounded by what
-    /// is left of the deadline; records the outcome in `attempt`. Returns the ad when the
-    /// network filled.
+    /// Calls a network through its health guard, waiting at most `timeout`, and
+    /// judges its answer against the call's floor and the impression's filters.
+    /// Records everything in `attempt` and the report. `None` when the guard refused
+    /// the call (it was not made).
     async fn call(
         &self,
-        call: NetworkCall<'_>,
-        deadline: Deadline,
+        snapshot: &Snapshot,
+        call: &NetworkCall<'_>,
+        timeout: Duration,
+        quality: &AdQuality<'_>,
         attempt: &mut Attempt,
-    ) -> Option<Ad> {
-        let remaining = deadline.remaining();
+    ) -> Option<Option<Accepted>> {
         let health = self.health_of(call.network);
-        let permit = match health.try_call(remaining) {
+        let permit = match health.try_call(timeout + self.limits.answer_reserve) {
             Ok(permit) => permit,
             Err(skip) => {
                 attempt.outcome = AttemptOutcome::Skipped as i32;
+                attempt.reason = skip_code(&skip).to_string();
                 attempt.detail = skip.to_string();
                 record_call_metrics(&call.network.id, "skipped", None, &health);
                 return None;
             }
         };
-        let timeout = Duration::from_millis(u64::from(call.network.timeout_ms)).min(remaining);
+        attempt.floor_micros = call.floor.0;
+        let currency = call.network.currency.as_deref().unwrap_or_default();
+        let floor = match snapshot.rates().from_usd(call.floor, currency) {
+            Ok(floor) => floor,
+            Err(error) => {
+                attempt.outcome = AttemptOutcome::Error as i32;
+                attempt.detail = format!("cannot convert the floor: {error}");
+                return Some(None);
+            }
+        };
         let ad_call = AdCall {
             endpoint: &call.network.endpoint,
             placement_id: call.placement_id,
-            floor: call.floor,
+            floor,
+            currency,
             request: call.request,
             impid: call.impid,
             timeout,
         };
-        let span = attempt_span(&call, timeout);
+        let span = attempt_span(call, timeout);
         let started = Instant::now();
         let outcome = self
             .adapters
@@ -298,38 +336,90 @@ impl NetworkCallerService {
             span.record("latency_us", latency.as_micros() as u64);
         }
         record_call_metrics(&call.network.id, outcome.name(), Some(latency), &health);
-        self.report.count(report_cells(&call, &outcome, latency));
+        // A refused or cheap answer is still an answer: it never counts toward the breaker.
         permit.finish(
             matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
             latency,
         );
         attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         tracing::debug!(network = %call.network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
-        match outcome {
-            AdOutcome::Filled(ad) => {
-                attempt.outcome = AttemptOutcome::Filled as i32;
-                return Some(ad);
+        let answered = match outcome {
+            AdOutcome::Filled(ad) => Some(self.judge(snapshot, ad, call.floor, quality, attempt)),
+            AdOutcome::NoFill => {
+                attempt.outcome = AttemptOutcome::NoFill as i32;
+                None
             }
-            AdOutcome::NoFill => attempt.outcome = AttemptOutcome::NoFill as i32,
             AdOutcome::Timeout => {
                 attempt.outcome = AttemptOutcome::Timeout as i32;
+                attempt.reason = "timeout".to_string();
                 attempt.detail = format!("no answer within {} ms", timeout.as_millis());
+                None
             }
             AdOutcome::Error(detail) => {
                 attempt.outcome = AttemptOutcome::Error as i32;
                 attempt.detail = detail;
+                None
             }
-        }
-        None
+        };
+        let accepted = answered.flatten();
+        self.report
+            .count(report_cells(call, attempt, accepted.is_some(), latency));
+        Some(accepted)
     }
 
-    /// Asks one bidding network for a live bid: a candidate when it bids.
+    /// Whether a network's ad may serve: its price converted to USD, then the one rule
+    /// of the core for every network answer.
+    fn judge(
+        &self,
+        snapshot: &Snapshot,
+        ad: Ad,
+        floor: Micros,
+        quality: &AdQuality<'_>,
+        attempt: &mut Attempt,
+    ) -> Option<Accepted> {
+        let price = match ad.price.map(|p| snapshot.rates().to_usd(p, &ad.cur)).transpose() {
+            Ok(price) => price,
+            Err(error) => {
+                attempt.outcome = AttemptOutcome::Error as i32;
+                attempt.detail = format!("cannot convert the answer's price: {error}");
+                return None;
+            }
+        };
+        attempt.price_micros = price.map_or(0, |p| p.0);
+        let answer = Answer {
+            price,
+            creative: Creative {
+                adomains: &ad.adomain,
+                categories: &ad.cat,
+                seat: "",
+                attributes: &ad.attr,
+            },
+        };
+        let verdict = waterfall::judge(&answer, floor, quality);
+        match verdict {
+            Verdict::Accept { price } => {
+                attempt.outcome = AttemptOutcome::Filled as i32;
+                attempt.detail = verdict.to_string();
+                Some(Accepted { ad, price })
+            }
+            Verdict::BelowFloor { .. } | Verdict::Refused(_) => {
+                attempt.outcome = AttemptOutcome::NoFill as i32;
+                attempt.reason = verdict.code().to_string();
+                attempt.detail = verdict.to_string();
+                None
+            }
+        }
+    }
+
+    /// Asks one bidding network for a live bid: a candidate when it bids at or above
+    /// its floor with an ad the filters accept.
     async fn ask_for_bid(
         &self,
         snapshot: &Snapshot,
         request: &BidRequest,
-        impid: &str,
+        imp: &BiddingImp,
         ask: &BidAsk,
+        quality: &AdQuality<'_>,
         deadline: Deadline,
     ) -> (Option<Candidate>, Attempt) {
         let candidate_id = format!("bidding:{}", ask.bid_id);
@@ -340,9 +430,20 @@ impl NetworkCallerService {
             ..Default::default()
         };
         let Some(network) = snapshot.network(&ask.network_id) else {
-            attempt.outcome = AttemptOutcome::Skipped as i32;
-            attempt.detail = "network is not configured".to_string();
+            skip(&mut attempt, "unknown_network", "network is not configured");
             return (None, attempt);
+        };
+        // One node, so the walk's rules (reserve, minimum call time) decide the timeout.
+        let node = [Node::Network {
+            timeout: Duration::from_millis(u64::from(network.timeout_ms)),
+        }];
+        let timeout = match Walk::new(self.limits).step(&node, deadline.remaining()) {
+            Step::Call { timeout, .. } => timeout,
+            Step::Skip { reason, .. } => {
+                skip(&mut attempt, reason.code(), &reason.to_string());
+                return (None, attempt);
+            }
+            Step::Serve(_) | Step::Exhausted => return (None, attempt),
         };
         let call = NetworkCall {
             network,
@@ -350,30 +451,28 @@ impl NetworkCallerService {
             placement_id: &ask.placement_id,
             floor: Micros(ask.floor_micros),
             request,
-            impid,
+            impid: &imp.impid,
         };
-        let Some(ad) = self.call(call, deadline, &mut attempt).await else {
+        let Some(Some(accepted)) = self
+            .call(snapshot, &call, timeout, quality, &mut attempt)
+            .await
+        else {
             return (None, attempt);
         };
-        let price = match snapshot.rates().to_usd(ad.price, &ad.cur) {
-            Ok(price) => price,
-            Err(error) => {
-                attempt.outcome = AttemptOutcome::Error as i32;
-                attempt.detail = error.to_string();
-                return (None, attempt);
-            }
-        };
-        attempt.detail = format!("bid {price}");
+        let Accepted { ad, price } = accepted;
         let candidate = Candidate {
             id: candidate_id,
             source: SourceKind::BiddingNetwork as i32,
             bid_micros: price.0,
+            minimum_micros: ask.floor_micros,
             network_id: ask.network_id.clone(),
             placement_id: ask.placement_id.clone(),
             bid_id: ask.bid_id.clone(),
             adm: ad.adm,
             nurl: ad.nurl,
             adomain: ad.adomain,
+            cat: ad.cat,
+            attr: ad.attr,
             crid: ad.crid,
             bid_adjustment_ppm: ask.bid_adjustment_ppm,
             ..Default::default()
@@ -381,7 +480,8 @@ impl NetworkCallerService {
         (Some(candidate), attempt)
     }
 
-    /// Walks one impression's chain until a candidate fills or the deadline runs out.
+    /// Walks one impression's networks in rank order, as the core's walk says, until
+    /// one fills; demand in hand in the list serves without a call.
     async fn walk(
         &self,
         snapshot: &Snapshot,
@@ -393,9 +493,29 @@ impl NetworkCallerService {
             impid: imp.impid,
             ..Default::default()
         };
-        let mut calls_made = 0;
-        for mut ranked in imp.ranked {
-            let Some(candidate) = ranked.candidate.as_mut() else {
+        let quality = imp.ad_quality.unwrap_or_default();
+        let quality = cascade_server::wire::ad_quality(&quality);
+        let mut ranked = imp.ranked;
+        let nodes: Vec<Node> = ranked
+            .iter()
+            .map(|ranked| match &ranked.candidate {
+                Some(c) if c.source() != SourceKind::MediatedNetwork => Node::InHand,
+                Some(c) => snapshot
+                    .network(&c.network_id)
+                    .map_or(Node::Unreachable, |network| Node::Network {
+                        timeout: Duration::from_millis(u64::from(network.timeout_ms)),
+                    }),
+                None => Node::Unreachable,
+            })
+            .collect();
+        let mut walk = Walk::new(self.limits);
+        loop {
+            let step = walk.step(&nodes, deadline.remaining());
+            let index = match step {
+                Step::Exhausted => break,
+                Step::Serve(index) | Step::Call { index, .. } | Step::Skip { index, .. } => index,
+            };
+            let Some(candidate) = ranked[index].candidate.as_ref() else {
                 continue;
             };
             let mut attempt = Attempt {
@@ -404,60 +524,84 @@ impl NetworkCallerService {
                 network_id: candidate.network_id.clone(),
                 ..Default::default()
             };
-            if candidate.source() != SourceKind::MediatedNetwork {
-                // Demand already in hand (an exchange bid, a live bid, a line item, a
-                // chained outcome) fills without a call.
-                attempt.outcome = AttemptOutcome::Filled as i32;
-                attempt.detail = "bid in hand, no call needed".to_string();
-                result.attempts.push(attempt);
-                result.winner = Some(ranked);
-                return result;
-            }
-            if deadline.remaining().is_zero() {
-                attempt.outcome = AttemptOutcome::Skipped as i32;
-                attempt.detail = "deadline exceeded".to_string();
-                result.attempts.push(attempt);
-                result.deadline_exceeded = true;
-                return result;
-            }
-            let Some(network) = snapshot.network(&candidate.network_id) else {
-                attempt.outcome = AttemptOutcome::Skipped as i32;
-                attempt.detail = "network is not configured".to_string();
-                result.attempts.push(attempt);
-                continue;
-            };
-            if calls_made >= self.max_calls_per_waterfall {
-                attempt.outcome = AttemptOutcome::Skipped as i32;
-                attempt.detail = format!(
-                    "waterfall cap of {} network calls reached",
-                    self.max_calls_per_waterfall
-                );
-                result.attempts.push(attempt);
-                continue;
-            }
-            let call = NetworkCall {
-                network,
-                bid_id: &candidate.bid_id,
-                placement_id: &candidate.placement_id,
-                floor: Micros(candidate.bid_micros),
-                request,
-                impid: &result.impid,
-            };
-            let ad = self.call(call, deadline, &mut attempt).await;
-            if attempt.outcome() != AttemptOutcome::Skipped {
-                calls_made += 1;
-            }
-            result.attempts.push(attempt);
-            if let Some(ad) = ad {
-                candidate.adm = ad.adm;
-                candidate.nurl = ad.nurl;
-                candidate.adomain = ad.adomain;
-                candidate.crid = ad.crid;
-                result.winner = Some(ranked);
-                return result;
+            match step {
+                Step::Serve(_) => {
+                    attempt.outcome = AttemptOutcome::Filled as i32;
+                    attempt.detail = "bid in hand, no call needed".to_string();
+                    result.attempts.push(attempt);
+                    result.winner = Some(std::mem::take(&mut ranked[index]));
+                    break;
+                }
+                Step::Skip { reason, .. } => {
+                    let detail = match &reason {
+                        SkipReason::Unreachable => "network is not configured".to_string(),
+                        other => other.to_string(),
+                    };
+                    skip(&mut attempt, reason.code(), &detail);
+                    result.attempts.push(attempt);
+                }
+                Step::Call { timeout, .. } => {
+                    let Some(network) = snapshot.network(&candidate.network_id) else {
+                        continue;
+                    };
+                    let call = NetworkCall {
+                        network,
+                        bid_id: &candidate.bid_id,
+                        placement_id: &candidate.placement_id,
+                        floor: Micros(ranked[index].floor_micros.max(candidate.bid_micros)),
+                        request,
+                        impid: &result.impid,
+                    };
+                    let answer = self
+                        .call(snapshot, &call, timeout, &quality, &mut attempt)
+                        .await;
+                    result.attempts.push(attempt);
+                    let Some(answer) = answer else {
+                        continue;
+                    };
+                    walk.called();
+                    if let Some(Accepted { ad, price }) = answer {
+                        walk.filled();
+                        let mut winner = std::mem::take(&mut ranked[index]);
+                        if let Some(candidate) = winner.candidate.as_mut() {
+                            // Booked at the network's own price, adjusted like its CPM.
+                            winner.clearing_price_micros =
+                                adjustment(candidate.bid_adjustment_ppm).apply(price).0;
+                            candidate.adm = ad.adm;
+                            candidate.nurl = ad.nurl;
+                            candidate.adomain = ad.adomain;
+                            candidate.cat = ad.cat;
+                            candidate.attr = ad.attr;
+                            candidate.crid = ad.crid;
+                        }
+                        result.winner = Some(winner);
+                        break;
+                    }
+                }
+                Step::Exhausted => break,
             }
         }
+        result.deadline_exceeded = walk.ran_out_of_time();
         result
+    }
+}
+
+/// A bid adjustment from the wire: 0 means none.
+fn adjustment(ppm: i64) -> Factor {
+    if ppm > 0 { Factor(ppm) } else { Factor::ONE }
+}
+
+fn skip(attempt: &mut Attempt, reason: &str, detail: &str) {
+    attempt.outcome = AttemptOutcome::Skipped as i32;
+    attempt.reason = reason.to_string();
+    attempt.detail = detail.to_string();
+}
+
+fn skip_code(skip: &HealthSkip) -> &'static str {
+    match skip {
+        HealthSkip::BreakerOpen => "breaker_open",
+        HealthSkip::AtConcurrencyLimit(_) => "concurrency_limit",
+        HealthSkip::TooSlow { .. } => "too_slow",
     }
 }
 
@@ -502,19 +646,21 @@ fn record_call_metrics(
     metrics::gauge!("cascade_network_breaker_state", "network" => network).set(breaker);
 }
 
-/// What one call adds to the network performance report: a request, its outcome, its
-/// latency bucket.
+/// What one call adds to the network performance report: a request, its outcome (an
+/// answer the filters refused counts as blocked, not as a no fill), its latency bucket.
 fn report_cells(
     call: &NetworkCall<'_>,
-    outcome: &AdOutcome,
+    attempt: &Attempt,
+    accepted: bool,
     latency: Duration,
 ) -> [(ReportCell, u64); 3] {
-    let answered = match (outcome, call.network.mode) {
-        (AdOutcome::Filled(_), NetworkMode::Bidding) => Metric::Bids,
-        (AdOutcome::Filled(_), NetworkMode::Waterfall) => Metric::Fills,
-        (AdOutcome::NoFill, _) => Metric::NoFills,
-        (AdOutcome::Timeout, _) => Metric::Timeouts,
-        (AdOutcome::Error(_), _) => Metric::Errors,
+    let answered = match (attempt.outcome(), call.network.mode) {
+        (_, NetworkMode::Bidding) if accepted => Metric::Bids,
+        (_, NetworkMode::Waterfall) if accepted => Metric::Fills,
+        (AttemptOutcome::NoFill, _) if attempt.reason == "blocked_ad" => Metric::Blocked,
+        (AttemptOutcome::Timeout, _) => Metric::Timeouts,
+        (AttemptOutcome::Error, _) => Metric::Errors,
+        _ => Metric::NoFills,
     };
     let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     counts_at(

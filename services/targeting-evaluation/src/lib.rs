@@ -177,7 +177,7 @@ fn eligible_bid(snapshot: &Snapshot, bid: &MediatedBid) -> EligibleMediatedBid {
     EligibleMediatedBid {
         bid_id: bid.id.clone(),
         network_id: bid.network_id.clone(),
-        cpm_micros: bid.cpm.0,
+        cpm_micros: snapshot.mediated_cpm(bid).0,
         placement_id: bid.placement_id.clone(),
         bid_adjustment_ppm: snapshot
             .network(&bid.network_id)
@@ -202,6 +202,9 @@ fn to_wire(snapshot: &Snapshot, impid: &str, evaluation: CoreEvaluation<'_>) -> 
             blocked_categories: applied.rule.blocked_categories.clone(),
             blocked_seats: applied.rule.blocked_seats.clone(),
             blocked_attributes: applied.rule.blocked_attributes.clone(),
+            block_unknown_adomain: applied.rule.block_unknown_adomain,
+            block_unknown_category: applied.rule.block_unknown_category,
+            mediated_sets_second_price: applied.rule.mediated_bids_set_second_price,
         }),
         matched_rule_ids: evaluation
             .matched_rule_ids
@@ -229,6 +232,8 @@ fn to_wire(snapshot: &Snapshot, impid: &str, evaluation: CoreEvaluation<'_>) -> 
                 priority: item.priority,
                 adm: item.adm.clone(),
                 adomain: item.adomain.clone(),
+                cat: item.categories.clone(),
+                attr: item.attributes.clone(),
             })
             .collect(),
         excluded: evaluation
