@@ -34,7 +34,13 @@ fn entries(response: &Value, list: &str, fields: [&str; 3]) -> Vec<(String, Stri
         .map(|entries| {
             entries
                 .iter()
-                .map(|e| (field(e, fields[0]), field(e, fields[1]), field(e, fields[2])))
+                .map(|e| {
+                    (
+                        field(e, fields[0]),
+                        field(e, fields[1]),
+                        field(e, fields[2]),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -142,7 +148,11 @@ async fn network_ads_and_line_items_pass_the_same_ad_quality_filters() {
 
     // A rule that blocks unknown advertisers refuses an ad declaring none.
     cluster.networks.set("coolads", fill_with(&[], &[]));
-    blocked_attempts(&cluster.decide(&request_of("strict-pub", "home-top", json!([]))).await);
+    blocked_attempts(
+        &cluster
+            .decide(&request_of("strict-pub", "home-top", json!([])))
+            .await,
+    );
 
     // A line item in a blocked category does not serve, however high its CPM.
     cluster.networks.set("coolads", Behaviour::Fill);
@@ -179,7 +189,11 @@ async fn a_live_bid_below_its_mediated_cpm_never_wins() {
     cluster.networks.set("bidwise", Behaviour::FillAt(0.70));
     let request = request_of("8953", "live-one", exchange_bid(0.60, "shoes.example"));
     let response = cluster.decide(&request).await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE", "{response}");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
     assert_eq!(winner(&response)["priceMicros"], "600000");
     assert_eq!(
         attempts(&response)[0],
@@ -191,7 +205,11 @@ async fn a_live_bid_below_its_mediated_cpm_never_wins() {
     // At $1.10 (x0.95 = $1.045) it beats the $0.60 exchange bid.
     cluster.networks.set("bidwise", Behaviour::FillAt(1.10));
     let response = cluster.decide(&request).await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_BIDDING_NETWORK", "{response}");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_BIDDING_NETWORK",
+        "{response}"
+    );
     assert_eq!(winner(&response)["priceMicros"], "1045000");
 }
 
@@ -207,8 +225,11 @@ fn deal_bid(seat: &str, id: &str, price: f64, dealid: &str) -> Value {
 #[tokio::test]
 async fn deal_floors_seats_and_private_auctions_hold() {
     let cluster = Cluster::start().await;
-    let fixture = workspace_file("../shared/fixtures/openrtb26/bid-request-example-5-pmp-with-direct-deal.json");
-    let bid_request: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let fixture = workspace_file(
+        "../shared/fixtures/openrtb26/bid-request-example-5-pmp-with-direct-deal.json",
+    );
+    let bid_request: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let decide = |bid_request: Value, bids: Vec<Value>| {
         let request = json!({"request": bid_request, "exchange_bids": bids, "debug": true});
         let cluster = &cluster;
@@ -308,7 +329,10 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
     let explained = &response["decisions"][0]["explanation"]["attempts"][0];
     assert_eq!(explained["floorMicros"], "2000000");
     assert_eq!(explained["priceMicros"], "10000");
-    assert_eq!(cluster.networks.last_request("coolads").unwrap()["imp"][0]["bidfloor"], 2.0);
+    assert_eq!(
+        cluster.networks.last_request("coolads").unwrap()["imp"][0]["bidfloor"],
+        2.0
+    );
 
     cluster.networks.set("coolads", Behaviour::FillAt(2.40));
     let response = cluster.decide(&banner_request(json!([]))).await;
@@ -317,13 +341,19 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
 
     // EUR 3.00 = USD 3.24 at the configured 1.08: it ranks first, is asked in EUR and
     // answers in EUR.
-    let response = cluster.decide(&request_of("8953", "euro-slot", json!([]))).await;
+    let response = cluster
+        .decide(&request_of("8953", "euro-slot", json!([])))
+        .await;
     assert_eq!(winner(&response)["networkId"], "euroads", "{response}");
     assert_eq!(winner(&response)["priceMicros"], "3240000");
     assert_eq!(winner(&response)["cur"], "USD");
     let sent = cluster.networks.last_request("euroads").unwrap();
     assert_eq!(
-        (&sent["imp"][0]["bidfloor"], &sent["imp"][0]["bidfloorcur"], &sent["cur"]),
+        (
+            &sent["imp"][0]["bidfloor"],
+            &sent["imp"][0]["bidfloorcur"],
+            &sent["cur"]
+        ),
         (&json!(3.0), &json!("EUR"), &json!(["EUR"])),
         "{sent}"
     );
@@ -356,7 +386,11 @@ async fn a_mediated_winner_is_never_second_priced() {
     cluster.networks.set("coolads", Behaviour::NoFill);
     cluster.networks.set("betaads", Behaviour::NoFill);
     let response = cluster.decide(&request).await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE", "{response}");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
     assert_eq!(winner(&response)["priceMicros"], "500000");
 }
 
@@ -377,9 +411,17 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
         request["request"]["tmax"] = json!(tmax);
         let started = Instant::now();
         let response = cluster.decide(&request).await;
-        assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE", "tmax {tmax}: {response}");
+        assert_eq!(
+            winner(&response)["source"],
+            "SOURCE_KIND_EXCHANGE",
+            "tmax {tmax}: {response}"
+        );
         assert_eq!(winner(&response)["priceMicros"], "1500000");
-        assert_eq!(attempts(&response)[0].1, "ATTEMPT_OUTCOME_TIMEOUT", "{response}");
+        assert_eq!(
+            attempts(&response)[0].1,
+            "ATTEMPT_OUTCOME_TIMEOUT",
+            "{response}"
+        );
         // grpcurl's own start-up is in this figure; the decision kept to its budget.
         assert!(started.elapsed() < Duration::from_millis(tmax + 900));
     }
@@ -389,7 +431,11 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
     let response = cluster
         .decide(&banner_request(exchange_bid(1.5, "shoes.example")))
         .await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_EXCHANGE", "{response}");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
     assert_eq!(
         attempts(&response),
         [
@@ -399,8 +445,7 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
     );
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(
-        response["decisions"][0]["noFillReason"],
-        "NO_FILL_REASON_NETWORKS_UNREACHABLE",
+        response["decisions"][0]["noFillReason"], "NO_FILL_REASON_NETWORKS_UNREACHABLE",
         "{response}"
     );
 }
@@ -451,12 +496,19 @@ async fn chained_outcomes_are_filtered_again_and_must_have_filled() {
     let mut request = banner_request(json!([]));
     request["chained_selection_ids"] = json!([coolads_node, betaads_node]);
     let response = cluster.decide(&request).await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_CHAINED_OUTCOME", "{response}");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_CHAINED_OUTCOME",
+        "{response}"
+    );
     assert_eq!(winner(&response)["selectionId"], betaads_node.as_str());
     assert_eq!(winner(&response)["priceMicros"], "1200000");
     assert_eq!(
         dropped(&response),
-        [(format!("chained:{coolads_node}"), "unfilled_outcome".to_string())]
+        [(
+            format!("chained:{coolads_node}"),
+            "unfilled_outcome".to_string()
+        )]
     );
 }
 
@@ -477,11 +529,14 @@ enabled = false
 async fn an_account_whose_own_rules_are_disabled_does_not_inherit() {
     let cluster = Cluster::start_with_configuration(PAUSED).await;
     let response = cluster
-        .decide(&request_of("paused-pub", "home-top", exchange_bid(3.0, "shoes.example")))
+        .decide(&request_of(
+            "paused-pub",
+            "home-top",
+            exchange_bid(3.0, "shoes.example"),
+        ))
         .await;
     assert_eq!(
-        response["decisions"][0]["noFillReason"],
-        "NO_FILL_REASON_NO_MATCHING_RULE",
+        response["decisions"][0]["noFillReason"], "NO_FILL_REASON_NO_MATCHING_RULE",
         "{response}"
     );
     assert_eq!(cluster.networks.calls("coolads"), 0);
@@ -542,7 +597,13 @@ async fn client_side_results_and_refused_ads_count_in_the_report() {
         ("CASCADE_ADMIN_TARGET", target.as_str()),
         ("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
-    let expected_coolads = [("requests", 2), ("fills", 1), ("blocked", 1), ("no_fills", 0), ("wins", 1)];
+    let expected_coolads = [
+        ("requests", 2),
+        ("fills", 1),
+        ("blocked", 1),
+        ("no_fills", 0),
+        ("wins", 1),
+    ];
     let expected_betaads = [("requests", 2), ("fills", 1), ("no_fills", 1), ("wins", 1)];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -556,7 +617,10 @@ async fn client_side_results_and_refused_ads_count_in_the_report() {
         if matches("coolads", &expected_coolads) && matches("betaads", &expected_betaads) {
             break;
         }
-        assert!(Instant::now() < deadline, "the report never added up:\n{csv}");
+        assert!(
+            Instant::now() < deadline,
+            "the report never added up:\n{csv}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

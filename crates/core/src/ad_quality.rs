@@ -152,8 +152,7 @@ impl AdQuality<'_> {
         if self.block_unknown_adomain && creative.adomains.iter().all(|d| d.trim().is_empty()) {
             return Some(Refusal::UnknownAdomain);
         }
-        if self.block_unknown_category && creative.categories.iter().all(|c| c.trim().is_empty())
-        {
+        if self.block_unknown_category && creative.categories.iter().all(|c| c.trim().is_empty()) {
             return Some(Refusal::UnknownCategory);
         }
         None

@@ -8,12 +8,12 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+pub use crate::ad_quality::category_is_within;
 use crate::ad_quality::{AdQuality, Creative, Refusal};
 use crate::config::AuctionType;
 use crate::money::{Factor, Micros};
-use crate::waterfall::network_floor;
-pub use crate::ad_quality::category_is_within;
 pub use crate::targeting::domain_is_within;
+use crate::waterfall::network_floor;
 
 /// Kinds of demand.
 ///
@@ -127,7 +127,8 @@ pub struct Deal {
 impl Deal {
     /// Whether a bid with this seat and these advertiser domains may use the deal.
     pub fn admits(&self, seat: &str, adomains: &[String]) -> bool {
-        let seat_ok = self.wseats.is_empty() || self.wseats.iter().any(|w| w.eq_ignore_ascii_case(seat));
+        let seat_ok =
+            self.wseats.is_empty() || self.wseats.iter().any(|w| w.eq_ignore_ascii_case(seat));
         let adomain_ok = self.wadomains.is_empty()
             || (!adomains.is_empty()
                 && adomains
@@ -178,7 +179,9 @@ impl Terms<'_> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DropReason {
     NonPositiveBid,
-    BelowFloor { floor: Micros },
+    BelowFloor {
+        floor: Micros,
+    },
     Refused(Refusal),
     /// Under `private_auction`, a bid that is not under one of the impression's deals.
     PrivateAuction,
@@ -244,7 +247,10 @@ pub struct Ranking {
 /// price; a bid naming one of the impression's deals that admits its seat and
 /// advertiser, that deal; anything else the open auction, which `private_auction`
 /// closes to auction demand.
-pub fn terms_of<'d, B: Bidder>(candidate: &B, rules: &AuctionRules<'d>) -> Result<Terms<'d>, DropReason> {
+pub fn terms_of<'d, B: Bidder>(
+    candidate: &B,
+    rules: &AuctionRules<'d>,
+) -> Result<Terms<'d>, DropReason> {
     if candidate.source().is_fixed_price() {
         return Ok(Terms::Fixed);
     }
@@ -342,8 +348,12 @@ pub fn rank<B: Bidder>(candidates: &[B], rules: &AuctionRules<'_>) -> Ranking {
             let candidate = &candidates[index];
             let floor = terms.floor(rules).unwrap_or(Micros::ZERO);
             let floor = match candidate.source() {
-                Source::MediatedNetwork => network_floor(candidate.bid(), floor, candidate.adjustment()),
-                Source::BiddingNetwork => network_floor(candidate.minimum(), floor, candidate.adjustment()),
+                Source::MediatedNetwork => {
+                    network_floor(candidate.bid(), floor, candidate.adjustment())
+                }
+                Source::BiddingNetwork => {
+                    network_floor(candidate.minimum(), floor, candidate.adjustment())
+                }
                 _ => floor,
             };
             Ranked {
@@ -573,6 +583,67 @@ mod tests {
     }
 
     #[test]
+    fn networks_pay_their_bid_and_a_mediated_cpm_sets_no_second_price() {
+        let candidates = vec![
+            bid("mediated-high", Source::MediatedNetwork, 3_000_000),
+            bid("exchange", Source::Exchange, 2_000_000),
+            bid("mediated-low", Source::MediatedNetwork, 1_500_000),
+            bid("exchange-low", Source::Exchange, 1_000_000),
+        ];
+        let mut rules = AuctionRules {
+            floor: Micros(500_000),
+            auction_type: AuctionType::SecondPrice,
+            ..Default::default()
+        };
+        let prices: Vec<_> = rank(&candidates, &rules)
+            .ranked
+            .iter()
+            .map(|r| r.clearing_price.0)
+            .collect();
+        assert_eq!(prices, [3_000_000, 1_000_000, 1_500_000, 500_000]);
+        rules.mediated_sets_second_price = true;
+        let prices: Vec<_> = rank(&candidates, &rules)
+            .ranked
+            .iter()
+            .map(|r| r.clearing_price.0)
+            .collect();
+        assert_eq!(prices, [3_000_000, 1_500_000, 1_500_000, 500_000]);
+    }
+
+    #[test]
+    fn deal_bids_meet_their_deal_floor_and_private_auctions_admit_only_them() {
+        let deals = vec![Deal {
+            id: "d".into(),
+            floor: Micros(2_500_000),
+            pricing: DealPricing::Fixed,
+            wseats: vec!["agency".into()],
+            wadomains: vec![],
+        }];
+        let on_deal = |id: &str, seat: &str, micros| Bid {
+            dealid: "d".into(),
+            seat: seat.into(),
+            ..bid(id, Source::Exchange, micros)
+        };
+        let candidates = vec![
+            on_deal("under", "agency", 2_000_000),
+            on_deal("over", "agency", 2_600_000),
+            on_deal("other-seat", "someone", 9_000_000),
+            bid("line-item", Source::NonGuaranteedLineItem, 100_000),
+        ];
+        let rules = AuctionRules {
+            floor: Micros(5_000_000),
+            deals: &deals,
+            private_auction: true,
+            ..Default::default()
+        };
+        let ranking = rank(&candidates, &rules);
+        assert_eq!(ids(&candidates, &ranking), ["over", "line-item"]);
+        assert_eq!(ranking.ranked[0].clearing_price, Micros(2_500_000));
+        let reasons: Vec<_> = ranking.dropped.iter().map(|(_, r)| r.code()).collect();
+        assert_eq!(reasons, ["below_floor", "private_auction"]);
+    }
+
+    #[test]
     fn guaranteed_line_items_win_outright_and_others_must_outbid_line_items() {
         let candidates = vec![
             bid("exchange-high", Source::Exchange, 9_000_000),
@@ -679,6 +750,7 @@ mod tests {
 
     mod properties {
         use super::*;
+        use crate::ad_quality::{AdQuality, Creative};
         use proptest::prelude::*;
 
         fn candidates() -> impl Strategy<Value = Vec<Bid>> {
@@ -780,6 +852,121 @@ mod tests {
                 candidates.reverse();
                 let reversed = rank(&candidates, &rules);
                 prop_assert_eq!(order, ids(&candidates, &reversed));
+            }
+
+            /// The money-path invariants, whatever the source: no ranked candidate fails
+            /// the filters (a waterfall network's ad is judged when it answers), none
+            /// serves below the floor of its terms (the deal's for a deal bid), a
+            /// private auction ranks only deal bids among auction demand, a network
+            /// pays its bid, a live bid is at least its minimum, and a chained outcome
+            /// that selected no ad never ranks.
+            #[test]
+            fn no_ranked_candidate_breaks_a_rule_of_the_publisher(
+                raw in prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just(Source::GuaranteedLineItem { priority: 1 }),
+                            Just(Source::NonGuaranteedLineItem),
+                            Just(Source::ChainedOutcome),
+                            Just(Source::Exchange),
+                            Just(Source::BiddingNetwork),
+                            Just(Source::MediatedNetwork),
+                        ],
+                        0..4_000_000i64,
+                        prop_oneof![Just(""), Just("bad.example"), Just("x.bad.example"), Just("good.example")],
+                        prop_oneof![Just(""), Just("IAB25"), Just("IAB25-3"), Just("IAB2")],
+                        prop_oneof![Just(""), Just("d1"), Just("d2"), Just("unknown-deal")],
+                        prop_oneof![Just("s1"), Just("s2"), Just("blocked-seat")],
+                        (any::<bool>(), 0..3_000_000i64, prop_oneof![Just(1_000_000i64), 500_000..1_500_000i64]),
+                    ),
+                    0..25,
+                ),
+                floor in 0..2_000_000i64,
+                deal_floors in (0..3_000_000i64, 0..3_000_000i64),
+                pricing in prop_oneof![Just(DealPricing::Inherit), Just(DealPricing::FirstPrice), Just(DealPricing::SecondPrice), Just(DealPricing::Fixed)],
+                private_auction in any::<bool>(),
+                second_price in any::<bool>(),
+                mediated_sets_second_price in any::<bool>(),
+                block_unknown in any::<bool>(),
+            ) {
+                let candidates: Vec<Bid> = raw
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (source, micros, domain, category, deal, seat, (filled, minimum, adjustment)))| Bid {
+                        adomains: if domain.is_empty() { vec![] } else { vec![domain.to_string()] },
+                        categories: if category.is_empty() { vec![] } else { vec![category.to_string()] },
+                        dealid: deal.to_string(),
+                        seat: seat.to_string(),
+                        filled: filled || source != Source::ChainedOutcome,
+                        minimum: Micros(minimum),
+                        adjustment: Factor(adjustment),
+                        ..bid(&format!("c{i}"), source, micros)
+                    })
+                    .collect();
+                let deals = vec![
+                    Deal { id: "d1".into(), floor: Micros(deal_floors.0), pricing, wseats: vec!["s1".into()], wadomains: vec![] },
+                    Deal { id: "d2".into(), floor: Micros(deal_floors.1), pricing: DealPricing::Inherit, wseats: vec![], wadomains: vec!["good.example".into()] },
+                ];
+                let blocked_adomains = vec!["bad.example".to_string()];
+                let blocked_categories = vec!["IAB25".to_string()];
+                let blocked_seats = vec!["blocked-seat".to_string()];
+                let rules = AuctionRules {
+                    floor: Micros(floor),
+                    auction_type: if second_price { AuctionType::SecondPrice } else { AuctionType::FirstPrice },
+                    ad_quality: AdQuality {
+                        blocked_adomains: &blocked_adomains,
+                        blocked_categories: &blocked_categories,
+                        blocked_seats: &blocked_seats,
+                        block_unknown_adomain: block_unknown,
+                        ..Default::default()
+                    },
+                    deals: &deals,
+                    private_auction,
+                    mediated_sets_second_price,
+                };
+                let ranking = rank(&candidates, &rules);
+                prop_assert_eq!(ranking.ranked.len() + ranking.dropped.len(), candidates.len());
+                for ranked in &ranking.ranked {
+                    let candidate = &candidates[ranked.index];
+                    let source = candidate.source;
+                    let effective = effective_bid(candidate);
+                    prop_assert!(candidate.filled, "an unfilled outcome ranked");
+                    if source != Source::MediatedNetwork {
+                        let creative = Creative {
+                            adomains: &candidate.adomains,
+                            categories: &candidate.categories,
+                            seat: &candidate.seat,
+                            attributes: &candidate.attributes,
+                        };
+                        prop_assert_eq!(rules.ad_quality.check(&creative), None);
+                    }
+                    let terms = terms_of(candidate, &rules).unwrap();
+                    match terms {
+                        Terms::Fixed => prop_assert!(source.is_fixed_price()),
+                        Terms::Open => prop_assert!(!private_auction, "an open bid ranked in a private auction"),
+                        Terms::Deal(deal) => {
+                            prop_assert_eq!(&deal.id, &candidate.dealid);
+                            prop_assert!(deal.admits(&candidate.seat, &candidate.adomains));
+                        }
+                    }
+                    if let Some(floor) = terms.floor(&rules) {
+                        prop_assert!(effective >= floor);
+                        prop_assert!(ranked.clearing_price >= floor);
+                    }
+                    prop_assert!(ranked.clearing_price <= effective);
+                    if source.is_network() || source.is_fixed_price() {
+                        prop_assert_eq!(ranked.clearing_price, effective);
+                    }
+                    if source == Source::BiddingNetwork {
+                        prop_assert!(candidate.bid >= candidate.minimum);
+                        prop_assert!(ranked.floor >= candidate.minimum);
+                    }
+                    if source.is_network() {
+                        // An answer at the floor it is sent meets the floor once adjusted.
+                        let floor = terms.floor(&rules).unwrap_or(Micros::ZERO);
+                        prop_assert!(candidate.adjustment.apply(ranked.floor) >= floor);
+                    }
+                }
             }
         }
     }

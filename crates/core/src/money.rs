@@ -136,7 +136,11 @@ impl Factor {
         let numerator = i128::from(amount.0) * i128::from(MICROS_PER_UNIT);
         let divisor = i128::from(self.0);
         let quotient = (numerator + divisor - 1) / divisor;
-        Micros(i64::try_from(quotient).unwrap_or(MAX_MICROS).min(MAX_MICROS))
+        Micros(
+            i64::try_from(quotient)
+                .unwrap_or(MAX_MICROS)
+                .min(MAX_MICROS),
+        )
     }
 }
 
@@ -272,7 +276,10 @@ mod tests {
 
     #[test]
     fn gross_up_is_the_least_amount_that_survives_the_factor() {
-        assert_eq!(Factor(800_000).gross_up(Micros(1_000_000)), Micros(1_250_000));
+        assert_eq!(
+            Factor(800_000).gross_up(Micros(1_000_000)),
+            Micros(1_250_000)
+        );
         assert_eq!(Factor(300_000).gross_up(Micros(1)), Micros(4));
         assert_eq!(Factor(300_000).apply(Micros(4)), Micros(1));
         assert_eq!(Factor::ONE.gross_up(Micros(7)), Micros(7));

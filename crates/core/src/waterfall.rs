@@ -88,8 +88,14 @@ pub enum Step {
     Serve(usize),
     /// Call the network at this index, waiting at most `timeout`; then report the
     /// result with [`Walk::called`] (or nothing, if a guard refused the call).
-    Call { index: usize, timeout: Duration },
-    Skip { index: usize, reason: SkipReason },
+    Call {
+        index: usize,
+        timeout: Duration,
+    },
+    Skip {
+        index: usize,
+        reason: SkipReason,
+    },
     /// Nothing left to try.
     Exhausted,
 }
@@ -206,7 +212,10 @@ impl fmt::Display for Verdict {
         match self {
             Verdict::Accept { price } => write!(f, "answered {price}"),
             Verdict::BelowFloor { price, floor } => {
-                write!(f, "answered {price}, below the floor of {floor} it was sent")
+                write!(
+                    f,
+                    "answered {price}, below the floor of {floor} it was sent"
+                )
             }
             Verdict::Refused(refusal) => write!(f, "blocked ad: {refusal}"),
         }
@@ -256,9 +265,7 @@ mod tests {
     #[test]
     fn demand_in_hand_below_serves_when_time_runs_out() {
         let nodes = [
-            Node::Network {
-                timeout: 150 * MS,
-            },
+            Node::Network { timeout: 150 * MS },
             Node::InHand,
             Node::InHand,
         ];
@@ -278,9 +285,7 @@ mod tests {
 
     #[test]
     fn a_call_waits_its_timeout_bounded_by_what_is_left_less_the_reserve() {
-        let nodes = [Node::Network {
-            timeout: 150 * MS,
-        }];
+        let nodes = [Node::Network { timeout: 150 * MS }];
         let (steps, _) = walk_all(&nodes, 100 * MS, &[]);
         assert_eq!(
             steps,
@@ -320,7 +325,10 @@ mod tests {
                 ..Default::default()
             },
         };
-        assert_eq!(judge(&answer, Micros(2_000_000), &quality).code(), "blocked_ad");
+        assert_eq!(
+            judge(&answer, Micros(2_000_000), &quality).code(),
+            "blocked_ad"
+        );
         let cheap = Answer {
             price: Some(Micros(10_000)),
             creative: Creative::default(),

@@ -85,8 +85,16 @@ async fn check_contract(store: &dyn Store) {
     // What chaining needs to filter the outcome again is kept.
     let kept = found[0].as_ref().unwrap();
     assert_eq!(
-        (kept.adomain.as_slice(), kept.cat.as_slice(), kept.attr.as_slice()),
-        (&["shoes.example".to_string()][..], &["IAB18-3".to_string()][..], &[1][..])
+        (
+            kept.adomain.as_slice(),
+            kept.cat.as_slice(),
+            kept.attr.as_slice()
+        ),
+        (
+            &["shoes.example".to_string()][..],
+            &["IAB18-3".to_string()][..],
+            &[1][..]
+        )
     );
     assert_eq!(kept.node_outcome, None);
     assert!(found[1].is_none());

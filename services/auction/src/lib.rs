@@ -8,8 +8,7 @@ use cascade_core::config::AuctionType as CoreAuctionType;
 use cascade_core::money::Factor;
 use cascade_proto::auction::v1::auction_server::{Auction, AuctionServer};
 use cascade_proto::auction::v1::{
-    AuctionImp, AuctionType, Candidate, ImpRanking, RankRequest,
-    RankResponse, RankedCandidate,
+    AuctionImp, AuctionType, Candidate, ImpRanking, RankRequest, RankResponse, RankedCandidate,
 };
 use cascade_proto::decision::v1::{DroppedCandidate, SourceKind};
 use cascade_server::settings::GrpcSettings;

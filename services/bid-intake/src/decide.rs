@@ -5,19 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascade_core::report::{Metric, counts_at};
-use cascade_proto::auction::v1::auction_client::AuctionClient;
-use cascade_core::money::Factor;
-use cascade_core::waterfall::network_floor;
 use cascade_core::Micros;
-use cascade_proto::auction::v1::{
-    AdQuality, AuctionImp, Candidate, RankRequest, RankedCandidate,
-};
+use cascade_core::money::Factor;
+use cascade_core::report::{Metric, counts_at};
+use cascade_core::waterfall::network_floor;
+use cascade_proto::auction::v1::auction_client::AuctionClient;
+use cascade_proto::auction::v1::{AdQuality, AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
 use cascade_proto::decision::v1::{
-    Attempt, AttemptOutcome, ChainNode, DecideRequest, DecideResponse, ExecutionMode,
-    Explanation, ImpDecision, NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind,
-    Winner,
+    Attempt, AttemptOutcome, ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation,
+    ImpDecision, NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind, Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
 use cascade_proto::networkcaller::v1::{
@@ -79,12 +76,9 @@ impl BidIntake for DecisionService {
         &self,
         request: Request<ReportEventRequest>,
     ) -> Result<Response<ReportEventResponse>, Status> {
-        let response = crate::events::report_event(
-            self.store.as_ref(),
-            &self.report,
-            request.into_inner(),
-        )
-        .await?;
+        let response =
+            crate::events::report_event(self.store.as_ref(), &self.report, request.into_inner())
+                .await?;
         Ok(Response::new(response))
     }
 }
@@ -388,17 +382,18 @@ impl DecisionService {
                 })
                 .collect();
             let mut network_caller = self.network_caller.clone();
-            let call = network_caller
-                .run_waterfall(call_deadline.request(RunWaterfallRequest {
-                    request: Some(bid_request.clone()),
-                    imps: waterfall_imps,
-                }));
+            let call = network_caller.run_waterfall(call_deadline.request(RunWaterfallRequest {
+                request: Some(bid_request.clone()),
+                imps: waterfall_imps,
+            }));
             // network-caller is told to finish `fallback_reserve` early; the wait runs to
             // the decision's own deadline, so an answer delayed in transit still counts.
             let answer = tokio::time::timeout_at(deadline.instant(), call).await;
             match answer {
                 Ok(Ok(results)) => {
-                    for (index, result) in waterfall_slots.into_iter().zip(results.into_inner().imps) {
+                    for (index, result) in
+                        waterfall_slots.into_iter().zip(results.into_inner().imps)
+                    {
                         let decision = &mut slots[index].decision;
                         if let Some(explanation) = decision.explanation.as_mut() {
                             explanation.attempts.extend(result.attempts);
@@ -599,7 +594,8 @@ impl DecisionService {
                 .min(self.bidding_budget),
         );
         // As for the waterfall: told to finish early, waited for a little longer.
-        let wait_until = (bidding_deadline.instant() + self.fallback_reserve).min(deadline.instant());
+        let wait_until =
+            (bidding_deadline.instant() + self.fallback_reserve).min(deadline.instant());
         let unanswered: Vec<(String, Vec<Attempt>)> = imps
             .iter()
             .map(|imp| {
@@ -619,11 +615,10 @@ impl DecisionService {
             })
             .collect();
         let mut network_caller = self.network_caller.clone();
-        let call = network_caller
-            .collect_bids(bidding_deadline.request(CollectBidsRequest {
-                request: Some(bid_request.clone()),
-                imps,
-            }));
+        let call = network_caller.collect_bids(bidding_deadline.request(CollectBidsRequest {
+            request: Some(bid_request.clone()),
+            imps,
+        }));
         let (reason, detail) = match tokio::time::timeout_at(wait_until, call).await {
             Ok(Ok(response)) => {
                 return response
@@ -633,7 +628,10 @@ impl DecisionService {
                     .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
                     .collect();
             }
-            Err(_) => ("deadline", "network-caller did not answer within the bidding budget"),
+            Err(_) => (
+                "deadline",
+                "network-caller did not answer within the bidding budget",
+            ),
             Ok(Err(status)) => {
                 let error = DecideError::downstream("network-caller (bidding)", status);
                 tracing::warn!(%error, "bidding call failed; deciding without live bids");
@@ -838,14 +836,18 @@ fn ad_quality(
         rule.map(|r| list(r).clone()).unwrap_or_default()
     };
     AdQuality {
-        blocked_adomains: merged(from_rule(|r| &r.blocked_adomains), &normalized.blocked_adomains),
+        blocked_adomains: merged(
+            from_rule(|r| &r.blocked_adomains),
+            &normalized.blocked_adomains,
+        ),
         blocked_categories: merged(
             from_rule(|r| &r.blocked_categories),
             &normalized.blocked_categories,
         ),
         blocked_seats: merged(from_rule(|r| &r.blocked_seats), &normalized.blocked_seats),
         blocked_attributes: merged(
-            rule.map(|r| r.blocked_attributes.clone()).unwrap_or_default(),
+            rule.map(|r| r.blocked_attributes.clone())
+                .unwrap_or_default(),
             &normalized.blocked_attributes[index],
         ),
         cattax: normalized.cattax,

@@ -1,10 +1,10 @@
 //! Event reports: impressions, clicks and client-side node results, recorded once per
 //! selection and event type, and acknowledged only once stored.
 
+use cascade_core::report::{Metric, counts_at};
 use cascade_proto::decision::v1::{
     AttemptOutcome, EventType, ReportEventRequest, ReportEventResponse,
 };
-use cascade_core::report::{Metric, counts_at};
 use cascade_state::{Event, EventRecorded, ReportRecorder, Selection, Store};
 
 use crate::error::DecideError;
@@ -71,7 +71,12 @@ pub async fn report_event(
 /// the client called is a request of its network and a fill, no fill, timeout or error;
 /// a filled node is also a win (its impression counts when it is reported). A node the
 /// client skipped was not asked. Counted once, as the event is.
-fn count_node_result(report: &ReportRecorder, selection: &Selection, outcome: &str, latency_ms: u32) {
+fn count_node_result(
+    report: &ReportRecorder,
+    selection: &Selection,
+    outcome: &str,
+    latency_ms: u32,
+) {
     if selection.network_id.is_empty() {
         return;
     }

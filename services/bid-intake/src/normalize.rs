@@ -111,7 +111,10 @@ pub fn normalize(
         .map(|(i, imp)| imp_deals(&format!("request.imp[{i}]"), imp, rates))
         .collect::<Result<_, _>>()?;
     if bid_request.cattax < 0 {
-        return Err(DecideError::invalid("request.cattax", "must not be negative"));
+        return Err(DecideError::invalid(
+            "request.cattax",
+            "must not be negative",
+        ));
     }
     let exchange_candidates = exchange_candidates(request, &imp_index, rates)?;
     Ok(Normalized {
@@ -156,7 +159,11 @@ fn imp_deals(
         let floor = rates
             .to_usd(floor, &deal.bidfloorcur)
             .map_err(|e| DecideError::invalid(format!("{field}.bidfloorcur"), e.to_string()))?;
-        check_list_len(&format!("{field}.wseat"), deal.wseat.len(), MAX_BLOCKLIST_LEN)?;
+        check_list_len(
+            &format!("{field}.wseat"),
+            deal.wseat.len(),
+            MAX_BLOCKLIST_LEN,
+        )?;
         check_list_len(
             &format!("{field}.wadomain"),
             deal.wadomain.len(),

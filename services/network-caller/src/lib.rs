@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
 use cascade_core::Micros;
+use cascade_core::ad_quality::{AdQuality, Creative};
 use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
+use cascade_core::money::Factor;
 use cascade_core::report::{Metric, ReportCell, counts_at};
 use cascade_core::snapshot::Snapshot;
-use cascade_core::ad_quality::{AdQuality, Creative};
-use cascade_core::money::Factor;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
 use cascade_networks::health::{BreakerPolicy, NetworkHealth, Skip as HealthSkip};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
@@ -23,8 +23,8 @@ use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
 use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
 use cascade_proto::networkcaller::v1::{
-    BidAsk, BiddingImp, BiddingResult, CollectBidsRequest, CollectBidsResponse, RunWaterfallRequest,
-    RunWaterfallResponse, WaterfallImp, WaterfallResult,
+    BidAsk, BiddingImp, BiddingResult, CollectBidsRequest, CollectBidsResponse,
+    RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
 use cascade_proto::openrtb::v1::BidRequest;
 use cascade_server::deadline::Deadline;
@@ -377,7 +377,11 @@ impl NetworkCallerService {
         quality: &AdQuality<'_>,
         attempt: &mut Attempt,
     ) -> Option<Accepted> {
-        let price = match ad.price.map(|p| snapshot.rates().to_usd(p, &ad.cur)).transpose() {
+        let price = match ad
+            .price
+            .map(|p| snapshot.rates().to_usd(p, &ad.cur))
+            .transpose()
+        {
             Ok(price) => price,
             Err(error) => {
                 attempt.outcome = AttemptOutcome::Error as i32;
