@@ -301,7 +301,13 @@ id = "euroads"
 account_id = "demo-network"
 endpoint = "http://${DEMO_NETWORK}/openrtb/euroads"
 timeout_ms = 150
-currency = "EUR"
+currency = "CHF"
+
+# 1.00 until 2020; 1.25 since; a rate scheduled for 2999 is not in force yet.
+[[currency_rates]]
+currency = "CHF"
+usd = "1.00"
+scheduled = [{ from = "2020-01-01", usd = "1.25" }, { from = "2999-01-01", usd = "9.99" }]
 
 [[mediated_bids]]
 id = "euroads-3.00"
@@ -314,7 +320,8 @@ targeting = { ad_units = ["euro-slot"] }
 
 /// Case 4: a waterfall network is sent max(its CPM, the floor) and held to it: an
 /// answer under it is its no fill (`below_floor`); an answer above is booked at its own
-/// price. A network's CPM, floor and answer are in its own currency.
+/// price. A network's CPM, floor and answer are in its own currency, converted at the
+/// rate in force (rates carry the day they apply from), which the winner records.
 #[tokio::test]
 async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
     let cluster = Cluster::start_with_configuration(EURO).await;
@@ -339,14 +346,16 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
     assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
     assert_eq!(winner(&response)["priceMicros"], "2400000");
 
-    // EUR 3.00 = USD 3.24 at the configured 1.08: it ranks first, is asked in EUR and
-    // answers in EUR.
+    // CHF 3.00 = USD 3.75 at the rate in force, 1.25: it ranks first, is asked in CHF
+    // and answers in CHF; the winner says what it converted from, and at what rate.
     let response = cluster
         .decide(&request_of("8953", "euro-slot", json!([])))
         .await;
     assert_eq!(winner(&response)["networkId"], "euroads", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "3240000");
+    assert_eq!(winner(&response)["priceMicros"], "3750000");
     assert_eq!(winner(&response)["cur"], "USD");
+    assert_eq!(winner(&response)["originalCur"], "CHF");
+    assert_eq!(winner(&response)["rateMicros"], "1250000");
     let sent = cluster.networks.last_request("euroads").unwrap();
     assert_eq!(
         (
@@ -354,7 +363,7 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
             &sent["imp"][0]["bidfloorcur"],
             &sent["cur"]
         ),
-        (&json!(3.0), &json!("EUR"), &json!(["EUR"])),
+        (&json!(3.0), &json!("CHF"), &json!(["CHF"])),
         "{sent}"
     );
 }

@@ -5,7 +5,8 @@
 
 use cascade_core::config::{
     Account, AdUnitGroup, AuctionType, ConfigError, Configuration, CurrencyRate, LineItem,
-    LineItemClass, MediatedBid, MediationMode, Network, NetworkMode, NetworkProtocol, SellingRule,
+    LineItemClass, MediatedBid, MediationMode, Network, NetworkMode, NetworkProtocol,
+    ScheduledRate, SellingRule,
 };
 use cascade_core::entity::{Entity, EntityKind};
 use cascade_core::money::{Factor, Micros};
@@ -480,12 +481,31 @@ fn currency_rate_to_proto(rate: &CurrencyRate) -> pb::CurrencyRate {
     pb::CurrencyRate {
         currency: rate.currency.clone(),
         usd_micros: rate.usd.0,
+        scheduled: rate
+            .scheduled
+            .iter()
+            .map(|s| pb::ScheduledRate {
+                from: s.from.clone(),
+                usd_micros: s.usd.0,
+            })
+            .collect(),
     }
 }
 
 fn currency_rate_from_proto(rate: pb::CurrencyRate, path: &str) -> Result<CurrencyRate> {
     Ok(CurrencyRate {
         usd: micros(rate.usd_micros, &format!("{path}.usd_micros"))?,
+        scheduled: rate
+            .scheduled
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Ok(ScheduledRate {
+                    usd: micros(s.usd_micros, &format!("{path}.scheduled[{i}].usd_micros"))?,
+                    from: s.from,
+                })
+            })
+            .collect::<Result<_>>()?,
         currency: rate.currency,
     })
 }

@@ -289,8 +289,43 @@ fn default_priority() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct CurrencyRate {
     pub currency: String,
-    /// Value of one unit of `currency` in USD.
+    /// Value of one unit of `currency` in USD, until the first of `scheduled` applies.
     pub usd: Micros,
+    /// Later values and the UTC day each applies from, in date order.
+    #[serde(default)]
+    pub scheduled: Vec<ScheduledRate>,
+}
+
+/// A currency rate that applies from a date on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledRate {
+    /// `YYYY-MM-DD`: from 00:00 UTC that day.
+    pub from: String,
+    pub usd: Micros,
+}
+
+impl ScheduledRate {
+    /// Unix seconds of 00:00 UTC on `from`.
+    pub fn applies_from(&self) -> Option<i64> {
+        let date: jiff::civil::Date = self.from.parse().ok()?;
+        date.to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp().as_second())
+    }
+}
+
+impl CurrencyRate {
+    /// (applies from, unix seconds; USD micros per unit), the first from always.
+    pub fn schedule(&self) -> Vec<(i64, i64)> {
+        std::iter::once((i64::MIN, self.usd.0))
+            .chain(
+                self.scheduled
+                    .iter()
+                    .filter_map(|s| Some((s.applies_from()?, s.usd.0))),
+            )
+            .collect()
+    }
 }
 
 /// A configuration that cannot be accepted, naming the offending field.
@@ -465,6 +500,29 @@ impl Configuration {
                     "must be greater than zero",
                 ));
             }
+            let mut previous = i64::MIN;
+            for (j, scheduled) in rate.scheduled.iter().enumerate() {
+                let field = format!("currency_rates[{i}].scheduled[{j}]");
+                let Some(from) = scheduled.applies_from() else {
+                    return Err(ConfigError::new(
+                        format!("{field}.from"),
+                        format!("not a date: {:?} (expected YYYY-MM-DD)", scheduled.from),
+                    ));
+                };
+                if from <= previous {
+                    return Err(ConfigError::new(
+                        format!("{field}.from"),
+                        "dates must be in increasing order",
+                    ));
+                }
+                previous = from;
+                if scheduled.usd == Micros::ZERO {
+                    return Err(ConfigError::new(
+                        format!("{field}.usd"),
+                        "must be greater than zero",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -520,6 +578,47 @@ fn unique_ids<'a>(
         }
     }
     Ok(seen)
+}
+
+#[cfg(test)]
+mod currency_rates {
+    use super::*;
+
+    fn with_rate(rate: CurrencyRate) -> Result<(), ConfigError> {
+        Configuration {
+            currency_rates: vec![rate],
+            ..Default::default()
+        }
+        .validate()
+    }
+
+    #[test]
+    fn scheduled_rates_need_dates_in_order() {
+        let rate = |dates: &[&str]| CurrencyRate {
+            currency: "CHF".into(),
+            usd: Micros(1_000_000),
+            scheduled: dates
+                .iter()
+                .map(|from| ScheduledRate {
+                    from: from.to_string(),
+                    usd: Micros(1_100_000),
+                })
+                .collect(),
+        };
+        assert!(with_rate(rate(&["2026-01-01", "2026-06-01"])).is_ok());
+        assert_eq!(
+            with_rate(rate(&["2026-06-01", "2026-01-01"]))
+                .unwrap_err()
+                .field,
+            "currency_rates[0].scheduled[1].from"
+        );
+        assert_eq!(
+            with_rate(rate(&["June"])).unwrap_err().field,
+            "currency_rates[0].scheduled[0].from"
+        );
+        let schedule = rate(&["1970-01-02"]).schedule();
+        assert_eq!(schedule, [(i64::MIN, 1_000_000), (86_400, 1_100_000)]);
+    }
 }
 
 #[cfg(test)]

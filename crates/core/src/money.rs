@@ -171,29 +171,80 @@ impl<'de> Deserialize<'de> for Factor {
 /// The auction currency. Every price is converted to it at the door.
 pub const AUCTION_CURRENCY: &str = "USD";
 
-/// Exchange rates to the auction currency: value of one unit of a currency in USD micros.
+/// Exchange rates to the auction currency: for each currency, the value of one unit in
+/// USD micros and the dates from which later values apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CurrencyRates {
-    usd_micros_per_unit: HashMap<String, i64>,
+    /// Per upper-case code: (applies from, unix seconds; rate), ascending by date, the
+    /// first from the beginning of time.
+    schedules: HashMap<String, Vec<(i64, i64)>>,
 }
 
 impl CurrencyRates {
+    /// Rates that apply at any time.
     pub fn new(rates: impl IntoIterator<Item = (String, i64)>) -> Self {
+        Self::scheduled(
+            rates
+                .into_iter()
+                .map(|(currency, rate)| (currency, vec![(i64::MIN, rate)])),
+        )
+    }
+
+    /// Rates with the dates they apply from: per currency, (unix seconds, rate).
+    pub fn scheduled(rates: impl IntoIterator<Item = (String, Vec<(i64, i64)>)>) -> Self {
         Self {
-            usd_micros_per_unit: rates.into_iter().collect(),
+            schedules: rates
+                .into_iter()
+                .map(|(currency, mut schedule)| {
+                    schedule.sort_unstable();
+                    (currency.to_ascii_uppercase(), schedule)
+                })
+                .collect(),
         }
     }
 
-    /// Converts `amount` in `currency` (ISO-4217; empty means USD) to USD micros.
-    pub fn to_usd(&self, amount: Micros, currency: &str) -> Result<Micros, MoneyError> {
-        if currency.is_empty() || currency.eq_ignore_ascii_case(AUCTION_CURRENCY) {
-            return Ok(amount);
+    /// The rates in force at `unix_seconds`.
+    pub fn at(&self, unix_seconds: i64) -> Rates<'_> {
+        Rates {
+            rates: self,
+            at: unix_seconds,
         }
-        let rate = self
-            .usd_micros_per_unit
+    }
+}
+
+/// The rates in force at one moment: what every conversion of one decision uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates<'r> {
+    rates: &'r CurrencyRates,
+    at: i64,
+}
+
+impl Rates<'_> {
+    /// Value of one unit of `currency` in USD micros (`MICROS_PER_UNIT` for USD or an
+    /// empty code).
+    pub fn rate(&self, currency: &str) -> Result<i64, MoneyError> {
+        if currency.is_empty() || currency.eq_ignore_ascii_case(AUCTION_CURRENCY) {
+            return Ok(MICROS_PER_UNIT);
+        }
+        let unknown = || MoneyError::UnknownCurrency(currency.to_string());
+        let schedule = self
+            .rates
+            .schedules
             .get(&currency.to_ascii_uppercase())
-            .ok_or_else(|| MoneyError::UnknownCurrency(currency.to_string()))?;
-        let usd = i128::from(amount.0) * i128::from(*rate) / i128::from(MICROS_PER_UNIT);
+            .ok_or_else(unknown)?;
+        schedule
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= self.at)
+            .map(|(_, rate)| *rate)
+            .ok_or_else(unknown)
+    }
+
+    /// Converts `amount` in `currency` (ISO-4217; empty means USD) to USD micros,
+    /// rounding down.
+    pub fn to_usd(&self, amount: Micros, currency: &str) -> Result<Micros, MoneyError> {
+        let rate = self.rate(currency)?;
+        let usd = i128::from(amount.0) * i128::from(rate) / i128::from(MICROS_PER_UNIT);
         i64::try_from(usd)
             .ok()
             .filter(|m| *m <= MAX_MICROS)
@@ -204,30 +255,13 @@ impl CurrencyRates {
     /// Converts `usd` to `currency`, rounding up: a floor sent in another currency is
     /// never below the floor in USD.
     pub fn from_usd(&self, usd: Micros, currency: &str) -> Result<Micros, MoneyError> {
-        if currency.is_empty() || currency.eq_ignore_ascii_case(AUCTION_CURRENCY) {
-            return Ok(usd);
-        }
-        let rate = i128::from(
-            *self
-                .usd_micros_per_unit
-                .get(&currency.to_ascii_uppercase())
-                .ok_or_else(|| MoneyError::UnknownCurrency(currency.to_string()))?,
-        );
+        let rate = i128::from(self.rate(currency)?);
         let amount = (i128::from(usd.0) * i128::from(MICROS_PER_UNIT) + rate - 1) / rate;
         i64::try_from(amount)
             .ok()
             .filter(|m| *m <= MAX_MICROS)
             .map(Micros)
             .ok_or_else(|| MoneyError::TooLarge(usd.to_string()))
-    }
-
-    /// Whether a rate is configured for `currency` (USD always is).
-    pub fn knows(&self, currency: &str) -> bool {
-        currency.is_empty()
-            || currency.eq_ignore_ascii_case(AUCTION_CURRENCY)
-            || self
-                .usd_micros_per_unit
-                .contains_key(&currency.to_ascii_uppercase())
     }
 }
 
@@ -288,6 +322,7 @@ mod tests {
     #[test]
     fn floors_convert_from_usd_rounding_up() {
         let rates = CurrencyRates::new([("EUR".to_string(), 1_100_000)]);
+        let rates = rates.at(0);
         let eur = rates.from_usd(Micros(1_000_000), "EUR").unwrap();
         assert_eq!(eur, Micros(909_091));
         assert!(rates.to_usd(eur, "EUR").unwrap() >= Micros(1_000_000));
@@ -295,8 +330,22 @@ mod tests {
     }
 
     #[test]
+    fn a_scheduled_rate_applies_from_its_date() {
+        let rates = CurrencyRates::scheduled([(
+            "eur".to_string(),
+            vec![(1_000, 1_200_000), (i64::MIN, 1_100_000)],
+        )]);
+        assert_eq!(rates.at(999).rate("EUR"), Ok(1_100_000));
+        assert_eq!(rates.at(1_000).rate("EUR"), Ok(1_200_000));
+        assert_eq!(rates.at(0).rate("USD"), Ok(MICROS_PER_UNIT));
+        let future_only = CurrencyRates::scheduled([("GBP".to_string(), vec![(1_000, 1)])]);
+        assert!(future_only.at(0).rate("GBP").is_err());
+    }
+
+    #[test]
     fn converts_currencies_in_integers() {
         let rates = CurrencyRates::new([("EUR".to_string(), 1_100_000)]);
+        let rates = rates.at(0);
         assert_eq!(
             rates.to_usd(Micros(2_000_000), "EUR").unwrap(),
             Micros(2_200_000)

@@ -110,11 +110,11 @@ impl Snapshot {
         configuration.validate()?;
         let mut snapshot = Snapshot {
             version: configuration.version,
-            rates: CurrencyRates::new(
+            rates: CurrencyRates::scheduled(
                 configuration
                     .currency_rates
                     .iter()
-                    .map(|r| (r.currency.clone(), r.usd.0)),
+                    .map(|r| (r.currency.clone(), r.schedule())),
             ),
             ..Default::default()
         };
@@ -209,8 +209,9 @@ impl Snapshot {
         self.networks.get(id)
     }
 
-    /// A mediated bid's CPM in USD micros, converted from its network's currency.
-    pub fn mediated_cpm(&self, bid: &MediatedBid) -> Micros {
+    /// A mediated bid's CPM in USD micros, converted from its network's currency at the
+    /// rates in force at `unix_seconds`.
+    pub fn mediated_cpm(&self, bid: &MediatedBid, unix_seconds: i64) -> Micros {
         let currency = self
             .networks
             .get(&bid.network_id)
@@ -218,6 +219,7 @@ impl Snapshot {
             .unwrap_or_default();
         // The currency was validated against the rates; only an overflow can fail.
         self.rates
+            .at(unix_seconds)
             .to_usd(bid.cpm, currency)
             .unwrap_or(Micros(crate::money::MAX_MICROS))
     }

@@ -15,6 +15,12 @@ pub struct Selection {
     pub bid_id: String,
     /// The clearing price, USD micros.
     pub price_micros: i64,
+    /// The currency the winner priced itself in, and the rate (USD micros per unit) its
+    /// price was converted at; empty and 0 for USD.
+    #[serde(default)]
+    pub original_cur: String,
+    #[serde(default)]
+    pub rate_micros: i64,
     /// What the ad declared, so that a later request's filters apply to it when it is
     /// chained (the markup is not kept: whoever chains an outcome holds its ad).
     #[serde(default)]
@@ -66,4 +72,19 @@ pub struct EventCounter {
     pub demand: String,
     pub kind: String,
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Selections written before they kept the ad's facts still read (a rolling
+    /// deployment meets both).
+    #[test]
+    fn a_selection_without_the_newer_fields_still_reads() {
+        let old = r#"{"id":"s","request_id":"r","impid":"1","account_id":"a","source":"SOURCE_KIND_EXCHANGE","network_id":"","seat":"x","bid_id":"b","price_micros":5}"#;
+        let selection: Selection = serde_json::from_str(old).unwrap();
+        assert_eq!(selection.price_micros, 5);
+        assert!(selection.adomain.is_empty() && !selection.client_node);
+    }
 }

@@ -150,7 +150,9 @@ impl DecisionService {
         caller_timeout: Option<Duration>,
     ) -> Result<DecideResponse, DecideError> {
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
-        let mut normalized = normalize(&request, snapshot.rates())?;
+        // Every price of this decision converts at the rates in force now.
+        let rates = snapshot.rates().at(cascade_state::now_unix_seconds());
+        let mut normalized = normalize(&request, &rates)?;
         let budget = [
             caller_timeout,
             normalized.tmax_ms.map(Duration::from_millis),
@@ -534,6 +536,8 @@ impl DecisionService {
                 adomain: candidate.adomain,
                 cat: candidate.cat,
                 attr: candidate.attr,
+                original_cur: candidate.original_cur,
+                rate_micros: candidate.rate_micros,
                 client_node: true,
                 ttl: self.selection_ttl,
                 ..Default::default()
@@ -713,6 +717,8 @@ impl DecisionService {
                 adomain: selection.adomain,
                 cat: selection.cat,
                 attr: selection.attr,
+                original_cur: selection.original_cur,
+                rate_micros: selection.rate_micros,
                 unfilled,
                 ..Default::default()
             });
@@ -740,6 +746,8 @@ impl DecisionService {
             adomain: winner.adomain.clone(),
             cat: winner.cat.clone(),
             attr: winner.attr.clone(),
+            original_cur: winner.original_cur.clone(),
+            rate_micros: winner.rate_micros,
             ttl: self.selection_ttl,
             ..Default::default()
         }
@@ -916,6 +924,8 @@ fn winner_from(ranked: RankedCandidate) -> Winner {
         dealid: candidate.dealid,
         cat: candidate.cat,
         attr: candidate.attr,
+        original_cur: candidate.original_cur,
+        rate_micros: candidate.rate_micros,
     }
 }
 

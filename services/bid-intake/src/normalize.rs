@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use cascade_core::Micros;
-use cascade_core::money::CurrencyRates;
+use cascade_core::money::Rates;
 use cascade_proto::auction::v1::{Candidate, Deal};
 use cascade_proto::decision::v1::{DecideRequest, SourceKind};
 use cascade_proto::openrtb::v1::{BidRequest, Imp};
@@ -51,10 +51,7 @@ pub struct Normalized {
     pub tmax_ms: Option<u64>,
 }
 
-pub fn normalize(
-    request: &DecideRequest,
-    rates: &CurrencyRates,
-) -> Result<Normalized, DecideError> {
+pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalized, DecideError> {
     let bid_request = request
         .request
         .as_ref()
@@ -142,11 +139,7 @@ pub fn normalize(
 
 /// The impression's deals with their floors in USD micros (a deal's `bidfloorcur`
 /// defaults to USD, as OpenRTB says), and its `private_auction` flag.
-fn imp_deals(
-    field: &str,
-    imp: &Imp,
-    rates: &CurrencyRates,
-) -> Result<(Vec<Deal>, bool), DecideError> {
+fn imp_deals(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<(Vec<Deal>, bool), DecideError> {
     let Some(pmp) = &imp.pmp else {
         return Ok((Vec::new(), false));
     };
@@ -267,7 +260,7 @@ fn publisher_id(request: &BidRequest) -> Result<String, DecideError> {
     Ok(id.to_string())
 }
 
-fn imp_context(field: &str, imp: &Imp, rates: &CurrencyRates) -> Result<ImpContext, DecideError> {
+fn imp_context(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<ImpContext, DecideError> {
     let floor = Micros::from_openrtb_price(imp.bidfloor)
         .map_err(|e| DecideError::invalid(format!("{field}.bidfloor"), e.to_string()))?;
     let floor = rates
@@ -364,7 +357,7 @@ fn push_size(sizes: &mut Vec<Size>, field: &str, w: i32, h: i32) -> Result<(), D
 fn exchange_candidates(
     request: &DecideRequest,
     imp_index: &HashMap<&str, usize>,
-    rates: &CurrencyRates,
+    rates: &Rates<'_>,
 ) -> Result<Vec<Vec<Candidate>>, DecideError> {
     check_list_len(
         "exchange_bids",
@@ -400,6 +393,7 @@ fn exchange_candidates(
                 let price = rates.to_usd(price, &response.cur).map_err(|e| {
                     DecideError::invalid(format!("exchange_bids[{r}].cur"), e.to_string())
                 })?;
+                let (original_cur, rate_micros) = original_currency(rates, &response.cur);
                 check_list_len(
                     &format!("{field}.adomain"),
                     bid.adomain.len(),
@@ -427,12 +421,26 @@ fn exchange_candidates(
                     nurl: bid.nurl.clone(),
                     dealid: bid.dealid.clone(),
                     attr: bid.attr.clone(),
+                    original_cur,
+                    rate_micros,
                     ..Default::default()
                 });
             }
         }
     }
     Ok(per_imp)
+}
+
+/// The currency a price was stated in and the rate it converted at, as candidates and
+/// selections record them: empty and 0 for USD.
+pub fn original_currency(rates: &Rates<'_>, currency: &str) -> (String, i64) {
+    if currency.is_empty() || currency.eq_ignore_ascii_case(cascade_core::money::AUCTION_CURRENCY) {
+        return (String::new(), 0);
+    }
+    (
+        currency.to_ascii_uppercase(),
+        rates.rate(currency).unwrap_or_default(),
+    )
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), DecideError> {
@@ -464,8 +472,8 @@ mod tests {
 
     use super::*;
 
-    fn rates() -> CurrencyRates {
-        CurrencyRates::new([("EUR".to_string(), 1_100_000)])
+    fn rates() -> cascade_core::money::CurrencyRates {
+        cascade_core::money::CurrencyRates::new([("EUR".to_string(), 1_100_000)])
     }
 
     fn request() -> DecideRequest {
@@ -519,7 +527,7 @@ mod tests {
 
     #[test]
     fn converts_prices_to_usd_micros_and_collects_targeting_keys() {
-        let normalized = normalize(&request(), &rates()).unwrap();
+        let normalized = normalize(&request(), &rates().at(0)).unwrap();
         assert_eq!(normalized.account_id, "pub");
         let imp = &normalized.imps[0];
         assert_eq!(imp.request_floor_micros, 550_000);
@@ -600,7 +608,10 @@ mod tests {
         for (break_it, field) in cases {
             let mut broken = request();
             break_it(&mut broken);
-            assert_eq!(field_of(normalize(&broken, &rates()).unwrap_err()), field);
+            assert_eq!(
+                field_of(normalize(&broken, &rates().at(0)).unwrap_err()),
+                field
+            );
         }
     }
 
@@ -646,7 +657,7 @@ mod tests {
             ..Default::default()
         });
         request.key_values = [("section".to_string(), "sport".to_string())].into();
-        let normalized = normalize(&request, &rates()).unwrap();
+        let normalized = normalize(&request, &rates().at(0)).unwrap();
         let context = &normalized.context;
         assert_eq!(
             (
@@ -676,14 +687,14 @@ mod tests {
         let mut chained = request();
         chained.chained_selection_ids = vec!["s1".into(), "s1".into()];
         assert_eq!(
-            field_of(normalize(&chained, &rates()).unwrap_err()),
+            field_of(normalize(&chained, &rates().at(0)).unwrap_err()),
             "chained_selection_ids[1]"
         );
         chained.chained_selection_ids = (0..=MAX_CHAINED_SELECTIONS)
             .map(|i| format!("s{i}"))
             .collect();
         assert_eq!(
-            field_of(normalize(&chained, &rates()).unwrap_err()),
+            field_of(normalize(&chained, &rates().at(0)).unwrap_err()),
             "chained_selection_ids"
         );
     }

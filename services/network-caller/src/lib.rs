@@ -255,10 +255,12 @@ struct NetworkCall<'a> {
 }
 
 /// A network's answer that may serve, and the price it is booked at (USD micros,
-/// before the network's bid adjustment).
+/// before the network's bid adjustment) with the currency and rate it converted from.
 struct Accepted {
     ad: Ad,
     price: Micros,
+    original_cur: String,
+    rate_micros: i64,
 }
 
 impl NetworkCallerService {
@@ -306,7 +308,8 @@ impl NetworkCallerService {
         };
         attempt.floor_micros = call.floor.0;
         let currency = call.network.currency.as_deref().unwrap_or_default();
-        let floor = match snapshot.rates().from_usd(call.floor, currency) {
+        let rates = snapshot.rates().at(cascade_state::now_unix_seconds());
+        let floor = match rates.from_usd(call.floor, currency) {
             Ok(floor) => floor,
             Err(error) => {
                 attempt.outcome = AttemptOutcome::Error as i32;
@@ -377,11 +380,8 @@ impl NetworkCallerService {
         quality: &AdQuality<'_>,
         attempt: &mut Attempt,
     ) -> Option<Accepted> {
-        let price = match ad
-            .price
-            .map(|p| snapshot.rates().to_usd(p, &ad.cur))
-            .transpose()
-        {
+        let rates = snapshot.rates().at(cascade_state::now_unix_seconds());
+        let price = match ad.price.map(|p| rates.to_usd(p, &ad.cur)).transpose() {
             Ok(price) => price,
             Err(error) => {
                 attempt.outcome = AttemptOutcome::Error as i32;
@@ -404,7 +404,24 @@ impl NetworkCallerService {
             Verdict::Accept { price } => {
                 attempt.outcome = AttemptOutcome::Filled as i32;
                 attempt.detail = verdict.to_string();
-                Some(Accepted { ad, price })
+                let usd = ad.cur.is_empty()
+                    || ad
+                        .cur
+                        .eq_ignore_ascii_case(cascade_core::money::AUCTION_CURRENCY);
+                let (original_cur, rate_micros) = if usd {
+                    (String::new(), 0)
+                } else {
+                    (
+                        ad.cur.to_ascii_uppercase(),
+                        rates.rate(&ad.cur).unwrap_or_default(),
+                    )
+                };
+                Some(Accepted {
+                    ad,
+                    price,
+                    original_cur,
+                    rate_micros,
+                })
             }
             Verdict::BelowFloor { .. } | Verdict::Refused(_) => {
                 attempt.outcome = AttemptOutcome::NoFill as i32;
@@ -463,7 +480,12 @@ impl NetworkCallerService {
         else {
             return (None, attempt);
         };
-        let Accepted { ad, price } = accepted;
+        let Accepted {
+            ad,
+            price,
+            original_cur,
+            rate_micros,
+        } = accepted;
         let candidate = Candidate {
             id: candidate_id,
             source: SourceKind::BiddingNetwork as i32,
@@ -479,6 +501,8 @@ impl NetworkCallerService {
             attr: ad.attr,
             crid: ad.crid,
             bid_adjustment_ppm: ask.bid_adjustment_ppm,
+            original_cur,
+            rate_micros,
             ..Default::default()
         };
         (Some(candidate), attempt)
@@ -564,7 +588,13 @@ impl NetworkCallerService {
                         continue;
                     };
                     walk.called();
-                    if let Some(Accepted { ad, price }) = answer {
+                    if let Some(Accepted {
+                        ad,
+                        price,
+                        original_cur,
+                        rate_micros,
+                    }) = answer
+                    {
                         walk.filled();
                         let mut winner = std::mem::take(&mut ranked[index]);
                         if let Some(candidate) = winner.candidate.as_mut() {
@@ -577,6 +607,8 @@ impl NetworkCallerService {
                             candidate.cat = ad.cat;
                             candidate.attr = ad.attr;
                             candidate.crid = ad.crid;
+                            candidate.original_cur = original_cur;
+                            candidate.rate_micros = rate_micros;
                         }
                         result.winner = Some(winner);
                         break;

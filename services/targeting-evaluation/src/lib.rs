@@ -119,7 +119,7 @@ fn evaluate(
         let mut keys = impression_keys(imp, &context);
         snapshot.complete_keys(&request.account_id, &mut keys, unix_seconds);
         let evaluation = snapshot.evaluate(&request.account_id, &keys, floor, request.debug);
-        imps.push(to_wire(snapshot, &imp.impid, evaluation));
+        imps.push(to_wire(snapshot, &imp.impid, evaluation, unix_seconds));
     }
     Ok(EvaluateResponse {
         config_version: snapshot.version(),
@@ -173,11 +173,11 @@ fn impression_keys(imp: &ImpContext, context: &RequestContext) -> ImpressionKeys
     }
 }
 
-fn eligible_bid(snapshot: &Snapshot, bid: &MediatedBid) -> EligibleMediatedBid {
+fn eligible_bid(snapshot: &Snapshot, bid: &MediatedBid, unix_seconds: i64) -> EligibleMediatedBid {
     EligibleMediatedBid {
         bid_id: bid.id.clone(),
         network_id: bid.network_id.clone(),
-        cpm_micros: snapshot.mediated_cpm(bid).0,
+        cpm_micros: snapshot.mediated_cpm(bid, unix_seconds).0,
         placement_id: bid.placement_id.clone(),
         bid_adjustment_ppm: snapshot
             .network(&bid.network_id)
@@ -186,7 +186,12 @@ fn eligible_bid(snapshot: &Snapshot, bid: &MediatedBid) -> EligibleMediatedBid {
     }
 }
 
-fn to_wire(snapshot: &Snapshot, impid: &str, evaluation: CoreEvaluation<'_>) -> ImpEvaluation {
+fn to_wire(
+    snapshot: &Snapshot,
+    impid: &str,
+    evaluation: CoreEvaluation<'_>,
+    unix_seconds: i64,
+) -> ImpEvaluation {
     ImpEvaluation {
         impid: impid.to_string(),
         applied_rule: evaluation.applied_rule.map(|applied| AppliedRule {
@@ -214,12 +219,12 @@ fn to_wire(snapshot: &Snapshot, impid: &str, evaluation: CoreEvaluation<'_>) -> 
         mediated_bids: evaluation
             .mediated_bids
             .iter()
-            .map(|bid| eligible_bid(snapshot, bid))
+            .map(|bid| eligible_bid(snapshot, bid, unix_seconds))
             .collect(),
         bidding_bids: evaluation
             .bidding_bids
             .iter()
-            .map(|bid| eligible_bid(snapshot, bid))
+            .map(|bid| eligible_bid(snapshot, bid, unix_seconds))
             .collect(),
         mediation_mode: evaluation.mediation_mode.name().to_string(),
         line_items: evaluation
