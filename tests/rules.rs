@@ -492,6 +492,9 @@ async fn chained_outcomes_are_filtered_again_and_must_have_filled() {
             .to_string()
     };
     let (coolads_node, betaads_node) = (node("coolads"), node("betaads"));
+    // The client is told the floor each network is to be sent and held to.
+    assert_eq!(nodes[0]["networkId"], "coolads");
+    assert_eq!(nodes[0]["floorMicros"], "2000000", "{chain}");
     for (selection, outcome) in [(&coolads_node, "NO_FILL"), (&betaads_node, "FILLED")] {
         report_event(
             &cluster,

@@ -2,7 +2,13 @@
 //! reads the same message.
 
 use cascade_core::ad_quality::{AdQuality, Taxonomy};
+use cascade_core::money::Factor;
 use cascade_proto::auction::v1::AdQuality as WireAdQuality;
+
+/// A bid adjustment from the wire, in millionths: 0 means none.
+pub fn adjustment(ppm: i64) -> Factor {
+    if ppm > 0 { Factor(ppm) } else { Factor::ONE }
+}
 
 /// The ad-quality filters of an impression, borrowed from the wire message.
 pub fn ad_quality(quality: &WireAdQuality) -> AdQuality<'_> {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_core::Micros;
-use cascade_core::money::Factor;
 use cascade_core::report::{Metric, counts_at};
 use cascade_core::waterfall::network_floor;
 use cascade_proto::auction::v1::auction_client::AuctionClient;
@@ -28,6 +27,7 @@ use cascade_proto::targeting::v1::{
 use cascade_server::balance::BalancedChannel;
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_server::telemetry::Traced;
+use cascade_server::wire::adjustment;
 use cascade_state::{ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store};
 use tonic::{Request, Response, Status};
 
@@ -513,6 +513,7 @@ impl DecisionService {
                 bid_id: candidate.bid_id,
                 placement_id: candidate.placement_id,
                 price_micros: ranked.clearing_price_micros,
+                floor_micros: ranked.floor_micros,
                 cur: AUCTION_CURRENCY.to_string(),
                 adm: candidate.adm,
                 nurl: candidate.nurl,
@@ -862,11 +863,6 @@ fn ad_quality(
         block_unknown_adomain: rule.is_some_and(|r| r.block_unknown_adomain),
         block_unknown_category: rule.is_some_and(|r| r.block_unknown_category),
     }
-}
-
-/// A bid adjustment from the wire: 0 means none.
-fn adjustment(ppm: i64) -> Factor {
-    if ppm > 0 { Factor(ppm) } else { Factor::ONE }
 }
 
 fn line_item_candidate(item: EligibleLineItem) -> Candidate {

@@ -13,7 +13,6 @@ use cascade_core::Micros;
 use cascade_core::ad_quality::{AdQuality, Creative};
 use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
-use cascade_core::money::Factor;
 use cascade_core::report::{Metric, ReportCell, counts_at};
 use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
@@ -29,6 +28,7 @@ use cascade_proto::networkcaller::v1::{
 use cascade_proto::openrtb::v1::BidRequest;
 use cascade_server::deadline::Deadline;
 use cascade_server::settings::GrpcSettings;
+use cascade_server::wire::adjustment;
 use cascade_server::{GrpcServer, ServeError};
 use cascade_state::{
     ReportRecorder, SnapshotCell, StateError, StateSettings, Store, watch_snapshot,
@@ -620,11 +620,6 @@ impl NetworkCallerService {
         result.deadline_exceeded = walk.ran_out_of_time();
         result
     }
-}
-
-/// A bid adjustment from the wire: 0 means none.
-fn adjustment(ppm: i64) -> Factor {
-    if ppm > 0 { Factor(ppm) } else { Factor::ONE }
 }
 
 fn skip(attempt: &mut Attempt, reason: &str, detail: &str) {
