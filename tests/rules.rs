@@ -464,9 +464,9 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
 #[tokio::test]
 async fn chained_outcomes_are_filtered_again_and_must_have_filled() {
     let cluster = Cluster::start().await;
-    let first = cluster
-        .decide(&banner_request(exchange_bid(9.0, "shoes.example")))
-        .await;
+    let mut keep = banner_request(exchange_bid(9.0, "shoes.example"));
+    keep["keep_markup"] = json!(true);
+    let first = cluster.decide(&keep).await;
     let earlier = winner(&first)["selectionId"].as_str().unwrap().to_string();
     let mut request = banner_request(json!([]));
     request["request"]["badv"] = json!(["shoes.example"]);
@@ -477,6 +477,16 @@ async fn chained_outcomes_are_filtered_again_and_must_have_filled() {
         dropped(&response),
         [(format!("chained:{earlier}"), "blocked_adomain".to_string())]
     );
+    // Without the block it wins, with the markup its first request asked to keep.
+    request["request"]["badv"] = json!([]);
+    let response = cluster.decide(&request).await;
+    assert_eq!(
+        winner(&response)["selectionId"],
+        earlier.as_str(),
+        "{response}"
+    );
+    assert_eq!(winner(&response)["adm"], "<div>exchange</div>");
+    assert_eq!(winner(&response)["adomain"], json!(["shoes.example"]));
 
     // CLIENT mode: the client reports CoolAds' node as no fill and BetaAds' as filled.
     let mut client = banner_request(json!([]));

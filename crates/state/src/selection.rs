@@ -29,6 +29,10 @@ pub struct Selection {
     pub cat: Vec<String>,
     #[serde(default)]
     pub attr: Vec<i32>,
+    /// The ad's markup, kept only when the request asked for it (`keep_markup`) and it
+    /// is small; a chained outcome that wins returns it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub adm: String,
     /// A node of a client-side chain: it is an outcome (can be chained) only once the
     /// client reported it filled.
     #[serde(default)]

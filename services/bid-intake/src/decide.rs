@@ -257,13 +257,19 @@ impl DecisionService {
                     &snapshot,
                     &bid_request.id,
                     &normalized.account_id,
+                    request.keep_markup,
                     &mut selections,
                 );
             }
         } else {
             self.walk_waterfalls(&mut slots, &bid_request, deadline)
                 .await;
-            selections = self.record_winners(&mut slots, &bid_request.id, &normalized.account_id);
+            selections = self.record_winners(
+                &mut slots,
+                &bid_request.id,
+                &normalized.account_id,
+                request.keep_markup,
+            );
         }
         if !selections.is_empty() {
             self.selections
@@ -314,6 +320,7 @@ impl DecisionService {
         slots: &mut [Slot],
         request_id: &str,
         account_id: &str,
+        keep_markup: bool,
     ) -> Vec<Selection> {
         let mut selections = Vec::new();
         for slot in slots {
@@ -324,7 +331,13 @@ impl DecisionService {
                 winner.selection_id = winner.bid_id.clone();
                 continue;
             }
-            let selection = self.selection(request_id, &slot.decision.impid, account_id, winner);
+            let selection = self.selection(
+                request_id,
+                &slot.decision.impid,
+                account_id,
+                winner,
+                keep_markup,
+            );
             winner.selection_id = selection.id.clone();
             if !selection.network_id.is_empty() {
                 self.report.count(counts_at(
@@ -496,6 +509,7 @@ impl DecisionService {
         snapshot: &cascade_core::snapshot::Snapshot,
         request_id: &str,
         account_id: &str,
+        keep_markup: bool,
         selections: &mut Vec<Selection>,
     ) {
         for ranked in std::mem::take(&mut slot.ranked) {
@@ -539,6 +553,7 @@ impl DecisionService {
                 attr: candidate.attr,
                 original_cur: candidate.original_cur,
                 rate_micros: candidate.rate_micros,
+                adm: kept_markup(keep_markup, &node.adm),
                 client_node: true,
                 ttl: self.selection_ttl,
                 ..Default::default()
@@ -720,6 +735,7 @@ impl DecisionService {
                 attr: selection.attr,
                 original_cur: selection.original_cur,
                 rate_micros: selection.rate_micros,
+                adm: selection.adm,
                 unfilled,
                 ..Default::default()
             });
@@ -733,6 +749,7 @@ impl DecisionService {
         impid: &str,
         account_id: &str,
         winner: &Winner,
+        keep_markup: bool,
     ) -> Selection {
         Selection {
             id: new_selection_id(),
@@ -749,6 +766,7 @@ impl DecisionService {
             attr: winner.attr.clone(),
             original_cur: winner.original_cur.clone(),
             rate_micros: winner.rate_micros,
+            adm: kept_markup(keep_markup, &winner.adm),
             ttl: self.selection_ttl,
             ..Default::default()
         }
@@ -772,6 +790,19 @@ fn explanation(
         attempts: bidding_attempts,
         budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
         ..Default::default()
+    }
+}
+
+/// Largest markup a selection keeps when the request asks for it (`keep_markup`):
+/// keeping every winner's markup for an hour would cost the store more than all else.
+pub const MAX_KEPT_MARKUP_BYTES: usize = 16 * 1024;
+
+/// The markup to keep with a selection: none unless asked for and within the cap.
+fn kept_markup(keep: bool, adm: &str) -> String {
+    if keep && adm.len() <= MAX_KEPT_MARKUP_BYTES {
+        adm.to_string()
+    } else {
+        String::new()
     }
 }
 
