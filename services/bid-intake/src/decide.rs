@@ -367,25 +367,23 @@ impl DecisionService {
         // Per slot: its best demand in hand, which serves when no network above it fills.
         let mut in_hand: Vec<Option<RankedCandidate>> = Vec::with_capacity(slots.len());
         for (index, slot) in slots.iter_mut().enumerate() {
-            let mut ranked = std::mem::take(&mut slot.ranked);
-            let networks = ranked
+            let mut networks = std::mem::take(&mut slot.ranked);
+            let first_in_hand = networks
                 .iter()
                 .position(|r| !needs_call(r))
-                .unwrap_or(ranked.len());
-            let rest = ranked.split_off(networks);
-            in_hand.push(rest.into_iter().next());
-            if !ranked.is_empty() {
+                .unwrap_or(networks.len());
+            in_hand.push(networks.drain(first_in_hand..).next());
+            if !networks.is_empty() {
                 waterfall_slots.push(index);
                 waterfall_imps.push(WaterfallImp {
                     impid: slot.decision.impid.clone(),
-                    ranked,
+                    ranked: networks,
                     ad_quality: Some(slot.quality.clone()),
                 });
             }
         }
         if !waterfall_imps.is_empty() {
-            let call_deadline = deadline.less(self.fallback_reserve);
-            // Kept to explain, should network-caller not answer.
+            // Kept to explain the attempts, should network-caller not answer.
             let asked: Vec<Vec<(String, String)>> = waterfall_imps
                 .iter()
                 .map(|imp| {
@@ -396,6 +394,7 @@ impl DecisionService {
                         .collect()
                 })
                 .collect();
+            let call_deadline = deadline.less(self.fallback_reserve);
             let mut network_caller = self.network_caller.clone();
             let call = network_caller.run_waterfall(call_deadline.request(RunWaterfallRequest {
                 request: Some(bid_request.clone()),
@@ -404,99 +403,68 @@ impl DecisionService {
             // network-caller is told to finish `fallback_reserve` early; the wait runs to
             // the decision's own deadline, so an answer delayed in transit still counts.
             let answer = tokio::time::timeout_at(deadline.instant(), call).await;
-            match answer {
-                Ok(Ok(results)) => {
-                    for (index, result) in
-                        waterfall_slots.into_iter().zip(results.into_inner().imps)
-                    {
+            match Unanswered::classify("network-caller", answer) {
+                Ok(results) => {
+                    for (index, result) in waterfall_slots.into_iter().zip(results.imps) {
                         let decision = &mut slots[index].decision;
                         if let Some(explanation) = decision.explanation.as_mut() {
                             explanation.attempts.extend(result.attempts);
                         }
-                        match result.winner {
-                            Some(winner) => {
-                                decision.winner = Some(winner_from(winner));
-                                in_hand[index] = None;
-                            }
-                            None if in_hand[index].is_none() && result.deadline_exceeded => {
-                                decision.no_fill_reason = NoFillReason::DeadlineExceeded as i32;
-                            }
-                            None => {}
+                        if let Some(winner) = result.winner {
+                            decision.winner = Some(winner_from(winner));
+                            in_hand[index] = None;
+                        } else if in_hand[index].is_none() && result.deadline_exceeded {
+                            decision.no_fill_reason = NoFillReason::DeadlineExceeded as i32;
                         }
                     }
                 }
-                failed => {
-                    let (reason, detail, no_fill) = match failed {
-                        Err(_) => (
-                            "deadline",
-                            "network-caller did not answer within the deadline".to_string(),
-                            NoFillReason::DeadlineExceeded,
-                        ),
-                        Ok(Err(status)) => {
-                            let error = DecideError::downstream("network-caller", status);
-                            tracing::warn!(%error, "waterfall call failed; serving demand in hand");
-                            match error {
-                                DecideError::DeadlineExceeded { .. } => (
-                                    "deadline",
-                                    "network-caller did not answer within the deadline".to_string(),
-                                    NoFillReason::DeadlineExceeded,
-                                ),
-                                _ => (
-                                    "unreachable",
-                                    "network-caller is unavailable".to_string(),
-                                    NoFillReason::NetworksUnreachable,
-                                ),
-                            }
-                        }
-                        Ok(Ok(_)) => unreachable!("handled above"),
-                    };
+                Err(unanswered) => {
                     for (index, asked) in waterfall_slots.into_iter().zip(asked) {
                         let decision = &mut slots[index].decision;
                         if let Some(explanation) = decision.explanation.as_mut() {
                             explanation.attempts.extend(asked.into_iter().map(
-                                |(candidate_id, network_id)| Attempt {
-                                    candidate_id,
-                                    source: SourceKind::MediatedNetwork as i32,
-                                    network_id,
-                                    outcome: AttemptOutcome::Skipped as i32,
-                                    reason: reason.to_string(),
-                                    detail: detail.clone(),
-                                    ..Default::default()
+                                |(candidate_id, network_id)| {
+                                    unanswered.attempt(Attempt {
+                                        candidate_id,
+                                        source: SourceKind::MediatedNetwork as i32,
+                                        network_id,
+                                        ..Default::default()
+                                    })
                                 },
                             ));
                         }
                         if in_hand[index].is_none() {
-                            decision.no_fill_reason = no_fill as i32;
+                            decision.no_fill_reason = unanswered.no_fill as i32;
                         }
                     }
                 }
             }
         }
         for (slot, best) in slots.iter_mut().zip(in_hand) {
-            let Some(best) = best else { continue };
-            if slot.decision.winner.is_some() {
-                continue;
-            }
-            if let (Some(explanation), Some(candidate)) =
-                (slot.decision.explanation.as_mut(), best.candidate.as_ref())
-            {
-                explanation.attempts.push(Attempt {
-                    candidate_id: candidate.id.clone(),
-                    source: candidate.source,
-                    network_id: candidate.network_id.clone(),
-                    outcome: AttemptOutcome::Filled as i32,
-                    detail: "bid in hand, no call needed".to_string(),
-                    ..Default::default()
-                });
-            }
-            slot.decision.no_fill_reason = NoFillReason::Unspecified as i32;
-            slot.decision.winner = Some(winner_from(best));
-        }
-        for slot in slots.iter_mut() {
-            if slot.decision.winner.is_none()
-                && slot.decision.no_fill_reason == NoFillReason::Unspecified as i32
-            {
-                slot.decision.no_fill_reason = NoFillReason::WaterfallExhausted as i32;
+            let decision = &mut slot.decision;
+            match best {
+                Some(best) if decision.winner.is_none() => {
+                    if let (Some(explanation), Some(candidate)) =
+                        (decision.explanation.as_mut(), best.candidate.as_ref())
+                    {
+                        explanation.attempts.push(Attempt {
+                            candidate_id: candidate.id.clone(),
+                            source: candidate.source,
+                            network_id: candidate.network_id.clone(),
+                            outcome: AttemptOutcome::Filled as i32,
+                            detail: "bid in hand, no call needed".to_string(),
+                            ..Default::default()
+                        });
+                    }
+                    decision.no_fill_reason = NoFillReason::Unspecified as i32;
+                    decision.winner = Some(winner_from(best));
+                }
+                _ if decision.winner.is_none()
+                    && decision.no_fill_reason == NoFillReason::Unspecified as i32 =>
+                {
+                    decision.no_fill_reason = NoFillReason::WaterfallExhausted as i32;
+                }
+                _ => {}
             }
         }
     }
@@ -626,7 +594,6 @@ impl DecisionService {
                         candidate_id: format!("bidding:{}", ask.bid_id),
                         source: SourceKind::BiddingNetwork as i32,
                         network_id: ask.network_id.clone(),
-                        outcome: AttemptOutcome::Skipped as i32,
                         floor_micros: ask.floor_micros,
                         ..Default::default()
                     })
@@ -639,38 +606,26 @@ impl DecisionService {
             request: Some(bid_request.clone()),
             imps,
         }));
-        let (reason, detail) = match tokio::time::timeout_at(wait_until, call).await {
-            Ok(Ok(response)) => {
+        let unanswered_because = match Unanswered::classify(
+            "network-caller (bidding)",
+            tokio::time::timeout_at(wait_until, call).await,
+        ) {
+            Ok(response) => {
                 return response
-                    .into_inner()
                     .imps
                     .into_iter()
                     .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
                     .collect();
             }
-            Err(_) => (
-                "deadline",
-                "network-caller did not answer within the bidding budget",
-            ),
-            Ok(Err(status)) => {
-                let error = DecideError::downstream("network-caller (bidding)", status);
-                tracing::warn!(%error, "bidding call failed; deciding without live bids");
-                match error {
-                    DecideError::DeadlineExceeded { .. } => (
-                        "deadline",
-                        "network-caller did not answer within the bidding budget",
-                    ),
-                    _ => ("unreachable", "network-caller is unavailable"),
-                }
-            }
+            Err(unanswered) => unanswered,
         };
         unanswered
             .into_iter()
-            .map(|(impid, mut attempts)| {
-                for attempt in &mut attempts {
-                    attempt.reason = reason.to_string();
-                    attempt.detail = detail.to_string();
-                }
+            .map(|(impid, attempts)| {
+                let attempts = attempts
+                    .into_iter()
+                    .map(|a| unanswered_because.attempt(a))
+                    .collect();
                 (impid, (Vec::new(), attempts))
             })
             .collect()
@@ -922,6 +877,57 @@ fn mediated_candidate(bid: EligibleMediatedBid) -> Candidate {
         placement_id: bid.placement_id,
         bid_id: bid.bid_id,
         ..Default::default()
+    }
+}
+
+/// Why network-caller gave no answer to use: it ran out of time, or could not be
+/// reached. The decision goes on with what it holds; the attempts and the impression say
+/// which.
+struct Unanswered {
+    reason: &'static str,
+    detail: &'static str,
+    no_fill: NoFillReason,
+}
+
+impl Unanswered {
+    const LATE: Unanswered = Unanswered {
+        reason: "deadline",
+        detail: "network-caller did not answer within the deadline",
+        no_fill: NoFillReason::DeadlineExceeded,
+    };
+    const UNREACHABLE: Unanswered = Unanswered {
+        reason: "unreachable",
+        detail: "network-caller is unavailable",
+        no_fill: NoFillReason::NetworksUnreachable,
+    };
+
+    /// The answer of a call to network-caller waited for until a deadline.
+    fn classify<T>(
+        stage: &'static str,
+        answer: Result<Result<Response<T>, Status>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Unanswered> {
+        match answer {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Err(_) => Err(Unanswered::LATE),
+            Ok(Err(status)) => {
+                let error = DecideError::downstream(stage, status);
+                tracing::warn!(%error, "network-caller gave no answer; deciding with the demand in hand");
+                match error {
+                    DecideError::DeadlineExceeded { .. } => Err(Unanswered::LATE),
+                    _ => Err(Unanswered::UNREACHABLE),
+                }
+            }
+        }
+    }
+
+    /// `attempt` marked as skipped for this reason.
+    fn attempt(&self, attempt: Attempt) -> Attempt {
+        Attempt {
+            outcome: AttemptOutcome::Skipped as i32,
+            reason: self.reason.to_string(),
+            detail: self.detail.to_string(),
+            ..attempt
+        }
     }
 }
 
