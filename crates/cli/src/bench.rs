@@ -89,10 +89,20 @@ fn configuration(
         },
         ..Default::default()
     };
+    // 8953 gets rules of its own, so it no longer inherits the container's: one that
+    // sells everything (the benchmark's ad unit included) and the generated ones.
+    configuration.selling_rules.push(SellingRule {
+        id: "bench-default".into(),
+        account_id: "8953".into(),
+        enabled: true,
+        floor: Micros(500_000),
+        ..Default::default()
+    });
     for i in 0..rules / 2 {
         configuration.selling_rules.push(SellingRule {
             id: format!("bench-rule-{i}"),
             account_id: "8953".into(),
+            enabled: true,
             floor: Micros(100_000 + (i as i64 % 50) * 10_000),
             targeting: units(i),
             ..Default::default()

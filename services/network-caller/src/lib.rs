@@ -254,6 +254,15 @@ struct NetworkCall<'a> {
     impid: &'a str,
 }
 
+/// What one attempt at a network came to.
+enum Called {
+    /// Its health guard refused the call: it was not made.
+    NotMade,
+    /// It was made and brought nothing that may serve.
+    NoAd,
+    Served(Accepted),
+}
+
 /// A network's answer that may serve, and the price it is booked at (USD micros,
 /// before the network's bid adjustment) with the currency and rate it converted from.
 struct Accepted {
@@ -285,8 +294,7 @@ impl NetworkCallerService {
 
     /// Calls a network through its health guard, waiting at most `timeout`, and
     /// judges its answer against the call's floor and the impression's filters.
-    /// Records everything in `attempt` and the report. `None` when the guard refused
-    /// the call (it was not made).
+    /// Records everything in `attempt` and the report.
     async fn call(
         &self,
         snapshot: &Snapshot,
@@ -294,7 +302,7 @@ impl NetworkCallerService {
         timeout: Duration,
         quality: &AdQuality<'_>,
         attempt: &mut Attempt,
-    ) -> Option<Option<Accepted>> {
+    ) -> Called {
         let health = self.health_of(call.network);
         let permit = match health.try_call(timeout + self.limits.answer_reserve) {
             Ok(permit) => permit,
@@ -303,7 +311,7 @@ impl NetworkCallerService {
                 attempt.reason = skip_code(&skip).to_string();
                 attempt.detail = skip.to_string();
                 record_call_metrics(&call.network.id, "skipped", None, &health);
-                return None;
+                return Called::NotMade;
             }
         };
         attempt.floor_micros = call.floor.0;
@@ -314,7 +322,7 @@ impl NetworkCallerService {
             Err(error) => {
                 attempt.outcome = AttemptOutcome::Error as i32;
                 attempt.detail = format!("cannot convert the floor: {error}");
-                return Some(None);
+                return Called::NoAd;
             }
         };
         let ad_call = AdCall {
@@ -367,7 +375,7 @@ impl NetworkCallerService {
         let accepted = answered.flatten();
         self.report
             .count(report_cells(call, attempt, accepted.is_some(), latency));
-        Some(accepted)
+        accepted.map_or(Called::NoAd, Called::Served)
     }
 
     /// Whether a network's ad may serve: its price converted to USD, then the one rule
@@ -474,7 +482,7 @@ impl NetworkCallerService {
             request,
             impid: &imp.impid,
         };
-        let Some(Some(accepted)) = self
+        let Called::Served(accepted) = self
             .call(snapshot, &call, timeout, quality, &mut attempt)
             .await
         else {
@@ -580,20 +588,20 @@ impl NetworkCallerService {
                         request,
                         impid: &result.impid,
                     };
-                    let answer = self
+                    let called = self
                         .call(snapshot, &call, timeout, &quality, &mut attempt)
                         .await;
                     result.attempts.push(attempt);
-                    let Some(answer) = answer else {
+                    if matches!(called, Called::NotMade) {
                         continue;
-                    };
+                    }
                     walk.called();
-                    if let Some(Accepted {
+                    if let Called::Served(Accepted {
                         ad,
                         price,
                         original_cur,
                         rate_micros,
-                    }) = answer
+                    }) = called
                     {
                         walk.filled();
                         let mut winner = std::mem::take(&mut ranked[index]);
