@@ -260,7 +260,7 @@ enum Called {
     NotMade,
     /// It was made and brought nothing that may serve.
     NoAd,
-    Served(Accepted),
+    Served(Box<Accepted>),
 }
 
 /// A network's answer that may serve, and the price it is booked at (USD micros,
@@ -375,7 +375,7 @@ impl NetworkCallerService {
         let accepted = answered.flatten();
         self.report
             .count(report_cells(call, attempt, accepted.is_some(), latency));
-        accepted.map_or(Called::NoAd, Called::Served)
+        accepted.map_or(Called::NoAd, |accepted| Called::Served(Box::new(accepted)))
     }
 
     /// Whether a network's ad may serve: its price converted to USD, then the one rule
@@ -493,7 +493,7 @@ impl NetworkCallerService {
             price,
             original_cur,
             rate_micros,
-        } = accepted;
+        } = *accepted;
         let candidate = Candidate {
             id: candidate_id,
             source: SourceKind::BiddingNetwork as i32,
@@ -596,13 +596,13 @@ impl NetworkCallerService {
                         continue;
                     }
                     walk.called();
-                    if let Called::Served(Accepted {
-                        ad,
-                        price,
-                        original_cur,
-                        rate_micros,
-                    }) = called
-                    {
+                    if let Called::Served(accepted) = called {
+                        let Accepted {
+                            ad,
+                            price,
+                            original_cur,
+                            rate_micros,
+                        } = *accepted;
                         walk.filled();
                         let mut winner = std::mem::take(&mut ranked[index]);
                         if let Some(candidate) = winner.candidate.as_mut() {
