@@ -426,9 +426,14 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
             "tmax {tmax}: {response}"
         );
         assert_eq!(winner(&response)["priceMicros"], "1500000");
-        assert_eq!(
-            attempts(&response)[0].1,
-            "ATTEMPT_OUTCOME_TIMEOUT",
+        // network-caller gave up on CoolAds in time (a timeout), or — on a loaded
+        // machine — its answer itself came after bid-intake's deadline, which then
+        // served the demand in hand without it. Either way the hanging network cost
+        // nothing but its own chance.
+        let (_, outcome, reason) = &attempts(&response)[0];
+        assert!(
+            outcome == "ATTEMPT_OUTCOME_TIMEOUT"
+                || (outcome == "ATTEMPT_OUTCOME_SKIPPED" && reason == "deadline"),
             "{response}"
         );
         // grpcurl's own start-up is in this figure; the decision kept to its budget.
