@@ -5,10 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use cascade_state::Store as _;
 use cascade_testkit::{Behaviour, grpcurl};
 use serde_json::{Value, json};
-use support::{Cluster, banner_request, exchange_bid, run_cascade, winner, workspace_file};
+use support::{
+    Cluster, banner_request, exchange_bid, network_totals, run_cascade, winner, workspace_file,
+};
 
 mod support;
 
@@ -577,25 +578,7 @@ const ADMIN_TOKEN: &str = "rules-test-token";
 #[tokio::test]
 async fn client_side_results_and_refused_ads_count_in_the_report() {
     // The services share their counts through Redis, flushed every 50 ms.
-    let redis = cascade_testkit::RedisServer::start().await.unwrap();
-    let networks = cascade_testkit::FakeNetworks::start().await.unwrap();
-    cascade_state::RedisStore::connect(&redis.url())
-        .unwrap()
-        .apply_configuration(support::demo_configuration(&networks), None)
-        .await
-        .unwrap();
-    let state = format!(
-        "[state]\nredis_url = \"{}\"\nreport_flush_interval_ms = 50\n",
-        redis.url()
-    );
-    let cluster = Cluster::start_services(
-        networks,
-        &state,
-        "",
-        &format!("admin_token = \"{ADMIN_TOKEN}\""),
-        None,
-    )
-    .await;
+    let (_redis, cluster) = Cluster::start_on_redis(ADMIN_TOKEN).await;
 
     let mut client = banner_request(json!([]));
     client["mode"] = json!("EXECUTION_MODE_CLIENT");
@@ -650,23 +633,4 @@ async fn client_side_results_and_refused_ads_count_in_the_report() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The network totals of `network` in `cascade report --csv` output: column -> value.
-fn network_totals(csv: &str, network: &str) -> std::collections::BTreeMap<String, i64> {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let mut totals = std::collections::BTreeMap::new();
-    for line in lines {
-        let cells: Vec<&str> = line.split(',').collect();
-        if cells.get(1) != Some(&network) || cells.get(2).is_some_and(|c| !c.is_empty()) {
-            continue;
-        }
-        for (name, cell) in header.iter().zip(cells).skip(3) {
-            if let Ok(value) = cell.parse::<i64>() {
-                *totals.entry(name.to_string()).or_default() += value;
-            }
-        }
-    }
-    totals
 }

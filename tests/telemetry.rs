@@ -4,10 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cascade_state::Store;
 use cascade_testkit::{OtlpCollector, ReceivedSpan};
 use serde_json::json;
-use support::{Cluster, banner_request, demo_configuration, run_cascade, sample, winner};
+use support::{Cluster, banner_request, network_totals, run_cascade, sample, winner};
 
 mod support;
 
@@ -209,51 +208,13 @@ async fn cascade(cluster: &Cluster, args: &[&str]) -> String {
     .await
 }
 
-/// The network totals of `network` in `cascade report --csv` output, summed over the
-/// days it lists: column name -> value.
-fn network_totals(csv: &str, network: &str) -> std::collections::BTreeMap<String, i64> {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let mut totals = std::collections::BTreeMap::new();
-    for line in lines {
-        let cells: Vec<&str> = line.split(',').collect();
-        if cells[1] != network || !cells[2].is_empty() {
-            continue;
-        }
-        for (name, cell) in header.iter().zip(cells).skip(3) {
-            if let Ok(value) = cell.parse::<i64>() {
-                *totals.entry(name.to_string()).or_default() += value;
-            }
-        }
-    }
-    totals
-}
-
 /// A scripted run: CoolAds fills four decisions and has no ad for two, which BetaAds
 /// then serves; three CoolAds and one BetaAds impression are reported, and CoolAds says
 /// it paid half a cent for the day. The report shows exactly that.
 #[tokio::test]
 async fn the_network_report_adds_up_to_a_scripted_run() {
-    // The services share their counts through Redis, and flush them every 50 ms.
-    let redis = cascade_testkit::RedisServer::start().await.unwrap();
-    let networks = cascade_testkit::FakeNetworks::start().await.unwrap();
-    cascade_state::RedisStore::connect(&redis.url())
-        .unwrap()
-        .apply_configuration(demo_configuration(&networks), None)
-        .await
-        .unwrap();
-    let state = format!(
-        "[state]\nredis_url = \"{}\"\nreport_flush_interval_ms = 50\n",
-        redis.url()
-    );
-    let cluster = Cluster::start_services(
-        networks,
-        &state,
-        "",
-        &format!("admin_token = \"{ADMIN_TOKEN}\""),
-        None,
-    )
-    .await;
+    // The services share their counts through Redis, flushed every 50 ms.
+    let (_redis, cluster) = Cluster::start_on_redis(ADMIN_TOKEN).await;
     let today = cascade_core::report::period_of(cascade_state::now_unix_seconds()).0;
 
     let mut selections: Vec<(String, String)> = Vec::new();

@@ -82,6 +82,33 @@ impl Cluster {
         Self::start_with("").await
     }
 
+    /// The demo cluster on a real redis-server its four services share (so one report
+    /// sums all of their counts, flushed every 50 ms), the admin API behind
+    /// `admin_token`. The server lives as long as the returned handle.
+    pub async fn start_on_redis(admin_token: &str) -> (cascade_testkit::RedisServer, Cluster) {
+        use cascade_state::Store as _;
+        let redis = cascade_testkit::RedisServer::start().await.unwrap();
+        let networks = FakeNetworks::start().await.unwrap();
+        cascade_state::RedisStore::connect(&redis.url())
+            .unwrap()
+            .apply_configuration(demo_configuration(&networks), None)
+            .await
+            .unwrap();
+        let state = format!(
+            "[state]\nredis_url = \"{}\"\nreport_flush_interval_ms = 50\n",
+            redis.url()
+        );
+        let cluster = Self::start_services(
+            networks,
+            &state,
+            "",
+            &format!("admin_token = \"{admin_token}\""),
+            None,
+        )
+        .await;
+        (redis, cluster)
+    }
+
     /// The demo cluster with `extra` TOML appended to its configuration.
     pub async fn start_with_configuration(extra: &str) -> Cluster {
         let (networks, state, configuration) = demo_state_with(extra).await;
@@ -255,4 +282,24 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\"")));
         has_all.then(|| value.trim().parse().ok()).flatten()
     })
+}
+
+/// The network totals of `network` in `cascade report --csv` output, summed over the
+/// days it lists: column name -> value.
+pub fn network_totals(csv: &str, network: &str) -> std::collections::BTreeMap<String, i64> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let mut totals = std::collections::BTreeMap::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.get(1) != Some(&network) || cells.get(2).is_some_and(|c| !c.is_empty()) {
+            continue;
+        }
+        for (name, cell) in header.iter().zip(cells).skip(3) {
+            if let Ok(value) = cell.parse::<i64>() {
+                *totals.entry(name.to_string()).or_default() += value;
+            }
+        }
+    }
+    totals
 }
