@@ -49,11 +49,6 @@ impl Source {
     pub fn is_network(self) -> bool {
         matches!(self, Source::BiddingNetwork | Source::MediatedNetwork)
     }
-
-    /// Demand that needs no call to serve: everything but a waterfall network.
-    pub fn is_in_hand(self) -> bool {
-        self != Source::MediatedNetwork
-    }
 }
 
 /// What the auction needs to know about a candidate.

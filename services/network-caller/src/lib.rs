@@ -13,6 +13,7 @@ use cascade_core::Micros;
 use cascade_core::ad_quality::{AdQuality, Creative};
 use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
+use cascade_core::money::Rates;
 use cascade_core::report::{Metric, ReportCell, counts_at};
 use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
@@ -272,6 +273,28 @@ struct Accepted {
     rate_micros: i64,
 }
 
+impl Accepted {
+    /// Puts the network's ad, and the currency and rate its price converted from, on
+    /// `candidate`; returns the price (USD micros, before adjustment).
+    fn fill(self, candidate: &mut Candidate) -> Micros {
+        let Accepted {
+            ad,
+            price,
+            original_cur,
+            rate_micros,
+        } = self;
+        candidate.adm = ad.adm;
+        candidate.nurl = ad.nurl;
+        candidate.adomain = ad.adomain;
+        candidate.cat = ad.cat;
+        candidate.attr = ad.attr;
+        candidate.crid = ad.crid;
+        candidate.original_cur = original_cur;
+        candidate.rate_micros = rate_micros;
+        price
+    }
+}
+
 impl NetworkCallerService {
     /// The health record of `network`, created on first use with the network's
     /// in-flight limit (a limit changed later applies after a restart).
@@ -355,7 +378,7 @@ impl NetworkCallerService {
         attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         tracing::debug!(network = %call.network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
         let answered = match outcome {
-            AdOutcome::Filled(ad) => Some(self.judge(snapshot, ad, call.floor, quality, attempt)),
+            AdOutcome::Filled(ad) => Some(judge(&rates, ad, call.floor, quality, attempt)),
             AdOutcome::NoFill => {
                 attempt.outcome = AttemptOutcome::NoFill as i32;
                 None
@@ -376,68 +399,6 @@ impl NetworkCallerService {
         self.report
             .count(report_cells(call, attempt, accepted.is_some(), latency));
         accepted.map_or(Called::NoAd, |accepted| Called::Served(Box::new(accepted)))
-    }
-
-    /// Whether a network's ad may serve: its price converted to USD, then the one rule
-    /// of the core for every network answer.
-    fn judge(
-        &self,
-        snapshot: &Snapshot,
-        ad: Ad,
-        floor: Micros,
-        quality: &AdQuality<'_>,
-        attempt: &mut Attempt,
-    ) -> Option<Accepted> {
-        let rates = snapshot.rates().at(cascade_state::now_unix_seconds());
-        let price = match ad.price.map(|p| rates.to_usd(p, &ad.cur)).transpose() {
-            Ok(price) => price,
-            Err(error) => {
-                attempt.outcome = AttemptOutcome::Error as i32;
-                attempt.detail = format!("cannot convert the answer's price: {error}");
-                return None;
-            }
-        };
-        attempt.price_micros = price.map_or(0, |p| p.0);
-        let answer = Answer {
-            price,
-            creative: Creative {
-                adomains: &ad.adomain,
-                categories: &ad.cat,
-                seat: "",
-                attributes: &ad.attr,
-            },
-        };
-        let verdict = waterfall::judge(&answer, floor, quality);
-        match verdict {
-            Verdict::Accept { price } => {
-                attempt.outcome = AttemptOutcome::Filled as i32;
-                attempt.detail = verdict.to_string();
-                let usd = ad.cur.is_empty()
-                    || ad
-                        .cur
-                        .eq_ignore_ascii_case(cascade_core::money::AUCTION_CURRENCY);
-                let (original_cur, rate_micros) = if usd {
-                    (String::new(), 0)
-                } else {
-                    (
-                        ad.cur.to_ascii_uppercase(),
-                        rates.rate(&ad.cur).unwrap_or_default(),
-                    )
-                };
-                Some(Accepted {
-                    ad,
-                    price,
-                    original_cur,
-                    rate_micros,
-                })
-            }
-            Verdict::BelowFloor { .. } | Verdict::Refused(_) => {
-                attempt.outcome = AttemptOutcome::NoFill as i32;
-                attempt.reason = verdict.code().to_string();
-                attempt.detail = verdict.to_string();
-                None
-            }
-        }
     }
 
     /// Asks one bidding network for a live bid: a candidate when it bids at or above
@@ -488,31 +449,18 @@ impl NetworkCallerService {
         else {
             return (None, attempt);
         };
-        let Accepted {
-            ad,
-            price,
-            original_cur,
-            rate_micros,
-        } = *accepted;
-        let candidate = Candidate {
+        let mut candidate = Candidate {
             id: candidate_id,
             source: SourceKind::BiddingNetwork as i32,
-            bid_micros: price.0,
             minimum_micros: ask.floor_micros,
             network_id: ask.network_id.clone(),
             placement_id: ask.placement_id.clone(),
             bid_id: ask.bid_id.clone(),
-            adm: ad.adm,
-            nurl: ad.nurl,
-            adomain: ad.adomain,
-            cat: ad.cat,
-            attr: ad.attr,
-            crid: ad.crid,
             bid_adjustment_ppm: ask.bid_adjustment_ppm,
-            original_cur,
-            rate_micros,
             ..Default::default()
         };
+        // A live bid ranks at the network's own price.
+        candidate.bid_micros = accepted.fill(&mut candidate).0;
         (Some(candidate), attempt)
     }
 
@@ -597,26 +545,13 @@ impl NetworkCallerService {
                     }
                     walk.called();
                     if let Called::Served(accepted) = called {
-                        let Accepted {
-                            ad,
-                            price,
-                            original_cur,
-                            rate_micros,
-                        } = *accepted;
                         walk.filled();
                         let mut winner = std::mem::take(&mut ranked[index]);
                         if let Some(candidate) = winner.candidate.as_mut() {
+                            let price = accepted.fill(candidate);
                             // Booked at the network's own price, adjusted like its CPM.
                             winner.clearing_price_micros =
                                 adjustment(candidate.bid_adjustment_ppm).apply(price).0;
-                            candidate.adm = ad.adm;
-                            candidate.nurl = ad.nurl;
-                            candidate.adomain = ad.adomain;
-                            candidate.cat = ad.cat;
-                            candidate.attr = ad.attr;
-                            candidate.crid = ad.crid;
-                            candidate.original_cur = original_cur;
-                            candidate.rate_micros = rate_micros;
                         }
                         result.winner = Some(winner);
                         break;
@@ -627,6 +562,66 @@ impl NetworkCallerService {
         }
         result.deadline_exceeded = walk.ran_out_of_time();
         result
+    }
+}
+
+/// Whether a network's ad may serve: its price converted to USD, then the one rule
+/// of the core for every network answer.
+fn judge(
+    rates: &Rates<'_>,
+    ad: Ad,
+    floor: Micros,
+    quality: &AdQuality<'_>,
+    attempt: &mut Attempt,
+) -> Option<Accepted> {
+    let price = match ad.price.map(|p| rates.to_usd(p, &ad.cur)).transpose() {
+        Ok(price) => price,
+        Err(error) => {
+            attempt.outcome = AttemptOutcome::Error as i32;
+            attempt.detail = format!("cannot convert the answer's price: {error}");
+            return None;
+        }
+    };
+    attempt.price_micros = price.map_or(0, |p| p.0);
+    let answer = Answer {
+        price,
+        creative: Creative {
+            adomains: &ad.adomain,
+            categories: &ad.cat,
+            seat: "",
+            attributes: &ad.attr,
+        },
+    };
+    let verdict = waterfall::judge(&answer, floor, quality);
+    match verdict {
+        Verdict::Accept { price } => {
+            attempt.outcome = AttemptOutcome::Filled as i32;
+            attempt.detail = verdict.to_string();
+            let usd = ad.cur.is_empty()
+                || ad
+                    .cur
+                    .eq_ignore_ascii_case(cascade_core::money::AUCTION_CURRENCY);
+            let (original_cur, rate_micros) = if usd {
+                (String::new(), 0)
+            } else {
+                (
+                    ad.cur.to_ascii_uppercase(),
+                    rates.rate(&ad.cur).unwrap_or_default(),
+                )
+            };
+            Some(Accepted {
+                ad,
+                price,
+                original_cur,
+                rate_micros,
+            })
+        }
+        Verdict::BelowFloor { .. } | Verdict::Refused(_) => {
+            attempt.outcome = AttemptOutcome::NoFill as i32;
+            attempt.reason = verdict.code().to_string();
+            attempt.detail = verdict.to_string();
+            None
+        }
     }
 }
 
