@@ -190,7 +190,7 @@ impl DecisionService {
             .map(|(index, imp)| ad_quality(imp.applied_rule.as_ref(), &normalized, index))
             .collect();
         let mut live_bids = self
-            .collect_live_bids(&evaluation, &qualities, &bid_request, deadline)
+            .collect_live_bids(&evaluation, &qualities, &normalized, &bid_request, deadline)
             .await;
         let seat_adjustments: HashMap<&str, i64> = evaluation
             .seat_adjustments
@@ -378,7 +378,8 @@ impl DecisionService {
                 waterfall_imps.push(WaterfallImp {
                     impid: slot.decision.impid.clone(),
                     ranked: networks,
-                    ad_quality: Some(slot.quality.clone()),
+                    // The filters are not needed here after the walk.
+                    ad_quality: Some(std::mem::take(&mut slot.quality)),
                 });
             }
         }
@@ -540,6 +541,7 @@ impl DecisionService {
         &self,
         evaluation: &EvaluateResponse,
         qualities: &[AdQuality],
+        normalized: &Normalized,
         bid_request: &BidRequest,
         deadline: Deadline,
     ) -> HashMap<String, (Vec<Candidate>, Vec<Attempt>)> {
@@ -547,8 +549,14 @@ impl DecisionService {
             .imps
             .iter()
             .zip(qualities)
-            .filter_map(|(imp, quality)| {
+            .zip(&normalized.deals)
+            .filter_map(|((imp, quality), (_, private_auction))| {
                 let rule = imp.applied_rule.as_ref()?;
+                // A private auction admits only deal bids: a live bid could not serve,
+                // so no network is asked for one.
+                if *private_auction {
+                    return None;
+                }
                 let asks: Vec<BidAsk> = imp
                     .bidding_bids
                     .iter()
