@@ -26,6 +26,8 @@ pub const MAX_KEY_VALUES: usize = 100;
 pub const MAX_CHAINED_SELECTIONS: usize = 16;
 /// Most advertiser domains, categories or creative attributes one exchange bid lists.
 pub const MAX_LIST_PER_BID: usize = 100;
+/// Most seats or advertiser domains one deal allows (`wseat`, `wadomain`).
+pub const MAX_LIST_PER_DEAL: usize = 100;
 
 /// A request that passed validation.
 #[derive(Debug)]
@@ -152,15 +154,17 @@ fn imp_deals(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<(Vec<Deal>, bo
         let floor = rates
             .to_usd(floor, &deal.bidfloorcur)
             .map_err(|e| DecideError::invalid(format!("{field}.bidfloorcur"), e.to_string()))?;
+        // Per deal, not per request like `bseat`: 100 deals of 64 impressions could
+        // otherwise carry millions of entries.
         check_list_len(
             &format!("{field}.wseat"),
             deal.wseat.len(),
-            MAX_BLOCKLIST_LEN,
+            MAX_LIST_PER_DEAL,
         )?;
         check_list_len(
             &format!("{field}.wadomain"),
             deal.wadomain.len(),
-            MAX_BLOCKLIST_LEN,
+            MAX_LIST_PER_DEAL,
         )?;
         deals.push(Deal {
             id: deal.id.clone(),
@@ -538,6 +542,17 @@ mod tests {
         assert_eq!(bid.id, "exchange_bids[0].seatbid[0].bid[0]");
     }
 
+    /// A pmp offering one deal (id "d") with the given fields.
+    fn deal(deal: cascade_proto::openrtb::v1::Deal) -> cascade_proto::openrtb::v1::Pmp {
+        cascade_proto::openrtb::v1::Pmp {
+            deals: vec![cascade_proto::openrtb::v1::Deal {
+                id: "d".into(),
+                ..deal
+            }],
+            ..Default::default()
+        }
+    }
+
     /// Breaks one thing in a valid request.
     type Breakage = fn(&mut DecideRequest);
 
@@ -580,6 +595,26 @@ mod tests {
             (
                 |r| r.request.as_mut().unwrap().imp = vec![Imp::default(); MAX_IMPS + 1],
                 "request.imp",
+            ),
+            (
+                |r| {
+                    r.request.as_mut().unwrap().imp[0].pmp =
+                        Some(deal(cascade_proto::openrtb::v1::Deal {
+                            wseat: vec![String::new(); MAX_LIST_PER_DEAL + 1],
+                            ..Default::default()
+                        }))
+                },
+                "request.imp[0].pmp.deals[0].wseat",
+            ),
+            (
+                |r| {
+                    r.request.as_mut().unwrap().imp[0].pmp =
+                        Some(deal(cascade_proto::openrtb::v1::Deal {
+                            bidfloorcur: "XYZ".into(),
+                            ..Default::default()
+                        }))
+                },
+                "request.imp[0].pmp.deals[0].bidfloorcur",
             ),
             (
                 |r| r.exchange_bids[0].seatbid[0].bid[0].price = -1.0,
