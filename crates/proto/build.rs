@@ -18,22 +18,6 @@ const PROTO_FILES: &[&str] = &[
     "cascade/bench/v1/echo.proto",
 ];
 
-/// OpenRTB objects that are left out of the JSON when absent, rather than sent as null.
-const OPENRTB_OPTIONAL_OBJECTS: &[&str] = &[
-    "BidRequest.site",
-    "BidRequest.app",
-    "BidRequest.device",
-    "BidRequest.user",
-    "Imp.banner",
-    "Imp.video",
-    "Imp.audio",
-    "Imp.native",
-    "Imp.pmp",
-    "Site.publisher",
-    "App.publisher",
-    "Device.geo",
-];
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build does not emit this itself.
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
@@ -49,16 +33,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         // The OpenRTB messages keep OpenRTB's field names, so serde turns them into the
-        // JSON that OpenRTB networks speak, with no hand-written mirror types.
+        // JSON that OpenRTB networks speak, with no hand-written mirror types. A field
+        // that is unset (None, empty) is left out, never sent as null or zero.
         .type_attribute(
             ".cascade.openrtb.v1",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .field_attribute(
+            ".cascade.openrtb.v1",
+            "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
+        )
+        .field_attribute(
+            ".cascade.openrtb.v1.Bid.price",
+            "#[serde(deserialize_with = \"crate::openrtb_json::price\")]",
         );
-    for field in OPENRTB_OPTIONAL_OBJECTS {
-        builder = builder.field_attribute(
-            format!(".cascade.openrtb.v1.{field}"),
-            "#[serde(skip_serializing_if = \"Option::is_none\")]",
-        );
+    // Every `ext` is a google.protobuf.Struct, whose JSON form is a plain JSON object.
+    for file in &file_descriptors.file {
+        if file.package() != "cascade.openrtb.v1" {
+            continue;
+        }
+        for message in &file.message_type {
+            for field in &message.field {
+                if field.type_name() == ".google.protobuf.Struct" {
+                    builder = builder.field_attribute(
+                        format!(".cascade.openrtb.v1.{}.{}", message.name(), field.name()),
+                        "#[serde(with = \"crate::openrtb_json::ext\")]",
+                    );
+                }
+            }
+        }
     }
     builder.compile_fds(file_descriptors)?;
     Ok(())

@@ -4,9 +4,9 @@
 //! names the field that is wrong.
 
 use cascade_core::config::{
-    Account, AdUnitGroup, AuctionType, ConfigError, Configuration, CurrencyRate, LineItem,
-    LineItemClass, MediatedBid, MediationMode, Network, NetworkMode, NetworkProtocol,
-    ScheduledRate, SellingRule,
+    Account, AdUnitGroup, AuctionType, ConfigError, Configuration, CurrencyRate, EidPermission,
+    LineItem, LineItemClass, MediatedBid, MediationMode, Network, NetworkMode, NetworkProtocol,
+    ParamKind, ParamSpec, ScheduledRate, SellingRule, SupplyChainNode,
 };
 use cascade_core::entity::{Entity, EntityKind};
 use cascade_core::money::{Factor, Micros};
@@ -229,6 +229,21 @@ fn account_to_proto(account: &Account) -> pb::Account {
             .iter()
             .map(|(seat, factor)| (seat.clone(), factor.0))
             .collect(),
+        supply_chain_node: account
+            .supply_chain_node
+            .as_ref()
+            .map(|node| pb::SupplyChainNode {
+                asi: node.asi.clone(),
+                seller_id: node.seller_id.clone(),
+            }),
+        eid_permissions: account
+            .eid_permissions
+            .iter()
+            .map(|p| pb::EidPermission {
+                source: p.source.clone(),
+                networks: p.networks.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -260,6 +275,18 @@ fn account_from_proto(account: pb::Account, path: &str) -> Result<Account> {
         )?,
         ad_unit_mediation_modes,
         seat_bid_adjustments,
+        supply_chain_node: account.supply_chain_node.map(|node| SupplyChainNode {
+            asi: node.asi,
+            seller_id: node.seller_id,
+        }),
+        eid_permissions: account
+            .eid_permissions
+            .into_iter()
+            .map(|p| EidPermission {
+                source: p.source,
+                networks: p.networks,
+            })
+            .collect(),
     })
 }
 
@@ -334,6 +361,17 @@ fn network_to_proto(network: &Network) -> pb::Network {
         max_concurrent_calls: network.max_concurrent_calls,
         bid_adjustment_micros: network.bid_adjustment.0,
         currency: network.currency.clone().unwrap_or_default(),
+        gvl_id: network.gvl_id.map(u32::from),
+        params: network
+            .params
+            .iter()
+            .map(|p| pb::NetworkParam {
+                name: p.name.clone(),
+                kind: format!("{:?}", p.kind).to_lowercase(),
+                required: p.required,
+            })
+            .collect(),
+        params_at: network.params_at.clone(),
     }
 }
 
@@ -379,6 +417,39 @@ fn network_from_proto(network: pb::Network, path: &str) -> Result<Network> {
         name: network.name,
         endpoint: network.endpoint,
         currency: (!network.currency.is_empty()).then_some(network.currency),
+        gvl_id: network
+            .gvl_id
+            .map(|id| {
+                u16::try_from(id).map_err(|_| {
+                    ConfigError::new(format!("{path}.gvl_id"), "must be at most 65535")
+                })
+            })
+            .transpose()?,
+        params: network
+            .params
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let kind = match p.kind.as_str() {
+                    "" | "string" => ParamKind::String,
+                    "integer" => ParamKind::Integer,
+                    "number" => ParamKind::Number,
+                    "boolean" => ParamKind::Boolean,
+                    other => {
+                        return Err(ConfigError::new(
+                            format!("{path}.params[{i}].kind"),
+                            format!("unknown kind {other:?} (string, integer, number or boolean)"),
+                        ));
+                    }
+                };
+                Ok(ParamSpec {
+                    name: p.name,
+                    kind,
+                    required: p.required,
+                })
+            })
+            .collect::<Result<_>>()?,
+        params_at: network.params_at,
     })
 }
 
@@ -391,6 +462,8 @@ fn mediated_bid_to_proto(bid: &MediatedBid) -> pb::MediatedBid {
         targeting: Some(targeting_to_proto(&bid.targeting)),
         active: Some(bid.active),
         placement_id: bid.placement_id.clone(),
+        params: (!bid.params.is_empty())
+            .then(|| cascade_proto::openrtb_json::json_to_struct(bid.params.clone())),
     }
 }
 
@@ -403,6 +476,11 @@ fn mediated_bid_from_proto(bid: pb::MediatedBid, path: &str) -> Result<MediatedB
         network_id: bid.network_id,
         active: bid.active.unwrap_or(true),
         placement_id: bid.placement_id,
+        params: bid
+            .params
+            .as_ref()
+            .map(cascade_proto::openrtb_json::struct_to_json)
+            .unwrap_or_default(),
     })
 }
 

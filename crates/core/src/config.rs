@@ -60,6 +60,34 @@ pub struct Account {
     /// revenue is known to fall 10% short); inherited per seat.
     #[serde(default)]
     pub seat_bid_adjustments: std::collections::BTreeMap<String, crate::money::Factor>,
+    /// Cascade's node in the supply chain of this account's requests: when set, every
+    /// network call appends `{asi, sid: seller_id, hp: 1}` to `source.schain`. Off by
+    /// default, since the gateway may already append it. Not inherited.
+    #[serde(default)]
+    pub supply_chain_node: Option<SupplyChainNode>,
+    /// Per `eids` source, the only networks that may receive its ids (as Prebid's
+    /// `eidpermissions`); a source not listed goes to every network that may receive
+    /// user ids.
+    #[serde(default)]
+    pub eid_permissions: Vec<EidPermission>,
+}
+
+/// Cascade's entry in the `sellers.json` of the SSP (`asi`) for one publisher.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupplyChainNode {
+    /// The SSP's canonical domain, as in its sellers.json.
+    pub asi: String,
+    /// The publisher's `seller_id` in that sellers.json.
+    pub seller_id: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EidPermission {
+    /// The `eids[].source`, e.g. `liveramp.com`.
+    pub source: String,
+    pub networks: Vec<String>,
 }
 
 /// Which mediated networks an impression uses: those called after the auction in rank
@@ -196,6 +224,86 @@ pub struct Network {
     /// (when an answer names none); USD when unset.
     #[serde(default)]
     pub currency: Option<String>,
+    /// The network's IAB Global Vendor List id. Where GDPR applies, a network without
+    /// one is not called.
+    #[serde(default)]
+    pub gvl_id: Option<u16>,
+    /// The `imp.ext` parameters the network needs (publisher, site, zone ids), checked
+    /// against every mediated bid of the network when the configuration is applied.
+    #[serde(default)]
+    pub params: Vec<ParamSpec>,
+    /// Where under `imp.ext` a mediated bid's parameters go (dot-separated, e.g.
+    /// `prebid.bidder.rubicon`); empty for `imp.ext` itself.
+    #[serde(default)]
+    pub params_at: String,
+}
+
+/// One parameter of a network's `imp.ext`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(default)]
+    pub kind: ParamKind,
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    #[default]
+    String,
+    Integer,
+    Number,
+    Boolean,
+}
+
+/// A mediated bid's parameters against its network's declaration: every required one
+/// present, none undeclared, each of its kind.
+fn check_params(
+    field: &str,
+    specs: &[ParamSpec],
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ConfigError> {
+    for spec in specs {
+        match params.get(&spec.name) {
+            None if spec.required => {
+                return Err(ConfigError::new(
+                    format!("{field}.{}", spec.name),
+                    "required by the network",
+                ));
+            }
+            Some(value) if !spec.kind.admits(value) => {
+                return Err(ConfigError::new(
+                    format!("{field}.{}", spec.name),
+                    format!("must be a {:?}, got {value}", spec.kind).to_lowercase(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(unknown) = params
+        .keys()
+        .find(|name| !specs.iter().any(|s| &s.name == *name))
+    {
+        return Err(ConfigError::new(
+            format!("{field}.{unknown}"),
+            "the network declares no such parameter",
+        ));
+    }
+    Ok(())
+}
+
+impl ParamKind {
+    fn admits(self, value: &serde_json::Value) -> bool {
+        match self {
+            ParamKind::String => value.is_string(),
+            ParamKind::Integer => value.is_i64() || value.is_u64(),
+            ParamKind::Number => value.is_number(),
+            ParamKind::Boolean => value.is_boolean(),
+        }
+    }
 }
 
 impl Default for Network {
@@ -211,6 +319,9 @@ impl Default for Network {
             max_concurrent_calls: default_max_concurrent_calls(),
             bid_adjustment: crate::money::Factor::ONE,
             currency: None,
+            gvl_id: None,
+            params: Vec::new(),
+            params_at: String::new(),
         }
     }
 }
@@ -238,6 +349,9 @@ pub struct MediatedBid {
     /// The network's own placement id, passed to it as the impression's tagid.
     #[serde(default)]
     pub placement_id: String,
+    /// The network's `imp.ext` parameters for this placement, as its `params` declare.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -350,6 +464,36 @@ impl Configuration {
     /// Checks everything a snapshot relies on: ids present, unique and bounded,
     /// references resolvable, the account tree acyclic, timeouts and currencies sane.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, network) in self.networks.iter().enumerate() {
+            let names = unique_ids(
+                &format!("networks[{i}].params"),
+                network.params.iter().map(|p| p.name.as_str()),
+            )?;
+            if names.contains("") {
+                return Err(ConfigError::new(
+                    format!("networks[{i}].params"),
+                    "a parameter needs a name",
+                ));
+            }
+        }
+        for (i, account) in self.accounts.iter().enumerate() {
+            if let Some(node) = &account.supply_chain_node
+                && (node.asi.is_empty() || node.seller_id.is_empty())
+            {
+                return Err(ConfigError::new(
+                    format!("accounts[{i}].supply_chain_node"),
+                    "asi and seller_id are both required",
+                ));
+            }
+            for (e, permission) in account.eid_permissions.iter().enumerate() {
+                if permission.source.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("accounts[{i}].eid_permissions[{e}].source"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
         let accounts = unique_ids("accounts", self.accounts.iter().map(|a| a.id.as_str()))?;
         let networks = unique_ids("networks", self.networks.iter().map(|n| n.id.as_str()))?;
         unique_ids(
@@ -448,6 +592,13 @@ impl Configuration {
             }
             bid.targeting
                 .validate(&format!("mediated_bids[{i}].targeting"))?;
+            if let Some(network) = self.networks.iter().find(|n| n.id == bid.network_id) {
+                check_params(
+                    &format!("mediated_bids[{i}].params"),
+                    &network.params,
+                    &bid.params,
+                )?;
+            }
         }
         for (i, item) in self.line_items.iter().enumerate() {
             known_account(format!("line_items[{i}].account_id"), &item.account_id)?;

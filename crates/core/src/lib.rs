@@ -8,6 +8,8 @@ pub mod config;
 pub mod entity;
 pub mod index;
 pub mod money;
+pub mod notice;
+pub mod privacy;
 pub mod report;
 pub mod snapshot;
 pub mod targeting;

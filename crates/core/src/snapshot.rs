@@ -25,6 +25,11 @@ pub struct Snapshot {
     networks: HashMap<String, Network>,
     dictionary: Dictionary,
     rates: CurrencyRates,
+    supply_chain_nodes: HashMap<String, crate::config::SupplyChainNode>,
+    /// Per account, per eids source: the networks that may receive its ids.
+    eid_permissions: HashMap<String, HashMap<String, Vec<String>>>,
+    /// Where each mediated bid is kept: its account and index in that account's bids.
+    mediated_bid_at: HashMap<String, (String, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +146,19 @@ impl Snapshot {
                     snapshot.time_zones.insert(account.id.clone(), zone);
                 }
             }
+            if let Some(node) = account.supply_chain_node {
+                snapshot.supply_chain_nodes.insert(account.id.clone(), node);
+            }
+            if !account.eid_permissions.is_empty() {
+                let by_source = account
+                    .eid_permissions
+                    .into_iter()
+                    .map(|p| (p.source, p.networks))
+                    .collect();
+                snapshot
+                    .eid_permissions
+                    .insert(account.id.clone(), by_source);
+            }
             snapshot.known_accounts.insert(account.id);
         }
         for group in configuration.ad_unit_groups {
@@ -188,6 +206,13 @@ impl Snapshot {
                 &mut snapshot.dictionary,
             );
         }
+        for (account, entities) in &owned {
+            for (index, bid) in entities.bids.iter().enumerate() {
+                snapshot
+                    .mediated_bid_at
+                    .insert(bid.id.clone(), (account.clone(), index));
+            }
+        }
         snapshot.owned = owned;
         snapshot.networks = configuration
             .networks
@@ -222,6 +247,26 @@ impl Snapshot {
             .at(unix_seconds)
             .to_usd(bid.cpm, currency)
             .unwrap_or(Micros(crate::money::MAX_MICROS))
+    }
+
+    /// Cascade's supply-chain node for the account's requests (the account's own; a
+    /// seller id is one publisher's).
+    pub fn supply_chain_node(&self, account_id: &str) -> Option<&crate::config::SupplyChainNode> {
+        self.supply_chain_nodes.get(account_id)
+    }
+
+    /// Whether `network_id` may receive the ids of the eids `source` for this account:
+    /// the nearest account on the path that lists the source decides; a source no
+    /// account lists goes to every network.
+    pub fn eid_allowed(&self, account_id: &str, source: &str, network_id: &str) -> bool {
+        self.account_path(account_id)
+            .find_map(|account| self.eid_permissions.get(account)?.get(source))
+            .is_none_or(|networks| networks.iter().any(|n| n == network_id))
+    }
+
+    pub fn mediated_bid(&self, id: &str) -> Option<&MediatedBid> {
+        let (account, index) = self.mediated_bid_at.get(id)?;
+        self.owned.get(account)?.bids.get(*index)
     }
 
     pub fn has_account(&self, id: &str) -> bool {

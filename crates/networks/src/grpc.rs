@@ -4,6 +4,8 @@ use std::sync::Mutex;
 use cascade_core::Micros;
 use cascade_proto::customnetwork::v1::AdRequest;
 use cascade_proto::customnetwork::v1::custom_network_client::CustomNetworkClient;
+use cascade_proto::openrtb::v1::BidRequest;
+use serde::Deserialize as _;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -42,12 +44,18 @@ impl GrpcNetworkAdapter {
         // the decision's trace.
         let mut client = CustomNetworkClient::new(cascade_server::telemetry::traced(channel))
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        // The same request an OpenRTB network gets, in its typed form: members outside
+        // OpenRTB 2.6 have no field there (ext objects do).
+        let bid_request = match BidRequest::deserialize(call.request) {
+            Ok(bid_request) => bid_request,
+            Err(error) => return AdOutcome::Error(format!("cannot encode request: {error}")),
+        };
         let mut request = tonic::Request::new(AdRequest {
-            request_id: format!("{}:{}", call.request.id, call.impid),
+            request_id: format!("{}:{}", bid_request.id, call.impid),
             placement_id: call.placement_id.to_string(),
             floor_micros: call.floor.0,
             cur: call.currency().to_string(),
-            request: Some(crate::single_impression_request(call)),
+            request: Some(bid_request),
         });
         request.set_timeout(call.timeout);
         let response = match tokio::time::timeout(call.timeout, client.request_ad(request)).await {
@@ -91,6 +99,7 @@ impl GrpcNetworkAdapter {
             crid: response.crid,
             cat: response.cat,
             attr: response.attr,
+            ..Default::default()
         })
     }
 }
@@ -99,13 +108,11 @@ impl GrpcNetworkAdapter {
 mod tests {
     use std::time::Duration;
 
+    use super::*;
     use cascade_proto::customnetwork::v1::AdResponse;
     use cascade_proto::customnetwork::v1::custom_network_server::{
         CustomNetwork, CustomNetworkServer,
     };
-    use cascade_proto::openrtb::v1::{BidRequest, Imp};
-
-    use super::*;
 
     /// Answers by placement: `fill`, `none`, `slow`, `broken`.
     struct ScriptedNetwork;
@@ -148,20 +155,7 @@ mod tests {
     }
 
     async fn call(adapter: &GrpcNetworkAdapter, endpoint: &str, placement: &str) -> AdOutcome {
-        let request = BidRequest {
-            id: "r".into(),
-            imp: vec![
-                Imp {
-                    id: "1".into(),
-                    ..Default::default()
-                },
-                Imp {
-                    id: "2".into(),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
+        let request = serde_json::json!({"id": "r", "imp": [{"id": "1"}]});
         adapter
             .request_ad(&AdCall {
                 endpoint,
@@ -171,6 +165,7 @@ mod tests {
                 request: &request,
                 impid: "1",
                 timeout: Duration::from_millis(200),
+                markup_from_nurl: false,
             })
             .await
     }

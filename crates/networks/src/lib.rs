@@ -5,11 +5,11 @@
 mod grpc;
 pub mod health;
 mod openrtb_http;
+pub mod outbound;
 
 use std::time::Duration;
 
 use cascade_core::Micros;
-use cascade_proto::openrtb::v1::BidRequest;
 
 pub use grpc::GrpcNetworkAdapter;
 pub use openrtb_http::{MAX_RESPONSE_BYTES, OpenRtbHttpAdapter};
@@ -32,30 +32,6 @@ impl Adapters {
     }
 }
 
-/// The request a network sees: the caller's, reduced to the one impression, with the
-/// network's placement id as tagid and the CPM asked of it as floor.
-fn single_impression_request(call: &AdCall<'_>) -> BidRequest {
-    let imp = call
-        .request
-        .imp
-        .iter()
-        .find(|imp| imp.id == call.impid)
-        .cloned()
-        .map(|mut imp| {
-            imp.tagid = call.placement_id.to_string();
-            imp.bidfloor = call.floor.0 as f64 / cascade_core::money::MICROS_PER_UNIT as f64;
-            imp.bidfloorcur = call.currency().to_string();
-            imp.pmp = None;
-            imp
-        });
-    BidRequest {
-        imp: imp.into_iter().collect(),
-        tmax: i32::try_from(call.timeout.as_millis()).unwrap_or(i32::MAX),
-        cur: vec![call.currency().to_string()],
-        ..call.request.clone()
-    }
-}
-
 /// One ask of one network for one impression.
 #[derive(Clone, Debug)]
 pub struct AdCall<'a> {
@@ -67,11 +43,15 @@ pub struct AdCall<'a> {
     pub floor: Micros,
     /// The network's currency (ISO-4217); empty means USD.
     pub currency: &'a str,
-    /// The original request; only the impression `impid` is sent.
-    pub request: &'a BidRequest,
+    /// The OpenRTB request the network is sent, as [`outbound::network_request`] built
+    /// it: the one impression `impid`, the privacy rules applied.
+    pub request: &'a serde_json::Value,
     pub impid: &'a str,
     /// The network's own timeout, already bounded by what is left of the deadline.
     pub timeout: Duration,
+    /// Fetch the markup from `nurl` when a bid has none (a waterfall call, which serves
+    /// if it fills); a live bid may still lose, so its `nurl` is not fetched.
+    pub markup_from_nurl: bool,
 }
 
 impl AdCall<'_> {
@@ -97,8 +77,18 @@ pub struct Ad {
     pub cur: String,
     pub adm: String,
     pub nurl: String,
+    /// Billing and loss notice URLs, macros not yet substituted.
+    pub burl: String,
+    pub lurl: String,
+    /// True when `adm` was fetched from `nurl`: that fetch was the win notice.
+    pub nurl_fired: bool,
+    /// Seconds the ad stays valid (`bid.exp`), when the network said.
+    pub exp: Option<u32>,
     pub adomain: Vec<String>,
     pub crid: String,
+    pub adid: String,
+    /// The seat of the bid, when the network named one.
+    pub seat: String,
     /// IAB categories of the ad.
     pub cat: Vec<String>,
     /// OpenRTB creative attributes of the ad.
@@ -109,6 +99,8 @@ pub struct Ad {
 pub enum AdOutcome {
     Filled(Ad),
     NoFill,
+    /// The network answered that it does not bid, with its no-bid reason (`nbr`).
+    Declined(i32),
     Timeout,
     /// The network failed: refused, HTTP error, malformed or oversized body.
     Error(String),
@@ -119,7 +111,7 @@ impl AdOutcome {
     pub fn name(&self) -> &'static str {
         match self {
             AdOutcome::Filled(_) => "filled",
-            AdOutcome::NoFill => "no_fill",
+            AdOutcome::NoFill | AdOutcome::Declined(_) => "no_fill",
             AdOutcome::Timeout => "timeout",
             AdOutcome::Error(_) => "error",
         }

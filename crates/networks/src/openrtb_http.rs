@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use cascade_core::Micros;
+use cascade_core::notice::{AuctionFacts, substitute};
 use cascade_proto::openrtb::v1::BidResponse;
 
 use crate::{Ad, AdCall, AdOutcome};
@@ -22,22 +23,32 @@ impl Default for OpenRtbHttpAdapter {
 }
 
 impl OpenRtbHttpAdapter {
+    /// HTTPS by rustls, trusting the platform's roots, Mozilla's, and those of the file
+    /// `SSL_CERT_FILE` names (the usual convention, so a private CA can be added).
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("cascade/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .unwrap_or_else(|error| {
-                tracing::error!(%error, "cannot build the tuned HTTP client; using defaults");
-                reqwest::Client::new()
-            });
+            .connect_timeout(Duration::from_secs(1));
+        for root in extra_roots() {
+            builder = builder.add_root_certificate(root);
+        }
+        let client = builder.build().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot build the tuned HTTP client; using defaults");
+            reqwest::Client::new()
+        });
         Self { client }
     }
 
+    /// The HTTP client, shared with the notices sent to the same networks.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     pub async fn request_ad(&self, call: &AdCall<'_>) -> AdOutcome {
-        let body = match serde_json::to_vec(&crate::single_impression_request(call)) {
+        let body = match serde_json::to_vec(call.request) {
             Ok(body) => body,
             Err(error) => return AdOutcome::Error(format!("cannot encode request: {error}")),
         };
@@ -56,7 +67,7 @@ impl OpenRtbHttpAdapter {
             .body(body)
             .send()
             .await;
-        let mut response = match response {
+        let response = match response {
             Ok(response) => response,
             Err(error) => return AdOutcome::Error(describe(&error)),
         };
@@ -65,68 +76,179 @@ impl OpenRtbHttpAdapter {
             200 => {}
             status => return AdOutcome::Error(format!("HTTP {status}")),
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
-        {
-            return AdOutcome::Error(format!("response body over {MAX_RESPONSE_BYTES} bytes"));
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                        return AdOutcome::Error(format!(
-                            "response body over {MAX_RESPONSE_BYTES} bytes"
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(error) => return AdOutcome::Error(describe(&error)),
-            }
-        }
+        let body = match read_limited(response).await {
+            Ok(body) => body,
+            Err(error) => return AdOutcome::Error(error),
+        };
         if body.iter().all(u8::is_ascii_whitespace) {
             return AdOutcome::NoFill;
         }
-        match serde_json::from_slice::<BidResponse>(&body) {
-            Ok(bid_response) => best_ad(bid_response, call.impid, call.currency()),
-            Err(error) => AdOutcome::Error(format!("malformed bid response: {error}")),
+        let bid_response = match serde_json::from_slice::<BidResponse>(&body) {
+            Ok(bid_response) => bid_response,
+            Err(error) => return AdOutcome::Error(format!("malformed bid response: {error}")),
+        };
+        let mut outcome = best_ad(bid_response, call);
+        if let AdOutcome::Filled(ad) = &mut outcome {
+            if ad.adm.is_empty() && call.markup_from_nurl {
+                // The markup is served on the win notice: fetching it is the notice.
+                let url = notice_url(&ad.nurl, call, ad);
+                match self.fetch_markup(&url).await {
+                    Ok(adm) if !adm.trim().is_empty() => {
+                        ad.adm = adm;
+                        ad.nurl_fired = true;
+                    }
+                    Ok(_) => return AdOutcome::Error("nurl returned no markup".to_string()),
+                    Err(error) => return AdOutcome::Error(format!("nurl: {error}")),
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn fetch_markup(&self, url: &str) -> Result<String, String> {
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status().as_u16()));
+        }
+        let body = read_limited(response).await?;
+        String::from_utf8(body).map_err(|_| "markup is not UTF-8".to_string())
+    }
+}
+
+/// The roots of `SSL_CERT_FILE`, added to the built-in ones; a file that cannot be read
+/// is logged and ignored.
+fn extra_roots() -> Vec<reqwest::Certificate> {
+    let Some(path) = std::env::var_os("SSL_CERT_FILE") else {
+        return Vec::new();
+    };
+    match std::fs::read(&path).map(|pem| reqwest::Certificate::from_pem_bundle(&pem)) {
+        Ok(Ok(roots)) => roots,
+        Ok(Err(error)) => {
+            tracing::warn!(path = ?path, %error, "SSL_CERT_FILE holds no usable certificate");
+            Vec::new()
+        }
+        Err(error) => {
+            tracing::warn!(path = ?path, %error, "cannot read SSL_CERT_FILE");
+            Vec::new()
         }
     }
 }
 
-/// The best bid for `impid`; prices are in the response's `cur`, or in `asked_in` (the
-/// currency the request named) when it names none.
-fn best_ad(response: BidResponse, impid: &str, asked_in: &str) -> AdOutcome {
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(format!("response body over {MAX_RESPONSE_BYTES} bytes"));
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(format!("response body over {MAX_RESPONSE_BYTES} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) => return Err(describe(&error)),
+        }
+    }
+}
+
+/// The win notice URL with its macros: the network is booked at its own price.
+fn notice_url(nurl: &str, call: &AdCall<'_>, ad: &Ad) -> String {
+    let facts = AuctionFacts {
+        auction_id: call.request["id"].as_str().unwrap_or_default(),
+        bid_id: &ad.bid_id,
+        imp_id: call.impid,
+        seat_id: &ad.seat,
+        ad_id: &ad.adid,
+        price: ad.price,
+        currency: &ad.cur,
+        bid_price: ad.price,
+        ..Default::default()
+    };
+    substitute(nurl, &facts)
+}
+
+/// Media objects in the order of OpenRTB's `mtype` codes 1 to 4.
+const MARKUP_TYPES: [&str; 4] = ["banner", "video", "audio", "native"];
+
+/// The best bid for the call's impression whose `mtype`, when stated, is a medium the
+/// impression offers; prices are in the response's `cur`, or in the currency the request
+/// named when it names none. An answer with no bid but a reason is `Declined`.
+fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
     let cur = if response.cur.is_empty() {
-        asked_in.to_string()
+        call.currency().to_string()
     } else {
         response.cur
     };
+    let imp = call.request["imp"]
+        .as_array()
+        .and_then(|imps| imps.iter().find(|imp| imp["id"] == call.impid));
+    let offers = |mtype: i32| {
+        usize::try_from(mtype - 1)
+            .ok()
+            .and_then(|i| MARKUP_TYPES.get(i))
+            .is_some_and(|media| imp.is_some_and(|imp| imp.get(*media).is_some()))
+    };
+    let bidid = response.bidid;
+    let mut wrong_media = None;
     let best = response
         .seatbid
         .into_iter()
-        .flat_map(|seat| seat.bid)
-        .filter(|bid| bid.impid == impid)
-        .filter_map(|bid| {
+        .flat_map(|seat| {
+            let name = seat.seat;
+            seat.bid.into_iter().map(move |bid| (name.clone(), bid))
+        })
+        .filter(|(_, bid)| bid.impid == call.impid)
+        .filter(|(_, bid)| match bid.mtype {
+            Some(mtype) if !offers(mtype) => {
+                wrong_media = Some(mtype);
+                false
+            }
+            _ => true,
+        })
+        .filter_map(|(seat, bid)| {
             Micros::from_openrtb_price(bid.price)
                 .ok()
-                .map(|price| (price, bid))
+                .map(|price| (price, seat, bid))
         })
-        .max_by_key(|(price, _)| *price);
+        .max_by_key(|(price, _, _)| *price);
     match best {
-        None => AdOutcome::NoFill,
-        Some((_, bid)) if bid.adm.is_empty() && bid.nurl.is_empty() => {
+        None => match (wrong_media, response.nbr) {
+            (Some(mtype), _) => AdOutcome::Error(format!(
+                "bid mtype {mtype} is a medium the impression does not offer"
+            )),
+            (None, Some(nbr)) => AdOutcome::Declined(nbr),
+            (None, None) => AdOutcome::NoFill,
+        },
+        Some((_, _, bid)) if bid.adm.is_empty() && bid.nurl.is_empty() => {
             AdOutcome::Error("bid has neither adm nor nurl".to_string())
         }
-        Some((price, bid)) => AdOutcome::Filled(Ad {
-            bid_id: bid.id,
+        Some((price, seat, bid)) => AdOutcome::Filled(Ad {
+            bid_id: if bidid.is_empty() {
+                bid.id.clone()
+            } else {
+                bidid
+            },
             price: Some(price),
             adm: bid.adm,
             nurl: bid.nurl,
+            burl: bid.burl,
+            lurl: bid.lurl,
+            nurl_fired: false,
+            exp: bid.exp.and_then(|exp| u32::try_from(exp).ok()),
             adomain: bid.adomain,
             crid: bid.crid,
+            adid: bid.adid,
+            seat,
             cat: bid.cat,
             attr: bid.attr,
             cur,
@@ -134,8 +256,21 @@ fn best_ad(response: BidResponse, impid: &str, asked_in: &str) -> AdOutcome {
     }
 }
 
+/// What an attempt's detail says of a transport failure; a TLS failure says so, with
+/// rustls's reason (an unknown issuer, a name mismatch).
 fn describe(error: &reqwest::Error) -> String {
-    if error.is_connect() {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let tls = causes.iter().find(|cause| {
+        cause.contains("certificate") || cause.contains("tls") || cause.contains("TLS")
+    });
+    if let Some(tls) = tls {
+        format!("TLS failed: {tls}")
+    } else if error.is_connect() {
         "connection failed".to_string()
     } else if error.is_timeout() {
         "timed out".to_string()
@@ -150,7 +285,8 @@ mod tests {
     use axum::Router;
     use axum::http::StatusCode;
     use axum::routing::post;
-    use cascade_proto::openrtb::v1::{BidRequest, Imp};
+    use cascade_core::ad_quality::{AdQuality, Taxonomy};
+    use cascade_core::privacy::Permissions;
 
     async fn serve(router: Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -159,25 +295,45 @@ mod tests {
         format!("http://{addr}/ad")
     }
 
-    fn request() -> BidRequest {
-        BidRequest {
-            id: "r1".into(),
-            imp: vec![
-                Imp {
-                    id: "1".into(),
-                    tagid: "publisher-tag".into(),
-                    ..Default::default()
-                },
-                Imp {
-                    id: "2".into(),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        }
+    /// The request a network is sent for impression 1 of a two-impression request.
+    fn request() -> serde_json::Value {
+        let document = serde_json::json!({
+            "id": "r1",
+            "imp": [{"id": "1", "tagid": "publisher-tag", "banner": {"w": 300, "h": 250}}, {"id": "2"}]
+        });
+        let quality = AdQuality {
+            blocked_adomains: &[],
+            blocked_categories: &[],
+            blocked_seats: &[],
+            blocked_attributes: &[],
+            taxonomy: Taxonomy::from_cattax(1),
+            block_unknown_adomain: false,
+            block_unknown_category: false,
+        };
+        crate::outbound::network_request(
+            &document,
+            &crate::outbound::Rewrites {
+                impid: "1",
+                placement_id: "net-placement",
+                floor: 2.0,
+                currency: "USD",
+                tmax_ms: 100,
+                quality: &quality,
+                params: None,
+                params_at: "",
+                schain_node: None,
+                permissions: &Permissions::ALL,
+                eid_allowed: &|_| true,
+            },
+        )
+        .0
     }
 
     async fn call(endpoint: &str, timeout_ms: u64) -> AdOutcome {
+        call_with(endpoint, timeout_ms, true).await
+    }
+
+    async fn call_with(endpoint: &str, timeout_ms: u64, markup_from_nurl: bool) -> AdOutcome {
         let request = request();
         OpenRtbHttpAdapter::new()
             .request_ad(&AdCall {
@@ -188,6 +344,7 @@ mod tests {
                 request: &request,
                 impid: "1",
                 timeout: Duration::from_millis(timeout_ms),
+                markup_from_nurl,
             })
             .await
     }
@@ -196,7 +353,8 @@ mod tests {
     async fn sends_one_impression_with_placement_and_floor_and_reads_the_ad() {
         let endpoint = serve(Router::new().route(
             "/ad",
-            post(|body: axum::Json<serde_json::Value>| async move {
+            post(|headers: axum::http::HeaderMap, body: axum::Json<serde_json::Value>| async move {
+                assert!(headers["user-agent"].to_str().unwrap().starts_with("cascade/"));
                 assert_eq!(body["imp"].as_array().unwrap().len(), 1);
                 assert_eq!(body["imp"][0]["tagid"], "net-placement");
                 assert_eq!(body["imp"][0]["bidfloor"], 2.0);
@@ -205,7 +363,7 @@ mod tests {
                     "id": "r1",
                     "seatbid": [{"bid": [
                         {"id": "b1", "impid": "1", "price": 2.1, "adm": "<a/>"},
-                        {"id": "b2", "impid": "1", "price": 2.5, "adm": "<b/>", "ext": {"x": 1}}
+                        {"id": "b2", "impid": "1", "price": "2.5", "adm": "<b/>", "ext": {"x": 1}}
                     ]}]
                 }))
             }),
@@ -303,6 +461,68 @@ mod tests {
         assert_eq!(
             call(&refused, 1_000).await,
             AdOutcome::Error("connection failed".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_no_bid_reason_is_kept() {
+        let endpoint = serve(Router::new().route(
+            "/ad",
+            post(|| async { axum::Json(serde_json::json!({"id": "r1", "nbr": 8})) }),
+        ))
+        .await;
+        assert_eq!(call(&endpoint, 1_000).await, AdOutcome::Declined(8));
+    }
+
+    #[tokio::test]
+    async fn a_bid_for_a_medium_the_impression_does_not_offer_is_refused() {
+        let endpoint = serve(Router::new().route(
+            "/ad",
+            post(|| async {
+                axum::Json(serde_json::json!({"id": "r1", "seatbid": [{"bid": [
+                    {"id": "v", "impid": "1", "price": 9.0, "adm": "<VAST/>", "mtype": 2},
+                    {"id": "b", "impid": "1", "price": 1.0, "adm": "<b/>", "mtype": 1}
+                ]}]}))
+            }),
+        ))
+        .await;
+        let AdOutcome::Filled(ad) = call(&endpoint, 1_000).await else {
+            panic!("the banner bid serves");
+        };
+        assert_eq!(ad.bid_id, "b");
+    }
+
+    #[tokio::test]
+    async fn markup_is_fetched_from_nurl_only_when_asked() {
+        let router = Router::new()
+            .route(
+                "/ad",
+                post(|headers: axum::http::HeaderMap| async move {
+                    let host = headers["host"].to_str().unwrap().to_string();
+                    axum::Json(serde_json::json!({"id": "r1", "bidid": "resp-1", "seatbid": [{"seat": "s1", "bid": [
+                        {"id": "b", "impid": "1", "price": 2.25,
+                         "nurl": format!("http://{host}/markup?p=${{AUCTION_PRICE}}&b=${{AUCTION_BID_ID}}")}
+                    ]}]}))
+                }),
+            )
+            .route(
+                "/markup",
+                axum::routing::get(|query: axum::extract::RawQuery| async move {
+                    format!("<ad q='{}'/>", query.0.unwrap_or_default())
+                }),
+            );
+        let endpoint = serve(router).await;
+        let AdOutcome::Filled(ad) = call(&endpoint, 1_000).await else {
+            panic!("expected a fill");
+        };
+        assert_eq!(ad.adm, "<ad q='p=2.25&b=resp-1'/>");
+        assert!(ad.nurl_fired);
+        let AdOutcome::Filled(ad) = call_with(&endpoint, 1_000, false).await else {
+            panic!("expected a fill");
+        };
+        assert!(
+            ad.adm.is_empty() && !ad.nurl_fired,
+            "a live bid's nurl is not fetched"
         );
     }
 }

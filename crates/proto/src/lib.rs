@@ -2,7 +2,10 @@
 //! crate only, never on `proto/` directly; it re-exports the tonic and prost versions
 //! the code was generated for.
 
+pub mod openrtb_json;
+
 pub use prost;
+pub use prost_types;
 pub use tonic;
 
 /// The encoded `FileDescriptorSet` of every contract, served by gRPC reflection.

@@ -19,7 +19,15 @@ use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient
 use cascade_proto::networkcaller::v1::{
     BidAsk, BiddingImp, CollectBidsRequest, RunWaterfallRequest, WaterfallImp,
 };
-use cascade_proto::openrtb::v1::BidRequest;
+use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
+
+/// What network-caller builds every network's request from.
+struct NetworkEdge {
+    /// The request as OpenRTB JSON, every member the gateway sent.
+    openrtb_json: Vec<u8>,
+    /// The account's supply-chain node, when it appends one.
+    schain_node: Option<SupplyChainNode>,
+}
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
 use cascade_proto::targeting::v1::{
     EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
@@ -62,10 +70,11 @@ impl BidIntake for DecisionService {
     ) -> Result<Response<DecideResponse>, Status> {
         use tracing::Instrument as _;
         let caller_timeout = caller_timeout(request.metadata());
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let openrtb_json = crate::normalize::openrtb_document(&mut request)?;
         let span = decision_span(&request);
         let response = self
-            .decide(request, caller_timeout)
+            .decide(request, openrtb_json, caller_timeout)
             .instrument(span.clone())
             .await;
         record_outcome(&span, &response);
@@ -147,6 +156,7 @@ impl DecisionService {
     async fn decide(
         &self,
         request: DecideRequest,
+        openrtb_json: Vec<u8>,
         caller_timeout: Option<Duration>,
     ) -> Result<DecideResponse, DecideError> {
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
@@ -169,6 +179,17 @@ impl DecisionService {
         let debug = request.debug;
         let client_mode = request.mode() == ExecutionMode::Client;
         let bid_request = request.request.unwrap_or_default();
+        let edge = NetworkEdge {
+            openrtb_json,
+            schain_node: snapshot
+                .supply_chain_node(&normalized.account_id)
+                .map(|node| SupplyChainNode {
+                    asi: node.asi.clone(),
+                    sid: node.seller_id.clone(),
+                    hp: Some(1),
+                    ..Default::default()
+                }),
+        };
 
         let evaluation = self
             .targeting
@@ -190,7 +211,14 @@ impl DecisionService {
             .map(|(index, imp)| ad_quality(imp.applied_rule.as_ref(), &normalized, index))
             .collect();
         let mut live_bids = self
-            .collect_live_bids(&evaluation, &qualities, &normalized, &bid_request, deadline)
+            .collect_live_bids(
+                &evaluation,
+                &qualities,
+                &normalized,
+                &bid_request,
+                &edge,
+                deadline,
+            )
             .await;
         let seat_adjustments: HashMap<&str, i64> = evaluation
             .seat_adjustments
@@ -262,7 +290,7 @@ impl DecisionService {
                 );
             }
         } else {
-            self.walk_waterfalls(&mut slots, &bid_request, deadline)
+            self.walk_waterfalls(&mut slots, &bid_request, &edge, deadline)
                 .await;
             selections = self.record_winners(
                 &mut slots,
@@ -360,6 +388,7 @@ impl DecisionService {
         &self,
         slots: &mut [Slot],
         bid_request: &cascade_proto::openrtb::v1::BidRequest,
+        edge: &NetworkEdge,
         deadline: Deadline,
     ) {
         let mut waterfall_imps = Vec::new();
@@ -400,6 +429,8 @@ impl DecisionService {
             let call = network_caller.run_waterfall(call_deadline.request(RunWaterfallRequest {
                 request: Some(bid_request.clone()),
                 imps: waterfall_imps,
+                openrtb_json: edge.openrtb_json.clone(),
+                schain_node: edge.schain_node.clone(),
             }));
             // network-caller is told to finish `fallback_reserve` early; the wait runs to
             // the decision's own deadline, so an answer delayed in transit still counts.
@@ -543,6 +574,7 @@ impl DecisionService {
         qualities: &[AdQuality],
         normalized: &Normalized,
         bid_request: &BidRequest,
+        edge: &NetworkEdge,
         deadline: Deadline,
     ) -> HashMap<String, (Vec<Candidate>, Vec<Attempt>)> {
         let imps: Vec<BiddingImp> = evaluation
@@ -613,6 +645,8 @@ impl DecisionService {
         let call = network_caller.collect_bids(bidding_deadline.request(CollectBidsRequest {
             request: Some(bid_request.clone()),
             imps,
+            openrtb_json: edge.openrtb_json.clone(),
+            schain_node: edge.schain_node.clone(),
         }));
         let unanswered_because = match Unanswered::classify(
             "network-caller (bidding)",

@@ -9,6 +9,7 @@ use cascade_core::money::Rates;
 use cascade_proto::auction::v1::{Candidate, Deal};
 use cascade_proto::decision::v1::{DecideRequest, SourceKind};
 use cascade_proto::openrtb::v1::{BidRequest, Imp};
+use cascade_proto::openrtb_json::struct_to_json;
 use cascade_proto::targeting::v1::{ImpContext, KeyValue, MediaType, RequestContext, Size};
 
 use crate::error::DecideError;
@@ -53,6 +54,45 @@ pub struct Normalized {
     pub tmax_ms: Option<u64>,
 }
 
+/// Reads the OpenRTB request from `openrtb` (a JSON document kept whole) into
+/// `request.request`, or takes the typed `request`; returns the document as JSON, which
+/// every network's request is built from. A document that does not fit OpenRTB 2.6 is
+/// refused with the path of the member at fault.
+pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideError> {
+    let document = match (request.request.as_ref(), request.openrtb.take()) {
+        (Some(_), Some(_)) => {
+            return Err(DecideError::invalid(
+                "openrtb",
+                "set either request or openrtb, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(DecideError::invalid(
+                "request",
+                "required: the OpenRTB bid request",
+            ));
+        }
+        (Some(typed), None) => serde_json::to_value(typed),
+        (None, Some(document)) => {
+            let document = serde_json::Value::Object(struct_to_json(&document));
+            let typed: BidRequest =
+                serde_path_to_error::deserialize(&document).map_err(|error| {
+                    DecideError::invalid(
+                        format!("openrtb.{}", error.path()),
+                        error.inner().to_string(),
+                    )
+                })?;
+            request.request = Some(typed);
+            Ok(document)
+        }
+    };
+    document
+        .and_then(|document| serde_json::to_vec(&document))
+        .map_err(|error| {
+            DecideError::invalid("request", format!("cannot be encoded as JSON: {error}"))
+        })
+}
+
 pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalized, DecideError> {
     let bid_request = request
         .request
@@ -73,7 +113,7 @@ pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalize
         }
     }
     check_id("request.id", &bid_request.id)?;
-    if bid_request.tmax < 0 {
+    if bid_request.tmax() < 0 {
         return Err(DecideError::invalid("request.tmax", "must not be negative"));
     }
     check_list_len("request.bcat", bid_request.bcat.len(), MAX_BLOCKLIST_LEN)?;
@@ -109,7 +149,7 @@ pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalize
         .enumerate()
         .map(|(i, imp)| imp_deals(&format!("request.imp[{i}]"), imp, rates))
         .collect::<Result<_, _>>()?;
-    if bid_request.cattax < 0 {
+    if bid_request.cattax() < 0 {
         return Err(DecideError::invalid(
             "request.cattax",
             "must not be negative",
@@ -133,9 +173,9 @@ pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalize
                 banner.chain(video).copied().collect()
             })
             .collect(),
-        tmax_ms: (bid_request.tmax > 0).then_some(bid_request.tmax as u64),
+        tmax_ms: (bid_request.tmax() > 0).then_some(bid_request.tmax() as u64),
         deals,
-        cattax: bid_request.cattax,
+        cattax: bid_request.cattax(),
     })
 }
 
@@ -149,7 +189,7 @@ fn imp_deals(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<(Vec<Deal>, bo
     for (d, deal) in pmp.deals.iter().enumerate() {
         let field = format!("{field}.pmp.deals[{d}]");
         check_id(&format!("{field}.id"), &deal.id)?;
-        let floor = Micros::from_openrtb_price(deal.bidfloor)
+        let floor = Micros::from_openrtb_price(deal.bidfloor())
             .map_err(|e| DecideError::invalid(format!("{field}.bidfloor"), e.to_string()))?;
         let floor = rates
             .to_usd(floor, &deal.bidfloorcur)
@@ -169,12 +209,12 @@ fn imp_deals(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<(Vec<Deal>, bo
         deals.push(Deal {
             id: deal.id.clone(),
             floor_micros: floor.0,
-            at: deal.at,
+            at: deal.at(),
             wseat: deal.wseat.clone(),
             wadomain: deal.wadomain.clone(),
         });
     }
-    Ok((deals, pmp.private_auction == 1))
+    Ok((deals, pmp.private_auction() == 1))
 }
 
 /// The targeting keys the request's impressions share: geo, device, site or app, user
@@ -184,8 +224,8 @@ fn request_context(
     bid_request: &BidRequest,
 ) -> Result<RequestContext, DecideError> {
     let device = bid_request.device.clone().unwrap_or_default();
-    let geo = device.geo.unwrap_or_default();
-    let devicetype = u32::try_from(device.devicetype)
+    let geo = device.geo.clone().unwrap_or_default();
+    let devicetype = u32::try_from(device.devicetype())
         .map_err(|_| DecideError::invalid("request.device.devicetype", "must not be negative"))?;
     let segments: Vec<String> = bid_request
         .user
@@ -265,7 +305,7 @@ fn publisher_id(request: &BidRequest) -> Result<String, DecideError> {
 }
 
 fn imp_context(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<ImpContext, DecideError> {
-    let floor = Micros::from_openrtb_price(imp.bidfloor)
+    let floor = Micros::from_openrtb_price(imp.bidfloor())
         .map_err(|e| DecideError::invalid(format!("{field}.bidfloor"), e.to_string()))?;
     let floor = rates
         .to_usd(floor, &imp.bidfloorcur)
@@ -300,13 +340,18 @@ fn imp_context(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<ImpContext, 
             banner.format.len(),
             MAX_SIZES_PER_IMP,
         )?;
-        push_size(&mut sizes, &format!("{field}.banner"), banner.w, banner.h)?;
+        push_size(
+            &mut sizes,
+            &format!("{field}.banner"),
+            banner.w(),
+            banner.h(),
+        )?;
         for (j, format) in banner.format.iter().enumerate() {
             push_size(
                 &mut sizes,
                 &format!("{field}.banner.format[{j}]"),
-                format.w,
-                format.h,
+                format.w(),
+                format.h(),
             )?;
         }
     }
@@ -317,7 +362,7 @@ fn imp_context(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<ImpContext, 
             video.battr.len(),
             MAX_BLOCKLIST_LEN,
         )?;
-        push_size(&mut sizes, &format!("{field}.video"), video.w, video.h)?;
+        push_size(&mut sizes, &format!("{field}.video"), video.w(), video.h())?;
     }
     if imp.audio.is_some() {
         media_types.push(MediaType::Audio as i32);
@@ -336,7 +381,7 @@ fn imp_context(field: &str, imp: &Imp, rates: &Rates<'_>) -> Result<ImpContext, 
         tagid: imp.tagid.clone(),
         media_types,
         sizes,
-        interstitial: imp.instl == 1,
+        interstitial: imp.instl() == 1,
         deals,
         request_floor_micros: floor.0,
     })
@@ -486,12 +531,16 @@ mod tests {
                 id: "r".into(),
                 imp: vec![Imp {
                     id: "1".into(),
-                    bidfloor: 0.5,
+                    bidfloor: Some(0.5),
                     bidfloorcur: "EUR".into(),
                     banner: Some(Banner {
-                        w: 300,
-                        h: 250,
-                        format: vec![cascade_proto::openrtb::v1::Format { w: 320, h: 50 }],
+                        w: Some(300),
+                        h: Some(250),
+                        format: vec![cascade_proto::openrtb::v1::Format {
+                            w: Some(320),
+                            h: Some(50),
+                            ..Default::default()
+                        }],
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -515,6 +564,7 @@ mod tests {
                         price: 2.0,
                         ..Default::default()
                     }],
+                    ..Default::default()
                 }],
                 ..Default::default()
             }],
@@ -561,10 +611,13 @@ mod tests {
         let cases: Vec<(Breakage, &str)> = vec![
             (|r| r.request = None, "request"),
             (|r| r.request.as_mut().unwrap().id.clear(), "request.id"),
-            (|r| r.request.as_mut().unwrap().tmax = -1, "request.tmax"),
+            (
+                |r| r.request.as_mut().unwrap().tmax = Some(-1),
+                "request.tmax",
+            ),
             (|r| r.request.as_mut().unwrap().site = None, "request.site"),
             (
-                |r| r.request.as_mut().unwrap().imp[0].bidfloor = f64::NAN,
+                |r| r.request.as_mut().unwrap().imp[0].bidfloor = Some(f64::NAN),
                 "request.imp[0].bidfloor",
             ),
             (
@@ -581,7 +634,7 @@ mod tests {
                         .banner
                         .as_mut()
                         .unwrap()
-                        .w = -3
+                        .w = Some(-3)
                 },
                 "request.imp[0].banner.w",
             ),
@@ -658,7 +711,7 @@ mod tests {
         bid_request.site.as_mut().unwrap().domain = "News.Example.com.".into();
         bid_request.device = Some(Device {
             os: "iOS".into(),
-            devicetype: 4,
+            devicetype: Some(4),
             geo: Some(Geo {
                 country: "usa".into(),
                 region: "CA".into(),
@@ -683,7 +736,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        bid_request.imp[0].instl = 1;
+        bid_request.imp[0].instl = Some(1);
         bid_request.imp[0].pmp = Some(Pmp {
             deals: vec![cascade_proto::openrtb::v1::Deal {
                 id: "deal-1".into(),

@@ -14,10 +14,12 @@ use cascade_core::ad_quality::{AdQuality, Creative};
 use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
 use cascade_core::money::Rates;
+use cascade_core::privacy::{RequestSignals, Signals};
 use cascade_core::report::{Metric, ReportCell, counts_at};
 use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
 use cascade_networks::health::{BreakerPolicy, NetworkHealth, Skip as HealthSkip};
+use cascade_networks::outbound::{self, Rewrites};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
@@ -26,7 +28,7 @@ use cascade_proto::networkcaller::v1::{
     BidAsk, BiddingImp, BiddingResult, CollectBidsRequest, CollectBidsResponse,
     RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
-use cascade_proto::openrtb::v1::BidRequest;
+use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
 use cascade_server::deadline::Deadline;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::wire::adjustment;
@@ -100,6 +102,8 @@ enum WaterfallError {
     },
     #[error("request: required")]
     MissingRequest,
+    #[error("openrtb_json: not an OpenRTB request document ({0})")]
+    Document(String),
 }
 
 impl From<WaterfallError> for Status {
@@ -173,16 +177,18 @@ impl NetworkCaller for NetworkCallerService {
             MAX_ASKS_PER_IMP,
         )?;
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
+        let edge = Edge::new(&bid_request, &request.openrtb_json, request.schain_node)?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let asks = request.imps.iter().map(|imp| {
             let snapshot = &snapshot;
-            let bid_request = &bid_request;
+            let edge = &edge;
             async move {
                 let quality = imp.ad_quality.clone().unwrap_or_default();
                 let quality = cascade_server::wire::ad_quality(&quality);
-                let asks = imp.asks.iter().map(|ask| {
-                    self.ask_for_bid(snapshot, bid_request, imp, ask, &quality, deadline)
-                });
+                let asks = imp
+                    .asks
+                    .iter()
+                    .map(|ask| self.ask_for_bid(snapshot, edge, imp, ask, &quality, deadline));
                 let (bids, attempts): (Vec<_>, Vec<_>) =
                     futures::future::join_all(asks).await.into_iter().unzip();
                 BiddingResult {
@@ -208,11 +214,12 @@ impl NetworkCaller for NetworkCallerService {
             MAX_CHAIN_LENGTH,
         )?;
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
+        let edge = Edge::new(&bid_request, &request.openrtb_json, request.schain_node)?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let walks = request
             .imps
             .into_iter()
-            .map(|imp| self.walk(&snapshot, &bid_request, imp, deadline));
+            .map(|imp| self.walk(&snapshot, &edge, imp, deadline));
         let imps = futures::future::join_all(walks).await;
         Ok(Response::new(RunWaterfallResponse { imps }))
     }
@@ -243,6 +250,53 @@ fn check_sizes(
     Ok(())
 }
 
+/// What every network call of one request starts from: the request document as the
+/// gateway sent it, its privacy signals decoded once, and whose request it is.
+struct Edge {
+    document: serde_json::Value,
+    signals: Signals,
+    account_id: String,
+    schain_node: Option<serde_json::Value>,
+}
+
+impl Edge {
+    fn new(
+        request: &BidRequest,
+        openrtb_json: &[u8],
+        schain_node: Option<SupplyChainNode>,
+    ) -> Result<Edge, WaterfallError> {
+        let document = if openrtb_json.is_empty() {
+            serde_json::to_value(request).map_err(|e| WaterfallError::Document(e.to_string()))?
+        } else {
+            serde_json::from_slice(openrtb_json)
+                .map_err(|e| WaterfallError::Document(e.to_string()))?
+        };
+        let regs = request.regs.clone().unwrap_or_default();
+        let device = request.device.as_ref();
+        let signals = Signals::read(&RequestSignals {
+            gdpr: regs.gdpr,
+            consent: request.user.as_ref().map_or("", |u| u.consent.as_str()),
+            us_privacy: &regs.us_privacy,
+            gpp: &regs.gpp,
+            gpp_sid: &regs.gpp_sid,
+            coppa: regs.coppa,
+            dnt: device.and_then(|d| d.dnt),
+            lmt: device.and_then(|d| d.lmt),
+        });
+        let publisher = request
+            .site
+            .as_ref()
+            .and_then(|s| s.publisher.as_ref())
+            .or_else(|| request.app.as_ref().and_then(|a| a.publisher.as_ref()));
+        Ok(Edge {
+            document,
+            signals,
+            account_id: publisher.map(|p| p.id.clone()).unwrap_or_default(),
+            schain_node: schain_node.map(|node| serde_json::to_value(node).unwrap_or_default()),
+        })
+    }
+}
+
 /// One network asked for one impression.
 struct NetworkCall<'a> {
     network: &'a Network,
@@ -251,8 +305,11 @@ struct NetworkCall<'a> {
     placement_id: &'a str,
     /// The floor it is sent and held to, USD micros.
     floor: Micros,
-    request: &'a BidRequest,
+    edge: &'a Edge,
     impid: &'a str,
+    /// A bidding network's live bid, which may still lose the auction (its markup is
+    /// not fetched from `nurl`).
+    live_bid: bool,
 }
 
 /// What one attempt at a network came to.
@@ -326,6 +383,13 @@ impl NetworkCallerService {
         quality: &AdQuality<'_>,
         attempt: &mut Attempt,
     ) -> Called {
+        let verdict = call.edge.signals.permissions(call.network.gvl_id);
+        if !verdict.permissions.call {
+            skip(attempt, "no_consent", &verdict.describe());
+            metrics::counter!("cascade_network_calls_total", "network" => call.network.id.clone(), "outcome" => "no_consent")
+                .increment(1);
+            return Called::NotMade;
+        }
         let health = self.health_of(call.network);
         let permit = match health.try_call(timeout + self.limits.answer_reserve) {
             Ok(permit) => permit,
@@ -348,14 +412,38 @@ impl NetworkCallerService {
                 return Called::NoAd;
             }
         };
+        let params = snapshot.mediated_bid(call.bid_id).map(|bid| &bid.params);
+        let eid_allowed =
+            |source: &str| snapshot.eid_allowed(&call.edge.account_id, source, &call.network.id);
+        let (document, withheld) = outbound::network_request(
+            &call.edge.document,
+            &Rewrites {
+                impid: call.impid,
+                placement_id: call.placement_id,
+                floor: floor.0 as f64 / cascade_core::money::MICROS_PER_UNIT as f64,
+                currency: if currency.is_empty() {
+                    cascade_core::money::AUCTION_CURRENCY
+                } else {
+                    currency
+                },
+                tmax_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                quality,
+                params,
+                params_at: &call.network.params_at,
+                schain_node: call.edge.schain_node.as_ref(),
+                permissions: &verdict.permissions,
+                eid_allowed: &eid_allowed,
+            },
+        );
         let ad_call = AdCall {
             endpoint: &call.network.endpoint,
             placement_id: call.placement_id,
             floor,
             currency,
-            request: call.request,
+            request: &document,
             impid: call.impid,
             timeout,
+            markup_from_nurl: !call.live_bid,
         };
         let span = attempt_span(call, timeout);
         let started = Instant::now();
@@ -372,7 +460,10 @@ impl NetworkCallerService {
         record_call_metrics(&call.network.id, outcome.name(), Some(latency), &health);
         // A refused or cheap answer is still an answer: it never counts toward the breaker.
         permit.finish(
-            matches!(outcome, AdOutcome::Filled(_) | AdOutcome::NoFill),
+            matches!(
+                outcome,
+                AdOutcome::Filled(_) | AdOutcome::NoFill | AdOutcome::Declined(_)
+            ),
             latency,
         );
         attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
@@ -381,6 +472,12 @@ impl NetworkCallerService {
             AdOutcome::Filled(ad) => Some(judge(&rates, ad, call.floor, quality, attempt)),
             AdOutcome::NoFill => {
                 attempt.outcome = AttemptOutcome::NoFill as i32;
+                None
+            }
+            AdOutcome::Declined(nbr) => {
+                attempt.outcome = AttemptOutcome::NoFill as i32;
+                attempt.reason = format!("nbr_{nbr}");
+                attempt.detail = format!("the network declined with no-bid reason {nbr}");
                 None
             }
             AdOutcome::Timeout => {
@@ -396,6 +493,14 @@ impl NetworkCallerService {
             }
         };
         let accepted = answered.flatten();
+        if !withheld.is_empty() {
+            let note = format!("withheld {} ({})", withheld.join(", "), verdict.describe());
+            attempt.detail = if attempt.detail.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", attempt.detail)
+            };
+        }
         self.report
             .count(report_cells(call, attempt, accepted.is_some(), latency));
         accepted.map_or(Called::NoAd, |accepted| Called::Served(Box::new(accepted)))
@@ -406,7 +511,7 @@ impl NetworkCallerService {
     async fn ask_for_bid(
         &self,
         snapshot: &Snapshot,
-        request: &BidRequest,
+        edge: &Edge,
         imp: &BiddingImp,
         ask: &BidAsk,
         quality: &AdQuality<'_>,
@@ -440,8 +545,9 @@ impl NetworkCallerService {
             bid_id: &ask.bid_id,
             placement_id: &ask.placement_id,
             floor: Micros(ask.floor_micros),
-            request,
+            edge,
             impid: &imp.impid,
+            live_bid: true,
         };
         let Called::Served(accepted) = self
             .call(snapshot, &call, timeout, quality, &mut attempt)
@@ -469,7 +575,7 @@ impl NetworkCallerService {
     async fn walk(
         &self,
         snapshot: &Snapshot,
-        request: &BidRequest,
+        edge: &Edge,
         imp: WaterfallImp,
         deadline: Deadline,
     ) -> WaterfallResult {
@@ -533,8 +639,9 @@ impl NetworkCallerService {
                         bid_id: &candidate.bid_id,
                         placement_id: &candidate.placement_id,
                         floor: Micros(ranked[index].floor_micros.max(candidate.bid_micros)),
-                        request,
+                        edge,
                         impid: &result.impid,
+                        live_bid: false,
                     };
                     let called = self
                         .call(snapshot, &call, timeout, &quality, &mut attempt)
