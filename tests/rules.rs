@@ -131,9 +131,14 @@ async fn network_ads_and_line_items_pass_the_same_ad_quality_filters() {
     let mut with_badv = banner_request(json!([]));
     with_badv["request"]["badv"] = json!(["rival.example"]);
     blocked_attempts(&cluster.decide(&with_badv).await);
-    // The merged filters are sent to the network too.
+    // The merged filters (the rule's, then the request's) are sent to the network too.
     let sent = cluster.networks.last_request("coolads").unwrap();
-    assert_eq!(sent["badv"], json!(["rival.example"]), "{sent}");
+    assert_eq!(
+        sent["badv"],
+        json!(["malware.example", "rival.example"]),
+        "{sent}"
+    );
+    assert_eq!(sent["bcat"], json!(["IAB25", "IAB26"]), "{sent}");
 
     cluster
         .networks

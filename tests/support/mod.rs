@@ -115,6 +115,13 @@ impl Cluster {
         Self::start_services(networks, &state, "", "", Some(configuration)).await
     }
 
+    /// [`Cluster::start_with_configuration`], every service with the extra environment
+    /// variables `env`.
+    pub async fn start_with_configuration_and_env(extra: &str, env: &[(&str, &str)]) -> Cluster {
+        let (networks, state, configuration) = demo_state_with(extra).await;
+        Self::start_services_with_env(networks, &state, "", "", Some(configuration), env).await
+    }
+
     /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.
     pub async fn start_with(network_caller_settings: &str) -> Cluster {
         Self::start_demo(network_caller_settings, "", &[]).await

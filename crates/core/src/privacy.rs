@@ -215,11 +215,11 @@ impl Signals {
                 }
             },
         }
-        if let UsChoice::OptedOut(source) = &self.us {
-            if permissions.call {
-                permissions = deny_personal(permissions);
-                reasons.push(format!("user ids, user data, precise geo: {source}"));
-            }
+        if let UsChoice::OptedOut(source) = &self.us
+            && permissions.call
+        {
+            permissions = deny_personal(permissions);
+            reasons.push(format!("user ids, user data, precise geo: {source}"));
         }
         if self.coppa && permissions.call {
             permissions = Permissions {
@@ -384,13 +384,11 @@ pub fn withhold(document: &mut Value, permissions: &Permissions) -> Vec<&'static
     let Some(request) = document.as_object_mut() else {
         return withheld;
     };
-    if !permissions.user_ids || !permissions.advertising_id {
-        if let Some(device) = member(request, "device") {
-            let removed = remove_all(device, DEVICE_IDS);
-            if removed {
-                withheld.push("device ids");
-            }
-        }
+    if (!permissions.user_ids || !permissions.advertising_id)
+        && let Some(device) = member(request, "device")
+        && remove_all(device, DEVICE_IDS)
+    {
+        withheld.push("device ids");
     }
     if let Some(user) = member(request, "user") {
         if !permissions.user_ids {
@@ -441,10 +439,10 @@ pub fn filter_eids(document: &mut Value, allowed: impl Fn(&str) -> bool) -> bool
     let before = eids.len();
     eids.retain(|eid| allowed(eid.get("source").and_then(Value::as_str).unwrap_or("")));
     let removed = eids.len() != before;
-    if eids.is_empty() {
-        if let Some(user) = document.get_mut("user").and_then(Value::as_object_mut) {
-            user.remove("eids");
-        }
+    if eids.is_empty()
+        && let Some(user) = document.get_mut("user").and_then(Value::as_object_mut)
+    {
+        user.remove("eids");
     }
     removed
 }
@@ -478,14 +476,13 @@ fn coarsen_geo(geo: &mut Map<String, Value>, child_directed: bool) -> bool {
     }
     let mut changed = false;
     for axis in ["lat", "lon"] {
-        if let Some(value) = geo.get_mut(axis) {
-            if let Some(coordinate) = value.as_f64() {
-                let rounded = (coordinate * 100.0).round() / 100.0;
-                if rounded != coordinate {
-                    *value =
-                        serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number);
-                    changed = true;
-                }
+        if let Some(value) = geo.get_mut(axis)
+            && let Some(coordinate) = value.as_f64()
+        {
+            let rounded = (coordinate * 100.0).round() / 100.0;
+            if rounded != coordinate {
+                *value = serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number);
+                changed = true;
             }
         }
     }

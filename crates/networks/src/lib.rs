@@ -87,6 +87,8 @@ pub struct Ad {
     pub adomain: Vec<String>,
     pub crid: String,
     pub adid: String,
+    /// The impression's deal the bid is under, when it names one.
+    pub dealid: String,
     /// The seat of the bid, when the network named one.
     pub seat: String,
     /// IAB categories of the ad.

@@ -248,6 +248,7 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
             adomain: bid.adomain,
             crid: bid.crid,
             adid: bid.adid,
+            dealid: bid.dealid,
             seat,
             cat: bid.cat,
             attr: bid.attr,
@@ -323,6 +324,7 @@ mod tests {
                 params_at: "",
                 schain_node: None,
                 permissions: &Permissions::ALL,
+                keep_deals: false,
                 eid_allowed: &|_| true,
             },
         )

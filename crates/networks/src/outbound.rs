@@ -6,7 +6,7 @@
 //! - `imp`: only the impression mediated, with `tagid` = the network's placement,
 //!   `bidfloor`/`bidfloorcur` = the floor in the network's currency, the media objects'
 //!   `battr` = the merged blocked attributes, the mediated bid's parameters merged into
-//!   `imp.ext`, and no `pmp` (the gateway's deals are not the network's);
+//!   `imp.ext`; `pmp` (the deals) only for a bidding network, whose bid may name one;
 //! - `tmax` (the time this call may take), `at` = 1 (a network is booked at its own
 //!   price), `cur` = [the network's currency];
 //! - `badv`, `bcat`, `bseat`: the selling rule's blocks merged with the request's;
@@ -36,6 +36,9 @@ pub struct Rewrites<'a> {
     /// Cascade's own supply-chain node (`asi`, `sid`, `hp`), appended to `source.schain`.
     pub schain_node: Option<&'a Value>,
     pub permissions: &'a Permissions,
+    /// Keep the impression's deals (`imp.pmp`): a bidding network may bid under one; a
+    /// waterfall network, booked at its CPM, may not.
+    pub keep_deals: bool,
     /// Whether this network may receive the ids of an `eids` source.
     pub eid_allowed: &'a dyn Fn(&str) -> bool,
 }
@@ -78,7 +81,9 @@ fn rewrite_imp(imp: Value, rewrites: &Rewrites<'_>) -> Value {
     imp.insert("tagid".into(), json!(rewrites.placement_id));
     imp.insert("bidfloor".into(), json!(rewrites.floor));
     imp.insert("bidfloorcur".into(), json!(rewrites.currency));
-    imp.remove("pmp");
+    if !rewrites.keep_deals {
+        imp.remove("pmp");
+    }
     for media in MEDIA {
         if let Some(object) = imp.get_mut(*media).and_then(Value::as_object_mut) {
             set_list(object, "battr", rewrites.quality.blocked_attributes);
@@ -180,6 +185,7 @@ mod tests {
             params_at: "bidder",
             schain_node: Some(&node),
             permissions: &Permissions::ALL,
+            keep_deals: false,
             eid_allowed: &|_| true,
         };
         let (sent, withheld) = network_request(&document, &rewrites);
@@ -219,6 +225,7 @@ mod tests {
                 params_at: "",
                 schain_node: Some(&node),
                 permissions: &Permissions::ALL,
+                keep_deals: false,
                 eid_allowed: &|_| true,
             },
         );

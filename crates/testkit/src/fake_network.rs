@@ -69,6 +69,10 @@ struct Script {
     last_traceparent: Option<String>,
     /// The last OpenRTB request body each network received.
     last_request: HashMap<String, serde_json::Value>,
+    /// Every notice received, per network: (kind, path and query).
+    notices: HashMap<String, Vec<(String, String)>>,
+    /// Per network and notice kind: how many more notices fail with HTTP 503.
+    failing_notices: HashMap<(String, String), usize>,
 }
 
 impl Script {
@@ -108,17 +112,33 @@ pub const GRPC_NETWORK: &str = "customnet";
 impl FakeNetworks {
     /// Starts the server on a free loopback port; it runs until the runtime stops.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_serving(None).await
+    }
+
+    /// As [`FakeNetworks::start`], the OpenRTB server over HTTPS with a certificate of
+    /// `ca` (reach it as `https://localhost:{port}`).
+    pub async fn start_tls(ca: &crate::TestCa) -> std::io::Result<Self> {
+        Self::start_serving(Some(ca.acceptor())).await
+    }
+
+    async fn start_serving(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(Script::default()));
         let router = Router::new()
             .route("/openrtb/{network}", post(answer))
+            .route("/notice/{network}/{kind}", axum::routing::get(notice))
             .with_state(script.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "fake network server stopped");
+        match tls {
+            Some(acceptor) => crate::tls::serve_tls(listener, router, acceptor),
+            None => {
+                tokio::spawn(async move {
+                    if let Err(error) = axum::serve(listener, router).await {
+                        tracing::error!(%error, "fake network server stopped");
+                    }
+                });
             }
-        });
+        }
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let grpc = CustomNetworkServer::new(FakeGrpcNetwork {
@@ -171,6 +191,22 @@ impl FakeNetworks {
     /// The last OpenRTB bid request `network` received.
     pub fn last_request(&self, network: &str) -> Option<serde_json::Value> {
         self.lock().last_request.get(network).cloned()
+    }
+
+    /// The notices `network` received, in order: (kind, path with query).
+    pub fn notices(&self, network: &str) -> Vec<(String, String)> {
+        self.lock()
+            .notices
+            .get(network)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The next `count` notices of `kind` to `network` fail with HTTP 503.
+    pub fn fail_notices(&self, network: &str, kind: &str, count: usize) {
+        self.lock()
+            .failing_notices
+            .insert((network.to_string(), kind.to_string()), count);
     }
 
     /// The most calls `network` had in flight at once.
@@ -248,6 +284,30 @@ async fn respond_grpc(
             Ok(tonic::Response::new(AdResponse::default()))
         }
         _ => Err(tonic::Status::internal("scripted failure")),
+    }
+}
+
+/// A win, billing or loss notice at `GET /notice/{network}/{kind}`: recorded, then
+/// answered 200 unless scripted to fail.
+async fn notice(
+    State(script): State<Arc<Mutex<Script>>>,
+    Path((network, kind)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> StatusCode {
+    let mut script = script
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    script
+        .notices
+        .entry(network.clone())
+        .or_default()
+        .push((kind.clone(), uri.to_string()));
+    match script.failing_notices.get_mut(&(network, kind)) {
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::OK,
     }
 }
 

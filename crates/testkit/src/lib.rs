@@ -8,9 +8,11 @@ pub mod grpcurl;
 pub mod otlp;
 pub mod process;
 pub mod redis;
+pub mod tls;
 
 pub use dns::FakeDns;
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
 pub use otlp::{OtlpCollector, ReceivedSpan};
 pub use process::{ServiceProcess, wait_until_serving};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
+pub use tls::TestCa;

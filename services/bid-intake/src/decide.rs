@@ -211,14 +211,7 @@ impl DecisionService {
             .map(|(index, imp)| ad_quality(imp.applied_rule.as_ref(), &normalized, index))
             .collect();
         let mut live_bids = self
-            .collect_live_bids(
-                &evaluation,
-                &qualities,
-                &normalized,
-                &bid_request,
-                &edge,
-                deadline,
-            )
+            .collect_live_bids(&evaluation, &qualities, &bid_request, &edge, deadline)
             .await;
         let seat_adjustments: HashMap<&str, i64> = evaluation
             .seat_adjustments
@@ -572,7 +565,6 @@ impl DecisionService {
         &self,
         evaluation: &EvaluateResponse,
         qualities: &[AdQuality],
-        normalized: &Normalized,
         bid_request: &BidRequest,
         edge: &NetworkEdge,
         deadline: Deadline,
@@ -581,14 +573,10 @@ impl DecisionService {
             .imps
             .iter()
             .zip(qualities)
-            .zip(&normalized.deals)
-            .filter_map(|((imp, quality), (_, private_auction))| {
+            .filter_map(|(imp, quality)| {
                 let rule = imp.applied_rule.as_ref()?;
-                // A private auction admits only deal bids: a live bid could not serve,
-                // so no network is asked for one.
-                if *private_auction {
-                    return None;
-                }
+                // Under a private auction too: a bidding network is sent the deals and
+                // its bid serves if it names one that admits its seat.
                 let asks: Vec<BidAsk> = imp
                     .bidding_bids
                     .iter()

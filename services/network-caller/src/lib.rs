@@ -346,6 +346,12 @@ impl Accepted {
         candidate.cat = ad.cat;
         candidate.attr = ad.attr;
         candidate.crid = ad.crid;
+        if !ad.dealid.is_empty() {
+            candidate.dealid = ad.dealid;
+        }
+        if !ad.seat.is_empty() {
+            candidate.seat = ad.seat;
+        }
         candidate.original_cur = original_cur;
         candidate.rate_micros = rate_micros;
         price
@@ -432,6 +438,7 @@ impl NetworkCallerService {
                 params_at: &call.network.params_at,
                 schain_node: call.edge.schain_node.as_ref(),
                 permissions: &verdict.permissions,
+                keep_deals: call.live_bid,
                 eid_allowed: &eid_allowed,
             },
         );
