@@ -4,6 +4,7 @@
 
 mod grpc;
 pub mod health;
+pub mod notices;
 mod openrtb_http;
 pub mod outbound;
 

@@ -259,7 +259,7 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
 
 /// What an attempt's detail says of a transport failure; a TLS failure says so, with
 /// rustls's reason (an unknown issuer, a name mismatch).
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let mut causes = Vec::new();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

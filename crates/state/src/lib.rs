@@ -17,7 +17,7 @@ use cascade_core::report::{Metric, ReportCell, counts_at};
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, keys as redis_keys};
 pub use report_recorder::ReportRecorder;
-pub use selection::{Event, EventCounter, EventRecorded, Selection};
+pub use selection::{BillingNotice, Event, EventCounter, EventRecorded, Selection};
 pub use selection_writer::{SelectionWriter, Written};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
@@ -84,6 +84,25 @@ pub trait Store: Send + Sync + 'static {
         days: &[String],
     ) -> Result<Vec<(String, String, i64)>, StateError>;
 
+    /// Billing notices due at `now_ms` (at most `limit`), each leased until `lease_until_ms`:
+    /// a claim before then does not return it again, so a replica that dies mid-delivery
+    /// leaves it to another. A notice is enqueued, atomically with the impression event
+    /// that makes it due, by [`Store::record_event`].
+    async fn claim_billing_notices(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<BillingNotice>, StateError>;
+
+    /// After an attempt: `retry_at_ms` schedules the next one (with `notice.attempts`
+    /// as counted); `None` removes the notice (delivered or expired).
+    async fn settle_billing_notice(
+        &self,
+        notice: &BillingNotice,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StateError>;
+
     /// Announcements of new configuration versions. Best effort: an announcement can be
     /// lost (a dropped subscription), which is why watchers also poll the version.
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64>;
@@ -103,7 +122,7 @@ pub fn impression_cells(
     selection: &Selection,
     unix_seconds: i64,
 ) -> Option<[(ReportCell, u64); 2]> {
-    if selection.network_id.is_empty() {
+    if selection.network_id.is_empty() || selection.test {
         return None;
     }
     let revenue = u64::try_from(selection.price_micros / 1_000).unwrap_or(0);
@@ -116,6 +135,13 @@ pub fn impression_cells(
             (Metric::EstimatedRevenueMicros, revenue),
         ],
     ))
+}
+
+pub fn now_unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 pub fn now_unix_seconds() -> i64 {

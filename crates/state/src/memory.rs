@@ -7,7 +7,10 @@ use cascade_core::config::Configuration;
 
 use cascade_core::report::ReportCell;
 
-use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store, now_unix_seconds};
+use crate::{
+    BillingNotice, Event, EventCounter, EventRecorded, Selection, StateError, Store,
+    now_unix_seconds,
+};
 
 /// The embedded store: the whole state in this process's memory. Several services in
 /// one process (`cascade up`) share one instance and so see each other's writes.
@@ -18,6 +21,8 @@ pub struct MemoryStore {
     selections: Mutex<HashMap<String, (Selection, Instant)>>,
     events: Mutex<Events>,
     report: Mutex<Report>,
+    /// Billing notices by selection id, with when each is next due (unix ms).
+    billing: Mutex<HashMap<String, (BillingNotice, i64)>>,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +47,7 @@ impl Default for MemoryStore {
             selections: Mutex::default(),
             events: Mutex::default(),
             report: Mutex::default(),
+            billing: Mutex::default(),
         }
     }
 }
@@ -60,6 +66,7 @@ impl MemoryStore {
             selections: Mutex::default(),
             events: Mutex::default(),
             report: Mutex::default(),
+            billing: Mutex::default(),
         })
     }
 
@@ -173,6 +180,18 @@ impl Store for MemoryStore {
         };
         *events.counters.entry(counter).or_default() += 1;
         drop(events);
+        if event.kind == crate::IMPRESSION && !selection.test && !selection.burl.is_empty() {
+            let now = crate::now_unix_millis();
+            if selection.burl_expires_at_ms > now {
+                let notice = BillingNotice {
+                    id: selection.id.clone(),
+                    url: selection.burl.clone(),
+                    attempts: 0,
+                    expires_at_ms: selection.burl_expires_at_ms,
+                };
+                unpoisoned(&self.billing).insert(selection.id.clone(), (notice, now));
+            }
+        }
         if event.kind == crate::IMPRESSION
             && let Some(cells) = crate::impression_cells(&selection, now_unix_seconds())
         {
@@ -182,6 +201,43 @@ impl Store for MemoryStore {
             }
         }
         Ok(EventRecorded::New(Box::new(selection)))
+    }
+
+    async fn claim_billing_notices(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<BillingNotice>, StateError> {
+        let mut billing = unpoisoned(&self.billing);
+        let mut claimed = Vec::new();
+        for (notice, due) in billing.values_mut() {
+            if claimed.len() == limit {
+                break;
+            }
+            if *due <= now_ms {
+                *due = lease_until_ms;
+                claimed.push(notice.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn settle_billing_notice(
+        &self,
+        notice: &BillingNotice,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StateError> {
+        let mut billing = unpoisoned(&self.billing);
+        match retry_at_ms {
+            Some(due) => {
+                billing.insert(notice.id.clone(), (notice.clone(), due));
+            }
+            None => {
+                billing.remove(&notice.id);
+            }
+        }
+        Ok(())
     }
 
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -26,7 +26,7 @@ use cascade_core::report::ReportCell;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
-use crate::{Event, EventCounter, EventRecorded, Selection, StateError, Store};
+use crate::{BillingNotice, Event, EventCounter, EventRecorded, Selection, StateError, Store};
 
 /// How many shards selections and event counters are spread over. Each shard is one
 /// cluster slot; 16 spread them over any realistic number of masters.
@@ -62,6 +62,16 @@ pub mod keys {
         format!("cascade:report:{{cs:{shard:02}}}:{day}")
     }
 
+    /// Billing notices of one shard: when each is next due (a sorted set of selection
+    /// ids), and the notices themselves (selection id -> JSON).
+    pub fn billing_due(shard: u32) -> String {
+        format!("cascade:billing:{{cs:{shard:02}}}:due")
+    }
+
+    pub fn billing_notices(shard: u32) -> String {
+        format!("cascade:billing:{{cs:{shard:02}}}:notices")
+    }
+
     /// What networks reported they paid on `day`: network id -> micros.
     pub fn reported_revenue(day: &str) -> String {
         format!("cascade:report-revenue:{day}")
@@ -88,9 +98,29 @@ return {1, version}
 ";
 
 /// Records an event once for a live selection and counts it; an impression of a
-/// network's demand also counts in the report (KEYS[4], hour ARGV[4]). Returns {0} for an
+/// network's demand also counts in the report (KEYS[4], hour ARGV[4]), and enqueues the
+/// selection's billing notice (KEYS[5] due set, KEYS[6] notices, now ARGV[6] in ms).
+/// A test request's selection counts in no report and bills nothing. Returns {0} for an
 /// unknown or expired selection, {1, selection} when recorded, {2} for a duplicate (with
 /// a nil second element, so every reply has two).
+/// Claims the due billing notices of one shard (KEYS[1] due set, KEYS[2] notices): at
+/// most ARGV[3] due at ARGV[1], each leased until ARGV[2]. Ids whose notice is gone are
+/// dropped from the due set.
+const CLAIM_BILLING_SCRIPT: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local claimed = {}
+for _, id in ipairs(ids) do
+  local notice = redis.call('HGET', KEYS[2], id)
+  if notice then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(claimed, notice)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return claimed
+";
+
 const RECORD_EVENT_SCRIPT: &str = r"
 local selection = redis.call('GET', KEYS[1])
 if not selection then
@@ -106,7 +136,13 @@ local demand = s.network_id
 if demand == '' then demand = s.seat end
 local sep = ARGV[3]
 redis.call('HINCRBY', KEYS[3], s.account_id .. sep .. s.source .. sep .. demand .. sep .. ARGV[1] .. sep .. ARGV[2], 1)
-if ARGV[1] == 'impression' and s.network_id ~= '' then
+if ARGV[1] == 'impression' and not s.test and s.burl and s.burl ~= ''
+    and (s.burl_expires_at_ms or 0) > tonumber(ARGV[6]) then
+  local notice = {id = s.id, url = s.burl, attempts = 0, expires_at_ms = s.burl_expires_at_ms}
+  redis.call('HSET', KEYS[6], s.id, cjson.encode(notice))
+  redis.call('ZADD', KEYS[5], ARGV[6], s.id)
+end
+if ARGV[1] == 'impression' and s.network_id ~= '' and not s.test then
   local cell = ARGV[4] .. sep .. s.network_id .. sep .. s.bid_id .. sep
   redis.call('HINCRBY', KEYS[4], cell .. 'impressions', 1)
   redis.call('HINCRBY', KEYS[4], cell .. 'estimated_revenue_micros', math.floor(s.price_micros / 1000))
@@ -173,6 +209,7 @@ pub struct RedisStore {
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     apply: redis::Script,
     record_event: redis::Script,
+    claim_billing: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -272,6 +309,7 @@ impl RedisStore {
             changes,
             apply: redis::Script::new(APPLY_SCRIPT),
             record_event: redis::Script::new(RECORD_EVENT_SCRIPT),
+            claim_billing: redis::Script::new(CLAIM_BILLING_SCRIPT),
         }
     }
 
@@ -457,11 +495,14 @@ impl Store for RedisStore {
             .key(keys::event(&event.selection_id, &event.kind))
             .key(keys::event_counters(keys::shard(&event.selection_id)))
             .key(keys::report(keys::shard(&event.selection_id), &day))
+            .key(keys::billing_due(keys::shard(&event.selection_id)))
+            .key(keys::billing_notices(keys::shard(&event.selection_id)))
             .arg(&event.kind)
             .arg(&event.detail)
             .arg(FIELD_SEPARATOR.to_string())
             .arg(format!("{hour:02}"))
             .arg(REPORT_TTL_SECS)
+            .arg(crate::now_unix_millis())
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -477,6 +518,82 @@ impl Store for RedisStore {
             2 => EventRecorded::Duplicate,
             _ => EventRecorded::UnknownSelection,
         })
+    }
+
+    async fn claim_billing_notices(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<BillingNotice>, StateError> {
+        let mut connection = self.connection().await?;
+        let mut claimed = Vec::new();
+        for shard in 0..SHARDS {
+            if claimed.len() >= limit {
+                break;
+            }
+            let notices: Vec<String> = self
+                .claim_billing
+                .key(keys::billing_due(shard))
+                .key(keys::billing_notices(shard))
+                .arg(now_ms)
+                .arg(lease_until_ms)
+                .arg(limit - claimed.len())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            for notice in notices {
+                match serde_json::from_str::<BillingNotice>(&notice) {
+                    Ok(notice) => claimed.push(notice),
+                    Err(error) => tracing::error!(%error, "a stored billing notice cannot be read"),
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn settle_billing_notice(
+        &self,
+        notice: &BillingNotice,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StateError> {
+        let shard = keys::shard(&notice.id);
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        match retry_at_ms {
+            Some(due) => {
+                let value = serde_json::to_string(notice)
+                    .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                pipeline
+                    .cmd("HSET")
+                    .arg(keys::billing_notices(shard))
+                    .arg(&notice.id)
+                    .arg(value)
+                    .ignore()
+                    .cmd("ZADD")
+                    .arg(keys::billing_due(shard))
+                    .arg(due)
+                    .arg(&notice.id)
+                    .ignore();
+            }
+            None => {
+                pipeline
+                    .cmd("HDEL")
+                    .arg(keys::billing_notices(shard))
+                    .arg(&notice.id)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(keys::billing_due(shard))
+                    .arg(&notice.id)
+                    .ignore();
+            }
+        }
+        let mut connection = self.connection().await?;
+        let () = pipeline
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64> {

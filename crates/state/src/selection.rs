@@ -37,6 +37,15 @@ pub struct Selection {
     /// client reported it filled.
     #[serde(default)]
     pub client_node: bool,
+    /// The billing notice Cascade fires when the impression is reported (macros
+    /// substituted), and until when it may still be delivered (unix milliseconds).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub burl: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub burl_expires_at_ms: i64,
+    /// From a `test = 1` request: its events count in no report and fire no notice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
     /// The node result reported for it (`filled`, `no_fill`, ...), as read back from
     /// the store; not part of the stored value.
     #[serde(skip)]
@@ -44,6 +53,22 @@ pub struct Selection {
     /// How long the store keeps it (the store's own expiry, not stored in the value).
     #[serde(skip)]
     pub ttl: Duration,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// A billing notice waiting for delivery: kept until its receiver answers 2xx or it
+/// expires, retried with backoff.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BillingNotice {
+    /// The selection whose impression it bills.
+    pub id: String,
+    pub url: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub expires_at_ms: i64,
 }
 
 /// Something that happened to a selection, reported by the client.

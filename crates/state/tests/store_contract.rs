@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use cascade_core::config::{Account, Configuration};
 use cascade_core::report::{Metric, ReportCell, period_of};
-use cascade_state::{Event, EventRecorded, MemoryStore, RedisStore, Selection, StateError, Store};
+use cascade_state::{
+    BillingNotice, Event, EventRecorded, MemoryStore, RedisStore, Selection, StateError, Store,
+};
 use cascade_testkit::{RedisCluster, RedisOptions, RedisServer};
 
 fn configuration(account: &str) -> Configuration {
@@ -218,6 +220,98 @@ async fn check_contract(store: &dyn Store) {
             .await
             .unwrap(),
         [(today.clone(), "coolads".to_string(), 5_000)]
+    );
+    check_billing(store).await;
+}
+
+/// A billing notice is enqueued with its impression, once; claimed under a lease;
+/// retried as scheduled; gone once settled. A test request's selection bills nothing.
+async fn check_billing(store: &dyn Store) {
+    let now = cascade_state::now_unix_millis();
+    let billed = Selection {
+        burl: "https://n.example/bill?p=2".into(),
+        burl_expires_at_ms: now + 60_000,
+        ..selection("billed-1", Duration::from_secs(60))
+    };
+    let test = Selection {
+        test: true,
+        ..billed.clone()
+    };
+    let test = Selection {
+        id: "billed-test".into(),
+        ..test
+    };
+    store.put_selections(&[billed, test]).await.unwrap();
+    assert!(
+        store
+            .claim_billing_notices(now + 1_000, now + 2_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for id in ["billed-1", "billed-test"] {
+        store.record_event(&event(id, "impression")).await.unwrap();
+    }
+    store
+        .record_event(&event("billed-1", "click"))
+        .await
+        .unwrap();
+    let later = cascade_state::now_unix_millis() + 1;
+    let claimed = store
+        .claim_billing_notices(later, later + 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed,
+        [BillingNotice {
+            id: "billed-1".into(),
+            url: "https://n.example/bill?p=2".into(),
+            attempts: 0,
+            expires_at_ms: now + 60_000,
+        }]
+    );
+    assert!(
+        store
+            .claim_billing_notices(later, later + 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    let retried = BillingNotice {
+        attempts: 1,
+        ..claimed[0].clone()
+    };
+    store
+        .settle_billing_notice(&retried, Some(later + 5))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_billing_notices(later, later + 10, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_billing_notices(later + 5, later + 10, 10)
+            .await
+            .unwrap(),
+        [retried.clone()]
+    );
+    store.settle_billing_notice(&retried, None).await.unwrap();
+    // A repeated impression report bills nothing again.
+    store
+        .record_event(&event("billed-1", "impression"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_billing_notices(later + 100_000, later + 200_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

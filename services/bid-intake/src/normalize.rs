@@ -21,6 +21,8 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_BLOCKLIST_LEN: usize = 1_000;
 pub const MAX_SIZES_PER_IMP: usize = 32;
 pub const MAX_ADM_BYTES: usize = 256 * 1024;
+/// Longest notice URL (`nurl`, `burl`, `lurl`) a bid may carry.
+pub const MAX_URL_LEN: usize = 8 * 1024;
 pub const MAX_DEALS_PER_IMP: usize = 100;
 pub const MAX_SEGMENTS: usize = 1_000;
 pub const MAX_KEY_VALUES: usize = 100;
@@ -456,6 +458,18 @@ fn exchange_candidates(
                         format!("at most {MAX_ADM_BYTES} bytes"),
                     ));
                 }
+                for (name, url) in [
+                    ("nurl", &bid.nurl),
+                    ("burl", &bid.burl),
+                    ("lurl", &bid.lurl),
+                ] {
+                    if url.len() > MAX_URL_LEN {
+                        return Err(DecideError::invalid(
+                            format!("{field}.{name}"),
+                            format!("at most {MAX_URL_LEN} bytes"),
+                        ));
+                    }
+                }
                 // The field path is unique and says where the bid came from.
                 per_imp[imp].push(Candidate {
                     id: field,
@@ -468,6 +482,14 @@ fn exchange_candidates(
                     crid: bid.crid.clone(),
                     adm: bid.adm.clone(),
                     nurl: bid.nurl.clone(),
+                    burl: bid.burl.clone(),
+                    lurl: bid.lurl.clone(),
+                    adid: bid.adid.clone(),
+                    response_bid_id: response.bidid.clone(),
+                    exp_seconds: bid
+                        .exp
+                        .and_then(|exp| u32::try_from(exp).ok())
+                        .unwrap_or_default(),
                     dealid: bid.dealid.clone(),
                     attr: bid.attr.clone(),
                     original_cur,

@@ -342,6 +342,12 @@ impl Accepted {
         } = self;
         candidate.adm = ad.adm;
         candidate.nurl = ad.nurl;
+        candidate.burl = ad.burl;
+        candidate.lurl = ad.lurl;
+        candidate.nurl_fired = ad.nurl_fired;
+        candidate.exp_seconds = ad.exp.unwrap_or_default();
+        candidate.adid = ad.adid;
+        candidate.response_bid_id = ad.bid_id;
         candidate.adomain = ad.adomain;
         candidate.cat = ad.cat;
         candidate.attr = ad.attr;
