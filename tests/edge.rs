@@ -4,7 +4,7 @@
 //! strings, and HTTPS to a network whose certificate comes from a CA made at run time.
 
 use cascade_core::privacy::testing::{TcContent, gpp_tcf_eu, gpp_us_national, tc_string};
-use cascade_testkit::{FakeNetworks, TestCa};
+use cascade_testkit::{FakeNetworks, Notice, TestCa};
 use serde_json::{Value, json};
 use support::{Cluster, workspace_file};
 
@@ -355,5 +355,187 @@ async fn a_network_over_https_is_reached_through_ssl_cert_file() {
     assert!(
         detail.starts_with("TLS failed") && detail.contains("UnknownIssuer"),
         "{detail}"
+    );
+}
+
+const REPORT_EVENT: &str = "cascade.decision.v1.BidIntake/ReportEvent";
+
+/// Polls `check` until it holds, for at most five seconds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn of_kind<'a>(notices: &'a [Notice], kind: &str, auction: &str) -> Vec<&'a Notice> {
+    notices
+        .iter()
+        .filter(|n| n.kind == kind && n.param("auction") == Some(auction))
+        .collect()
+}
+
+async fn report_impression(cluster: &Cluster, selection_id: &str) {
+    let output = cascade_testkit::grpcurl::call(
+        cluster.bid_intake.addr,
+        REPORT_EVENT,
+        &json!({"selection_id": selection_id, "type": "EVENT_TYPE_IMPRESSION"}),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(output.success, "{}", output.stderr);
+}
+
+/// One decision on the home-live ad unit: BidWise bids live at $0.60, CoolAds' $2.00
+/// waterfall bid ranks above it and fills, so CoolAds wins and BidWise lost.
+fn home_live(id: &str) -> Value {
+    let mut request = support::banner_request(json!([]));
+    request["request"]["id"] = json!(id);
+    request["request"]["imp"][0]["tagid"] = json!("home-live");
+    request
+}
+
+#[tokio::test]
+async fn notices_are_fired_once_and_billing_survives_a_restart() {
+    let redis = cascade_testkit::RedisServer::start().await.unwrap();
+    let networks = FakeNetworks::start().await.unwrap();
+    {
+        use cascade_state::Store as _;
+        cascade_state::RedisStore::connect(&redis.url())
+            .unwrap()
+            .apply_configuration(support::demo_configuration(&networks), None)
+            .await
+            .unwrap();
+    }
+    networks.send_notices("coolads");
+    networks.send_notices("bidwise");
+    let state = format!("[state]\nredis_url = \"{}\"\n", redis.url());
+    let billing = "notices.billing_retry_first_ms = 50\nnotices.billing_retry_max_ms = 100\n\
+                   notices.billing_poll_ms = 20\nnotices.billing_lease_ms = 300\n";
+    let mut cluster = Cluster::start_services(networks, &state, "", billing, None).await;
+    let networks = cluster.networks.clone();
+
+    let response = cluster.decide(&home_live("req-1")).await;
+    let winner = support::winner(&response).clone();
+    assert_eq!(winner["networkId"], "coolads", "{response}");
+    assert!(
+        winner.get("nurl").is_none() && winner.get("burl").is_none(),
+        "Cascade fires them: {winner}"
+    );
+
+    // The win notice, with every macro, fired once; the live bid that lost is told why
+    // and what would have won.
+    eventually("the win and loss notices", || {
+        !of_kind(&networks.notices("coolads"), "win", "req-1").is_empty()
+            && !of_kind(&networks.notices("bidwise"), "loss", "req-1").is_empty()
+    })
+    .await;
+    let coolads = networks.notices("coolads");
+    let win = of_kind(&coolads, "win", "req-1");
+    assert_eq!(win.len(), 1);
+    let params: Vec<Option<&str>> = [
+        "bid", "imp", "seat", "ad", "price", "cur", "mbr", "loss", "min",
+    ]
+    .iter()
+    .map(|name| win[0].param(name))
+    .collect();
+    assert_eq!(
+        params,
+        [
+            Some("coolads-response"),
+            Some("1"),
+            Some("coolads"),
+            Some("coolads-ad-1"),
+            Some("2"),
+            Some("USD"),
+            Some("1.0000"),
+            Some(""),
+            Some("")
+        ]
+    );
+    let bidwise = networks.notices("bidwise");
+    let loss = of_kind(&bidwise, "loss", "req-1");
+    assert_eq!(
+        (
+            loss[0].param("loss"),
+            loss[0].param("min"),
+            loss[0].param("price")
+        ),
+        (Some("102"), Some("2"), Some(""))
+    );
+    assert!(
+        of_kind(&coolads, "bill", "req-1").is_empty(),
+        "billing waits for the impression"
+    );
+
+    // The impression bills, retried through two failures; a repeated report bills no more.
+    networks.fail_notices("coolads", "bill", 2);
+    let selection = winner["selectionId"].as_str().unwrap().to_string();
+    report_impression(&cluster, &selection).await;
+    eventually("the billing notice delivered", || {
+        of_kind(&networks.notices("coolads"), "bill", "req-1")
+            .iter()
+            .any(|n| n.ok)
+    })
+    .await;
+    report_impression(&cluster, &selection).await;
+    let bills = networks.notices("coolads");
+    let bills = of_kind(&bills, "bill", "req-1");
+    assert_eq!(
+        bills.iter().map(|n| n.ok).collect::<Vec<_>>(),
+        [false, false, true]
+    );
+    assert_eq!(bills[2].param("price"), Some("2"));
+
+    // A billing notice that has not got through survives bid-intake crashing: the one
+    // started after it delivers it from the store.
+    let response = cluster.decide(&home_live("req-2")).await;
+    let selection = support::winner(&response)["selectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    networks.fail_notices("coolads", "bill", usize::MAX);
+    report_impression(&cluster, &selection).await;
+    eventually("a failed billing attempt", || {
+        !of_kind(&networks.notices("coolads"), "bill", "req-2").is_empty()
+    })
+    .await;
+    cluster.restart_bid_intake().await;
+    networks.fail_notices("coolads", "bill", 0);
+    eventually("the billing notice delivered after the restart", || {
+        of_kind(&networks.notices("coolads"), "bill", "req-2")
+            .iter()
+            .any(|n| n.ok)
+    })
+    .await;
+
+    // A test request is decided but fires nothing and bills nothing.
+    let mut test = home_live("req-test");
+    test["request"]["test"] = json!(1);
+    let response = cluster.decide(&test).await;
+    assert_eq!(support::winner(&response)["networkId"], "coolads");
+    report_impression(
+        &cluster,
+        support::winner(&response)["selectionId"].as_str().unwrap(),
+    )
+    .await;
+    // Absence takes a wait: long enough for several billing polls and any notice.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        networks
+            .notices("coolads")
+            .iter()
+            .all(|n| n.param("auction") != Some("req-test"))
+    );
+    assert!(
+        networks
+            .notices("bidwise")
+            .iter()
+            .all(|n| n.param("auction") != Some("req-test"))
     );
 }

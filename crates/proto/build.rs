@@ -42,24 +42,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute(
             ".cascade.openrtb.v1",
             "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
-        )
-        .field_attribute(
-            ".cascade.openrtb.v1.Bid.price",
-            "#[serde(deserialize_with = \"crate::openrtb_json::price\")]",
         );
-    // Every `ext` is a google.protobuf.Struct, whose JSON form is a plain JSON object.
+    // Every `ext` is a google.protobuf.Struct, whose JSON form is a plain JSON object; a
+    // price may come as a string; any other member may come as `null`, which many
+    // networks send for "not set".
     for file in &file_descriptors.file {
         if file.package() != "cascade.openrtb.v1" {
             continue;
         }
         for message in &file.message_type {
             for field in &message.field {
-                if field.type_name() == ".google.protobuf.Struct" {
-                    builder = builder.field_attribute(
-                        format!(".cascade.openrtb.v1.{}.{}", message.name(), field.name()),
-                        "#[serde(with = \"crate::openrtb_json::ext\")]",
-                    );
-                }
+                let path = format!(".cascade.openrtb.v1.{}.{}", message.name(), field.name());
+                let attribute = if field.type_name() == ".google.protobuf.Struct" {
+                    "#[serde(with = \"crate::openrtb_json::ext\")]"
+                } else if path == ".cascade.openrtb.v1.Bid.price" {
+                    "#[serde(deserialize_with = \"crate::openrtb_json::price\")]"
+                } else {
+                    "#[serde(deserialize_with = \"crate::openrtb_json::null_as_default\")]"
+                };
+                builder = builder.field_attribute(path, attribute);
             }
         }
     }

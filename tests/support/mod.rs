@@ -16,6 +16,9 @@ pub struct Cluster {
     pub bid_intake: ServiceProcess,
     pub others: Vec<ServiceProcess>,
     _configuration: Option<tempfile::NamedTempFile>,
+    /// What bid-intake was started with, to start it again.
+    bid_intake_settings: String,
+    env: Vec<(String, String)>,
 }
 
 /// The demo configuration, pointing at `networks`.
@@ -201,7 +204,27 @@ impl Cluster {
             bid_intake,
             others: vec![targeting, auction, network_caller],
             _configuration: configuration,
+            bid_intake_settings,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
+    }
+
+    /// Kills bid-intake (as a crash would) and starts it again with the same settings;
+    /// it listens on a new port.
+    pub async fn restart_bid_intake(&mut self) {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.bid_intake.kill_in_place().await.unwrap();
+        self.bid_intake =
+            ServiceProcess::start_with_env("bid-intake", &self.bid_intake_settings, &env)
+                .await
+                .unwrap();
     }
 
     pub async fn decide(&self, request: &Value) -> Value {

@@ -13,6 +13,15 @@ pub fn is_absent<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
+/// A member sent as `null` reads as unset, as when it is left out.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// A bid price as a JSON number or as a numeric string (`"2.5"`), as many networks send
 /// it.
 pub fn price<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
@@ -22,9 +31,10 @@ pub fn price<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error
         Number(f64),
         Text(String),
     }
-    match Price::deserialize(deserializer)? {
-        Price::Number(price) => Ok(price),
-        Price::Text(text) => text
+    match Option::<Price>::deserialize(deserializer)? {
+        None => Ok(0.0),
+        Some(Price::Number(price)) => Ok(price),
+        Some(Price::Text(text)) => text
             .trim()
             .parse::<f64>()
             .map_err(|_| serde::de::Error::custom(format!("price {text:?} is not a number"))),
@@ -149,6 +159,18 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("ext must be a JSON object")
+        );
+    }
+
+    #[test]
+    fn null_members_read_as_unset() {
+        let bid: Bid = serde_json::from_value(json!({
+            "id": "b", "price": 1.0, "nurl": null, "adomain": null, "w": null, "ext": null
+        }))
+        .unwrap();
+        assert_eq!(
+            (bid.nurl.as_str(), bid.adomain.len(), bid.w, bid.ext),
+            ("", 0, None, None)
         );
     }
 

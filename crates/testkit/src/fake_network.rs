@@ -14,6 +14,27 @@ use axum::routing::post;
 use cascade_proto::customnetwork::v1::custom_network_server::{CustomNetwork, CustomNetworkServer};
 use cascade_proto::customnetwork::v1::{AdRequest, AdResponse};
 
+/// A notice a fake network received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// `win`, `bill` or `loss`.
+    pub kind: String,
+    /// The path and query it was sent to.
+    pub uri: String,
+    /// Whether it was answered 2xx.
+    pub ok: bool,
+}
+
+impl Notice {
+    /// The value of query parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        let query = self.uri.split_once('?')?.1;
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
 /// How a fake network answers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Behaviour {
@@ -69,8 +90,12 @@ struct Script {
     last_traceparent: Option<String>,
     /// The last OpenRTB request body each network received.
     last_request: HashMap<String, serde_json::Value>,
-    /// Every notice received, per network: (kind, path and query).
-    notices: HashMap<String, Vec<(String, String)>>,
+    /// Every notice received, per network.
+    notices: HashMap<String, Vec<Notice>>,
+    /// Networks whose bids carry win, billing and loss notice URLs.
+    with_notices: std::collections::HashSet<String>,
+    /// `http://host:port` of this server, for the notice URLs.
+    base_url: String,
     /// Per network and notice kind: how many more notices fail with HTTP 503.
     failing_notices: HashMap<(String, String), usize>,
 }
@@ -124,7 +149,11 @@ impl FakeNetworks {
     async fn start_serving(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let script = Arc::new(Mutex::new(Script::default()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let script = Arc::new(Mutex::new(Script {
+            base_url: format!("{scheme}://{addr}"),
+            ..Script::default()
+        }));
         let router = Router::new()
             .route("/openrtb/{network}", post(answer))
             .route("/notice/{network}/{kind}", axum::routing::get(notice))
@@ -193,13 +222,19 @@ impl FakeNetworks {
         self.lock().last_request.get(network).cloned()
     }
 
-    /// The notices `network` received, in order: (kind, path with query).
-    pub fn notices(&self, network: &str) -> Vec<(String, String)> {
+    /// The notices `network` received, in order.
+    pub fn notices(&self, network: &str) -> Vec<Notice> {
         self.lock()
             .notices
             .get(network)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// From now on, `network`'s bids carry a win (`nurl`), billing (`burl`) and loss
+    /// (`lurl`) notice URL back to this server, with every OpenRTB macro in its query.
+    pub fn send_notices(&self, network: &str) {
+        self.lock().with_notices.insert(network.to_string());
     }
 
     /// The next `count` notices of `kind` to `network` fail with HTTP 503.
@@ -297,18 +332,22 @@ async fn notice(
     let mut script = script
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    script
-        .notices
-        .entry(network.clone())
-        .or_default()
-        .push((kind.clone(), uri.to_string()));
-    match script.failing_notices.get_mut(&(network, kind)) {
+    let status = match script
+        .failing_notices
+        .get_mut(&(network.clone(), kind.clone()))
+    {
         Some(left) if *left > 0 => {
             *left -= 1;
             StatusCode::SERVICE_UNAVAILABLE
         }
         _ => StatusCode::OK,
-    }
+    };
+    script.notices.entry(network).or_default().push(Notice {
+        kind,
+        uri: uri.to_string(),
+        ok: status.is_success(),
+    });
+    status
 }
 
 async fn answer(
@@ -321,11 +360,18 @@ async fn answer(
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     };
-    let behaviour = lock().call_started(&network);
+    let (behaviour, notice_base) = {
+        let mut script = lock();
+        let notices = script
+            .with_notices
+            .contains(&network)
+            .then(|| format!("{}/notice/{network}", script.base_url));
+        (script.call_started(&network), notices)
+    };
     let response = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(request) => {
             lock().last_request.insert(network.clone(), request.clone());
-            respond(&network, &request, behaviour).await
+            respond(&network, &request, behaviour, notice_base.as_deref()).await
         }
         Err(_) => StatusCode::BAD_REQUEST.into_response(),
     };
@@ -333,7 +379,17 @@ async fn answer(
     response
 }
 
-async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Behaviour) -> Response {
+/// Every OpenRTB macro, as a query string a receiver can read back.
+const NOTICE_MACROS: &str = "auction=${AUCTION_ID}&bid=${AUCTION_BID_ID}&imp=${AUCTION_IMP_ID}\
+    &seat=${AUCTION_SEAT_ID}&ad=${AUCTION_AD_ID}&price=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}\
+    &mbr=${AUCTION_MBR}&loss=${AUCTION_LOSS}&min=${AUCTION_MIN_TO_WIN}";
+
+async fn respond(
+    network: &str,
+    request: &serde_json::Value,
+    mut behaviour: Behaviour,
+    notice_base: Option<&str>,
+) -> Response {
     while let Behaviour::Slow(delay, then) = behaviour {
         tokio::time::sleep(delay).await;
         behaviour = *then;
@@ -366,8 +422,13 @@ async fn respond(network: &str, request: &serde_json::Value, mut behaviour: Beha
                     "adomain": adomain,
                     "cat": cat,
                     "crid": format!("{network}-creative-1"),
+                    "adid": format!("{network}-ad-1"),
+                    "nurl": notice_base.map(|base| format!("{base}/win?{NOTICE_MACROS}")),
+                    "burl": notice_base.map(|base| format!("{base}/bill?{NOTICE_MACROS}")),
+                    "lurl": notice_base.map(|base| format!("{base}/loss?{NOTICE_MACROS}")),
                 }],
             }],
+            "bidid": format!("{network}-response"),
         }))
         .into_response(),
         Behaviour::NoFill => StatusCode::NO_CONTENT.into_response(),

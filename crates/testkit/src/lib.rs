@@ -11,7 +11,7 @@ pub mod redis;
 pub mod tls;
 
 pub use dns::FakeDns;
-pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK};
+pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK, Notice};
 pub use otlp::{OtlpCollector, ReceivedSpan};
 pub use process::{ServiceProcess, wait_until_serving};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};

@@ -162,6 +162,11 @@ impl ServiceProcess {
         self.child.kill().await
     }
 
+    /// Kills the process (as a crash would) and waits for it, keeping the handle.
+    pub async fn kill_in_place(&mut self) -> std::io::Result<()> {
+        self.child.kill().await
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cascade_core::Micros;
 use cascade_core::report::{Metric, counts_at};
 use cascade_core::waterfall::network_floor;
+use cascade_networks::notices::{NoticeKind, Notifier};
 use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AdQuality, AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
@@ -20,6 +21,8 @@ use cascade_proto::networkcaller::v1::{
     BidAsk, BiddingImp, CollectBidsRequest, RunWaterfallRequest, WaterfallImp,
 };
 use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
+
+use crate::notices::{self, BidNotices, NoticeSettings};
 
 /// What network-caller builds every network's request from.
 struct NetworkEdge {
@@ -60,6 +63,10 @@ pub struct DecisionService {
     pub(crate) response_reserve: Duration,
     pub(crate) fallback_reserve: Duration,
     pub(crate) selection_ttl: Duration,
+    /// The longest a selection is kept, whatever the ad's `exp`.
+    pub(crate) max_selection_ttl: Duration,
+    pub(crate) notifier: Notifier,
+    pub(crate) notices: NoticeSettings,
 }
 
 #[tonic::async_trait]
@@ -146,6 +153,14 @@ fn record_outcome(span: &tracing::Span, response: &Result<DecideResponse, Decide
 /// Where one impression stands while the decision is made.
 struct Slot {
     decision: ImpDecision,
+    /// The notices of the winner, once there is one.
+    won: Option<BidNotices>,
+    /// The live bids of bidding networks that gave a loss notice URL.
+    live_bids: Vec<BidNotices>,
+    /// What the auction dropped: (candidate id, reason).
+    dropped: Vec<(String, String)>,
+    /// The winner's billing notice Cascade keeps for the impression.
+    burl: String,
     /// Set once the auction ranked its candidates and it still needs the waterfall.
     ranked: Vec<RankedCandidate>,
     /// The ad-quality filters every ad of this impression must pass.
@@ -179,6 +194,9 @@ impl DecisionService {
         let debug = request.debug;
         let client_mode = request.mode() == ExecutionMode::Client;
         let bid_request = request.request.unwrap_or_default();
+        // A test request is decided as any other, but fires no notice and counts in no
+        // report.
+        let test = bid_request.test() == 1;
         let edge = NetworkEdge {
             openrtb_json,
             schain_node: snapshot
@@ -236,6 +254,11 @@ impl DecisionService {
             }
             let (bidding, bidding_attempts) =
                 live_bids.remove(&evaluated.impid).unwrap_or_default();
+            let live_bids = bidding
+                .iter()
+                .filter(|c| !c.lurl.is_empty())
+                .map(BidNotices::of)
+                .collect();
             exchange.extend(bidding);
             let mut decision = ImpDecision {
                 impid: evaluated.impid.clone(),
@@ -262,6 +285,10 @@ impl DecisionService {
             }
             slots.push(Slot {
                 decision,
+                won: None,
+                live_bids,
+                dropped: Vec::new(),
+                burl: String::new(),
                 ranked: Vec::new(),
                 quality,
             });
@@ -285,11 +312,13 @@ impl DecisionService {
         } else {
             self.walk_waterfalls(&mut slots, &bid_request, &edge, deadline)
                 .await;
+            self.send_notices(&mut slots, &bid_request.id, test);
             selections = self.record_winners(
                 &mut slots,
-                &bid_request.id,
+                &bid_request,
                 &normalized.account_id,
                 request.keep_markup,
+                test,
             );
         }
         if !selections.is_empty() {
@@ -324,6 +353,11 @@ impl DecisionService {
             .into_inner();
         for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
             let slot = &mut slots[slot_index];
+            slot.dropped = ranked_imp
+                .dropped
+                .iter()
+                .map(|d| (d.candidate_id.clone(), d.reason.clone()))
+                .collect();
             if let Some(explanation) = slot.decision.explanation.as_mut() {
                 explanation.dropped = ranked_imp.dropped;
             }
@@ -339,9 +373,10 @@ impl DecisionService {
     fn record_winners(
         &self,
         slots: &mut [Slot],
-        request_id: &str,
+        bid_request: &BidRequest,
         account_id: &str,
         keep_markup: bool,
+        test: bool,
     ) -> Vec<Selection> {
         let mut selections = Vec::new();
         for slot in slots {
@@ -352,15 +387,39 @@ impl DecisionService {
                 winner.selection_id = winner.bid_id.clone();
                 continue;
             }
-            let selection = self.selection(
-                request_id,
+            let mut selection = self.selection(
+                &bid_request.id,
                 &slot.decision.impid,
                 account_id,
                 winner,
                 keep_markup,
             );
+            // It lives as long as the ad may still render: the bid's or the
+            // impression's `exp` when longer than the default, within the cap.
+            let imp_exp = bid_request
+                .imp
+                .iter()
+                .find(|imp| imp.id == slot.decision.impid)
+                .and_then(|imp| imp.exp)
+                .and_then(|exp| u64::try_from(exp).ok());
+            let exp = slot
+                .won
+                .as_ref()
+                .map(|won| u64::from(won.exp_seconds))
+                .filter(|&exp| exp > 0)
+                .or(imp_exp)
+                .map(Duration::from_secs)
+                .unwrap_or_default();
+            selection.ttl = selection.ttl.max(exp).min(self.max_selection_ttl);
+            selection.test = test;
+            if !test && !slot.burl.is_empty() {
+                selection.burl = std::mem::take(&mut slot.burl);
+                selection.burl_expires_at_ms = cascade_state::now_unix_millis()
+                    + i64::try_from(self.notices.billing_ttl_secs.saturating_mul(1_000))
+                        .unwrap_or(i64::MAX / 2);
+            }
             winner.selection_id = selection.id.clone();
-            if !selection.network_id.is_empty() {
+            if !selection.network_id.is_empty() && !test {
                 self.report.count(counts_at(
                     cascade_state::now_unix_seconds(),
                     &selection.network_id,
@@ -371,6 +430,50 @@ impl DecisionService {
             selections.push(selection);
         }
         selections
+    }
+
+    /// Every winner's macros substituted and its notices fired or kept; every live bid
+    /// that lost told so. A test request fires none.
+    fn send_notices(&self, slots: &mut [Slot], auction_id: &str, test: bool) {
+        for slot in slots {
+            let won = slot.won.take();
+            let winning_price = slot.decision.winner.as_ref().map(|w| w.price_micros);
+            if let (Some(won), Some(winner)) = (won.as_ref(), slot.decision.winner.as_mut()) {
+                let settled = notices::settle(
+                    auction_id,
+                    &slot.decision.impid,
+                    won,
+                    winner,
+                    self.notices.exchange,
+                );
+                if !test && let Some(nurl) = settled.fire_nurl {
+                    self.notifier.fire(NoticeKind::Win, nurl);
+                }
+                slot.burl = settled.keep_burl;
+            }
+            let winner_id = won.as_ref().map(|w| w.candidate_id.as_str());
+            for lost in &slot.live_bids {
+                if Some(lost.candidate_id.as_str()) == winner_id || test {
+                    continue;
+                }
+                let dropped = slot
+                    .dropped
+                    .iter()
+                    .find(|(id, _)| *id == lost.candidate_id)
+                    .map(|(_, reason)| reason.as_str());
+                let reason = notices::loss_reason(dropped);
+                if let Some(url) = notices::loss_notice(
+                    auction_id,
+                    &slot.decision.impid,
+                    lost,
+                    reason,
+                    winning_price,
+                ) {
+                    self.notifier.fire(NoticeKind::Loss, url);
+                }
+            }
+            slot.won = won;
+        }
     }
 
     /// Walks every impression's ranked list: the waterfall networks ranked above its
@@ -431,7 +534,13 @@ impl DecisionService {
             match Unanswered::classify("network-caller", answer) {
                 Ok(results) => {
                     for (index, result) in waterfall_slots.into_iter().zip(results.imps) {
-                        let decision = &mut slots[index].decision;
+                        let slot = &mut slots[index];
+                        if let Some(candidate) =
+                            result.winner.as_ref().and_then(|w| w.candidate.as_ref())
+                        {
+                            slot.won = Some(BidNotices::of(candidate));
+                        }
+                        let decision = &mut slot.decision;
                         if let Some(explanation) = decision.explanation.as_mut() {
                             explanation.attempts.extend(result.attempts);
                         }
@@ -466,6 +575,11 @@ impl DecisionService {
             }
         }
         for (slot, best) in slots.iter_mut().zip(in_hand) {
+            if slot.decision.winner.is_none()
+                && let Some(candidate) = best.as_ref().and_then(|b| b.candidate.as_ref())
+            {
+                slot.won = Some(BidNotices::of(candidate));
+            }
             let decision = &mut slot.decision;
             match best {
                 Some(best) if decision.winner.is_none() => {
@@ -989,6 +1103,7 @@ fn winner_from(ranked: RankedCandidate) -> Winner {
         attr: candidate.attr,
         original_cur: candidate.original_cur,
         rate_micros: candidate.rate_micros,
+        burl: candidate.burl,
     }
 }
 

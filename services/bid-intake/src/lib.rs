@@ -6,12 +6,14 @@ mod decide;
 mod error;
 mod events;
 mod normalize;
+mod notices;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_admin::{AdminService, ReportService};
+use cascade_networks::notices::Notifier;
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::admin::v1::reports_server::ReportsServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
@@ -22,6 +24,7 @@ use cascade_server::{GrpcServer, ServeError};
 use cascade_state::{
     ReportRecorder, SelectionWriter, StateError, StateSettings, Store, watch_snapshot,
 };
+pub use notices::{ExchangeNotices, NoticeSettings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -53,8 +56,13 @@ pub struct Settings {
     /// Kept back from network-caller's share of the budget, so that when it cannot
     /// answer in time the best demand already in hand still serves.
     pub fallback_reserve_ms: u64,
-    /// How long a selection is kept for event reports and chaining.
+    /// How long a selection is kept for event reports and chaining; longer when the
+    /// ad's `exp` (bid or impression) says it may render later, up to
+    /// `max_selection_ttl_secs`.
     pub selection_ttl_secs: u64,
+    pub max_selection_ttl_secs: u64,
+    /// Win, loss and billing notices.
+    pub notices: NoticeSettings,
     /// The bearer token the admin API requires (`CASCADE__ADMIN_TOKEN`). Unset: the
     /// admin API refuses every call.
     pub admin_token: Option<String>,
@@ -79,6 +87,8 @@ impl Default for Settings {
             response_reserve_ms: 2,
             fallback_reserve_ms: 5,
             selection_ttl_secs: 3_600,
+            max_selection_ttl_secs: 24 * 3_600,
+            notices: NoticeSettings::default(),
             admin_token: None,
             selection_backlog_capacity: 100_000,
         }
@@ -108,6 +118,19 @@ pub async fn serve(
     let snapshot = watch.cell();
     let report = ReportRecorder::new(store.clone(), settings.state.report_flush_interval());
     let resolver = Resolver::new(&settings.resolver)?;
+    // Notices go out with the networks' HTTP client: the same TLS roots and User-Agent.
+    let notifier = Notifier::new(
+        cascade_networks::OpenRtbHttpAdapter::new().client().clone(),
+        settings.notices.max_in_flight,
+        Duration::from_millis(settings.notices.timeout_ms),
+    );
+    let (stop_billing, billing_stopped) = tokio::sync::watch::channel(false);
+    let billing = tokio::spawn(notices::deliver_billing_notices(
+        store.clone(),
+        notifier.clone(),
+        settings.notices.clone(),
+        billing_stopped,
+    ));
     let channel = |target: &Target| traced(resolver.channel(target.clone()));
     let service = DecisionService {
         snapshot,
@@ -131,13 +154,18 @@ pub async fn serve(
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         fallback_reserve: Duration::from_millis(settings.fallback_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
+        max_selection_ttl: Duration::from_secs(
+            settings.max_selection_ttl_secs.max(settings.selection_ttl_secs),
+        ),
+        notifier,
+        notices: settings.notices.clone(),
     };
     let admin = AdminService::new(store.clone()).into_server(settings.admin_token.clone());
     let reports = ReportService::new(store).into_server(settings.admin_token.clone());
     let routes = tonic::service::Routes::new(BidIntakeServer::new(service))
         .add_service(admin)
         .add_service(reports);
-    GrpcServer::new(
+    let served = GrpcServer::new(
         routes,
         &[
             BidIntakeServer::<DecisionService>::NAME,
@@ -147,7 +175,10 @@ pub async fn serve(
     )
     .reporting_staleness(watch.staleness())
     .serve(listener, &settings.grpc, shutdown)
-    .await?;
+    .await;
+    let _ = stop_billing.send(true);
+    let _ = billing.await;
+    served?;
     report.flush().await;
     Ok(())
 }

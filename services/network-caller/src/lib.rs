@@ -257,6 +257,8 @@ struct Edge {
     signals: Signals,
     account_id: String,
     schain_node: Option<serde_json::Value>,
+    /// A `test = 1` request: its calls count in no report.
+    test: bool,
 }
 
 impl Edge {
@@ -293,6 +295,7 @@ impl Edge {
             signals,
             account_id: publisher.map(|p| p.id.clone()).unwrap_or_default(),
             schain_node: schain_node.map(|node| serde_json::to_value(node).unwrap_or_default()),
+            test: request.test() == 1,
         })
     }
 }
@@ -514,8 +517,10 @@ impl NetworkCallerService {
                 format!("{}; {note}", attempt.detail)
             };
         }
-        self.report
-            .count(report_cells(call, attempt, accepted.is_some(), latency));
+        if !call.edge.test {
+            self.report
+                .count(report_cells(call, attempt, accepted.is_some(), latency));
+        }
         accepted.map_or(Called::NoAd, |accepted| Called::Served(Box::new(accepted)))
     }
 
