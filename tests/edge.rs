@@ -539,3 +539,40 @@ async fn notices_are_fired_once_and_billing_survives_a_restart() {
             .all(|n| n.param("auction") != Some("req-test"))
     );
 }
+
+#[tokio::test]
+async fn dsa_transparency_is_required_of_every_ad_when_the_request_says_so() {
+    let cluster = Cluster::start().await;
+    let mut request = support::banner_request(json!([{
+        "cur": "USD",
+        "seatbid": [{"seat": "dsp-1", "bid": [
+            {"id": "plain", "impid": "1", "price": 9.0, "adomain": ["a.example"], "adm": "<a/>"},
+            {"id": "transparent", "impid": "1", "price": 1.0, "adomain": ["b.example"], "adm": "<b/>",
+             "ext": {"dsa": {"behalf": "Advertiser B", "paid": "Advertiser B"}}}
+        ]}]
+    }]));
+    request["request"]["regs"] = json!({"ext": {"dsa": {"dsarequired": 2}}});
+    let response = cluster.decide(&request).await;
+    let explanation = &response["decisions"][0]["explanation"];
+    assert_eq!(
+        support::winner(&response)["bidId"],
+        "transparent",
+        "{response}"
+    );
+    let dropped = explanation["dropped"].as_array().unwrap();
+    assert!(
+        dropped
+            .iter()
+            .any(|d| d["reason"] == "no_dsa"
+                && d["candidateId"].as_str().unwrap().ends_with("bid[0]")),
+        "{explanation}"
+    );
+    // The networks' answers declare none either: refused like any blocked ad.
+    let refused: Vec<&Value> = explanation["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reason"] == "blocked_ad" && a["detail"].as_str().unwrap().contains("DSA"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{explanation}");
+}

@@ -62,6 +62,9 @@ pub struct AdQuality<'a> {
     pub block_unknown_adomain: bool,
     /// Refuse an ad that declares no category.
     pub block_unknown_category: bool,
+    /// The request requires DSA transparency (`regs.ext.dsa.dsarequired` 2 or 3): an
+    /// ad that declares none (`bid.ext.dsa`) may not serve.
+    pub dsa_required: bool,
 }
 
 /// What an ad says about itself.
@@ -72,6 +75,8 @@ pub struct Creative<'a> {
     /// The buyer seat; empty when the demand has none (networks, line items).
     pub seat: &'a str,
     pub attributes: &'a [i32],
+    /// It carries DSA transparency (who paid, on whose behalf).
+    pub dsa_declared: bool,
 }
 
 /// Why an ad may not serve.
@@ -83,6 +88,7 @@ pub enum Refusal {
     BlockedAttribute(i32),
     UnknownAdomain,
     UnknownCategory,
+    NoDsaTransparency,
 }
 
 impl Refusal {
@@ -95,6 +101,7 @@ impl Refusal {
             Refusal::BlockedAttribute(_) => "blocked_attribute",
             Refusal::UnknownAdomain => "unknown_adomain",
             Refusal::UnknownCategory => "unknown_category",
+            Refusal::NoDsaTransparency => "no_dsa",
         }
     }
 }
@@ -111,6 +118,9 @@ impl fmt::Display for Refusal {
             }
             Refusal::UnknownCategory => {
                 f.write_str("the ad declares no category and the rule blocks unknown ones")
+            }
+            Refusal::NoDsaTransparency => {
+                f.write_str("the request requires DSA transparency and the ad declares none")
             }
         }
     }
@@ -154,6 +164,9 @@ impl AdQuality<'_> {
         }
         if self.block_unknown_category && creative.categories.iter().all(|c| c.trim().is_empty()) {
             return Some(Refusal::UnknownCategory);
+        }
+        if self.dsa_required && !creative.dsa_declared {
+            return Some(Refusal::NoDsaTransparency);
         }
         None
     }
@@ -205,6 +218,8 @@ mod tests {
             categories in prop::collection::vec(prop_oneof!["IAB25", "IAB25-2", "IAB2", "IAB22-1"], 0..3),
             attributes in prop::collection::vec(1..10i32, 0..3),
             seat in prop_oneof!["", "seat-a", "seat-b"],
+            dsa_required in any::<bool>(),
+            dsa_declared in any::<bool>(),
         ) {
             let blocked_domains = strings(&["bad.example"]);
             let blocked_categories = strings(&["IAB25"]);
@@ -214,13 +229,15 @@ mod tests {
                 blocked_categories: &blocked_categories,
                 blocked_seats: &blocked_seats,
                 blocked_attributes: &[3],
+                dsa_required,
                 ..Default::default()
             };
-            let creative = Creative { adomains: &domains, categories: &categories, seat: &seat, attributes: &attributes };
+            let creative = Creative { adomains: &domains, categories: &categories, seat: &seat, attributes: &attributes, dsa_declared };
             let expect_refused = domains.iter().any(|d| d == "bad.example" || d.ends_with(".bad.example"))
                 || categories.iter().any(|c| c == "IAB25" || c.starts_with("IAB25-"))
                 || seat == "seat-b"
-                || attributes.contains(&3);
+                || attributes.contains(&3)
+                || (dsa_required && !dsa_declared);
             prop_assert_eq!(quality.check(&creative).is_some(), expect_refused);
         }
     }

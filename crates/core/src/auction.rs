@@ -82,6 +82,12 @@ pub trait Bidder {
     fn filled(&self) -> bool {
         true
     }
+    /// Whether the ad carries DSA transparency (`bid.ext.dsa`). Line items (the
+    /// publisher's own) and chained outcomes (judged when they were selected) count as
+    /// declaring it.
+    fn dsa_declared(&self) -> bool {
+        self.source().is_fixed_price()
+    }
 }
 
 /// How a deal is priced (OpenRTB `deal.at`).
@@ -294,6 +300,7 @@ pub fn admit<'d, B: Bidder>(
         categories: candidate.categories(),
         seat: candidate.seat(),
         attributes: candidate.attributes(),
+        dsa_declared: candidate.dsa_declared(),
     };
     if let Some(refusal) = rules.ad_quality.check(&creative) {
         return Err(refusal.into());
@@ -444,6 +451,7 @@ mod tests {
         dealid: String,
         minimum: Micros,
         filled: bool,
+        dsa: bool,
     }
 
     impl Bidder for Bid {
@@ -480,6 +488,9 @@ mod tests {
         fn filled(&self) -> bool {
             self.filled
         }
+        fn dsa_declared(&self) -> bool {
+            self.dsa || self.source.is_fixed_price()
+        }
     }
 
     fn bid(id: &str, source: Source, micros: i64) -> Bid {
@@ -495,6 +506,7 @@ mod tests {
             dealid: String::new(),
             minimum: Micros::ZERO,
             filled: true,
+            dsa: true,
         }
     }
 
@@ -883,6 +895,8 @@ mod tests {
                 second_price in any::<bool>(),
                 mediated_sets_second_price in any::<bool>(),
                 block_unknown in any::<bool>(),
+                dsa_required in any::<bool>(),
+                dsa_of in proptest::collection::vec(any::<bool>(), 25),
             ) {
                 let candidates: Vec<Bid> = raw
                     .into_iter()
@@ -895,6 +909,7 @@ mod tests {
                         filled: filled || source != Source::ChainedOutcome,
                         minimum: Micros(minimum),
                         adjustment: Factor(adjustment),
+                        dsa: dsa_of[i],
                         ..bid(&format!("c{i}"), source, micros)
                     })
                     .collect();
@@ -913,6 +928,7 @@ mod tests {
                         blocked_categories: &blocked_categories,
                         blocked_seats: &blocked_seats,
                         block_unknown_adomain: block_unknown,
+                        dsa_required,
                         ..Default::default()
                     },
                     deals: &deals,
@@ -932,6 +948,7 @@ mod tests {
                             categories: &candidate.categories,
                             seat: &candidate.seat,
                             attributes: &candidate.attributes,
+                            dsa_declared: candidate.dsa_declared(),
                         };
                         prop_assert_eq!(rules.ad_quality.check(&creative), None);
                     }

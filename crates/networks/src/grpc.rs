@@ -99,6 +99,7 @@ impl GrpcNetworkAdapter {
             crid: response.crid,
             cat: response.cat,
             attr: response.attr,
+            dsa: response.dsa,
             ..Default::default()
         })
     }

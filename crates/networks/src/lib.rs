@@ -90,6 +90,8 @@ pub struct Ad {
     pub adid: String,
     /// The impression's deal the bid is under, when it names one.
     pub dealid: String,
+    /// The ad carries DSA transparency (`bid.ext.dsa`).
+    pub dsa: bool,
     /// The seat of the bid, when the network named one.
     pub seat: String,
     /// IAB categories of the ad.

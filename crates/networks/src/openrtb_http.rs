@@ -249,6 +249,16 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
             crid: bid.crid,
             adid: bid.adid,
             dealid: bid.dealid,
+            dsa: bid
+                .ext
+                .as_ref()
+                .and_then(|ext| ext.fields.get("dsa"))
+                .is_some_and(|dsa| {
+                    matches!(
+                        dsa.kind,
+                        Some(cascade_proto::prost_types::value::Kind::StructValue(_))
+                    )
+                }),
             seat,
             cat: bid.cat,
             attr: bid.attr,
@@ -310,6 +320,7 @@ mod tests {
             taxonomy: Taxonomy::from_cattax(1),
             block_unknown_adomain: false,
             block_unknown_category: false,
+            dsa_required: false,
         };
         crate::outbound::network_request(
             &document,

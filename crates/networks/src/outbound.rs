@@ -153,6 +153,7 @@ mod tests {
             taxonomy: Taxonomy::from_cattax(1),
             block_unknown_adomain: false,
             block_unknown_category: false,
+            dsa_required: false,
         }
     }
 

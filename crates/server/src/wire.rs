@@ -20,5 +20,6 @@ pub fn ad_quality(quality: &WireAdQuality) -> AdQuality<'_> {
         taxonomy: Taxonomy::from_cattax(quality.cattax),
         block_unknown_adomain: quality.block_unknown_adomain,
         block_unknown_category: quality.block_unknown_category,
+        dsa_required: quality.dsa_required,
     }
 }

@@ -134,6 +134,9 @@ impl Bidder for Wire<'_> {
     fn filled(&self) -> bool {
         !self.candidate.unfilled
     }
+    fn dsa_declared(&self) -> bool {
+        self.candidate.dsa || self.source.is_fixed_price()
+    }
 }
 
 fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {

@@ -992,6 +992,7 @@ fn ad_quality(
         cattax: normalized.cattax,
         block_unknown_adomain: rule.is_some_and(|r| r.block_unknown_adomain),
         block_unknown_category: rule.is_some_and(|r| r.block_unknown_category),
+        dsa_required: normalized.dsa_required,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Normalized {
     pub cattax: i32,
     /// `tmax` in milliseconds, when the request set one.
     pub tmax_ms: Option<u64>,
+    /// `regs.ext.dsa.dsarequired` is 2 (required) or 3 (required, the publisher is an
+    /// online platform): bids without DSA transparency may not serve.
+    pub dsa_required: bool,
 }
 
 /// Reads the OpenRTB request from `openrtb` (a JSON document kept whole) into
@@ -178,7 +181,37 @@ pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalize
         tmax_ms: (bid_request.tmax() > 0).then_some(bid_request.tmax() as u64),
         deals,
         cattax: bid_request.cattax(),
+        dsa_required: dsa_required(bid_request),
     })
+}
+
+fn dsa_required(request: &BidRequest) -> bool {
+    let dsa = request
+        .regs
+        .as_ref()
+        .and_then(|regs| regs.ext.as_ref())
+        .and_then(|ext| ext.fields.get("dsa"));
+    let required = match dsa.and_then(|dsa| dsa.kind.as_ref()) {
+        Some(cascade_proto::prost_types::value::Kind::StructValue(dsa)) => {
+            dsa.fields.get("dsarequired").and_then(|v| match v.kind {
+                Some(cascade_proto::prost_types::value::Kind::NumberValue(n)) => Some(n),
+                _ => None,
+            })
+        }
+        _ => None,
+    };
+    matches!(required, Some(n) if n == 2.0 || n == 3.0)
+}
+
+/// Whether a bid's `ext` carries DSA transparency (`ext.dsa`, an object).
+pub fn declares_dsa(ext: Option<&cascade_proto::prost_types::Struct>) -> bool {
+    ext.and_then(|ext| ext.fields.get("dsa"))
+        .is_some_and(|dsa| {
+            matches!(
+                dsa.kind,
+                Some(cascade_proto::prost_types::value::Kind::StructValue(_))
+            )
+        })
 }
 
 /// The impression's deals with their floors in USD micros (a deal's `bidfloorcur`
@@ -486,6 +519,7 @@ fn exchange_candidates(
                     lurl: bid.lurl.clone(),
                     adid: bid.adid.clone(),
                     response_bid_id: response.bidid.clone(),
+                    dsa: declares_dsa(bid.ext.as_ref()),
                     exp_seconds: bid
                         .exp
                         .and_then(|exp| u32::try_from(exp).ok())

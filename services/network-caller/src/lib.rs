@@ -351,6 +351,7 @@ impl Accepted {
         candidate.exp_seconds = ad.exp.unwrap_or_default();
         candidate.adid = ad.adid;
         candidate.response_bid_id = ad.bid_id;
+        candidate.dsa = ad.dsa;
         candidate.adomain = ad.adomain;
         candidate.cat = ad.cat;
         candidate.attr = ad.attr;
@@ -713,8 +714,9 @@ fn judge(
         creative: Creative {
             adomains: &ad.adomain,
             categories: &ad.cat,
-            seat: "",
+            seat: &ad.seat,
             attributes: &ad.attr,
+            dsa_declared: ad.dsa,
         },
     };
     let verdict = waterfall::judge(&answer, floor, quality);
