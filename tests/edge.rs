@@ -20,6 +20,8 @@ endpoint = "http://${DEMO_NETWORK}/openrtb/edgenet"
 mode = "bidding"
 timeout_ms = 300
 gvl_id = 52
+params_at = "bidder"
+params = [{ name = "zoneId", kind = "integer", required = true }]
 
 [[mediated_bids]]
 id = "edgenet-live"
@@ -27,6 +29,7 @@ account_id = "demo-network"
 network_id = "edgenet"
 cpm = "0.10"
 placement_id = "edge-placement"
+params = { zoneId = 7 }
 "#;
 
 const VENDOR: u16 = 52;
@@ -110,6 +113,13 @@ fn not_owned(mut request: Value, impid: &str, appended_node: Option<&Value>) -> 
             for owned in ["tagid", "bidfloor", "bidfloorcur"] {
                 imp.remove(owned);
             }
+            // The mediated bid's parameters, at the network's `params_at`.
+            if let Some(ext) = imp.get_mut("ext").and_then(Value::as_object_mut) {
+                ext.remove("bidder");
+                if ext.is_empty() {
+                    imp.remove("ext");
+                }
+            }
             for media in ["banner", "video", "audio", "native"] {
                 if let Some(media) = imp.get_mut(media).and_then(Value::as_object_mut) {
                     media.remove("battr");
@@ -178,6 +188,11 @@ async fn every_field_the_gateway_sent_reaches_the_network_and_only_owned_fields_
         );
         let imp = &sent["imp"][0];
         assert_eq!(imp["tagid"], "edge-placement", "{file}");
+        assert_eq!(
+            imp["ext"]["bidder"],
+            json!({"zoneId": 7}),
+            "{file}: the bid's params"
+        );
         assert_eq!(imp["bidfloorcur"], "USD", "{file}");
         assert!(
             imp["bidfloor"].as_f64().unwrap() >= 0.5,

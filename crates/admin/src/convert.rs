@@ -435,10 +435,11 @@ fn network_from_proto(network: pb::Network, path: &str) -> Result<Network> {
                     "integer" => ParamKind::Integer,
                     "number" => ParamKind::Number,
                     "boolean" => ParamKind::Boolean,
+                    "object" => ParamKind::Object,
                     other => {
                         return Err(ConfigError::new(
                             format!("{path}.params[{i}].kind"),
-                            format!("unknown kind {other:?} (string, integer, number or boolean)"),
+                            format!("unknown kind {other:?} (string, integer, number, boolean or object)"),
                         ));
                     }
                 };

@@ -257,6 +257,8 @@ pub enum ParamKind {
     Integer,
     Number,
     Boolean,
+    /// A JSON object (e.g. Prebid Server's per-bidder parameters).
+    Object,
 }
 
 /// A mediated bid's parameters against its network's declaration: every required one
@@ -302,6 +304,7 @@ impl ParamKind {
             ParamKind::Integer => value.is_i64() || value.is_u64(),
             ParamKind::Number => value.is_number(),
             ParamKind::Boolean => value.is_boolean(),
+            ParamKind::Object => value.is_object(),
         }
     }
 }
@@ -773,6 +776,80 @@ mod currency_rates {
 }
 
 #[cfg(test)]
+mod params {
+    use super::*;
+
+    fn with_params(params: serde_json::Value) -> Configuration {
+        Configuration {
+            accounts: vec![Account {
+                id: "a".into(),
+                ..Default::default()
+            }],
+            networks: vec![Network {
+                id: "n".into(),
+                account_id: "a".into(),
+                endpoint: "https://n.example/openrtb".into(),
+                params: vec![
+                    ParamSpec {
+                        name: "zoneId".into(),
+                        kind: ParamKind::Integer,
+                        required: true,
+                    },
+                    ParamSpec {
+                        name: "site".into(),
+                        kind: ParamKind::String,
+                        required: false,
+                    },
+                ],
+                ..Default::default()
+            }],
+            mediated_bids: vec![MediatedBid {
+                id: "b".into(),
+                account_id: "a".into(),
+                network_id: "n".into(),
+                cpm: Micros(1_000_000),
+                active: true,
+                params: params.as_object().cloned().unwrap(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_mediated_bid_carries_exactly_the_parameters_its_network_declares() {
+        assert!(
+            with_params(serde_json::json!({"zoneId": 7}))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            with_params(serde_json::json!({"zoneId": 7, "site": "s"}))
+                .validate()
+                .is_ok()
+        );
+        for (params, field) in [
+            (serde_json::json!({}), "mediated_bids[0].params.zoneId"),
+            (
+                serde_json::json!({"zoneId": "7"}),
+                "mediated_bids[0].params.zoneId",
+            ),
+            (
+                serde_json::json!({"zoneId": 7.5}),
+                "mediated_bids[0].params.zoneId",
+            ),
+            (
+                serde_json::json!({"zoneId": 7, "zone": 1}),
+                "mediated_bids[0].params.zone",
+            ),
+        ] {
+            let error = with_params(params.clone()).validate().unwrap_err();
+            assert_eq!(error.field, field, "{params}: {error}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod presets {
     use serde::Deserialize;
 
@@ -787,6 +864,15 @@ mod presets {
         mode: NetworkMode,
         endpoint: String,
         timeout_ms: u32,
+        #[serde(default)]
+        gvl_id: Option<u16>,
+        #[serde(default)]
+        params: Vec<ParamSpec>,
+        #[serde(default)]
+        params_at: String,
+        /// What a mediated bid of the network carries, as an example.
+        #[serde(default)]
+        example_params: serde_json::Map<String, serde_json::Value>,
     }
 
     #[derive(Deserialize)]
@@ -796,7 +882,8 @@ mod presets {
     }
 
     /// Every documented preset is a network configuration that validates once its
-    /// endpoint is filled in.
+    /// endpoint is filled in, with a mediated bid carrying its example parameters; a
+    /// bid missing a required one is refused, naming it.
     #[test]
     fn every_preset_makes_a_valid_network() {
         let presets: Presets =
@@ -821,6 +908,18 @@ mod presets {
                     mode: preset.mode,
                     endpoint: preset.endpoint.replace(['<', '>'], ""),
                     timeout_ms: preset.timeout_ms,
+                    gvl_id: preset.gvl_id,
+                    params: preset.params.clone(),
+                    params_at: preset.params_at.clone(),
+                    ..Default::default()
+                }],
+                mediated_bids: vec![MediatedBid {
+                    id: "b".into(),
+                    account_id: "a".into(),
+                    network_id: preset.name.clone(),
+                    cpm: Micros(1_000_000),
+                    active: true,
+                    params: preset.example_params.clone(),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -828,6 +927,17 @@ mod presets {
             configuration
                 .validate()
                 .unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+            if let Some(required) = preset.params.iter().find(|p| p.required) {
+                let mut missing = configuration.clone();
+                missing.mediated_bids[0].params.remove(&required.name);
+                let error = missing.validate().unwrap_err();
+                assert_eq!(
+                    error.field,
+                    format!("mediated_bids[0].params.{}", required.name),
+                    "{}",
+                    preset.name
+                );
+            }
         }
     }
 }

@@ -827,6 +827,49 @@ mod tests {
     }
 
     #[test]
+    fn the_openrtb_document_is_read_whole_and_refused_with_the_path_at_fault() {
+        use cascade_proto::openrtb_json::json_to_struct;
+        let document =
+            |value: serde_json::Value| Some(json_to_struct(value.as_object().cloned().unwrap()));
+        let mut from_json = DecideRequest {
+            openrtb: document(serde_json::json!({
+                "id": "r", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "vendor_member": 1}],
+                "site": {"publisher": {"id": "pub"}}
+            })),
+            ..Default::default()
+        };
+        let json = openrtb_document(&mut from_json).unwrap();
+        let kept: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            kept["imp"][0]["vendor_member"], 1,
+            "members outside 2.6 are kept"
+        );
+        assert_eq!(
+            from_json.request.as_ref().unwrap().imp[0]
+                .banner
+                .as_ref()
+                .unwrap()
+                .w,
+            Some(300)
+        );
+
+        let mut both = request();
+        both.openrtb = document(serde_json::json!({"id": "r"}));
+        let error = openrtb_document(&mut both).unwrap_err().to_string();
+        assert!(error.contains("openrtb"), "{error}");
+
+        let mut wrong = DecideRequest {
+            openrtb: document(
+                serde_json::json!({"id": "r", "imp": [{"id": "1", "banner": {"w": "wide"}}]}),
+            ),
+            ..Default::default()
+        };
+        let error = openrtb_document(&mut wrong).unwrap_err().to_string();
+        assert!(error.contains("openrtb.imp[0].banner.w"), "{error}");
+        assert!(openrtb_document(&mut DecideRequest::default()).is_err());
+    }
+
+    #[test]
     fn chained_selection_ids_are_bounded_and_unique() {
         let mut chained = request();
         chained.chained_selection_ids = vec!["s1".into(), "s1".into()];
