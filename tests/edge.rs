@@ -178,6 +178,11 @@ async fn every_field_the_gateway_sent_reaches_the_network_and_only_owned_fields_
         }
         let (_, sent) = decide_and_capture(&cluster, &json!({"openrtb": document})).await;
         let sent = sent.unwrap_or_else(|| panic!("{file}: edgenet was not asked"));
+        // Shown with --nocapture: what a network receives of an IAB example.
+        println!(
+            "{file} as edgenet received it:\n{}",
+            serde_json::to_string_pretty(&sent).unwrap()
+        );
         let publisher = &document["site"]["publisher"]["id"];
         let node = cascade_node();
         let appended = (publisher == "8953").then_some(&node);
@@ -500,6 +505,23 @@ async fn notices_are_fired_once_and_billing_survives_a_restart() {
     .await;
     report_impression(&cluster, &selection).await;
     let bills = networks.notices("coolads");
+    // Shown with --nocapture: every notice of the decision req-1.
+    for (network, notices) in [
+        ("coolads", &bills),
+        ("bidwise", &networks.notices("bidwise")),
+    ] {
+        for notice in notices
+            .iter()
+            .filter(|n| n.param("auction") == Some("req-1"))
+        {
+            println!(
+                "{network} {} {} -> {}",
+                notice.kind,
+                notice.uri,
+                if notice.ok { 200 } else { 503 }
+            );
+        }
+    }
     let bills = of_kind(&bills, "bill", "req-1");
     assert_eq!(
         bills.iter().map(|n| n.ok).collect::<Vec<_>>(),
