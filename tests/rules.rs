@@ -182,6 +182,7 @@ account_id = "demo-network"
 network_id = "bidwise"
 cpm = "1.00"
 placement_id = "bw-one"
+params = { siteId = "live-one" }
 targeting = { ad_units = ["live-one"] }
 "#;
 

@@ -64,7 +64,7 @@ pub struct Normalized {
 /// every network's request is built from. A document that does not fit OpenRTB 2.6 is
 /// refused with the path of the member at fault.
 pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideError> {
-    let document = match (request.request.as_ref(), request.openrtb.take()) {
+    let encoded = match (request.request.as_ref(), request.openrtb.take()) {
         (Some(_), Some(_)) => {
             return Err(DecideError::invalid(
                 "openrtb",
@@ -77,7 +77,7 @@ pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideEr
                 "required: the OpenRTB bid request",
             ));
         }
-        (Some(typed), None) => serde_json::to_value(typed),
+        (Some(typed), None) => serde_json::to_vec(typed),
         (None, Some(document)) => {
             let document = serde_json::Value::Object(struct_to_json(&document));
             let typed: BidRequest =
@@ -88,14 +88,12 @@ pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideEr
                     )
                 })?;
             request.request = Some(typed);
-            Ok(document)
+            serde_json::to_vec(&document)
         }
     };
-    document
-        .and_then(|document| serde_json::to_vec(&document))
-        .map_err(|error| {
-            DecideError::invalid("request", format!("cannot be encoded as JSON: {error}"))
-        })
+    encoded.map_err(|error| {
+        DecideError::invalid("request", format!("cannot be encoded as JSON: {error}"))
+    })
 }
 
 pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalized, DecideError> {
