@@ -11,8 +11,14 @@ use support::{Cluster, workspace_file};
 mod support;
 
 /// A bidding network with IAB GVL id 52 asked for every impression of the demo
-/// publishers, so every request's journey to a network can be captured.
+/// publishers (and of the app publisher of IAB example 3), so every request's journey
+/// to a network can be captured.
 const EDGE_NETWORK: &str = r#"
+[[accounts]]
+id = "agltb3B1Yi1pbmNyDAsSA0FwcBiJkfTUCV"
+parent_id = "demo-network"
+name = "The app publisher of IAB example 3"
+
 [[networks]]
 id = "edgenet"
 account_id = "demo-network"
@@ -166,6 +172,7 @@ async fn every_field_the_gateway_sent_reaches_the_network_and_only_owned_fields_
     for file in [
         "bid-request-example-1-simple-banner.json",
         "bid-request-example-2-expandable-creative.json",
+        "bid-request-example-3-mobile.json",
         "bid-request-example-4-video.json",
         "bid-request-example-5-pmp-with-direct-deal.json",
         "bid-request-example-6-native-ad.json",

@@ -84,7 +84,7 @@ impl GrpcNetworkAdapter {
                 Err(error) => return AdOutcome::Error(format!("price_micros: {error}")),
             },
         };
-        AdOutcome::Filled(Ad {
+        AdOutcome::Filled(Box::new(Ad {
             bid_id: String::new(),
             price,
             // The contract prices in the currency Cascade asked in unless it says.
@@ -101,7 +101,7 @@ impl GrpcNetworkAdapter {
             attr: response.attr,
             dsa: response.dsa,
             ..Default::default()
-        })
+        }))
     }
 }
 

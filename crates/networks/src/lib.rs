@@ -102,7 +102,7 @@ pub struct Ad {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AdOutcome {
-    Filled(Ad),
+    Filled(Box<Ad>),
     NoFill,
     /// The network answered that it does not bid, with its no-bid reason (`nbr`).
     Declined(i32),

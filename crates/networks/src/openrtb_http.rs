@@ -88,8 +88,11 @@ impl OpenRtbHttpAdapter {
             Err(error) => return AdOutcome::Error(format!("malformed bid response: {error}")),
         };
         let mut outcome = best_ad(bid_response, call);
-        if let AdOutcome::Filled(ad) = &mut outcome {
-            if ad.adm.is_empty() && call.markup_from_nurl {
+        if let AdOutcome::Filled(ad) = &mut outcome
+            && ad.adm.is_empty()
+            && call.markup_from_nurl
+        {
+            {
                 // The markup is served on the win notice: fetching it is the notice.
                 let url = notice_url(&ad.nurl, call, ad);
                 match self.fetch_markup(&url).await {
@@ -232,7 +235,7 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
         Some((_, _, bid)) if bid.adm.is_empty() && bid.nurl.is_empty() => {
             AdOutcome::Error("bid has neither adm nor nurl".to_string())
         }
-        Some((price, seat, bid)) => AdOutcome::Filled(Ad {
+        Some((price, seat, bid)) => AdOutcome::Filled(Box::new(Ad {
             bid_id: if bidid.is_empty() {
                 bid.id.clone()
             } else {
@@ -263,7 +266,7 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
             cat: bid.cat,
             attr: bid.attr,
             cur,
-        }),
+        })),
     }
 }
 

@@ -13,6 +13,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cascade_descriptor.bin"));
 
 pub mod openrtb {
+    // OpenRTB's `content.len` (seconds) becomes a `len()` accessor that is not a size.
+    #[allow(clippy::len_without_is_empty)]
     pub mod v1 {
         tonic::include_proto!("cascade.openrtb.v1");
     }

@@ -298,7 +298,7 @@ async fn check_billing(store: &dyn Store) {
             .claim_billing_notices(later + 5, later + 10, 10)
             .await
             .unwrap(),
-        [retried.clone()]
+        std::slice::from_ref(&retried)
     );
     store.settle_billing_notice(&retried, None).await.unwrap();
     // A repeated impression report bills nothing again.

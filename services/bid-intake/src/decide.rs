@@ -394,23 +394,17 @@ impl DecisionService {
                 winner,
                 keep_markup,
             );
-            // It lives as long as the ad may still render: the bid's or the
-            // impression's `exp` when longer than the default, within the cap.
             let imp_exp = bid_request
                 .imp
                 .iter()
                 .find(|imp| imp.id == slot.decision.impid)
-                .and_then(|imp| imp.exp)
-                .and_then(|exp| u64::try_from(exp).ok());
-            let exp = slot
-                .won
-                .as_ref()
-                .map(|won| u64::from(won.exp_seconds))
-                .filter(|&exp| exp > 0)
-                .or(imp_exp)
-                .map(Duration::from_secs)
-                .unwrap_or_default();
-            selection.ttl = selection.ttl.max(exp).min(self.max_selection_ttl);
+                .and_then(|imp| imp.exp);
+            selection.ttl = selection_lifetime(
+                self.selection_ttl,
+                self.max_selection_ttl,
+                slot.won.as_ref().map(|won| won.exp_seconds),
+                imp_exp,
+            );
             selection.test = test;
             if !test && !slot.burl.is_empty() {
                 selection.burl = std::mem::take(&mut slot.burl);
@@ -1085,6 +1079,23 @@ fn needs_call(ranked: &RankedCandidate) -> bool {
         .is_some_and(|c| c.source() == SourceKind::MediatedNetwork)
 }
 
+/// How long a selection is kept: as long as its ad may still render — the bid's `exp`,
+/// else the impression's — when that is longer than `default`, never beyond `max`.
+fn selection_lifetime(
+    default: Duration,
+    max: Duration,
+    bid_exp: Option<u32>,
+    imp_exp: Option<i32>,
+) -> Duration {
+    let exp = bid_exp
+        .filter(|&exp| exp > 0)
+        .map(u64::from)
+        .or(imp_exp.and_then(|exp| u64::try_from(exp).ok()))
+        .map(Duration::from_secs)
+        .unwrap_or_default();
+    default.max(exp).min(max)
+}
+
 fn winner_from(ranked: RankedCandidate) -> Winner {
     let candidate = ranked.candidate.unwrap_or_default();
     Winner {
@@ -1112,4 +1123,34 @@ fn winner_from(ranked: RankedCandidate) -> Winner {
 fn merged<T: Clone>(mut from_rule: Vec<T>, from_request: &[T]) -> Vec<T> {
     from_rule.extend(from_request.iter().cloned());
     from_rule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selection_lives_as_long_as_its_ad_may_render_within_the_cap() {
+        let hour = Duration::from_secs(3_600);
+        let day = Duration::from_secs(86_400);
+        let lifetime = |bid, imp| selection_lifetime(hour, day, bid, imp);
+        assert_eq!(lifetime(None, None), hour);
+        assert_eq!(
+            lifetime(Some(7_200), Some(60)),
+            Duration::from_secs(7_200),
+            "the bid's exp first"
+        );
+        assert_eq!(
+            lifetime(Some(0), Some(10_800)),
+            Duration::from_secs(10_800),
+            "then the impression's"
+        );
+        assert_eq!(
+            lifetime(Some(60), None),
+            hour,
+            "never shorter than the default"
+        );
+        assert_eq!(lifetime(None, Some(-5)), hour);
+        assert_eq!(lifetime(Some(u32::MAX), None), day, "capped");
+    }
 }

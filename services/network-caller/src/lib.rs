@@ -486,7 +486,7 @@ impl NetworkCallerService {
         attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         tracing::debug!(network = %call.network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
         let answered = match outcome {
-            AdOutcome::Filled(ad) => Some(judge(&rates, ad, call.floor, quality, attempt)),
+            AdOutcome::Filled(ad) => Some(judge(&rates, *ad, call.floor, quality, attempt)),
             AdOutcome::NoFill => {
                 attempt.outcome = AttemptOutcome::NoFill as i32;
                 None
