@@ -300,6 +300,12 @@ async fn a_malformed_request_gets_invalid_argument_naming_the_field() {
             "{expected}: {error}"
         );
         assert!(error.contains(expected), "expected {expected:?} in {error}");
+        // The field also arrives as a google.rpc.BadRequest field violation.
+        let field = expected.split(':').next().unwrap();
+        assert!(
+            error.contains(&format!("\"fieldViolations\":[{{\"field\":\"{field}\"")),
+            "expected a BadRequest detail for {field} in {error}"
+        );
     }
     // Nothing was half-done: the cluster still decides.
     let response = cluster.decide(&banner_request(json!([]))).await;

@@ -56,7 +56,9 @@ impl Reports for ReportService {
             &date_or_today(&request.to_date),
             MAX_REPORT_DAYS,
         )
-        .map_err(|e| Status::invalid_argument(format!("from_date..to_date: {e}")))?;
+        .map_err(|e| {
+            cascade_server::status::invalid_argument(format!("from_date..to_date: {e}"))
+        })?;
         let granularity = match pb::ReportGranularity::try_from(request.granularity) {
             Ok(pb::ReportGranularity::Hour) => Granularity::Hour,
             Ok(pb::ReportGranularity::Day | pb::ReportGranularity::Unspecified) => Granularity::Day,
@@ -81,7 +83,7 @@ impl Reports for ReportService {
     ) -> Result<Response<pb::IngestNetworkRevenueResponse>, Status> {
         let request = request.into_inner();
         days_between(&request.date, &request.date, 1)
-            .map_err(|e| Status::invalid_argument(format!("date: {e}")))?;
+            .map_err(|e| cascade_server::status::invalid_argument(format!("date: {e}")))?;
         if request.revenue_micros < 0 {
             return Err(Status::invalid_argument(
                 "revenue_micros: must not be negative",

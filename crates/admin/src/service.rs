@@ -8,6 +8,7 @@ use cascade_core::config::{ConfigError, Configuration};
 use cascade_core::entity::{Entity, EntityKind, diff};
 use cascade_proto::admin::v1 as pb;
 use cascade_proto::admin::v1::admin_server::{Admin, AdminServer};
+use cascade_server::status;
 use cascade_state::{StateError, Store};
 use tonic::{Request, Response, Status};
 
@@ -33,8 +34,8 @@ pub enum AdminError {
     NotFound { kind: EntityKind, id: String },
     #[error("page_token: {0}")]
     PageToken(&'static str),
-    #[error("the shared state is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the shared state failed: {0}")]
+    Store(#[source] StateError),
 }
 
 impl From<StateError> for AdminError {
@@ -44,7 +45,7 @@ impl From<StateError> for AdminError {
             StateError::VersionConflict { expected, actual } => {
                 AdminError::Conflict { expected, actual }
             }
-            other => AdminError::Unavailable(other.to_string()),
+            other => AdminError::Store(other),
         }
     }
 }
@@ -52,12 +53,20 @@ impl From<StateError> for AdminError {
 impl From<AdminError> for Status {
     fn from(error: AdminError) -> Self {
         let message = error.to_string();
-        match error {
-            AdminError::Invalid(_) | AdminError::PageToken(_) => Status::invalid_argument(message),
+        match &error {
+            AdminError::Invalid(invalid) => {
+                status::field_violation(&invalid.field, &invalid.message)
+            }
+            AdminError::PageToken(_) => status::invalid_argument(message),
             AdminError::Referenced(_) => Status::failed_precondition(message),
             AdminError::Conflict { .. } => Status::aborted(message),
             AdminError::NotFound { .. } => Status::not_found(message),
-            AdminError::Unavailable(_) => Status::unavailable(message),
+            // The store's own words (addresses, Redis replies) stay in the log.
+            AdminError::Store(store) if store.is_unavailable() => status::unavailable(
+                "the shared state is unavailable; nothing was changed",
+                &error,
+            ),
+            AdminError::Store(_) => status::internal("admin", &error),
         }
     }
 }

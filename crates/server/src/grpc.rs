@@ -156,6 +156,9 @@ fn reflection_builder(
     let builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cascade_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.BadRequest and the other error details, so that grpcurl can show
+        // the field violations of an INVALID_ARGUMENT.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health");
     service_names
         .iter()

@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod settings;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod wire;
 

@@ -29,8 +29,46 @@ pub enum StateError {
     VersionConflict { expected: u64, actual: u64 },
     #[error("cannot read configuration file {path}: {message}")]
     ConfigurationFile { path: String, message: String },
+    /// Redis could not be reached, or failed the command.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] redis::RedisError),
+    /// Redis is reachable but holds no configuration while a snapshot of one is held
+    /// (it restarted empty): the snapshot is kept until a configuration is applied.
+    #[error("the store holds no configuration; keeping version {kept} until one is applied")]
+    Emptied { kept: u64 },
+    /// The store is down and the selections waiting for it fill the backlog.
+    #[error("the store is down and the selection backlog is full ({capacity} selections)")]
+    BacklogFull { capacity: usize },
+    /// A value the store holds cannot be read: written by another version or by hand.
+    #[error("a stored {what} cannot be read")]
+    Corrupt {
+        what: &'static str,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    #[error("cannot encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Redis answered something the protocol does not allow (a missing reply, a refused
+    /// unconditional apply).
+    #[error("the store answered unexpectedly: {0}")]
+    Protocol(&'static str),
+}
+
+impl StateError {
+    /// Whether the store could not be used right now (retrying later may work), as
+    /// opposed to a fault in what was asked or stored.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StateError::Unavailable(_)
+                | StateError::BacklogFull { .. }
+                | StateError::Emptied { .. }
+        )
+    }
 }
 
 /// What the services read and write. Implementations are cheap to clone behind an `Arc`.

@@ -262,7 +262,7 @@ async fn follow_announcements(
 
 fn unavailable(error: redis::RedisError) -> StateError {
     metrics::counter!("cascade_redis_errors_total").increment(1);
-    StateError::Unavailable(error.to_string())
+    StateError::Unavailable(error)
 }
 
 impl RedisStore {
@@ -361,9 +361,7 @@ impl RedisStore {
         }
         ordered
             .into_iter()
-            .map(|reply| {
-                reply.ok_or_else(|| StateError::Unavailable("a pipeline reply is missing".into()))
-            })
+            .map(|reply| reply.ok_or(StateError::Protocol("a pipeline reply is missing")))
             .collect()
     }
 }
@@ -379,9 +377,12 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         let mut configuration = match document {
-            Some(document) => serde_json::from_str(&document).map_err(|e| {
-                StateError::Unavailable(format!("stored configuration is unreadable: {e}"))
-            })?,
+            Some(document) => {
+                serde_json::from_str(&document).map_err(|source| StateError::Corrupt {
+                    what: "configuration",
+                    source: Some(source),
+                })?
+            }
             None => Configuration::default(),
         };
         configuration.version = version.unwrap_or(0);
@@ -405,9 +406,11 @@ impl Store for RedisStore {
     ) -> Result<u64, StateError> {
         configuration.validate()?;
         configuration.version = 0;
-        let document = serde_json::to_string(&configuration).map_err(|e| {
-            StateError::Unavailable(format!("cannot encode the configuration: {e}"))
-        })?;
+        let document =
+            serde_json::to_string(&configuration).map_err(|source| StateError::Encode {
+                what: "the configuration",
+                source,
+            })?;
         let mut connection = self.connection().await?;
         let (applied, version): (u8, u64) = self
             .apply
@@ -425,7 +428,7 @@ impl Store for RedisStore {
                 expected,
                 actual: version,
             }),
-            (_, None) => Err(StateError::Unavailable("apply refused".to_string())),
+            (_, None) => Err(StateError::Protocol("an unconditional apply was refused")),
         }
     }
 
@@ -433,9 +436,11 @@ impl Store for RedisStore {
         let values = selections
             .iter()
             .map(|selection| {
-                let value = serde_json::to_string(selection).map_err(|e| {
-                    StateError::Unavailable(format!("cannot encode a selection: {e}"))
-                })?;
+                let value =
+                    serde_json::to_string(selection).map_err(|source| StateError::Encode {
+                        what: "a selection",
+                        source,
+                    })?;
                 let ttl_ms = u64::try_from(selection.ttl.as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1);
@@ -510,8 +515,9 @@ impl Store for RedisStore {
             1 => {
                 let selection = selection
                     .and_then(|s| serde_json::from_str(&s).ok())
-                    .ok_or_else(|| {
-                        StateError::Unavailable("a stored selection cannot be read".into())
+                    .ok_or_else(|| StateError::Corrupt {
+                        what: "selection",
+                        source: None,
                     })?;
                 EventRecorded::New(Box::new(selection))
             }
@@ -562,8 +568,10 @@ impl Store for RedisStore {
         pipeline.atomic();
         match retry_at_ms {
             Some(due) => {
-                let value = serde_json::to_string(notice)
-                    .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                let value = serde_json::to_string(notice).map_err(|source| StateError::Encode {
+                    what: "a billing notice",
+                    source,
+                })?;
                 pipeline
                     .cmd("HSET")
                     .arg(keys::billing_notices(shard))

@@ -82,10 +82,9 @@ impl SelectionWriter {
     fn buffer(&self, selections: Vec<Selection>) -> Result<(), StateError> {
         let mut backlog = self.lock();
         if backlog.len() + selections.len() > self.capacity {
-            return Err(StateError::Unavailable(format!(
-                "the store is down and the selection backlog is full ({} selections)",
-                self.capacity
-            )));
+            return Err(StateError::BacklogFull {
+                capacity: self.capacity,
+            });
         }
         backlog.extend(selections);
         metrics::gauge!("cascade_selection_backlog").set(backlog.len() as f64);
@@ -205,7 +204,7 @@ mod tests {
         );
         let refused = writer.write(vec![selection("d")], timeout).await;
         assert!(
-            matches!(refused, Err(StateError::Unavailable(_))),
+            matches!(refused, Err(StateError::BacklogFull { .. })),
             "{refused:?}"
         );
         assert_eq!(writer.backlog_len(), 3);

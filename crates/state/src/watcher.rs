@@ -120,9 +120,7 @@ async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::St
         // A store that lost everything (Redis restarted without persistence) must not
         // empty every service: keep the last snapshot until a configuration is applied.
         Some(current) if version == 0 => {
-            return Err(crate::StateError::Unavailable(format!(
-                "the store holds no configuration; keeping version {current} until one is applied"
-            )));
+            return Err(crate::StateError::Emptied { kept: current });
         }
         _ => {}
     }

@@ -56,7 +56,7 @@ enum RankError {
 
 impl From<RankError> for Status {
     fn from(error: RankError) -> Self {
-        Status::invalid_argument(error.to_string())
+        cascade_server::status::invalid_argument(&error)
     }
 }
 

@@ -110,7 +110,7 @@ impl From<WaterfallError> for Status {
     fn from(error: WaterfallError) -> Self {
         match error {
             WaterfallError::NotReady => Status::unavailable(error.to_string()),
-            _ => Status::invalid_argument(error.to_string()),
+            _ => cascade_server::status::invalid_argument(&error),
         }
     }
 }

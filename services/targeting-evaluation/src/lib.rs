@@ -59,7 +59,7 @@ impl From<EvaluateError> for Status {
         match error {
             EvaluateError::NotReady => Status::unavailable(error.to_string()),
             EvaluateError::TooManyImps(_) | EvaluateError::InvalidFloor(_) => {
-                Status::invalid_argument(error.to_string())
+                cascade_server::status::invalid_argument(&error)
             }
         }
     }
