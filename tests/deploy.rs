@@ -155,3 +155,56 @@ async fn the_services_run_on_their_kubernetes_settings() {
     assert!(admin.success, "ListEntities failed: {}", admin.stderr);
     assert!(admin.stdout.contains("coolads"), "{}", admin.stdout);
 }
+
+/// A setting out of range, or two that contradict each other, stop a service at start
+/// with a message naming the key, instead of running on a silently clamped value.
+#[tokio::test]
+async fn a_bad_setting_stops_a_service_at_start_naming_its_key() {
+    let cases = [
+        (
+            "bid-intake",
+            "bidding_budget_ms = 9000\nmax_budget_ms = 5000\n",
+            "setting bidding_budget_ms",
+        ),
+        (
+            "bid-intake",
+            "[notices]\nbilling_lease_ms = 10\n",
+            "setting notices.billing_lease_ms",
+        ),
+        (
+            "network-caller",
+            "breaker_failures_to_open = 0\n",
+            "setting breaker_failures_to_open",
+        ),
+        (
+            "targeting-evaluation",
+            "[state]\npoll_interval_ms = 1\n",
+            "setting state.poll_interval_ms",
+        ),
+        (
+            "targeting-evaluation",
+            "[state]\nredis_url = \"localhost:6379\"\n",
+            "setting state.redis_url",
+        ),
+    ];
+    for (binary, settings, expected) in cases {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, settings.as_bytes()).unwrap();
+        let output = tokio::process::Command::new(cascade_testkit::process::binary_path(binary))
+            .arg("--settings")
+            .arg(file.path())
+            .env_remove("CASCADE_SETTINGS")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{binary} started with {settings:?}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{binary}: expected {expected:?} in {stderr}"
+        );
+    }
+}

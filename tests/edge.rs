@@ -443,7 +443,7 @@ async fn notices_are_fired_once_and_billing_survives_a_restart() {
     networks.send_notices("bidwise");
     let state = format!("[state]\nredis_url = \"{}\"\n", redis.url());
     let billing = "notices.billing_retry_first_ms = 50\nnotices.billing_retry_max_ms = 100\n\
-                   notices.billing_poll_ms = 20\nnotices.billing_lease_ms = 300\n";
+                   notices.billing_poll_ms = 20\nnotices.billing_lease_ms = 300\nnotices.timeout_ms = 200\n";
     let mut cluster = Cluster::start_services(networks, &state, "", billing, None).await;
     let networks = cluster.networks.clone();
 

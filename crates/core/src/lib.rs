@@ -11,6 +11,7 @@ pub mod money;
 pub mod notice;
 pub mod privacy;
 pub mod report;
+pub mod settings;
 pub mod snapshot;
 pub mod targeting;
 pub mod waterfall;

@@ -150,6 +150,12 @@ pub struct ResolverSettings {
     pub nameserver: Option<SocketAddr>,
 }
 
+impl cascade_core::settings::Validate for ResolverSettings {
+    fn validate(&self) -> Result<(), cascade_core::settings::InvalidSetting> {
+        cascade_core::settings::at_least("refresh_interval_ms", self.refresh_interval_ms, 50)
+    }
+}
+
 impl Default for ResolverSettings {
     fn default() -> Self {
         Self {
@@ -188,7 +194,7 @@ impl Resolver {
         let dns = builder.build().map_err(|e| ResolverError(e.to_string()))?;
         Ok(Self {
             dns,
-            refresh_interval: Duration::from_millis(settings.refresh_interval_ms.max(50)),
+            refresh_interval: Duration::from_millis(settings.refresh_interval_ms),
         })
     }
 

@@ -6,23 +6,28 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use cascade_core::settings::{InvalidSetting, Validate};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub const ENV_PREFIX: &str = "CASCADE";
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid settings: {0}")]
-pub struct SettingsError(#[from] config::ConfigError);
+pub enum SettingsError {
+    #[error("invalid settings: {0}")]
+    Read(#[from] config::ConfigError),
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] InvalidSetting),
+}
 
 /// Loads `T` from its defaults, `file` (when given) and the environment.
-pub fn load<T: Serialize + DeserializeOwned + Default>(
+pub fn load<T: Serialize + DeserializeOwned + Default + Validate>(
     file: Option<&Path>,
 ) -> Result<T, SettingsError> {
     load_with_environment(file, None)
 }
 
 /// [`load`] with `environment` standing in for the process environment when given.
-fn load_with_environment<T: Serialize + DeserializeOwned + Default>(
+fn load_with_environment<T: Serialize + DeserializeOwned + Default + Validate>(
     file: Option<&Path>,
     environment: Option<config::Map<String, String>>,
 ) -> Result<T, SettingsError> {
@@ -42,13 +47,15 @@ fn load_with_environment<T: Serialize + DeserializeOwned + Default>(
                 .source(environment),
         )
         .build()?
-        .try_deserialize()?;
+        .try_deserialize::<T>()?;
+    // Checked once, here: a service with a bad setting exits at start naming it.
+    settings.validate()?;
     Ok(settings)
 }
 
 /// Loads `T` the way every service binary does: `--settings FILE` (or `$CASCADE_SETTINGS`)
 /// over the defaults, then the environment. `about` is the binary's `--help` line.
-pub fn from_command_line<T: Serialize + DeserializeOwned + Default>(
+pub fn from_command_line<T: Serialize + DeserializeOwned + Default + Validate>(
     name: &'static str,
     about: &'static str,
 ) -> Result<T, SettingsError> {
@@ -98,6 +105,34 @@ impl Default for GrpcSettings {
     }
 }
 
+impl Validate for GrpcSettings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        // Beyond ten minutes a stop is not graceful but stuck.
+        const LONGEST_MS: u64 = 600_000;
+        for (key, value) in [
+            ("shutdown_delay_ms", self.shutdown_delay_ms),
+            ("drain_timeout_ms", self.drain_timeout_ms),
+        ] {
+            if value > LONGEST_MS {
+                return Err(InvalidSetting::new(
+                    key,
+                    format!("must be at most {LONGEST_MS}, got {value}"),
+                ));
+            }
+        }
+        if self
+            .metrics_listen
+            .is_some_and(|metrics| metrics == self.listen && metrics.port() != 0)
+        {
+            return Err(InvalidSetting::new(
+                "metrics_listen",
+                "must differ from listen",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl GrpcSettings {
     pub fn shutdown_delay(&self) -> Duration {
         Duration::from_millis(self.shutdown_delay_ms)
@@ -118,6 +153,27 @@ mod tests {
         grpc: GrpcSettings,
         url: Option<String>,
         enabled: bool,
+    }
+
+    impl Validate for Example {
+        fn validate(&self) -> Result<(), InvalidSetting> {
+            self.grpc.validate_under("grpc")
+        }
+    }
+
+    #[test]
+    fn a_setting_out_of_range_is_refused_naming_its_key() {
+        let environment = config::Map::from([(
+            "CASCADE__GRPC__DRAIN_TIMEOUT_MS".to_string(),
+            "99999999".to_string(),
+        )]);
+        let error = load_with_environment::<Example>(None, Some(environment)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("setting grpc.drain_timeout_ms: must be at most"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -251,13 +251,51 @@ impl Default for StateSettings {
     }
 }
 
+impl cascade_core::settings::Validate for StateSettings {
+    fn validate(&self) -> Result<(), cascade_core::settings::InvalidSetting> {
+        use cascade_core::settings::{InvalidSetting, at_least, require};
+        // Faster polling than this is load on Redis, not freshness.
+        at_least("poll_interval_ms", self.poll_interval_ms, 10)?;
+        at_least(
+            "report_flush_interval_ms",
+            self.report_flush_interval_ms,
+            10,
+        )?;
+        match &self.redis_url {
+            Some(urls) => {
+                for url in urls.split(',') {
+                    let url = url.trim();
+                    require(
+                        url.starts_with("redis://") || url.starts_with("rediss://"),
+                        "redis_url",
+                        || format!("{url:?} is not a redis:// or rediss:// URL"),
+                    )?;
+                }
+                require(
+                    self.redis_cluster || !urls.contains(','),
+                    "redis_url",
+                    || {
+                        "several nodes are for a Redis Cluster: set redis_cluster = true"
+                            .to_string()
+                    },
+                )
+            }
+            None if self.redis_cluster => Err(InvalidSetting::new(
+                "redis_cluster",
+                "needs redis_url naming the cluster's nodes",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 impl StateSettings {
     pub fn poll_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.poll_interval_ms.max(10))
+        std::time::Duration::from_millis(self.poll_interval_ms)
     }
 
     pub fn report_flush_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.report_flush_interval_ms.max(10))
+        std::time::Duration::from_millis(self.report_flush_interval_ms)
     }
 
     /// Opens the configured store: Redis when `redis_url` is set (connecting lazily),

@@ -54,6 +54,12 @@ enum RankError {
     UnsupportedSource(usize, usize, SourceKind),
 }
 
+impl cascade_core::settings::Validate for Settings {
+    fn validate(&self) -> Result<(), cascade_core::settings::InvalidSetting> {
+        self.grpc.validate_under("grpc")
+    }
+}
+
 impl From<RankError> for Status {
     fn from(error: RankError) -> Self {
         cascade_server::status::invalid_argument(&error)

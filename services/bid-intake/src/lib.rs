@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_admin::{AdminService, ReportService};
+use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_networks::notices::Notifier;
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::admin::v1::reports_server::ReportsServer;
@@ -95,6 +96,52 @@ impl Default for Settings {
     }
 }
 
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        self.grpc.validate_under("grpc")?;
+        self.state.validate_under("state")?;
+        self.resolver.validate_under("resolver")?;
+        self.notices.validate_under("notices")?;
+        at_least("default_budget_ms", self.default_budget_ms, 1)?;
+        let within_max = |key: &str, value: u64| {
+            require(value <= self.max_budget_ms, key, || {
+                format!(
+                    "must not exceed max_budget_ms ({}), got {value}",
+                    self.max_budget_ms
+                )
+            })
+        };
+        within_max("default_budget_ms", self.default_budget_ms)?;
+        within_max("bidding_budget_ms", self.bidding_budget_ms)?;
+        require(
+            self.response_reserve_ms + self.fallback_reserve_ms < self.default_budget_ms,
+            "response_reserve_ms",
+            || {
+                format!(
+                    "response_reserve_ms + fallback_reserve_ms must be under default_budget_ms ({})",
+                    self.default_budget_ms
+                )
+            },
+        )?;
+        at_least("selection_ttl_secs", self.selection_ttl_secs, 1)?;
+        require(
+            self.max_selection_ttl_secs >= self.selection_ttl_secs,
+            "max_selection_ttl_secs",
+            || {
+                format!(
+                    "must be at least selection_ttl_secs ({})",
+                    self.selection_ttl_secs
+                )
+            },
+        )?;
+        at_least(
+            "selection_backlog_capacity",
+            self.selection_backlog_capacity as u64,
+            1,
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot load the configuration: {0}")]
@@ -154,9 +201,7 @@ pub async fn serve(
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         fallback_reserve: Duration::from_millis(settings.fallback_reserve_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
-        max_selection_ttl: Duration::from_secs(
-            settings.max_selection_ttl_secs.max(settings.selection_ttl_secs),
-        ),
+        max_selection_ttl: Duration::from_secs(settings.max_selection_ttl_secs),
         notifier,
         notices: settings.notices.clone(),
     };

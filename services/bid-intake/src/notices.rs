@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use cascade_core::Micros;
 use cascade_core::notice::{self, AuctionFacts, loss};
+use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_networks::notices::Notifier;
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{SourceKind, Winner};
@@ -58,6 +59,32 @@ impl Default for NoticeSettings {
             billing_poll_ms: 250,
             billing_lease_ms: 30_000,
         }
+    }
+}
+
+impl Validate for NoticeSettings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        at_least("max_in_flight", self.max_in_flight as u64, 1)?;
+        at_least("timeout_ms", self.timeout_ms, 1)?;
+        at_least("billing_ttl_secs", self.billing_ttl_secs, 1)?;
+        at_least("billing_retry_first_ms", self.billing_retry_first_ms, 1)?;
+        require(
+            self.billing_retry_max_ms >= self.billing_retry_first_ms,
+            "billing_retry_max_ms",
+            || {
+                format!(
+                    "must be at least billing_retry_first_ms ({})",
+                    self.billing_retry_first_ms
+                )
+            },
+        )?;
+        at_least("billing_poll_ms", self.billing_poll_ms, 10)?;
+        // A lease shorter than one attempt would let a second worker send it again.
+        require(
+            self.billing_lease_ms > self.timeout_ms,
+            "billing_lease_ms",
+            || format!("must be longer than timeout_ms ({})", self.timeout_ms),
+        )
     }
 }
 
@@ -232,7 +259,7 @@ pub async fn deliver_billing_notices(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
-    let poll = Duration::from_millis(settings.billing_poll_ms.max(10));
+    let poll = Duration::from_millis(settings.billing_poll_ms);
     loop {
         let now = cascade_state::now_unix_millis();
         let lease_until = now + i64::try_from(settings.billing_lease_ms).unwrap_or(i64::MAX / 2);

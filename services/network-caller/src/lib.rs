@@ -16,6 +16,7 @@ use cascade_core::config::NetworkMode;
 use cascade_core::money::Rates;
 use cascade_core::privacy::{RequestSignals, Signals};
 use cascade_core::report::{Metric, ReportCell, counts_at};
+use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
 use cascade_networks::health::{BreakerPolicy, NetworkHealth, Skip as HealthSkip};
@@ -82,6 +83,35 @@ impl Default for Settings {
     }
 }
 
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        self.grpc.validate_under("grpc")?;
+        self.state.validate_under("state")?;
+        at_least("default_budget_ms", self.default_budget_ms, 1)?;
+        at_least(
+            "max_network_calls_per_waterfall",
+            u64::from(self.max_network_calls_per_waterfall),
+            1,
+        )?;
+        at_least(
+            "breaker_failures_to_open",
+            u64::from(self.breaker_failures_to_open),
+            1,
+        )?;
+        at_least("breaker_open_ms", self.breaker_open_ms, 1)?;
+        require(
+            self.answer_reserve_ms + self.min_call_ms < self.default_budget_ms,
+            "answer_reserve_ms",
+            || {
+                format!(
+                    "answer_reserve_ms + min_call_ms must be under default_budget_ms ({}), or no call is ever made",
+                    self.default_budget_ms
+                )
+            },
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot load the configuration: {0}")]
@@ -136,7 +166,7 @@ pub async fn serve(
             min_call: Duration::from_millis(settings.min_call_ms),
         },
         breaker_policy: BreakerPolicy {
-            failures_to_open: settings.breaker_failures_to_open.max(1),
+            failures_to_open: settings.breaker_failures_to_open,
             open_for: Duration::from_millis(settings.breaker_open_ms),
         },
         health: Mutex::default(),

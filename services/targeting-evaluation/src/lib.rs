@@ -54,6 +54,13 @@ enum EvaluateError {
     InvalidFloor(usize),
 }
 
+impl cascade_core::settings::Validate for Settings {
+    fn validate(&self) -> Result<(), cascade_core::settings::InvalidSetting> {
+        self.grpc.validate_under("grpc")?;
+        self.state.validate_under("state")
+    }
+}
+
 impl From<EvaluateError> for Status {
     fn from(error: EvaluateError) -> Self {
         match error {
