@@ -374,3 +374,27 @@ async fn a_lost_announcement_is_caught_by_the_poll() {
         "took {took:?} with a 300 ms poll"
     );
 }
+
+/// A service started while Redis is down does not exit (Kubernetes would crash-loop
+/// it): it listens, answers health NOT_SERVING while it has no snapshot, keeps trying,
+/// and turns SERVING once Redis is up.
+#[tokio::test]
+async fn a_service_started_before_redis_turns_serving_once_redis_is_up() {
+    let mut redis = RedisServer::start().await.unwrap();
+    redis.kill().await.unwrap();
+    let settings = format!(
+        "[state]\nredis_url = \"{}\"\npoll_interval_ms = 50\n",
+        redis.url()
+    );
+    let service = ServiceProcess::spawn("targeting-evaluation", &settings)
+        .await
+        .unwrap();
+    let health = grpcurl::call(service.addr, "grpc.health.v1.Health/Check", &json!({}), &[])
+        .await
+        .unwrap();
+    assert_eq!(health.json()["status"], "NOT_SERVING", "{}", health.stderr);
+    redis.restart().await.unwrap();
+    cascade_testkit::wait_until_serving(service.addr, "", Duration::from_secs(10))
+        .await
+        .unwrap();
+}

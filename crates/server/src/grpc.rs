@@ -2,6 +2,7 @@
 //! server reflection, health that follows readiness, and a bounded graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -37,6 +38,7 @@ pub struct GrpcServer {
     routes: Routes,
     service_names: Vec<&'static str>,
     staleness: Option<tokio::sync::watch::Receiver<bool>>,
+    readiness: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The health-check name that reports whether a service's configuration snapshot is
@@ -52,7 +54,15 @@ impl GrpcServer {
             routes,
             service_names: service_names.to_vec(),
             staleness: None,
+            readiness: None,
         }
+    }
+
+    /// Health answers NOT_SERVING until `readiness` turns true (the first snapshot is
+    /// loaded), SERVING from then on; without it, SERVING from the first call.
+    pub fn ready_when(mut self, readiness: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Reports `staleness` (true: stale) under [`STATE_HEALTH_NAME`].
@@ -61,8 +71,8 @@ impl GrpcServer {
         self
     }
 
-    /// Serves on `listener` until `shutdown` resolves. The caller has made the service
-    /// ready (snapshot loaded) before: health answers SERVING from the first call. On
+    /// Serves on `listener` until `shutdown` resolves. Health answers SERVING once the
+    /// service is ready (see [`GrpcServer::ready_when`]). On
     /// shutdown, health turns NOT_SERVING, calls are still served for `shutdown_delay`,
     /// then the server stops accepting and in-flight calls get `drain_timeout` to finish.
     pub async fn serve(
@@ -72,11 +82,36 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let health_names: Vec<&str> = self.service_names.iter().copied().chain([""]).collect();
+        let health_names: Vec<&'static str> =
+            self.service_names.iter().copied().chain([""]).collect();
+        let ready_now = self.readiness.as_ref().is_none_or(|ready| *ready.borrow());
+        let initial = if ready_now {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         for name in &health_names {
-            health_reporter
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
+            health_reporter.set_service_status(*name, initial).await;
+        }
+        // Turns SERVING once ready, unless the server is stopping by then.
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let (false, Some(mut readiness)) = (ready_now, self.readiness.clone()) {
+            let reporter = health_reporter.clone();
+            let names = health_names.clone();
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                if readiness.wait_for(|ready| *ready).await.is_err() {
+                    return;
+                }
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                for name in names {
+                    reporter
+                        .set_service_status(name, ServingStatus::Serving)
+                        .await;
+                }
+            });
         }
         if let Some(mut staleness) = self.staleness.clone() {
             let reporter = health_reporter.clone();
@@ -125,6 +160,7 @@ impl GrpcServer {
             () = shutdown => {}
         }
 
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         for name in &health_names {
             health_reporter
                 .set_service_status(*name, ServingStatus::NotServing)

@@ -31,6 +31,7 @@ pub struct SnapshotWatch {
     cell: Arc<SnapshotCell>,
     poller: tokio::task::JoinHandle<()>,
     stale: tokio::sync::watch::Receiver<bool>,
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl SnapshotWatch {
@@ -45,6 +46,12 @@ impl SnapshotWatch {
     pub fn staleness(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stale.clone()
     }
+
+    /// True once a snapshot is loaded: until then the service cannot decide, and its
+    /// health says NOT_SERVING.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.clone()
+    }
 }
 
 impl Drop for SnapshotWatch {
@@ -56,18 +63,20 @@ impl Drop for SnapshotWatch {
 /// Loads the store's configuration into a new snapshot now, then rebuilds it whenever
 /// the store announces a new version, and polls the version every `poll_interval` so a
 /// lost announcement costs at most one interval. A store that is down or a
-/// configuration that fails to build leaves the last good snapshot in place. Fails only
-/// when the first load fails: a service is not ready without a snapshot.
-pub async fn watch_snapshot(
-    store: Arc<dyn Store>,
-    poll_interval: Duration,
-) -> Result<SnapshotWatch, crate::StateError> {
+/// configuration that fails to build leaves the last good snapshot in place. When the
+/// first load fails (Redis not up yet), the service still starts: the snapshot stays
+/// empty, [`SnapshotWatch::readiness`] false, and every poll tries again.
+pub async fn watch_snapshot(store: Arc<dyn Store>, poll_interval: Duration) -> SnapshotWatch {
     let cell = Arc::new(SnapshotCell::default());
-    refresh(store.as_ref(), &cell).await?;
-    metrics::gauge!("cascade_state_stale").set(0.0);
+    let first = refresh(store.as_ref(), &cell).await;
+    if let Err(error) = &first {
+        tracing::error!(%error, "cannot load the configuration yet; not ready, retrying every poll");
+    }
+    metrics::gauge!("cascade_state_stale").set(if first.is_ok() { 0.0 } else { 1.0 });
     let polled = cell.clone();
     let mut announcements = Some(store.configuration_changes());
-    let (stale_tx, stale) = tokio::sync::watch::channel(false);
+    let (stale_tx, stale) = tokio::sync::watch::channel(first.is_err());
+    let (ready_tx, ready) = tokio::sync::watch::channel(first.is_ok());
     let poller = tokio::spawn(async move {
         // The first load just happened: the first poll is one interval away.
         let mut ticker =
@@ -93,6 +102,9 @@ pub async fn watch_snapshot(
             match refresh(store.as_ref(), &polled).await {
                 Ok(()) => {
                     metrics::gauge!("cascade_state_stale").set(0.0);
+                    if !ready_tx.send_replace(true) {
+                        tracing::info!("configuration loaded; ready");
+                    }
                     if stale_tx.send_replace(false) {
                         tracing::info!("configuration store reachable again");
                     }
@@ -106,11 +118,12 @@ pub async fn watch_snapshot(
             }
         }
     });
-    Ok(SnapshotWatch {
+    SnapshotWatch {
         cell,
         poller,
         stale,
-    })
+        ready,
+    }
 }
 
 async fn refresh(store: &dyn Store, cell: &SnapshotCell) -> Result<(), crate::StateError> {
@@ -156,9 +169,7 @@ mod tests {
             ..Default::default()
         };
         let store = Arc::new(MemoryStore::with_configuration(account("a")).unwrap());
-        let watch = watch_snapshot(store.clone(), Duration::from_millis(5))
-            .await
-            .unwrap();
+        let watch = watch_snapshot(store.clone(), Duration::from_millis(5)).await;
         let cell = watch.cell();
         assert!(cell.load().unwrap().has_account("a"));
 

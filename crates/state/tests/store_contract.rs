@@ -483,9 +483,7 @@ async fn no_acknowledged_event_is_lost_when_redis_crashes() {
 /// Announced versions reach a watcher at once; its poll interval here is a minute, so
 /// only the announcement can explain a quick refresh.
 async fn check_announcements(store: std::sync::Arc<dyn Store>) {
-    let watch = cascade_state::watch_snapshot(store.clone(), Duration::from_secs(60))
-        .await
-        .unwrap();
+    let watch = cascade_state::watch_snapshot(store.clone(), Duration::from_secs(60)).await;
     let cell = watch.cell();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -52,8 +52,25 @@ impl ServiceProcess {
         Self::start_binary(&binary_path(binary), settings, env).await
     }
 
-    /// Starts the service binary at `path` (e.g. next to the running `cascade`).
+    /// Starts the service binary at `path` (e.g. next to the running `cascade`) and
+    /// waits until it answers health with SERVING.
     pub async fn start_binary(
+        path: &std::path::Path,
+        settings: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let process = Self::spawn_binary(path, settings, env).await?;
+        wait_until_serving(process.addr, "", Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+
+    /// Starts `binary` and returns once it listens, serving or not (a service waiting
+    /// for its state store answers health NOT_SERVING).
+    pub async fn spawn(binary: &str, settings: &str) -> std::io::Result<Self> {
+        Self::spawn_binary(&binary_path(binary), settings, &[]).await
+    }
+
+    async fn spawn_binary(
         path: &std::path::Path,
         settings: &str,
         env: &[(&str, &str)],
@@ -113,7 +130,6 @@ impl ServiceProcess {
                 }
             }
         });
-        wait_until_serving(addr, "", Duration::from_secs(30)).await?;
         Ok(Self {
             name: binary.to_string(),
             addr,

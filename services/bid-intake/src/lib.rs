@@ -161,7 +161,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await?;
+    let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await;
     let snapshot = watch.cell();
     let report = ReportRecorder::new(store.clone(), settings.state.report_flush_interval());
     let resolver = Resolver::new(&settings.resolver)?;
@@ -219,6 +219,7 @@ pub async fn serve(
         ],
     )
     .reporting_staleness(watch.staleness())
+    .ready_when(watch.readiness())
     .serve(listener, &settings.grpc, shutdown)
     .await;
     let _ = stop_billing.send(true);

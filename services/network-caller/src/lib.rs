@@ -152,7 +152,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await?;
+    let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await;
     let snapshot = watch.cell();
     let report = ReportRecorder::new(store, settings.state.report_flush_interval());
     let service = NetworkCallerService {
@@ -174,6 +174,7 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(NetworkCallerServer::new(service));
     GrpcServer::new(routes, &[NetworkCallerServer::<NetworkCallerService>::NAME])
         .reporting_staleness(watch.staleness())
+        .ready_when(watch.readiness())
         .serve(listener, &settings.grpc, shutdown)
         .await?;
     report.flush().await;

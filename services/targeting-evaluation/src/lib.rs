@@ -79,7 +79,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let watch = watch_snapshot(store, settings.state.poll_interval()).await?;
+    let watch = watch_snapshot(store, settings.state.poll_interval()).await;
     let snapshot = watch.cell();
     let service = TargetingEvaluationServer::new(TargetingService { snapshot });
     let routes = tonic::service::Routes::new(service);
@@ -87,7 +87,8 @@ pub async fn serve(
         routes,
         &[TargetingEvaluationServer::<TargetingService>::NAME],
     )
-    .reporting_staleness(watch.staleness());
+    .reporting_staleness(watch.staleness())
+    .ready_when(watch.readiness());
     server.serve(listener, &settings.grpc, shutdown).await?;
     Ok(())
 }
