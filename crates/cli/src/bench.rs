@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 use cascade_core::config::{MediatedBid, Network, SellingRule};
 use cascade_core::money::Micros;
 use cascade_core::targeting::{Filter, Targeting};
+use cascade_sandbox::{Behaviour, FakeNetworks, RedisServer, ServiceProcess};
 use cascade_state::Store;
-use cascade_testkit::{Behaviour, FakeNetworks, RedisServer, ServiceProcess};
 
 use crate::load::{LoadArgs, LoadResult, parse_duration};
 

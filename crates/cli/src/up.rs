@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cascade_sandbox::{Behaviour, FakeNetworks};
 use cascade_server::settings::GrpcSettings;
 use cascade_state::{MemoryStore, StateError, StateSettings, Store};
-use cascade_testkit::{Behaviour, FakeNetworks};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -202,7 +202,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         network_caller_addr,
         bid_intake_addr,
     ] {
-        cascade_testkit::wait_until_serving(addr, "", std::time::Duration::from_secs(10)).await?;
+        cascade_sandbox::wait_until_serving(addr, "", std::time::Duration::from_secs(10)).await?;
     }
     println!("cascade is up ({state_description})");
     print_banner(

@@ -1,18 +1,17 @@
-//! Real things for tests and the demo: fake ad networks that speak OpenRTB over HTTP,
-//! service binaries started as processes on free ports, health waits, grpcurl and a DNS
-//! server for names with several addresses.
+//! Real things for tests: everything of `cascade-sandbox` (fake ad networks, service
+//! processes, redis-server, a run-time CA), plus grpcurl, an OTLP collector and a DNS
+//! server for names with several addresses. A dev-dependency only: nothing shipped
+//! links it.
 
 pub mod dns;
-pub mod fake_network;
 pub mod grpcurl;
 pub mod otlp;
-pub mod process;
-pub mod redis;
-pub mod tls;
 
+pub use cascade_sandbox::{fake_network, process, redis, tls};
+
+pub use cascade_sandbox::{
+    Behaviour, FakeNetworks, GRPC_NETWORK, Notice, RedisCluster, RedisOptions, RedisServer,
+    ServiceProcess, TestCa, wait_until_serving,
+};
 pub use dns::FakeDns;
-pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK, Notice};
 pub use otlp::{OtlpCollector, ReceivedSpan};
-pub use process::{ServiceProcess, wait_until_serving};
-pub use redis::{RedisCluster, RedisOptions, RedisServer};
-pub use tls::TestCa;

@@ -1,0 +1,15 @@
+//! Cascade on one machine: demo ad networks that speak OpenRTB over HTTP (or HTTPS with
+//! a CA made at run time) and Cascade's gRPC custom-network contract, service binaries
+//! started as processes on free ports and awaited through health, and a `redis-server`
+//! on a free port. `cascade up` and `cascade bench` run on it; the tests reach it
+//! through `cascade-testkit`.
+
+pub mod fake_network;
+pub mod process;
+pub mod redis;
+pub mod tls;
+
+pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK, Notice};
+pub use process::{ServiceProcess, wait_until_serving};
+pub use redis::{RedisCluster, RedisOptions, RedisServer};
+pub use tls::TestCa;
