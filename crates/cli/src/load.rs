@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -206,10 +208,6 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
 
 type Shared<T> = Arc<Mutex<T>>;
 
-fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
 }
@@ -234,9 +232,9 @@ where
             let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
             match result {
                 Ok(()) => {
-                    let _ = lock(&latencies).record(micros.max(1));
+                    let _ = latencies.lock().record(micros.max(1));
                 }
-                Err(code) => *lock(&errors).entry(format!("{code:?}")).or_default() += 1,
+                Err(code) => *errors.lock().entry(format!("{code:?}")).or_default() += 1,
             }
             done.fetch_add(1, Ordering::Relaxed);
         }
@@ -278,7 +276,8 @@ where
                         });
                     }
                     Err(_) => {
-                        *lock(&errors)
+                        *errors
+                            .lock()
                             .entry("Dropped (generator saturated)".into())
                             .or_default() += 1
                     }
@@ -293,8 +292,8 @@ where
         progress.abort();
     }
     let elapsed = started.elapsed();
-    let latencies = std::mem::replace(&mut *lock(&latencies), new_histogram());
-    let errors = std::mem::take(&mut *lock(&errors));
+    let latencies = std::mem::replace(&mut *latencies.lock(), new_histogram());
+    let errors = std::mem::take(&mut *errors.lock());
     LoadResult {
         elapsed,
         latencies,

@@ -2,6 +2,7 @@
 //! and currency rates. It is what the admin API writes and what every service builds its
 //! [`Snapshot`](crate::snapshot::Snapshot) from. The same types read the demo file.
 
+pub use crate::config_error::ConfigError;
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
@@ -442,24 +443,6 @@ impl CurrencyRate {
                     .filter_map(|s| Some((s.applies_from()?, s.usd.0))),
             )
             .collect()
-    }
-}
-
-/// A configuration that cannot be accepted, naming the offending field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// Path of the field, e.g. `selling_rules[2].account_id`.
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
     }
 }
 

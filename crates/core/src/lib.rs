@@ -5,6 +5,7 @@
 pub mod ad_quality;
 pub mod auction;
 pub mod config;
+pub mod config_error;
 pub mod entity;
 pub mod index;
 pub mod money;

@@ -1,5 +1,5 @@
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use cascade_core::Micros;
 use cascade_proto::customnetwork::v1::AdRequest;
@@ -20,10 +20,7 @@ pub struct GrpcNetworkAdapter {
 
 impl GrpcNetworkAdapter {
     fn channel(&self, endpoint: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self
-            .channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }

@@ -3,7 +3,9 @@
 //! in flight. One [`NetworkHealth`] per network, shared by every decision.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -185,23 +187,17 @@ impl CallPermit<'_> {
     /// network answered).
     pub fn finish(mut self, success: bool, latency: Duration) {
         self.finished = true;
-        lock(&self.health.breaker).record(success, Instant::now());
-        lock(&self.health.latencies).record(latency);
+        self.health.breaker.lock().record(success, Instant::now());
+        self.health.latencies.lock().record(latency);
     }
 }
 
 impl Drop for CallPermit<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            lock(&self.health.breaker).record(false, Instant::now());
+            self.health.breaker.lock().record(false, Instant::now());
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl NetworkHealth {
@@ -217,7 +213,7 @@ impl NetworkHealth {
 
     /// Asks to call the network with `remaining` of the deadline left.
     pub fn try_call(&self, remaining: Duration) -> Result<CallPermit<'_>, Skip> {
-        if let Some(p90) = lock(&self.latencies).p90(MIN_LATENCY_SAMPLES)
+        if let Some(p90) = self.latencies.lock().p90(MIN_LATENCY_SAMPLES)
             && p90 > remaining
         {
             return Err(Skip::TooSlow { p90, remaining });
@@ -227,7 +223,7 @@ impl NetworkHealth {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Skip::AtConcurrencyLimit(self.max_in_flight))?;
-        match lock(&self.breaker).admit(Instant::now()) {
+        match self.breaker.lock().admit(Instant::now()) {
             Admission::Allowed | Admission::Probe => Ok(CallPermit {
                 health: self,
                 finished: false,
@@ -238,7 +234,7 @@ impl NetworkHealth {
     }
 
     pub fn breaker_state(&self) -> BreakerState {
-        lock(&self.breaker).state()
+        self.breaker.lock().state()
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -202,29 +204,31 @@ impl FakeNetworks {
     }
 
     pub fn set(&self, network: &str, behaviour: Behaviour) {
-        self.lock()
+        self.script
+            .lock()
             .behaviours
             .insert(network.to_string(), behaviour);
     }
 
     /// How many bid requests `network` received.
     pub fn calls(&self, network: &str) -> usize {
-        self.lock().calls.get(network).copied().unwrap_or(0)
+        self.script.lock().calls.get(network).copied().unwrap_or(0)
     }
 
     /// The `traceparent` metadata of the last call to the gRPC network, if it had one.
     pub fn last_traceparent(&self) -> Option<String> {
-        self.lock().last_traceparent.clone()
+        self.script.lock().last_traceparent.clone()
     }
 
     /// The last OpenRTB bid request `network` received.
     pub fn last_request(&self, network: &str) -> Option<serde_json::Value> {
-        self.lock().last_request.get(network).cloned()
+        self.script.lock().last_request.get(network).cloned()
     }
 
     /// The notices `network` received, in order.
     pub fn notices(&self, network: &str) -> Vec<Notice> {
-        self.lock()
+        self.script
+            .lock()
             .notices
             .get(network)
             .cloned()
@@ -234,25 +238,25 @@ impl FakeNetworks {
     /// From now on, `network`'s bids carry a win (`nurl`), billing (`burl`) and loss
     /// (`lurl`) notice URL back to this server, with every OpenRTB macro in its query.
     pub fn send_notices(&self, network: &str) {
-        self.lock().with_notices.insert(network.to_string());
+        self.script.lock().with_notices.insert(network.to_string());
     }
 
     /// The next `count` notices of `kind` to `network` fail with HTTP 503.
     pub fn fail_notices(&self, network: &str, kind: &str, count: usize) {
-        self.lock()
+        self.script
+            .lock()
             .failing_notices
             .insert((network.to_string(), kind.to_string()), count);
     }
 
     /// The most calls `network` had in flight at once.
     pub fn max_in_flight(&self, network: &str) -> usize {
-        self.lock().max_in_flight.get(network).copied().unwrap_or(0)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
         self.script
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .max_in_flight
+            .get(network)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -266,11 +270,7 @@ impl CustomNetwork for FakeGrpcNetwork {
         &self,
         request: tonic::Request<AdRequest>,
     ) -> Result<tonic::Response<AdResponse>, tonic::Status> {
-        let lock = || {
-            self.script
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        };
+        let lock = || self.script.lock();
         let traceparent = request
             .metadata()
             .get("traceparent")
@@ -329,9 +329,7 @@ async fn notice(
     Path((network, kind)): Path<(String, String)>,
     uri: axum::http::Uri,
 ) -> StatusCode {
-    let mut script = script
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut script = script.lock();
     let status = match script
         .failing_notices
         .get_mut(&(network.clone(), kind.clone()))
@@ -355,11 +353,7 @@ async fn answer(
     Path(network): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let lock = || {
-        script
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
+    let lock = || script.lock();
     let (behaviour, notice_base) = {
         let mut script = lock();
         let notices = script

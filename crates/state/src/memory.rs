@@ -1,5 +1,5 @@
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -69,30 +69,16 @@ impl MemoryStore {
             billing: Mutex::default(),
         })
     }
-
-    fn lock_configuration(&self) -> std::sync::MutexGuard<'_, Configuration> {
-        // A panic while holding the lock cannot leave a half-applied configuration (it
-        // is replaced in one assignment), so a poisoned lock is still consistent.
-        self.configuration
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn lock_selections(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Selection, Instant)>> {
-        self.selections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn configuration(&self) -> Result<Configuration, StateError> {
-        Ok(self.lock_configuration().clone())
+        Ok(self.configuration.lock().clone())
     }
 
     async fn configuration_version(&self) -> Result<u64, StateError> {
-        Ok(self.lock_configuration().version)
+        Ok(self.configuration.lock().version)
     }
 
     async fn apply_configuration(
@@ -101,7 +87,7 @@ impl Store for MemoryStore {
         expected_version: Option<u64>,
     ) -> Result<u64, StateError> {
         configuration.validate()?;
-        let mut current = self.lock_configuration();
+        let mut current = self.configuration.lock();
         if let Some(expected) = expected_version
             && expected != current.version
         {
@@ -118,7 +104,7 @@ impl Store for MemoryStore {
 
     async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
         let now = Instant::now();
-        let mut stored = self.lock_selections();
+        let mut stored = self.selections.lock();
         if stored.len() >= SELECTION_SWEEP_THRESHOLD {
             stored.retain(|_, (_, expires_at)| *expires_at > now);
         }
@@ -133,8 +119,8 @@ impl Store for MemoryStore {
 
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {
         let now = Instant::now();
-        let stored = self.lock_selections();
-        let events = unpoisoned(&self.events);
+        let stored = self.selections.lock();
+        let events = self.events.lock();
         Ok(ids
             .iter()
             .map(|id| {
@@ -154,13 +140,13 @@ impl Store for MemoryStore {
 
     async fn record_event(&self, event: &Event) -> Result<EventRecorded, StateError> {
         let selection = {
-            let stored = self.lock_selections();
+            let stored = self.selections.lock();
             match stored.get(&event.selection_id) {
                 Some((selection, expires_at)) if *expires_at > Instant::now() => selection.clone(),
                 _ => return Ok(EventRecorded::UnknownSelection),
             }
         };
-        let mut events = unpoisoned(&self.events);
+        let mut events = self.events.lock();
         let key = (event.selection_id.clone(), event.kind.clone());
         if events.seen.contains_key(&key) {
             return Ok(EventRecorded::Duplicate);
@@ -189,13 +175,15 @@ impl Store for MemoryStore {
                     attempts: 0,
                     expires_at_ms: selection.burl_expires_at_ms,
                 };
-                unpoisoned(&self.billing).insert(selection.id.clone(), (notice, now));
+                self.billing
+                    .lock()
+                    .insert(selection.id.clone(), (notice, now));
             }
         }
         if event.kind == crate::IMPRESSION
             && let Some(cells) = crate::impression_cells(&selection, now_unix_seconds())
         {
-            let mut report = unpoisoned(&self.report);
+            let mut report = self.report.lock();
             for (cell, count) in cells {
                 *report.counts.entry(cell).or_default() += count;
             }
@@ -209,7 +197,7 @@ impl Store for MemoryStore {
         lease_until_ms: i64,
         limit: usize,
     ) -> Result<Vec<BillingNotice>, StateError> {
-        let mut billing = unpoisoned(&self.billing);
+        let mut billing = self.billing.lock();
         let mut claimed = Vec::new();
         for (notice, due) in billing.values_mut() {
             if claimed.len() == limit {
@@ -228,7 +216,7 @@ impl Store for MemoryStore {
         notice: &BillingNotice,
         retry_at_ms: Option<i64>,
     ) -> Result<(), StateError> {
-        let mut billing = unpoisoned(&self.billing);
+        let mut billing = self.billing.lock();
         match retry_at_ms {
             Some(due) => {
                 billing.insert(notice.id.clone(), (notice.clone(), due));
@@ -245,7 +233,7 @@ impl Store for MemoryStore {
     }
 
     async fn add_report_counts(&self, counts: &[(ReportCell, u64)]) -> Result<(), StateError> {
-        let mut report = unpoisoned(&self.report);
+        let mut report = self.report.lock();
         for (cell, count) in counts {
             *report.counts.entry(cell.clone()).or_default() += count;
         }
@@ -253,7 +241,7 @@ impl Store for MemoryStore {
     }
 
     async fn report_counts(&self, days: &[String]) -> Result<Vec<(ReportCell, u64)>, StateError> {
-        let report = unpoisoned(&self.report);
+        let report = self.report.lock();
         Ok(report
             .counts
             .iter()
@@ -268,7 +256,8 @@ impl Store for MemoryStore {
         network_id: &str,
         revenue_micros: i64,
     ) -> Result<(), StateError> {
-        unpoisoned(&self.report)
+        self.report
+            .lock()
             .reported
             .insert((day.to_string(), network_id.to_string()), revenue_micros);
         Ok(())
@@ -278,7 +267,7 @@ impl Store for MemoryStore {
         &self,
         days: &[String],
     ) -> Result<Vec<(String, String, i64)>, StateError> {
-        let report = unpoisoned(&self.report);
+        let report = self.report.lock();
         Ok(report
             .reported
             .iter()
@@ -288,7 +277,7 @@ impl Store for MemoryStore {
     }
 
     async fn event_counters(&self) -> Result<Vec<(EventCounter, u64)>, StateError> {
-        let events = unpoisoned(&self.events);
+        let events = self.events.lock();
         let mut counters: Vec<_> = events
             .counters
             .iter()
@@ -297,10 +286,6 @@ impl Store for MemoryStore {
         counters.sort();
         Ok(counters)
     }
-}
-
-fn unpoisoned<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

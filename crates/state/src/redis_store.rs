@@ -86,16 +86,7 @@ const FIELD_SEPARATOR: char = '\u{1f}';
 
 /// Checks the expected version, stores the document, bumps the version and announces
 /// it, atomically. Returns {1, new version} or {0, current version} on a conflict.
-const APPLY_SCRIPT: &str = r"
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then
-  return {0, current}
-end
-redis.call('SET', KEYS[1], ARGV[2])
-local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[3], version)
-return {1, version}
-";
+const APPLY_SCRIPT: &str = include_str!("lua/apply.lua");
 
 /// Records an event once for a live selection and counts it; an impression of a
 /// network's demand also counts in the report (KEYS[4], hour ARGV[4]), and enqueues the
@@ -103,53 +94,12 @@ return {1, version}
 /// A test request's selection counts in no report and bills nothing. Returns {0} for an
 /// unknown or expired selection, {1, selection} when recorded, {2} for a duplicate (with
 /// a nil second element, so every reply has two).
+const RECORD_EVENT_SCRIPT: &str = include_str!("lua/record_event.lua");
+
 /// Claims the due billing notices of one shard (KEYS[1] due set, KEYS[2] notices): at
 /// most ARGV[3] due at ARGV[1], each leased until ARGV[2]. Ids whose notice is gone are
 /// dropped from the due set.
-const CLAIM_BILLING_SCRIPT: &str = r"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local claimed = {}
-for _, id in ipairs(ids) do
-  local notice = redis.call('HGET', KEYS[2], id)
-  if notice then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    table.insert(claimed, notice)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return claimed
-";
-
-const RECORD_EVENT_SCRIPT: &str = r"
-local selection = redis.call('GET', KEYS[1])
-if not selection then
-  return {0, false}
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 1 then ttl = 1 end
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ttl) then
-  return {2, false}
-end
-local s = cjson.decode(selection)
-local demand = s.network_id
-if demand == '' then demand = s.seat end
-local sep = ARGV[3]
-redis.call('HINCRBY', KEYS[3], s.account_id .. sep .. s.source .. sep .. demand .. sep .. ARGV[1] .. sep .. ARGV[2], 1)
-if ARGV[1] == 'impression' and not s.test and s.burl and s.burl ~= ''
-    and (s.burl_expires_at_ms or 0) > tonumber(ARGV[6]) then
-  local notice = {id = s.id, url = s.burl, attempts = 0, expires_at_ms = s.burl_expires_at_ms}
-  redis.call('HSET', KEYS[6], s.id, cjson.encode(notice))
-  redis.call('ZADD', KEYS[5], ARGV[6], s.id)
-end
-if ARGV[1] == 'impression' and s.network_id ~= '' and not s.test then
-  local cell = ARGV[4] .. sep .. s.network_id .. sep .. s.bid_id .. sep
-  redis.call('HINCRBY', KEYS[4], cell .. 'impressions', 1)
-  redis.call('HINCRBY', KEYS[4], cell .. 'estimated_revenue_micros', math.floor(s.price_micros / 1000))
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
-end
-return {1, selection}
-";
+const CLAIM_BILLING_SCRIPT: &str = include_str!("lua/claim_billing.lua");
 
 /// A connection to a single Redis or to a Redis Cluster; commands are the same.
 #[derive(Clone)]

@@ -3,7 +3,9 @@
 //! keeps them pending (up to a bound) until it answers again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use cascade_core::report::ReportCell;
@@ -39,14 +41,9 @@ impl ReportRecorder {
         recorder
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ReportCell, u64>> {
-        // Every critical section leaves the map consistent, so a poisoned lock is too.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Counts `cells`; they reach the store with the next flush.
     pub fn count(&self, cells: impl IntoIterator<Item = (ReportCell, u64)>) {
-        let mut pending = self.lock();
+        let mut pending = self.pending.lock();
         for (cell, count) in cells {
             if let Some(total) = pending.get_mut(&cell) {
                 *total += count;
@@ -60,7 +57,7 @@ impl ReportRecorder {
 
     /// Writes everything counted so far; on failure it stays pending for the next try.
     pub async fn flush(&self) {
-        let batch: Vec<(ReportCell, u64)> = self.lock().drain().collect();
+        let batch: Vec<(ReportCell, u64)> = self.pending.lock().drain().collect();
         if batch.is_empty() {
             return;
         }

@@ -7,7 +7,9 @@
 //! it, or a later request chaining it, finds it unknown until the backlog drains.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::{Selection, StateError, Store};
@@ -74,13 +76,8 @@ impl SelectionWriter {
         Ok(Written::Buffered)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Selection>> {
-        // Every critical section leaves the queue consistent, so a poisoned lock is too.
-        self.backlog.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn buffer(&self, selections: Vec<Selection>) -> Result<(), StateError> {
-        let mut backlog = self.lock();
+        let mut backlog = self.backlog.lock();
         if backlog.len() + selections.len() > self.capacity {
             return Err(StateError::BacklogFull {
                 capacity: self.capacity,
@@ -95,18 +92,24 @@ impl SelectionWriter {
 
     /// Selections waiting for the store.
     pub fn backlog_len(&self) -> usize {
-        self.lock().len()
+        self.backlog.lock().len()
     }
 
     /// Writes the oldest batch of the backlog; true when the backlog is now empty.
     async fn flush_once(&self) -> bool {
-        let batch: Vec<Selection> = self.lock().iter().take(FLUSH_BATCH).cloned().collect();
+        let batch: Vec<Selection> = self
+            .backlog
+            .lock()
+            .iter()
+            .take(FLUSH_BATCH)
+            .cloned()
+            .collect();
         if batch.is_empty() {
             return true;
         }
         match self.store.put_selections(&batch).await {
             Ok(()) => {
-                let mut backlog = self.lock();
+                let mut backlog = self.backlog.lock();
                 let flushed = batch.len().min(backlog.len());
                 backlog.drain(..flushed);
                 metrics::gauge!("cascade_selection_backlog").set(backlog.len() as f64);

@@ -5,7 +5,9 @@
 //! recorded.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
@@ -403,10 +405,7 @@ impl NetworkCallerService {
     /// The health record of `network`, created on first use with the network's
     /// in-flight limit (a limit changed later applies after a restart).
     fn health_of(&self, network: &Network) -> Arc<NetworkHealth> {
-        let mut health = self
-            .health
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut health = self.health.lock();
         // Looked up by reference: the id is copied only when the record is created.
         if let Some(existing) = health.get(&network.id) {
             return existing.clone();
