@@ -225,6 +225,72 @@ struct CompiledTargeting {
     day_hours: Option<[u64; 3]>,
 }
 
+/// A dimension whose values are strings: where a targeting keeps its include and
+/// exclude lists, and how a value is normalised before it is interned.
+type StringDimension = (
+    Dimension,
+    fn(&Targeting) -> (&[String], &[String]),
+    fn(&str) -> String,
+);
+
+const STRING_DIMENSIONS: &[StringDimension] = &[
+    (
+        Dimension::AdUnit,
+        |t| (&t.ad_units.include, &t.ad_units.exclude),
+        as_is,
+    ),
+    (
+        Dimension::AdUnitGroup,
+        |t| (&t.ad_unit_groups.include, &t.ad_unit_groups.exclude),
+        as_is,
+    ),
+    (
+        Dimension::Country,
+        |t| (&t.countries.include, &t.countries.exclude),
+        as_is,
+    ),
+    (
+        Dimension::Region,
+        |t| (&t.regions.include, &t.regions.exclude),
+        as_is,
+    ),
+    (
+        Dimension::Metro,
+        |t| (&t.metros.include, &t.metros.exclude),
+        as_is,
+    ),
+    (Dimension::Os, |t| (&t.os.include, &t.os.exclude), lowercase),
+    (
+        Dimension::Domain,
+        |t| (&t.domains.include, &t.domains.exclude),
+        normalize_domain,
+    ),
+    (
+        Dimension::Bundle,
+        |t| (&t.bundles.include, &t.bundles.exclude),
+        as_is,
+    ),
+    // "All of" is checked on verification; "any of" is what the index can post under.
+    (
+        Dimension::Segment,
+        |t| (&t.segments.any_of, &t.segments.none_of),
+        as_is,
+    ),
+    (
+        Dimension::Deal,
+        |t| (&t.deals.include, &t.deals.exclude),
+        as_is,
+    ),
+];
+
+fn as_is(value: &str) -> String {
+    value.to_string()
+}
+
+fn lowercase(value: &str) -> String {
+    value.to_ascii_lowercase()
+}
+
 impl CompiledTargeting {
     fn compile(targeting: &Targeting, dictionary: &mut Dictionary) -> Self {
         let mut filters = Vec::new();
@@ -251,78 +317,11 @@ impl CompiledTargeting {
                 });
             }
         };
-        let same = |v: &str| v.to_string();
         let t = targeting;
-        strings(
-            dictionary,
-            Dimension::AdUnit,
-            &t.ad_units.include,
-            &t.ad_units.exclude,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::AdUnitGroup,
-            &t.ad_unit_groups.include,
-            &t.ad_unit_groups.exclude,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::Country,
-            &t.countries.include,
-            &t.countries.exclude,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::Region,
-            &t.regions.include,
-            &t.regions.exclude,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::Metro,
-            &t.metros.include,
-            &t.metros.exclude,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::Os,
-            &t.os.include,
-            &t.os.exclude,
-            |v| v.to_ascii_lowercase(),
-        );
-        strings(
-            dictionary,
-            Dimension::Domain,
-            &t.domains.include,
-            &t.domains.exclude,
-            normalize_domain,
-        );
-        strings(
-            dictionary,
-            Dimension::Bundle,
-            &t.bundles.include,
-            &t.bundles.exclude,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::Segment,
-            &t.segments.any_of,
-            &t.segments.none_of,
-            same,
-        );
-        strings(
-            dictionary,
-            Dimension::Deal,
-            &t.deals.include,
-            &t.deals.exclude,
-            same,
-        );
+        for (dimension, lists, normalize) in STRING_DIMENSIONS {
+            let (include, exclude) = lists(t);
+            strings(dictionary, *dimension, include, exclude, *normalize);
+        }
         for (key, filter) in &t.key_values {
             let pairs =
                 |values: &[String]| values.iter().map(|v| key_value(key, v)).collect::<Vec<_>>();
@@ -331,7 +330,7 @@ impl CompiledTargeting {
                 Dimension::KeyValue,
                 &pairs(&filter.include),
                 &pairs(&filter.exclude),
-                same,
+                as_is,
             );
         }
         let mut numbers = |dimension: Dimension, include: Vec<u64>, exclude: Vec<u64>| {
