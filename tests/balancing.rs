@@ -152,14 +152,18 @@ async fn bid_intake_follows_the_name_and_lets_instances_drain() {
     // The name changes: a new instance gets calls once bid-intake resolves it again.
     let third = targeting_instance(HOSTS[2], setup.port, &setup.state).await;
     setup.dns.set(NAME, &[HOSTS[0], HOSTS[2]]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while evaluations(&third).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the new instance never got a call"
-        );
-        setup.decide(1).await;
-    }
+    support::eventually(
+        Duration::from_secs(10),
+        "the new instance to get a call",
+        || {
+            let (setup, third) = (&setup, &third);
+            async move {
+                setup.decide(1).await;
+                evaluations(third).await > 0
+            }
+        },
+    )
+    .await;
     let removed = setup.instances.remove(1);
     let on_removed = evaluations(&removed).await;
     setup.decide(10).await;

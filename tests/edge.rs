@@ -389,14 +389,10 @@ const REPORT_EVENT: &str = "cascade.decision.v1.BidIntake/ReportEvent";
 
 /// Polls `check` until it holds, for at most five seconds.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    support::eventually(std::time::Duration::from_secs(5), what, || {
+        std::future::ready(check())
+    })
+    .await;
 }
 
 fn of_kind<'a>(notices: &'a [Notice], kind: &str, auction: &str) -> Vec<&'a Notice> {

@@ -83,11 +83,12 @@ async fn start(redis: &Redis, poll_interval_ms: u64) -> Cluster {
     .await;
     // Subscriptions are made in the background: the tests about announcements start
     // once every service that reads the state (three) has one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis.subscribers().await < 3 {
-        assert!(Instant::now() < deadline, "the services never subscribed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(
+        Duration::from_secs(10),
+        "every service to subscribe",
+        || async { redis.subscribers().await >= 3 },
+    )
+    .await;
     cluster
 }
 
@@ -291,21 +292,20 @@ async fn redis_killed_and_restarted_leaves_no_service_on_a_stale_snapshot() {
 
     server.restart().await.unwrap();
     wait_for_state_health(&cluster, "SERVING").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(stored) = store
-            .get_selections(std::slice::from_ref(&selection_id))
-            .await
-            && stored[0].is_some()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the buffered selection never reached Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(
+        Duration::from_secs(10),
+        "the buffered selection to reach Redis",
+        || {
+            let (store, selection_id) = (&store, &selection_id);
+            async move {
+                store
+                    .get_selections(std::slice::from_ref(selection_id))
+                    .await
+                    .is_ok_and(|stored| stored[0].is_some())
+            }
+        },
+    )
+    .await;
 
     let mut configuration = store.configuration().await.unwrap();
     let file = fast_ads_yaml(&cluster.networks);

@@ -241,6 +241,23 @@ impl Cluster {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; after `timeout` the test fails saying what
+/// it waited for. The one wait of the tests where no readiness signal exists.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the `cascade` binary with `args` and the extra environment `env`.
 pub async fn cascade_output(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
