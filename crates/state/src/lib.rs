@@ -17,7 +17,7 @@ use cascade_core::report::{Metric, ReportCell, counts_at};
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, keys as redis_keys};
 pub use report_recorder::ReportRecorder;
-pub use selection::{BillingNotice, Event, EventCounter, EventRecorded, Selection};
+pub use selection::{BillingNotice, Event, EventCounter, EventKind, EventRecorded, Selection};
 pub use selection_writer::{SelectionWriter, Written};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
@@ -146,10 +146,6 @@ pub trait Store: Send + Sync + 'static {
     fn configuration_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
-/// The event kind that counts as an impression in the report.
-pub const IMPRESSION: &str = "impression";
-/// The event kind of a client-side chain node's result.
-pub const NODE_RESULT: &str = "node_result";
 /// The outcome of a node result that filled.
 pub const FILLED: &str = "filled";
 

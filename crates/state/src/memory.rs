@@ -35,7 +35,7 @@ struct Report {
 #[derive(Debug, Default)]
 struct Events {
     /// (selection id, event kind) already recorded -> its detail.
-    seen: HashMap<(String, String), String>,
+    seen: HashMap<(String, crate::EventKind), String>,
     counters: HashMap<EventCounter, u64>,
 }
 
@@ -130,7 +130,7 @@ impl Store for MemoryStore {
                     .map(|(selection, _)| Selection {
                         node_outcome: events
                             .seen
-                            .get(&(id.clone(), crate::NODE_RESULT.to_string()))
+                            .get(&(id.clone(), crate::EventKind::NodeResult))
                             .cloned(),
                         ..selection.clone()
                     })
@@ -147,7 +147,7 @@ impl Store for MemoryStore {
             }
         };
         let mut events = self.events.lock();
-        let key = (event.selection_id.clone(), event.kind.clone());
+        let key = (event.selection_id.clone(), event.kind);
         if events.seen.contains_key(&key) {
             return Ok(EventRecorded::Duplicate);
         }
@@ -161,12 +161,15 @@ impl Store for MemoryStore {
             account_id: selection.account_id.clone(),
             source: selection.source.clone(),
             demand,
-            kind: event.kind.clone(),
+            kind: event.kind.as_str().to_string(),
             detail: event.detail.clone(),
         };
         *events.counters.entry(counter).or_default() += 1;
         drop(events);
-        if event.kind == crate::IMPRESSION && !selection.test && !selection.burl.is_empty() {
+        if event.kind == crate::EventKind::Impression
+            && !selection.test
+            && !selection.burl.is_empty()
+        {
             let now = crate::now_unix_millis();
             if selection.burl_expires_at_ms > now {
                 let notice = BillingNotice {
@@ -180,7 +183,7 @@ impl Store for MemoryStore {
                     .insert(selection.id.clone(), (notice, now));
             }
         }
-        if event.kind == crate::IMPRESSION
+        if event.kind == crate::EventKind::Impression
             && let Some(cells) = crate::impression_cells(&selection, now_unix_seconds())
         {
             let mut report = self.report.lock();
@@ -373,7 +376,7 @@ mod tests {
 
         let event = |id: &str| Event {
             selection_id: id.into(),
-            kind: "impression".into(),
+            kind: crate::EventKind::Impression,
             detail: String::new(),
         };
         assert!(matches!(

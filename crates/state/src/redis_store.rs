@@ -424,7 +424,7 @@ impl Store for RedisStore {
                     pipeline
                         .cmd("MGET")
                         .arg(keys::selection(id))
-                        .arg(keys::event(id, crate::NODE_RESULT));
+                        .arg(keys::event(id, crate::EventKind::NodeResult.as_str()));
                 },
             )
             .await?;
@@ -447,12 +447,12 @@ impl Store for RedisStore {
         let (outcome, selection): (u8, Option<String>) = self
             .record_event
             .key(keys::selection(&event.selection_id))
-            .key(keys::event(&event.selection_id, &event.kind))
+            .key(keys::event(&event.selection_id, event.kind.as_str()))
             .key(keys::event_counters(keys::shard(&event.selection_id)))
             .key(keys::report(keys::shard(&event.selection_id), &day))
             .key(keys::billing_due(keys::shard(&event.selection_id)))
             .key(keys::billing_notices(keys::shard(&event.selection_id)))
-            .arg(&event.kind)
+            .arg(event.kind.as_str())
             .arg(&event.detail)
             .arg(FIELD_SEPARATOR.to_string())
             .arg(format!("{hour:02}"))

@@ -75,10 +75,30 @@ pub struct BillingNotice {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub selection_id: String,
-    /// `impression`, `click` or `node_result`; one of each per selection counts.
-    pub kind: String,
+    /// One of each per selection counts.
+    pub kind: EventKind,
     /// For node results: the outcome name (`filled`, `no_fill`, `timeout`, `error`).
     pub detail: String,
+}
+
+/// What happened to a selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Impression,
+    Click,
+    /// The result of a client-side chain node (CLIENT mode), its outcome in the detail.
+    NodeResult,
+}
+
+impl EventKind {
+    /// The name the store keys and counters use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+            EventKind::NodeResult => "node_result",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

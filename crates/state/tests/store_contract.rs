@@ -7,7 +7,8 @@ use std::time::Duration;
 use cascade_core::config::{Account, Configuration};
 use cascade_core::report::{Metric, ReportCell, period_of};
 use cascade_state::{
-    BillingNotice, Event, EventRecorded, MemoryStore, RedisStore, Selection, StateError, Store,
+    BillingNotice, Event, EventKind, EventRecorded, MemoryStore, RedisStore, Selection, StateError,
+    Store,
 };
 use cascade_testkit::{RedisCluster, RedisOptions, RedisServer};
 
@@ -41,9 +42,14 @@ fn selection(id: &str, ttl: Duration) -> Selection {
 }
 
 fn event(selection_id: &str, kind: &str) -> Event {
+    let kind = match kind {
+        "impression" => EventKind::Impression,
+        "click" => EventKind::Click,
+        _ => EventKind::NodeResult,
+    };
     Event {
         selection_id: selection_id.into(),
-        kind: kind.into(),
+        kind,
         detail: String::new(),
     }
 }

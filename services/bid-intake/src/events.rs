@@ -5,7 +5,7 @@ use cascade_core::report::{Metric, counts_at};
 use cascade_proto::decision::v1::{
     AttemptOutcome, EventType, ReportEventRequest, ReportEventResponse,
 };
-use cascade_state::{Event, EventRecorded, ReportRecorder, Selection, Store};
+use cascade_state::{Event, EventKind, EventRecorded, ReportRecorder, Selection, Store};
 
 use crate::error::DecideError;
 use crate::normalize::MAX_ID_LEN;
@@ -22,8 +22,8 @@ pub async fn report_event(
         ));
     }
     let (kind, detail) = match request.r#type() {
-        EventType::Impression => ("impression", ""),
-        EventType::Click => ("click", ""),
+        EventType::Impression => (EventKind::Impression, ""),
+        EventType::Click => (EventKind::Click, ""),
         EventType::NodeResult => {
             let outcome = match request.node_outcome() {
                 AttemptOutcome::Filled => "filled",
@@ -38,7 +38,7 @@ pub async fn report_event(
                     ));
                 }
             };
-            ("node_result", outcome)
+            (EventKind::NodeResult, outcome)
         }
         EventType::Unspecified => {
             return Err(DecideError::invalid(
@@ -49,12 +49,12 @@ pub async fn report_event(
     };
     let event = Event {
         selection_id: request.selection_id.clone(),
-        kind: kind.to_string(),
+        kind,
         detail: detail.to_string(),
     };
     match store.record_event(&event).await? {
         EventRecorded::New(selection) => {
-            if event.kind == cascade_state::NODE_RESULT {
+            if event.kind == EventKind::NodeResult {
                 count_node_result(report, &selection, &event.detail, request.node_latency_ms);
             }
             Ok(ReportEventResponse { duplicate: false })
