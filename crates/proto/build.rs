@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The request document handed to network-caller is shared by its two calls.
+        .bytes(".cascade.networkcaller.v1")
         // The OpenRTB messages keep OpenRTB's field names, so serde turns them into the
         // JSON that OpenRTB networks speak, with no hand-written mirror types. A field
         // that is unset (None, empty) is left out, never sent as null or zero.

@@ -45,11 +45,15 @@ pub struct Rewrites<'a> {
 
 /// The request document for one network, and what the privacy rules withheld from it.
 pub fn network_request(document: &Value, rewrites: &Rewrites<'_>) -> (Value, Vec<&'static str>) {
-    let mut request = match document {
-        Value::Object(members) => members.clone(),
-        _ => Map::new(),
-    };
-    let imp = request
+    let empty = Map::new();
+    let members = document.as_object().unwrap_or(&empty);
+    // Every member but the impressions, of which only the one mediated is copied.
+    let mut request: Map<String, Value> = members
+        .iter()
+        .filter(|(name, _)| *name != "imp")
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let imp = members
         .get("imp")
         .and_then(Value::as_array)
         .and_then(|imps| imps.iter().find(|imp| imp["id"] == rewrites.impid))

@@ -26,8 +26,9 @@ use crate::notices::{self, BidNotices, NoticeSettings};
 
 /// What network-caller builds every network's request from.
 struct NetworkEdge {
-    /// The request as OpenRTB JSON, every member the gateway sent.
-    openrtb_json: Vec<u8>,
+    /// The request as the OpenRTB JSON document the gateway sent (members outside 2.6
+    /// kept); empty when it came typed.
+    openrtb_json: bytes::Bytes,
     /// The account's supply-chain node, when it appends one.
     schain_node: Option<SupplyChainNode>,
 }
@@ -198,7 +199,7 @@ impl DecisionService {
         // report.
         let test = bid_request.test() == 1;
         let edge = NetworkEdge {
-            openrtb_json,
+            openrtb_json: openrtb_json.into(),
             schain_node: snapshot
                 .supply_chain_node(&normalized.account_id)
                 .map(|node| SupplyChainNode {

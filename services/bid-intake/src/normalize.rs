@@ -60,9 +60,10 @@ pub struct Normalized {
 }
 
 /// Reads the OpenRTB request from `openrtb` (a JSON document kept whole) into
-/// `request.request`, or takes the typed `request`; returns the document as JSON, which
-/// every network's request is built from. A document that does not fit OpenRTB 2.6 is
-/// refused with the path of the member at fault.
+/// `request.request`, and returns that document as JSON, which every network's request
+/// is then built from. A typed `request` returns nothing: the typed request is all there
+/// is, and network-caller encodes it only if it calls a network. A document that does
+/// not fit OpenRTB 2.6 is refused with the path of the member at fault.
 pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideError> {
     let encoded = match (request.request.as_ref(), request.openrtb.take()) {
         (Some(_), Some(_)) => {
@@ -77,7 +78,7 @@ pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideEr
                 "required: the OpenRTB bid request",
             ));
         }
-        (Some(typed), None) => serde_json::to_vec(typed),
+        (Some(_), None) => return Ok(Vec::new()),
         (None, Some(document)) => {
             let document = serde_json::Value::Object(struct_to_json(&document));
             let typed: BidRequest =

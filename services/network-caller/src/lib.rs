@@ -31,7 +31,7 @@ use cascade_proto::networkcaller::v1::{
     BidAsk, BiddingImp, BiddingResult, CollectBidsRequest, CollectBidsResponse,
     RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
-use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
+use cascade_proto::openrtb::v1::{BidRequest, Regs, SupplyChainNode};
 use cascade_server::deadline::Deadline;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::wire::adjustment;
@@ -306,7 +306,8 @@ impl Edge {
             serde_json::from_slice(openrtb_json)
                 .map_err(|e| WaterfallError::Document(e.to_string()))?
         };
-        let regs = request.regs.clone().unwrap_or_default();
+        let no_regs = Regs::default();
+        let regs = request.regs.as_ref().unwrap_or(&no_regs);
         let device = request.device.as_ref();
         let signals = Signals::read(&RequestSignals {
             gdpr: regs.gdpr,
