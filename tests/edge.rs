@@ -261,7 +261,10 @@ async fn a_rich_request_reaches_the_network_whole_in_json_and_in_protobuf() {
         request.as_object_mut().unwrap().remove("tmax");
         request
     };
-    assert_eq!(without_tmax(typed.expect("edgenet is asked")), without_tmax(sent));
+    assert_eq!(
+        without_tmax(typed.expect("edgenet is asked")),
+        without_tmax(sent)
+    );
 }
 
 #[tokio::test]

@@ -367,7 +367,7 @@ fn network_to_proto(network: &Network) -> pb::Network {
             .iter()
             .map(|p| pb::NetworkParam {
                 name: p.name.clone(),
-                kind: format!("{:?}", p.kind).to_lowercase(),
+                kind: p.kind.name().to_string(),
                 required: p.required,
             })
             .collect(),

@@ -280,7 +280,7 @@ fn check_params(
             Some(value) if !spec.kind.admits(value) => {
                 return Err(ConfigError::new(
                     format!("{field}.{}", spec.name),
-                    format!("must be a {:?}, got {value}", spec.kind).to_lowercase(),
+                    format!("must be a {}, got {value}", spec.kind.name()),
                 ));
             }
             _ => {}
@@ -299,6 +299,17 @@ fn check_params(
 }
 
 impl ParamKind {
+    /// The name the configuration and the admin API spell it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamKind::String => "string",
+            ParamKind::Integer => "integer",
+            ParamKind::Number => "number",
+            ParamKind::Boolean => "boolean",
+            ParamKind::Object => "object",
+        }
+    }
+
     fn admits(self, value: &serde_json::Value) -> bool {
         match self {
             ParamKind::String => value.is_string(),

@@ -235,38 +235,32 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
         Some((_, _, bid)) if bid.adm.is_empty() && bid.nurl.is_empty() => {
             AdOutcome::Error("bid has neither adm nor nurl".to_string())
         }
-        Some((price, seat, bid)) => AdOutcome::Filled(Box::new(Ad {
-            bid_id: if bidid.is_empty() {
-                bid.id.clone()
-            } else {
-                bidid
-            },
-            price: Some(price),
-            adm: bid.adm,
-            nurl: bid.nurl,
-            burl: bid.burl,
-            lurl: bid.lurl,
-            nurl_fired: false,
-            exp: bid.exp.and_then(|exp| u32::try_from(exp).ok()),
-            adomain: bid.adomain,
-            crid: bid.crid,
-            adid: bid.adid,
-            dealid: bid.dealid,
-            dsa: bid
-                .ext
-                .as_ref()
-                .and_then(|ext| ext.fields.get("dsa"))
-                .is_some_and(|dsa| {
-                    matches!(
-                        dsa.kind,
-                        Some(cascade_proto::prost_types::value::Kind::StructValue(_))
-                    )
-                }),
-            seat,
-            cat: bid.cat,
-            attr: bid.attr,
-            cur,
-        })),
+        Some((price, seat, bid)) => {
+            let dsa = cascade_proto::openrtb_json::declares_dsa(&bid);
+            AdOutcome::Filled(Box::new(Ad {
+                bid_id: if bidid.is_empty() {
+                    bid.id.clone()
+                } else {
+                    bidid
+                },
+                price: Some(price),
+                adm: bid.adm,
+                nurl: bid.nurl,
+                burl: bid.burl,
+                lurl: bid.lurl,
+                nurl_fired: false,
+                exp: bid.exp.and_then(|exp| u32::try_from(exp).ok()),
+                adomain: bid.adomain,
+                crid: bid.crid,
+                adid: bid.adid,
+                dealid: bid.dealid,
+                dsa,
+                seat,
+                cat: bid.cat,
+                attr: bid.attr,
+                cur,
+            }))
+        }
     }
 }
 

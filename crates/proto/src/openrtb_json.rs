@@ -67,6 +67,39 @@ pub mod ext {
     }
 }
 
+/// The member at `path` (names, outermost first) of an `ext` object, when every step
+/// is an object that has it.
+pub fn ext_member<'a>(ext: Option<&'a Struct>, path: &[&str]) -> Option<&'a Kind> {
+    let (last, parents) = path.split_last()?;
+    let mut object = ext?;
+    for name in parents {
+        match object.fields.get(*name)?.kind.as_ref()? {
+            Kind::StructValue(inner) => object = inner,
+            _ => return None,
+        }
+    }
+    object.fields.get(*last)?.kind.as_ref()
+}
+
+/// Whether a bid carries DSA transparency: `bid.ext.dsa`, an object.
+pub fn declares_dsa(bid: &crate::openrtb::v1::Bid) -> bool {
+    matches!(
+        ext_member(bid.ext.as_ref(), &["dsa"]),
+        Some(Kind::StructValue(_))
+    )
+}
+
+/// Whether a request requires DSA transparency of every ad:
+/// `regs.ext.dsa.dsarequired` is 2 (required) or 3 (required, the publisher is an online
+/// platform).
+pub fn requires_dsa(request: &crate::openrtb::v1::BidRequest) -> bool {
+    let ext = request.regs.as_ref().and_then(|regs| regs.ext.as_ref());
+    matches!(
+        ext_member(ext, &["dsa", "dsarequired"]),
+        Some(Kind::NumberValue(n)) if *n == 2.0 || *n == 3.0
+    )
+}
+
 /// A `Struct` as the JSON object it stands for. Integral numbers come back as integers
 /// (`Struct` holds every number as a double), so `{"zone": 123}` is not sent as `123.0`,
 /// which strict parsers of integer fields refuse.

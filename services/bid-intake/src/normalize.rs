@@ -180,37 +180,8 @@ pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalize
         tmax_ms: (bid_request.tmax() > 0).then_some(bid_request.tmax() as u64),
         deals,
         cattax: bid_request.cattax(),
-        dsa_required: dsa_required(bid_request),
+        dsa_required: cascade_proto::openrtb_json::requires_dsa(bid_request),
     })
-}
-
-fn dsa_required(request: &BidRequest) -> bool {
-    let dsa = request
-        .regs
-        .as_ref()
-        .and_then(|regs| regs.ext.as_ref())
-        .and_then(|ext| ext.fields.get("dsa"));
-    let required = match dsa.and_then(|dsa| dsa.kind.as_ref()) {
-        Some(cascade_proto::prost_types::value::Kind::StructValue(dsa)) => {
-            dsa.fields.get("dsarequired").and_then(|v| match v.kind {
-                Some(cascade_proto::prost_types::value::Kind::NumberValue(n)) => Some(n),
-                _ => None,
-            })
-        }
-        _ => None,
-    };
-    matches!(required, Some(n) if n == 2.0 || n == 3.0)
-}
-
-/// Whether a bid's `ext` carries DSA transparency (`ext.dsa`, an object).
-pub fn declares_dsa(ext: Option<&cascade_proto::prost_types::Struct>) -> bool {
-    ext.and_then(|ext| ext.fields.get("dsa"))
-        .is_some_and(|dsa| {
-            matches!(
-                dsa.kind,
-                Some(cascade_proto::prost_types::value::Kind::StructValue(_))
-            )
-        })
 }
 
 /// The impression's deals with their floors in USD micros (a deal's `bidfloorcur`
@@ -518,7 +489,7 @@ fn exchange_candidates(
                     lurl: bid.lurl.clone(),
                     adid: bid.adid.clone(),
                     response_bid_id: response.bidid.clone(),
-                    dsa: declares_dsa(bid.ext.as_ref()),
+                    dsa: cascade_proto::openrtb_json::declares_dsa(bid),
                     exp_seconds: bid
                         .exp
                         .and_then(|exp| u32::try_from(exp).ok())
