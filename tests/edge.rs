@@ -539,6 +539,40 @@ async fn notices_are_fired_once_and_billing_survives_a_restart() {
         [false, false, true]
     );
     assert_eq!(bills[2].param("price"), Some("2"));
+    // Every notice and billing attempt is counted where operators look.
+    let metrics = cluster.bid_intake.metrics().await.unwrap();
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        support::sample(&metrics, name, labels).unwrap_or(0.0)
+    };
+    assert_eq!(
+        count(
+            "cascade_notices_total",
+            &[("kind", "win"), ("outcome", "fired")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            "cascade_notices_total",
+            &[("kind", "loss"), ("outcome", "fired")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "cascade_billing_notice_attempts_total",
+            &[("outcome", "failed")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        count(
+            "cascade_billing_notice_attempts_total",
+            &[("outcome", "delivered")]
+        ),
+        1.0
+    );
 
     // A billing notice that has not got through survives bid-intake crashing: the one
     // started after it delivers it from the store.

@@ -32,6 +32,9 @@ pub mod loss {
     pub const INTERNAL_ERROR: i32 = 1;
     pub const LOST_TO_HIGHER_BID: i32 = 102;
     pub const BELOW_FLOOR: i32 = 100;
+    /// Only deal bids could win (a private auction).
+    pub const LOST_TO_DEAL: i32 = 103;
+    pub const SEAT_BLOCKED: i32 = 104;
     pub const BLOCKED: i32 = 200;
 }
 

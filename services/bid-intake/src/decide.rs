@@ -304,9 +304,10 @@ impl DecisionService {
                 self.hand_chain_to_client(
                     slot,
                     &snapshot,
-                    &bid_request.id,
+                    &bid_request,
                     &normalized.account_id,
                     request.keep_markup,
+                    test,
                     &mut selections,
                 );
             }
@@ -609,11 +610,17 @@ impl DecisionService {
         &self,
         slot: &mut Slot,
         snapshot: &cascade_core::snapshot::Snapshot,
-        request_id: &str,
+        bid_request: &BidRequest,
         account_id: &str,
         keep_markup: bool,
+        test: bool,
         selections: &mut Vec<Selection>,
     ) {
+        let imp_exp = bid_request
+            .imp
+            .iter()
+            .find(|imp| imp.id == slot.decision.impid)
+            .and_then(|imp| imp.exp);
         for ranked in std::mem::take(&mut slot.ranked) {
             let Some(candidate) = ranked.candidate else {
                 continue;
@@ -642,7 +649,7 @@ impl DecisionService {
             }
             let selection = Selection {
                 id: new_selection_id(),
-                request_id: request_id.to_string(),
+                request_id: bid_request.id.clone(),
                 impid: slot.decision.impid.clone(),
                 account_id: account_id.to_string(),
                 source: node.source().as_str_name().to_string(),
@@ -657,7 +664,15 @@ impl DecisionService {
                 rate_micros: candidate.rate_micros,
                 adm: kept_markup(keep_markup, &node.adm),
                 client_node: true,
-                ttl: self.selection_ttl,
+                // As a server-side winner's: as long as the ad may render, and a test
+                // request's node counts in no report.
+                ttl: selection_lifetime(
+                    self.selection_ttl,
+                    self.max_selection_ttl,
+                    Some(candidate.exp_seconds),
+                    imp_exp,
+                ),
+                test,
                 ..Default::default()
             };
             node.selection_id = selection.id.clone();

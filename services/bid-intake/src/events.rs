@@ -77,7 +77,7 @@ fn count_node_result(
     outcome: &str,
     latency_ms: u32,
 ) {
-    if selection.network_id.is_empty() {
+    if selection.network_id.is_empty() || selection.test {
         return;
     }
     let answered = match outcome {

@@ -132,6 +132,10 @@ impl BidNotices {
         }
     }
 
+    fn is_exchange(&self) -> bool {
+        self.source == SourceKind::Exchange as i32
+    }
+
     fn is_network(&self) -> bool {
         matches!(
             SourceKind::try_from(self.source),
@@ -197,7 +201,9 @@ pub fn settle(
     winner.adm = notice::substitute(&winner.adm, &facts);
     let nurl = notice::substitute(&won.nurl, &facts);
     let burl = notice::substitute(&won.burl, &facts);
-    let cascade_fires = won.is_network() || exchange == ExchangeNotices::Fire;
+    // Line items and chained outcomes have no notices of a buyer to fire.
+    let cascade_fires =
+        won.is_network() || (won.is_exchange() && exchange == ExchangeNotices::Fire);
     if !cascade_fires {
         winner.nurl = nurl;
         winner.burl = burl;
@@ -242,6 +248,8 @@ pub fn loss_reason(dropped_reason: Option<&str>) -> i32 {
     match dropped_reason {
         None => loss::LOST_TO_HIGHER_BID,
         Some("below_floor") => loss::BELOW_FLOOR,
+        Some("blocked_seat") => loss::SEAT_BLOCKED,
+        Some("private_auction") => loss::LOST_TO_DEAL,
         Some(reason) if reason.starts_with("blocked") || reason.starts_with("unknown") => {
             loss::BLOCKED
         }
@@ -421,6 +429,8 @@ mod tests {
         );
         assert_eq!(loss_reason(Some("below_floor")), 100);
         assert_eq!(loss_reason(Some("blocked_adomain")), 200);
+        assert_eq!(loss_reason(Some("blocked_seat")), 104);
+        assert_eq!(loss_reason(Some("private_auction")), 103);
         let silent = BidNotices {
             lurl: String::new(),
             ..lost
