@@ -306,8 +306,10 @@ impl DecisionService {
                     &snapshot,
                     &bid_request,
                     &normalized.account_id,
-                    request.keep_markup,
-                    test,
+                    Kept {
+                        markup: request.keep_markup,
+                        test,
+                    },
                     &mut selections,
                 );
             }
@@ -612,8 +614,7 @@ impl DecisionService {
         snapshot: &cascade_core::snapshot::Snapshot,
         bid_request: &BidRequest,
         account_id: &str,
-        keep_markup: bool,
-        test: bool,
+        kept: Kept,
         selections: &mut Vec<Selection>,
     ) {
         let imp_exp = bid_request
@@ -662,7 +663,7 @@ impl DecisionService {
                 attr: candidate.attr,
                 original_cur: candidate.original_cur,
                 rate_micros: candidate.rate_micros,
-                adm: kept_markup(keep_markup, &node.adm),
+                adm: kept_markup(kept.markup, &node.adm),
                 client_node: true,
                 // As a server-side winner's: as long as the ad may render, and a test
                 // request's node counts in no report.
@@ -672,7 +673,7 @@ impl DecisionService {
                     Some(candidate.exp_seconds),
                     imp_exp,
                 ),
-                test,
+                test: kept.test,
                 ..Default::default()
             };
             node.selection_id = selection.id.clone();
@@ -900,6 +901,14 @@ fn explanation(
         budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
         ..Default::default()
     }
+}
+
+/// What a request asks its selections to keep: the markup (`keep_markup`), and that they
+/// come from a test request.
+#[derive(Clone, Copy)]
+struct Kept {
+    markup: bool,
+    test: bool,
 }
 
 /// Largest markup a selection keeps when the request asks for it (`keep_markup`):
