@@ -3,42 +3,62 @@
 //! gRPC multiplexes every call over one long-lived HTTP/2 connection, so behind a
 //! Kubernetes ClusterIP Service a client would stay pinned to the one pod it first
 //! reached. The internal Services are headless instead — their name resolves to the
-//! address of every ready pod — and [`BalancedChannel`] spreads calls over all of them:
+//! address of every ready pod — and [`BalancedChannel`] spreads calls over all of them.
+//! It is tower's power-of-two-choices balancer fed by our own discovery:
 //!
-//! - it resolves the target's host name through DNS at start and every
-//!   `refresh_interval`, keeping one lazily connected channel per address;
-//! - calls go round-robin over the endpoints in rotation;
-//! - an endpoint whose call fails at the transport level leaves the rotation at once; if
-//!   the failure was a connection that could not be made (the request was never sent),
-//!   the call is retried once on another endpoint, so a killed pod costs no decision;
-//! - on every refresh each endpoint is asked `grpc.health.v1.Health/Check`: SERVING puts
-//!   it (back) in rotation, anything else — a pod draining before it stops, one that is
-//!   gone — keeps it out.
+//! ```text
+//! call ─ deadline ─ Retry (a request that never left) ─ Buffer ─ p2c::Balance ─ PendingRequests<Member> per address
+//!                                                                    ▲
+//!                        Discovery: DNS every refresh + grpc.health.v1 per address
+//! ```
 //!
-//! When no endpoint is in rotation the calls still try the resolved ones, so a wrong
-//! health answer can slow a client down but never cut it off.
+//! - Discovery resolves the target's host name at start and every `refresh_interval`,
+//!   keeping one lazily connected channel per address, and asks each address
+//!   `grpc.health.v1.Health/Check`: the SERVING ones are in the balancer, anything else —
+//!   a pod draining before it stops, one that is gone — is out. When none is SERVING,
+//!   every resolved address is in, so a wrong health answer can slow a client down but
+//!   never cut it off. A failed or empty resolution keeps the last addresses.
+//! - Each call goes to the less loaded (fewer calls in flight) of two addresses picked at
+//!   random.
+//! - An address whose call fails at the transport level leaves the balancer at once and
+//!   wakes discovery, which probes it again. If the connection could not be made (the
+//!   request never left), the call is retried once, on another address when there is
+//!   one: a killed pod costs no decision.
+//! - The buffer bounds the calls waiting for an address; the call's deadline covers that
+//!   wait, the first resolution and the retry, not only the time on the wire.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PendingRequests};
+use tower::retry::{Policy, Retry};
+use tower::util::BoxService;
 use tower::{Service, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +70,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// gone without a word (its packets dropped), and the call moves to another while the
 /// decision's budget still allows it.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// How many calls may wait for an address to take them before callers wait to send.
+const CALL_QUEUE: usize = 1024;
+/// The least time between two refreshes, so that a run of failed calls does not turn into
+/// a run of DNS queries and probes.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(25);
 
 /// Where a service is reached: `host:port`, the host an IP address or a DNS name
 /// (a Kubernetes headless Service, say) resolving to every instance.
@@ -219,26 +244,55 @@ impl Resolver {
     /// A channel balancing over every address `target` resolves to. Resolution starts
     /// in the background; a call made before it has finished waits for it.
     pub fn channel(&self, target: Target) -> BalancedChannel {
-        let shared = Arc::new(Shared {
+        let (changes, discovered) = mpsc::unbounded_channel();
+        let (refreshed, _) = watch::channel(false);
+        let discovery = Arc::new(Discovery {
             target,
             resolver: self.clone(),
-            endpoints: ArcSwap::from_pointee(Vec::new()),
-            next: AtomicUsize::new(0),
-            refreshing: tokio::sync::Mutex::new(()),
+            changes,
+            known: Mutex::new(BTreeMap::new()),
+            refreshed,
+            wake: Arc::new(Notify::new()),
         });
-        tokio::spawn(refresh_forever(Arc::downgrade(&shared)));
-        BalancedChannel { shared }
+        let balance: Balance<_, http::Request<Body>> =
+            Balance::new(UnboundedReceiverStream::new(discovered));
+        let calls = BoxService::new(balance.map_request(|request: http::Request<Bytes>| {
+            request.map(|body| Body::new(Full::new(body)))
+        }));
+        let (buffer, worker) = Buffer::pair(calls, CALL_QUEUE);
+        tokio::spawn(worker);
+        tokio::spawn(refresh_forever(Arc::downgrade(&discovery)));
+        BalancedChannel {
+            discovery,
+            calls: Retry::new(RetryNeverSent { retries_left: 1 }, buffer),
+        }
     }
 }
 
-/// One address of a target, with its own connection.
-struct Backend {
-    addr: SocketAddr,
-    channel: Channel,
-    in_rotation: AtomicBool,
+type Discovered = Result<Change<SocketAddr, PendingRequests<Member>>, Infallible>;
+
+/// Which addresses of one target are in the balancer, and why.
+struct Discovery {
+    target: Target,
+    resolver: Resolver,
+    /// Into the balancer.
+    changes: mpsc::UnboundedSender<Discovered>,
+    known: Mutex<BTreeMap<SocketAddr, Known>>,
+    /// Whether the first refresh has finished.
+    refreshed: watch::Sender<bool>,
+    /// Wakes the refresh loop early: a member failed.
+    wake: Arc<Notify>,
 }
 
-impl Backend {
+/// A resolved address: its connection, and whether (and as which member) it is in the
+/// balancer.
+struct Known {
+    channel: Channel,
+    /// The `failed` flag of the member in the balancer, if there is one.
+    member: Option<Arc<AtomicBool>>,
+}
+
+impl Known {
     fn new(addr: SocketAddr) -> Self {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("a socket address is a valid URI authority")
@@ -246,169 +300,232 @@ impl Backend {
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
         Self {
-            addr,
             channel,
-            in_rotation: AtomicBool::new(true),
+            member: None,
         }
     }
 
-    async fn is_serving(&self) -> bool {
-        let mut client = HealthClient::new(self.channel.clone());
-        let check = client.check(HealthCheckRequest {
-            service: String::new(),
-        });
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, check).await,
-            Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
-        )
+    /// In the balancer and not known to have failed since.
+    fn is_healthy_member(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|failed| !failed.load(Ordering::Relaxed))
     }
 }
 
-struct Shared {
-    target: Target,
-    resolver: Resolver,
-    endpoints: ArcSwap<Vec<Arc<Backend>>>,
-    next: AtomicUsize,
-    /// One refresh at a time.
-    refreshing: tokio::sync::Mutex<()>,
-}
-
-impl Shared {
-    /// Resolves the target again and health-checks every endpoint. A failed or empty
-    /// resolution keeps the endpoints known so far: better a stale list than none.
-    async fn refresh(&self) {
-        let _one_at_a_time = self.refreshing.lock().await;
-        let addrs = match self.resolver.resolve(&self.target).await {
-            Ok(addrs) if !addrs.is_empty() => addrs,
+impl Discovery {
+    /// Resolves the target again, asks every address for its health and puts the
+    /// SERVING ones in the balancer (every one, when none is SERVING).
+    async fn refresh(self: &Arc<Self>) {
+        let resolved = match self.resolver.resolve(&self.target).await {
+            Ok(addrs) if !addrs.is_empty() => Some(addrs),
             Ok(_) => {
                 tracing::warn!(target = %self.target, "resolves to no address; keeping the last ones");
-                return self.probe(self.endpoints.load_full()).await;
+                None
             }
             Err(error) => {
                 tracing::warn!(target = %self.target, %error, "cannot resolve; keeping the last addresses");
-                return self.probe(self.endpoints.load_full()).await;
+                None
             }
         };
-        let current = self.endpoints.load_full();
-        let endpoints: Vec<Arc<Backend>> = addrs
-            .into_iter()
-            .map(|addr| {
-                current
-                    .iter()
-                    .find(|backend| backend.addr == addr)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(addr)))
-            })
-            .collect();
-        self.probe(Arc::new(endpoints)).await;
-    }
-
-    async fn probe(&self, endpoints: Arc<Vec<Arc<Backend>>>) {
-        let serving =
-            futures::future::join_all(endpoints.iter().map(|backend| backend.is_serving())).await;
-        for (backend, serving) in endpoints.iter().zip(serving) {
-            if backend.in_rotation.swap(serving, Ordering::Relaxed) != serving {
-                tracing::info!(target = %self.target, addr = %backend.addr, serving, "endpoint rotation changed");
-            }
-        }
-        let in_rotation = endpoints
-            .iter()
-            .filter(|backend| backend.in_rotation.load(Ordering::Relaxed))
-            .count();
-        let target = self.target.to_string();
-        metrics::gauge!("cascade_client_endpoints", "target" => target.clone(), "state" => "in_rotation")
-            .set(in_rotation as f64);
-        metrics::gauge!("cascade_client_endpoints", "target" => target, "state" => "out_of_rotation")
-            .set((endpoints.len() - in_rotation) as f64);
-        self.endpoints.store(endpoints);
-    }
-
-    /// The next endpoint in rotation other than `excluded`, round-robin; when none is in
-    /// rotation, any other than `excluded`.
-    fn pick(&self, excluded: Option<SocketAddr>) -> Option<Arc<Backend>> {
-        let endpoints = self.endpoints.load();
-        let count = endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let candidates = (0..count)
-            .map(|offset| &endpoints[(start + offset) % count])
-            .filter(|backend| Some(backend.addr) != excluded);
-        candidates
-            .clone()
-            .find(|backend| backend.in_rotation.load(Ordering::Relaxed))
-            .or_else(|| candidates.clone().next())
-            .cloned()
-    }
-
-    fn take_out_of_rotation(&self, backend: &Backend, error: &BoxError) {
-        if backend.in_rotation.swap(false, Ordering::Relaxed) {
-            tracing::warn!(target = %self.target, addr = %backend.addr, %error, "endpoint failed; out of rotation until healthy");
-            metrics::counter!("cascade_client_endpoint_failures_total", "target" => self.target.to_string())
-                .increment(1);
-        }
-    }
-}
-
-async fn refresh_forever(shared: Weak<Shared>) {
-    loop {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.refresh().await;
-        let interval = shared.resolver.refresh_interval;
-        drop(shared);
-        tokio::time::sleep(interval).await;
-    }
-}
-
-/// A gRPC channel over every instance of one service (see the module documentation).
-/// Cheap to clone; the background refresh stops when the last clone is dropped.
-#[derive(Clone)]
-pub struct BalancedChannel {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for BalancedChannel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BalancedChannel")
-            .field("target", &self.shared.target)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BalancedChannel {
-    async fn dispatch(
-        self,
-        request: http::Request<Body>,
-    ) -> Result<http::Response<Body>, BoxError> {
-        if self.shared.endpoints.load().is_empty() {
-            self.shared.refresh().await;
-        }
-        // A unary request body is one small message: kept, so that a request that never
-        // left can be sent again.
-        let (parts, body) = request.into_parts();
-        let body = body.collect().await?.to_bytes();
-        let mut excluded = None;
-        loop {
-            let Some(backend) = self.shared.pick(excluded) else {
-                return Err(tonic::Status::unavailable(format!(
-                    "no reachable address for {}",
-                    self.shared.target
-                ))
-                .into());
-            };
-            let request = rebuild(&parts, body.clone());
-            match backend.channel.clone().oneshot(request).await {
-                Ok(response) => return Ok(response),
-                Err(error) => {
-                    let error: BoxError = error.into();
-                    self.shared.take_out_of_rotation(&backend, &error);
-                    if excluded.is_some() || !never_sent(&*error) {
-                        return Err(error);
+        let to_probe: Vec<(SocketAddr, Channel)> = {
+            let mut known = self.known.lock();
+            if let Some(addrs) = resolved {
+                known.retain(|addr, entry| {
+                    let still_resolved = addrs.contains(addr);
+                    if !still_resolved && entry.member.is_some() {
+                        self.send(Change::Remove(*addr));
                     }
-                    excluded = Some(backend.addr);
+                    still_resolved
+                });
+                for addr in addrs {
+                    known.entry(addr).or_insert_with(|| Known::new(addr));
                 }
             }
+            known
+                .iter()
+                .map(|(addr, entry)| (*addr, entry.channel.clone()))
+                .collect()
+        };
+        let answers =
+            futures::future::join_all(to_probe.iter().map(|(_, channel)| is_serving(channel)))
+                .await;
+        let serving: BTreeSet<SocketAddr> = to_probe
+            .iter()
+            .zip(answers)
+            .filter_map(|((addr, _), serving)| serving.then_some(*addr))
+            .collect();
+        self.apply(&serving);
+        self.refreshed.send_replace(true);
+    }
+
+    fn apply(self: &Arc<Self>, serving: &BTreeSet<SocketAddr>) {
+        let mut known = self.known.lock();
+        let none_serving = serving.is_empty();
+        for (addr, entry) in known.iter_mut() {
+            let wanted = none_serving || serving.contains(addr);
+            if wanted && !entry.is_healthy_member() {
+                let failed = Arc::new(AtomicBool::new(false));
+                let member = Member {
+                    addr: *addr,
+                    channel: entry.channel.clone(),
+                    failed: failed.clone(),
+                    discovery: Arc::downgrade(self),
+                };
+                self.send(Change::Insert(
+                    *addr,
+                    PendingRequests::new(member, CompleteOnResponse::default()),
+                ));
+                entry.member = Some(failed);
+            } else if !wanted && entry.member.take().is_some() {
+                self.send(Change::Remove(*addr));
+            }
+            let in_rotation = serving.contains(addr);
+            tracing::debug!(target = %self.target, %addr, in_rotation, "probed");
         }
+        let target = self.target.to_string();
+        metrics::gauge!("cascade_client_endpoints", "target" => target.clone(), "state" => "in_rotation")
+            .set(serving.len() as f64);
+        metrics::gauge!("cascade_client_endpoints", "target" => target, "state" => "out_of_rotation")
+            .set((known.len() - serving.len()) as f64);
+    }
+
+    fn send(&self, change: Change<SocketAddr, PendingRequests<Member>>) {
+        match &change {
+            Change::Insert(addr, _) => {
+                tracing::info!(target = %self.target, %addr, "endpoint in rotation");
+            }
+            Change::Remove(addr) => {
+                tracing::info!(target = %self.target, %addr, "endpoint out of rotation");
+            }
+        }
+        // The balancer is gone only when the channel is: nothing is left to tell.
+        let _ = self.changes.send(Ok(change));
+    }
+
+    /// Whether no address is known: the target has never resolved to one.
+    fn has_no_address(&self) -> bool {
+        self.known.lock().is_empty()
+    }
+
+    async fn first_refresh(&self) {
+        let mut refreshed = self.refreshed.subscribe();
+        // An error: the sender, and with it the channel, is gone.
+        let _ = refreshed.wait_for(|done| *done).await;
+    }
+}
+
+async fn is_serving(channel: &Channel) -> bool {
+    let mut client = HealthClient::new(channel.clone());
+    let check = client.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, check).await,
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
+    )
+}
+
+/// Refreshes every `refresh_interval`, and soon after a member fails, until the channel
+/// is dropped (the balancer, which receives the changes, is gone).
+async fn refresh_forever(discovery: Weak<Discovery>) {
+    loop {
+        let Some(strong) = discovery.upgrade() else {
+            return;
+        };
+        strong.refresh().await;
+        let interval = strong.resolver.refresh_interval;
+        let wake = strong.wake.clone();
+        let changes = strong.changes.clone();
+        drop(strong);
+        tokio::time::sleep(MIN_REFRESH_GAP).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval.saturating_sub(MIN_REFRESH_GAP)) => {}
+            _ = wake.notified() => {}
+            _ = changes.closed() => return,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint {0} failed; out of rotation until it answers its health check")]
+struct MemberFailed(SocketAddr);
+
+/// One address in the balancer. After a transport failure it refuses to be ready, which
+/// makes the balancer drop it; discovery puts a new member in once it is healthy again.
+struct Member {
+    addr: SocketAddr,
+    channel: Channel,
+    failed: Arc<AtomicBool>,
+    discovery: Weak<Discovery>,
+}
+
+impl Service<http::Request<Body>> for Member {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(MemberFailed(self.addr).into()));
+        }
+        self.channel.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let response = self.channel.call(request);
+        let addr = self.addr;
+        let failed = self.failed.clone();
+        let discovery = self.discovery.clone();
+        Box::pin(async move {
+            response.await.map_err(|error| {
+                let error: BoxError = error.into();
+                if !failed.swap(true, Ordering::Relaxed)
+                    && let Some(discovery) = discovery.upgrade()
+                {
+                    tracing::warn!(target = %discovery.target, %addr, %error, "endpoint failed; out of rotation until healthy");
+                    metrics::counter!("cascade_client_endpoint_failures_total", "target" => discovery.target.to_string())
+                        .increment(1);
+                    discovery.wake.notify_one();
+                }
+                error
+            })
+        })
+    }
+}
+
+/// Retries, once, a call whose connection could not be made: the request never left, so
+/// sending it again cannot do anything twice.
+#[derive(Clone)]
+struct RetryNeverSent {
+    retries_left: u8,
+}
+
+impl Policy<http::Request<Bytes>, http::Response<Body>, BoxError> for RetryNeverSent {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut http::Request<Bytes>,
+        result: &mut Result<http::Response<Body>, BoxError>,
+    ) -> Option<Self::Future> {
+        match result {
+            Err(error) if self.retries_left > 0 && never_sent(&**error) => {
+                self.retries_left -= 1;
+                Some(std::future::ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &http::Request<Bytes>) -> Option<http::Request<Bytes>> {
+        let mut copy = http::Request::new(request.body().clone());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        Some(copy)
     }
 }
 
@@ -424,14 +541,34 @@ fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn rebuild(parts: &http::request::Parts, body: Bytes) -> http::Request<Body> {
-    let mut request = http::Request::new(Body::new(http_body_util::Full::new(body)));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
-    request
+type Calls = Retry<
+    RetryNeverSent,
+    Buffer<http::Request<Bytes>, BoxFuture<'static, Result<http::Response<Body>, BoxError>>>,
+>;
+
+/// Boxed outside the caller's `async` block, whose `Send` check cannot see through the
+/// retry future's bounds.
+fn send(
+    calls: Calls,
+    request: http::Request<Bytes>,
+) -> BoxFuture<'static, Result<http::Response<Body>, BoxError>> {
+    Box::pin(calls.oneshot(request))
+}
+
+/// A gRPC channel over every instance of one service (see the module documentation).
+/// Cheap to clone; discovery stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct BalancedChannel {
+    discovery: Arc<Discovery>,
+    calls: Calls,
+}
+
+impl fmt::Debug for BalancedChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancedChannel")
+            .field("target", &self.discovery.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service<http::Request<Body>> for BalancedChannel {
@@ -440,19 +577,38 @@ impl Service<http::Request<Body>> for BalancedChannel {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each call picks its endpoint and waits for that endpoint's readiness.
+        // Readiness — room in the buffer, an address in the balancer — is awaited inside
+        // the call, where the call's deadline bounds it; tonic's clients await
+        // `poll_ready` before any deadline applies.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // The call's deadline covers everything here, waiting for the first resolution
-        // and a retry included, not only the time on the wire.
         let timeout = request
             .headers()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(crate::deadline::parse_grpc_timeout);
-        let dispatch = self.clone().dispatch(request);
+        let discovery = self.discovery.clone();
+        let calls = self.calls.clone();
+        let dispatch = async move {
+            discovery.first_refresh().await;
+            if discovery.has_no_address() {
+                return Err(tonic::Status::unavailable(format!(
+                    "no reachable address for {}",
+                    discovery.target
+                ))
+                .into());
+            }
+            // A unary request body is one small message: kept, so that a request that
+            // never left can be sent again.
+            let (parts, body) = request.into_parts();
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(status) => return Err(BoxError::from(status)),
+            };
+            send(calls, http::Request::from_parts(parts, body)).await
+        };
         Box::pin(async move {
             match timeout {
                 None => dispatch.await,

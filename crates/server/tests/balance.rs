@@ -1,13 +1,20 @@
-//! The balanced channel's edges, against a real DNS server over UDP: a name that does
-//! not resolve fails fast and clearly, and a DNS server that never answers cannot hold a
-//! call past its deadline.
+//! The balanced channel against a real DNS server over UDP and real gRPC servers: a name
+//! that does not resolve fails fast and clearly, a DNS server that never answers cannot
+//! hold a call past its deadline, calls prefer the instance with fewer in flight, a call
+//! that could not connect goes elsewhere, and instances that all say NOT_SERVING are
+//! still called.
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_server::balance::{Resolver, ResolverSettings};
 use cascade_testkit::FakeDns;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 fn resolver(nameserver: std::net::SocketAddr) -> Resolver {
     Resolver::new(&ResolverSettings {
@@ -55,4 +62,191 @@ async fn a_silent_dns_server_cannot_hold_a_call_past_its_deadline() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A health service whose `Check` of the service `"balanced"` is the call under test:
+/// counted, answered after `delay`. Probes (the empty service name) get `probe_answer`.
+struct Instance {
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+    probe_answer: ServingStatus,
+}
+
+#[tonic::async_trait]
+impl Health for Instance {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        let status = if request.get_ref().service == "balanced" {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.delay).await;
+            ServingStatus::Serving
+        } else {
+            self.probe_answer
+        };
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+
+    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not watched"))
+    }
+}
+
+const NAME: &str = "balanced.cascade.test";
+
+/// A port free on 127.0.0.1, .2 and .3: instances behind one name differ by address only.
+fn port_free_on_three_hosts() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 1), 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        if (2..=3)
+            .all(|host| std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, host), port)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
+/// Serves `instance` on `host:port`; returns its call counter.
+async fn serve(
+    host: Ipv4Addr,
+    port: u16,
+    delay: Duration,
+    probe_answer: ServingStatus,
+) -> Arc<AtomicUsize> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind((host, port)).await.unwrap();
+    let instance = Instance {
+        calls: calls.clone(),
+        delay,
+        probe_answer,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(instance))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    calls
+}
+
+async fn balanced_call(client: &mut HealthClient<cascade_server::balance::BalancedChannel>) {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: "balanced".into(),
+    });
+    request.set_timeout(Duration::from_secs(5));
+    client.check(request).await.unwrap();
+}
+
+async fn client_of(
+    dns: &FakeDns,
+    port: u16,
+) -> HealthClient<cascade_server::balance::BalancedChannel> {
+    let channel = resolver(dns.addr()).channel(format!("{NAME}:{port}").parse().unwrap());
+    HealthClient::new(channel)
+}
+
+#[tokio::test]
+async fn calls_go_to_the_instance_with_fewer_in_flight() {
+    let port = port_free_on_three_hosts();
+    let slow = serve(
+        Ipv4Addr::new(127, 0, 0, 1),
+        port,
+        Duration::from_millis(100),
+        ServingStatus::Serving,
+    )
+    .await;
+    let fast = serve(
+        Ipv4Addr::new(127, 0, 0, 2),
+        port,
+        Duration::ZERO,
+        ServingStatus::Serving,
+    )
+    .await;
+    let dns = FakeDns::start().await.unwrap();
+    dns.set(
+        NAME,
+        &[Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)],
+    );
+    let client = client_of(&dns, port).await;
+    // Four callers, each calling again as soon as its call is answered: round-robin would
+    // split the calls evenly; pending-request balancing keeps them off the slow instance
+    // while it still holds one.
+    let callers = (0..4).map(|_| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            for _ in 0..25 {
+                balanced_call(&mut client).await;
+            }
+        })
+    });
+    for caller in futures::future::join_all(callers).await {
+        caller.unwrap();
+    }
+    let (slow, fast) = (slow.load(Ordering::Relaxed), fast.load(Ordering::Relaxed));
+    assert_eq!(slow + fast, 100);
+    assert!(fast >= 3 * slow, "slow {slow}, fast {fast}");
+}
+
+#[tokio::test]
+async fn a_call_that_cannot_connect_is_sent_again_elsewhere() {
+    let port = port_free_on_three_hosts();
+    let first = serve(
+        Ipv4Addr::new(127, 0, 0, 1),
+        port,
+        Duration::ZERO,
+        ServingStatus::Serving,
+    )
+    .await;
+    let second = serve(
+        Ipv4Addr::new(127, 0, 0, 2),
+        port,
+        Duration::ZERO,
+        ServingStatus::Serving,
+    )
+    .await;
+    let dns = FakeDns::start().await.unwrap();
+    // Nothing listens on the third address: its connections are refused.
+    dns.set(
+        NAME,
+        &[
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(127, 0, 0, 2),
+            Ipv4Addr::new(127, 0, 0, 3),
+        ],
+    );
+    let mut client = client_of(&dns, port).await;
+    for _ in 0..30 {
+        balanced_call(&mut client).await;
+    }
+    assert_eq!(
+        first.load(Ordering::Relaxed) + second.load(Ordering::Relaxed),
+        30
+    );
+}
+
+#[tokio::test]
+async fn when_no_instance_says_serving_calls_still_reach_them() {
+    let port = port_free_on_three_hosts();
+    let only = serve(
+        Ipv4Addr::new(127, 0, 0, 1),
+        port,
+        Duration::ZERO,
+        ServingStatus::NotServing,
+    )
+    .await;
+    let dns = FakeDns::start().await.unwrap();
+    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 1)]);
+    let mut client = client_of(&dns, port).await;
+    for _ in 0..3 {
+        balanced_call(&mut client).await;
+    }
+    assert_eq!(only.load(Ordering::Relaxed), 3);
 }
