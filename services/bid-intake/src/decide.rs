@@ -36,7 +36,7 @@ use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluati
 use cascade_proto::targeting::v1::{
     EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
 };
-use cascade_server::balance::BalancedChannel;
+use cascade_server::channel::BalancedChannel;
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_server::telemetry::Traced;
 use cascade_server::wire::adjustment;

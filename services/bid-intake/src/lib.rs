@@ -18,7 +18,7 @@ use cascade_networks::notices::Notifier;
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::admin::v1::reports_server::ReportsServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
-use cascade_server::balance::{Resolver, ResolverError, ResolverSettings, Target};
+use cascade_server::channel::{Resolver, ResolverError, ResolverSettings, Target};
 use cascade_server::settings::GrpcSettings;
 use cascade_server::telemetry::traced;
 use cascade_server::{GrpcServer, ServeError};

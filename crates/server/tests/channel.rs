@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_server::balance::{Resolver, ResolverSettings};
+use cascade_server::channel::{Resolver, ResolverSettings};
 use cascade_testkit::FakeDns;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -137,7 +137,7 @@ async fn serve(
     calls
 }
 
-async fn balanced_call(client: &mut HealthClient<cascade_server::balance::BalancedChannel>) {
+async fn balanced_call(client: &mut HealthClient<cascade_server::channel::BalancedChannel>) {
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: "balanced".into(),
     });
@@ -148,7 +148,7 @@ async fn balanced_call(client: &mut HealthClient<cascade_server::balance::Balanc
 async fn client_of(
     dns: &FakeDns,
     port: u16,
-) -> HealthClient<cascade_server::balance::BalancedChannel> {
+) -> HealthClient<cascade_server::channel::BalancedChannel> {
     let channel = resolver(dns.addr()).channel(format!("{NAME}:{port}").parse().unwrap());
     HealthClient::new(channel)
 }

@@ -1,4 +1,4 @@
-//! Client-side load balancing for the calls between services.
+//! Channels to the other services: discovery (DNS and health) feeding tower's balancer.
 //!
 //! gRPC multiplexes every call over one long-lived HTTP/2 connection, so behind a
 //! Kubernetes ClusterIP Service a client would stay pinned to the one pod it first
