@@ -7,11 +7,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{banner_request, decide_at, demo_state, sample, winner};
 use cascade_testkit::{FakeDns, FakeNetworks, ServiceProcess};
 use serde_json::json;
-use support::{banner_request, decide_at, demo_state, sample, winner};
-
-mod support;
 
 const NAME: &str = "targeting-evaluation.cascade.test";
 const HOSTS: [Ipv4Addr; 3] = [
@@ -176,7 +175,8 @@ async fn bid_intake_follows_the_name_and_lets_instances_drain() {
     // A graceful stop: the instance reports NOT_SERVING for its shutdown delay, clients
     // take it out of rotation, and no decision fails while it goes.
     let on_third = evaluations(&third).await;
-    let stopping = tokio::spawn(setup.instances.remove(0).terminate());
+    let mut stopping_instance = setup.instances.remove(0);
+    let stopping = tokio::spawn(async move { stopping_instance.terminate().await });
     let started = Instant::now();
     let mut during = 0;
     while !stopping.is_finished() {

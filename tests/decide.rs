@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
+use crate::support::{
+    Cluster, DECIDE, banner_request, exchange_bid, run_cascade, winner, workspace_file,
+};
 use cascade_testkit::{Behaviour, grpcurl};
 use serde_json::{Value, json};
-use support::{Cluster, DECIDE, banner_request, exchange_bid, run_cascade, winner, workspace_file};
-
-mod support;
 
 /// Pairs of two fields of every entry of the first decision's explanation `list`.
 fn explained(response: &Value, list: &str, first: &str, second: &str) -> Vec<(String, String)> {
@@ -46,15 +46,16 @@ fn dropped_reasons(response: &Value) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn every_service_is_serving_lists_only_itself_and_exits_cleanly_on_sigterm() {
-    let cluster = Cluster::start().await;
-    for service in cluster.others.iter().chain([&cluster.bid_intake]) {
+    let mut cluster = Cluster::builder().processes().start().await;
+    let processes = cluster.processes();
+    for service in processes.others.iter().chain([&processes.bid_intake]) {
         let health = grpcurl::call(service.addr, "grpc.health.v1.Health/Check", &json!({}), &[])
             .await
             .unwrap();
         assert!(health.success, "{}: {}", service.name, health.stderr);
         assert_eq!(health.json()["status"], "SERVING", "{}", service.name);
     }
-    let listed = grpcurl::run(&["-plaintext", &cluster.bid_intake.addr.to_string(), "list"])
+    let listed = grpcurl::run(&["-plaintext", &cluster.bid_intake.to_string(), "list"])
         .await
         .unwrap();
     assert!(
@@ -67,17 +68,25 @@ async fn every_service_is_serving_lists_only_itself_and_exits_cleanly_on_sigterm
         "{}",
         listed.stdout
     );
-    let listed = grpcurl::run(&["-plaintext", &cluster.others[1].addr.to_string(), "list"])
-        .await
-        .unwrap();
+    let listed = grpcurl::run(&[
+        "-plaintext",
+        &cluster.processes().others[1].addr.to_string(),
+        "list",
+    ])
+    .await
+    .unwrap();
     assert!(
         listed.stdout.contains("cascade.auction.v1.Auction"),
         "{}",
         listed.stdout
     );
 
-    let Cluster { bid_intake, .. } = cluster;
-    let status = bid_intake.terminate().await.unwrap();
+    let status = cluster
+        .processes_mut()
+        .bid_intake
+        .terminate()
+        .await
+        .unwrap();
     assert!(status.success(), "bid-intake exited with {status}");
 }
 
@@ -418,13 +427,13 @@ async fn client_mode_returns_the_ranked_chain_without_calling_networks() {
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_decision_finish() {
-    let cluster = Cluster::start().await;
+    let mut cluster = Cluster::builder().processes().start().await;
     // Slow enough to still be in flight at SIGTERM, within CoolAds' 150 ms timeout.
     cluster.networks.set(
         "coolads",
         Behaviour::Slow(Duration::from_millis(120), Box::new(Behaviour::Fill)),
     );
-    let addr = cluster.bid_intake.addr;
+    let addr = cluster.bid_intake;
     let in_flight = tokio::spawn(async move {
         grpcurl::call(
             addr,
@@ -442,8 +451,12 @@ async fn sigterm_lets_an_in_flight_decision_finish() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let Cluster { bid_intake, .. } = cluster;
-    let status = bid_intake.terminate().await.unwrap();
+    let status = cluster
+        .processes_mut()
+        .bid_intake
+        .terminate()
+        .await
+        .unwrap();
     assert!(status.success(), "bid-intake exited with {status}");
     let output = in_flight.await.unwrap().unwrap();
     assert!(
@@ -563,7 +576,7 @@ async fn events_are_recorded_once_per_selection_and_type() {
         .to_string();
     let report = |kind: &str| json!({"selection_id": selection_id, "type": kind});
     let call = |request: Value| async move {
-        grpcurl::call(cluster.bid_intake.addr, REPORT_EVENT, &request, &[])
+        grpcurl::call(cluster.bid_intake, REPORT_EVENT, &request, &[])
             .await
             .unwrap()
     };
@@ -683,8 +696,13 @@ async fn chained_outcomes_compete_at_their_stored_price() {
 
 #[tokio::test]
 async fn a_failing_network_trips_its_breaker_and_is_skipped() {
-    let cluster =
-        Cluster::start_with("breaker_failures_to_open = 3\nbreaker_open_ms = 60000").await;
+    let cluster = Cluster::builder()
+        .network_caller(|settings| {
+            settings.breaker_failures_to_open = 3;
+            settings.breaker_open_ms = 60_000;
+        })
+        .start()
+        .await;
     cluster.networks.set("coolads", Behaviour::Error(503));
     for _ in 0..3 {
         let response = cluster.decide(&banner_request(json!([]))).await;
@@ -712,7 +730,10 @@ async fn a_failing_network_trips_its_breaker_and_is_skipped() {
 
 #[tokio::test]
 async fn the_waterfall_stops_calling_networks_at_its_cap() {
-    let cluster = Cluster::start_with("max_network_calls_per_waterfall = 1").await;
+    let cluster = Cluster::builder()
+        .network_caller(|settings| settings.max_network_calls_per_waterfall = 1)
+        .start()
+        .await;
     cluster.networks.set("coolads", Behaviour::NoFill);
     let response = cluster
         .decide(&banner_request(exchange_bid(0.9, "shoes.example")))
@@ -959,7 +980,7 @@ async fn the_load_generator_measures_decisions_and_the_echo_chain() {
         .collect();
         run_cascade(&args, &[]).await
     };
-    let target = format!("http://{}", cluster.bid_intake.addr);
+    let target = format!("http://{}", cluster.bid_intake);
     for mode in [vec![], vec!["--rate".to_string(), "50".to_string()]] {
         let mut args = vec![
             "--target".to_string(),

@@ -7,13 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::support::{banner_request, decide_at, demo_configuration, winner, workspace_file};
 use cascade_state::Store;
 use cascade_testkit::{FakeNetworks, RedisServer, ServiceProcess, grpcurl};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{banner_request, decide_at, demo_configuration, winner, workspace_file};
-
-mod support;
 
 const ADMIN_TOKEN: &str = "deploy-test-token";
 

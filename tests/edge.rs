@@ -3,12 +3,11 @@
 //! Cascade owns rewritten), what the privacy rules withhold with real TC and GPP
 //! strings, and HTTPS to a network whose certificate comes from a CA made at run time.
 
+use crate::support;
+use crate::support::{Cluster, workspace_file};
 use cascade_core::privacy::testing::{TcContent, gpp_tcf_eu, gpp_us_national, tc_string};
 use cascade_testkit::{FakeNetworks, Notice, TestCa};
 use serde_json::{Value, json};
-use support::{Cluster, workspace_file};
-
-mod support;
 
 /// A bidding network with IAB GVL id 52 asked for every impression of the demo
 /// publishers (and of the app publisher of IAB example 3), so every request's journey
@@ -167,7 +166,7 @@ fn edge_attempt(response: &Value) -> Value {
 
 #[tokio::test]
 async fn every_field_the_gateway_sent_reaches_the_network_and_only_owned_fields_change() {
-    let cluster = Cluster::start_with_configuration(EDGE_NETWORK).await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
     let fixtures = workspace_file("../shared/fixtures/openrtb26");
     for file in [
         "bid-request-example-1-simple-banner.json",
@@ -234,7 +233,7 @@ async fn every_field_the_gateway_sent_reaches_the_network_and_only_owned_fields_
 
 #[tokio::test]
 async fn a_rich_request_reaches_the_network_whole_in_json_and_in_protobuf() {
-    let cluster = Cluster::start_with_configuration(EDGE_NETWORK).await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
     let consent = tc_string(&full_consent());
     let document = rich_request(&consent);
     let (response, sent) =
@@ -269,7 +268,7 @@ async fn a_rich_request_reaches_the_network_whole_in_json_and_in_protobuf() {
 
 #[tokio::test]
 async fn privacy_signals_decide_what_each_network_receives() {
-    let cluster = Cluster::start_with_configuration(EDGE_NETWORK).await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
 
     // No TCF consent to purpose 1 (storage): no user or device ids.
     let mut content = full_consent();
@@ -363,9 +362,12 @@ async fn a_network_over_https_is_reached_through_ssl_cert_file() {
     );
     let request = support::banner_request(json!([]));
     let ca_file = ca.ca_file().display().to_string();
-    let cluster =
-        Cluster::start_with_configuration_and_env(&configuration, &[("SSL_CERT_FILE", &ca_file)])
-            .await;
+    // SSL_CERT_FILE is read once per process: this cluster runs as processes.
+    let cluster = Cluster::builder()
+        .configuration(&configuration)
+        .env("SSL_CERT_FILE", &ca_file)
+        .start()
+        .await;
     let response = cluster.decide(&request).await;
     assert_eq!(
         support::winner(&response)["networkId"],
@@ -376,7 +378,10 @@ async fn a_network_over_https_is_reached_through_ssl_cert_file() {
     drop(cluster);
 
     // Without the CA the handshake fails, and the attempt says why.
-    let cluster = Cluster::start_with_configuration(&configuration).await;
+    let cluster = Cluster::builder()
+        .configuration(&configuration)
+        .start()
+        .await;
     let response = cluster.decide(&request).await;
     assert_eq!(support::winner(&response)["networkId"], "coolads");
     let attempts = response["decisions"][0]["explanation"]["attempts"]
@@ -412,7 +417,7 @@ fn of_kind<'a>(notices: &'a [Notice], kind: &str, auction: &str) -> Vec<&'a Noti
 
 async fn report_impression(cluster: &Cluster, selection_id: &str) {
     let output = cascade_testkit::grpcurl::call(
-        cluster.bid_intake.addr,
+        cluster.bid_intake,
         REPORT_EVENT,
         &json!({"selection_id": selection_id, "type": "EVENT_TYPE_IMPRESSION"}),
         &[],
@@ -434,22 +439,22 @@ fn home_live(id: &str) -> Value {
 #[tokio::test]
 async fn notices_are_fired_once_and_billing_survives_a_restart() {
     let redis = cascade_testkit::RedisServer::start().await.unwrap();
-    let networks = FakeNetworks::start().await.unwrap();
-    {
-        use cascade_state::Store as _;
-        cascade_state::RedisStore::connect(&redis.url())
-            .unwrap()
-            .apply_configuration(support::demo_configuration(&networks), None)
-            .await
-            .unwrap();
-    }
+    // As processes: bid-intake crashes and starts again, and its metrics are its own.
+    let mut cluster = Cluster::builder()
+        .on_redis(&redis.url())
+        .bid_intake(|settings| {
+            settings.notices.billing_retry_first_ms = 50;
+            settings.notices.billing_retry_max_ms = 100;
+            settings.notices.billing_poll_ms = 20;
+            settings.notices.billing_lease_ms = 300;
+            settings.notices.timeout_ms = 200;
+        })
+        .processes()
+        .start()
+        .await;
+    let networks = cluster.networks.clone();
     networks.send_notices("coolads");
     networks.send_notices("bidwise");
-    let state = format!("[state]\nredis_url = \"{}\"\n", redis.url());
-    let billing = "notices.billing_retry_first_ms = 50\nnotices.billing_retry_max_ms = 100\n\
-                   notices.billing_poll_ms = 20\nnotices.billing_lease_ms = 300\nnotices.timeout_ms = 200\n";
-    let mut cluster = Cluster::start_services(networks, &state, "", billing, None).await;
-    let networks = cluster.networks.clone();
 
     let response = cluster.decide(&home_live("req-1")).await;
     let winner = support::winner(&response).clone();
@@ -540,7 +545,7 @@ async fn notices_are_fired_once_and_billing_survives_a_restart() {
     );
     assert_eq!(bills[2].param("price"), Some("2"));
     // Every notice and billing attempt is counted where operators look.
-    let metrics = cluster.bid_intake.metrics().await.unwrap();
+    let metrics = cluster.processes().bid_intake.metrics().await.unwrap();
     let count = |name: &str, labels: &[(&str, &str)]| {
         support::sample(&metrics, name, labels).unwrap_or(0.0)
     };

@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{decide_at, winner};
 use serde_json::Value;
-use support::{decide_at, winner};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-mod support;
 
 #[tokio::test]
 async fn cascade_up_serves_the_decision_its_banner_prints() {

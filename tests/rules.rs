@@ -5,13 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use cascade_testkit::{Behaviour, grpcurl};
-use serde_json::{Value, json};
-use support::{
+use crate::support::{
     Cluster, banner_request, exchange_bid, network_totals, run_cascade, winner, workspace_file,
 };
-
-mod support;
+use cascade_testkit::{Behaviour, grpcurl};
+use serde_json::{Value, json};
 
 const REPORT_EVENT: &str = "cascade.decision.v1.BidIntake/ReportEvent";
 
@@ -72,7 +70,7 @@ fn request_of(publisher: &str, tagid: &str, exchange_bids: Value) -> Value {
 }
 
 async fn report_event(cluster: &Cluster, event: Value) {
-    let output = grpcurl::call(cluster.bid_intake.addr, REPORT_EVENT, &event, &[])
+    let output = grpcurl::call(cluster.bid_intake, REPORT_EVENT, &event, &[])
         .await
         .unwrap();
     assert!(output.success, "{}", output.stderr);
@@ -107,7 +105,7 @@ categories = ["IAB26-1"]
 /// that declares none.
 #[tokio::test]
 async fn network_ads_and_line_items_pass_the_same_ad_quality_filters() {
-    let cluster = Cluster::start_with_configuration(FILTERS).await;
+    let cluster = Cluster::builder().configuration(FILTERS).start().await;
     let blocked_attempts = |response: &Value| {
         assert_eq!(winner(response)["networkId"], "betaads", "{response}");
         assert_eq!(
@@ -190,7 +188,7 @@ targeting = { ad_units = ["live-one"] }
 /// no fill (`below_floor`), not a candidate; at or above it, it ranks at its adjusted bid.
 #[tokio::test]
 async fn a_live_bid_below_its_mediated_cpm_never_wins() {
-    let cluster = Cluster::start_with_configuration(LIVE_ONE).await;
+    let cluster = Cluster::builder().configuration(LIVE_ONE).start().await;
     cluster.networks.set("coolads", Behaviour::NoFill);
     cluster.networks.set("betaads", Behaviour::NoFill);
     cluster.networks.set("bidwise", Behaviour::FillAt(0.70));
@@ -331,7 +329,7 @@ targeting = { ad_units = ["euro-slot"] }
 /// rate in force (rates carry the day they apply from), which the winner records.
 #[tokio::test]
 async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
-    let cluster = Cluster::start_with_configuration(EURO).await;
+    let cluster = Cluster::builder().configuration(EURO).start().await;
     cluster.networks.set("coolads", Behaviour::FillAt(0.01));
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
@@ -391,7 +389,7 @@ auction_type = "second_price"
 /// bid's CPM (an estimate, not a bid) does not set the price an exchange winner pays.
 #[tokio::test]
 async fn a_mediated_winner_is_never_second_priced() {
-    let cluster = Cluster::start_with_configuration(SECOND_PRICE).await;
+    let cluster = Cluster::builder().configuration(SECOND_PRICE).start().await;
     let request = request_of("sp-pub", "home-top", exchange_bid(1.5, "shoes.example"));
     let response = cluster.decide(&request).await;
     assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
@@ -415,7 +413,8 @@ async fn a_mediated_winner_is_never_second_priced() {
 /// say why; with nothing in hand, the impression says why, and the call succeeds.
 #[tokio::test]
 async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
-    let mut cluster = Cluster::start().await;
+    // network-caller is killed: processes.
+    let mut cluster = Cluster::builder().processes().start().await;
     // Connections between the services are opened by the first decision.
     cluster.decide(&banner_request(json!([]))).await;
     cluster.networks.set(
@@ -447,7 +446,7 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
         assert!(started.elapsed() < Duration::from_millis(tmax + 900));
     }
 
-    let network_caller = cluster.others.remove(2);
+    let network_caller = cluster.processes_mut().others.remove(2);
     network_caller.kill().await.unwrap();
     let response = cluster
         .decide(&banner_request(exchange_bid(1.5, "shoes.example")))
@@ -561,7 +560,7 @@ enabled = false
 /// container's rules: nothing is for sale to auction demand.
 #[tokio::test]
 async fn an_account_whose_own_rules_are_disabled_does_not_inherit() {
-    let cluster = Cluster::start_with_configuration(PAUSED).await;
+    let cluster = Cluster::builder().configuration(PAUSED).start().await;
     let response = cluster
         .decide(&request_of(
             "paused-pub",
@@ -584,7 +583,12 @@ const ADMIN_TOKEN: &str = "rules-test-token";
 #[tokio::test]
 async fn client_side_results_and_refused_ads_count_in_the_report() {
     // The services share their counts through Redis, flushed every 50 ms.
-    let (_redis, cluster) = Cluster::start_on_redis(ADMIN_TOKEN).await;
+    let redis = cascade_testkit::RedisServer::start().await.unwrap();
+    let cluster = Cluster::builder()
+        .on_redis(&redis.url())
+        .admin_token(ADMIN_TOKEN)
+        .start()
+        .await;
 
     let mut client = banner_request(json!([]));
     client["mode"] = json!("EXECUTION_MODE_CLIENT");
@@ -608,7 +612,7 @@ async fn client_side_results_and_refused_ads_count_in_the_report() {
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
 
-    let target = format!("http://{}", cluster.bid_intake.addr);
+    let target = format!("http://{}", cluster.bid_intake);
     let env = [
         ("CASCADE_ADMIN_TARGET", target.as_str()),
         ("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN),

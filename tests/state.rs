@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use cascade_state::Store;
+use crate::support;
+use crate::support::{Cluster, banner_request, cascade_output, demo_configuration, winner};
+use cascade_state::{StateSettings, Store};
 use cascade_testkit::{
     FakeNetworks, RedisCluster, RedisOptions, RedisServer, ServiceProcess, grpcurl,
 };
 use serde_json::{Value, json};
-use support::{Cluster, banner_request, cascade_output, demo_configuration, winner};
-
-mod support;
 
 const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -21,14 +20,17 @@ enum Redis {
 }
 
 impl Redis {
-    fn state_settings(&self, poll_interval_ms: u64) -> String {
+    fn state_settings(&self, poll_interval_ms: u64) -> StateSettings {
         let (url, cluster) = match self {
             Redis::Single(server) => (server.url(), false),
             Redis::Cluster(cluster) => (cluster.urls().join(","), true),
         };
-        format!(
-            "[state]\nredis_url = \"{url}\"\nredis_cluster = {cluster}\npoll_interval_ms = {poll_interval_ms}\n"
-        )
+        StateSettings {
+            redis_url: Some(url),
+            redis_cluster: cluster,
+            poll_interval_ms,
+            ..Default::default()
+        }
     }
 
     /// Connections subscribed to configuration announcements, over every node.
@@ -73,14 +75,13 @@ async fn start(redis: &Redis, poll_interval_ms: u64) -> Cluster {
         .apply_configuration(demo_configuration(&networks), Some(0))
         .await
         .unwrap();
-    let cluster = Cluster::start_services(
-        networks,
-        &redis.state_settings(poll_interval_ms),
-        "",
-        &format!("admin_token = \"{ADMIN_TOKEN}\""),
-        None,
-    )
-    .await;
+    let cluster = Cluster::builder()
+        .networks(networks)
+        .state(redis.state_settings(poll_interval_ms))
+        .admin_token(ADMIN_TOKEN)
+        .processes()
+        .start()
+        .await;
     // Subscriptions are made in the background: the tests about announcements start
     // once every service that reads the state (three) has one.
     support::eventually(
@@ -127,7 +128,7 @@ async fn time_until_fast_ads_serves(cluster: &Cluster, limit: Duration) -> Durat
 
 /// Runs `cascade admin ARGS…` against the cluster's bid-intake.
 async fn cascade_admin(cluster: &Cluster, args: &[&str]) -> std::process::Output {
-    let target = format!("http://{}", cluster.bid_intake.addr);
+    let target = format!("http://{}", cluster.bid_intake);
     let args: Vec<&str> = ["admin", "--target", &target]
         .into_iter()
         .chain(args.iter().copied())
@@ -138,7 +139,7 @@ async fn cascade_admin(cluster: &Cluster, args: &[&str]) -> std::process::Output
 async fn admin_call(cluster: &Cluster, method: &str, data: &Value) -> grpcurl::Output {
     let authorization = format!("authorization: Bearer {ADMIN_TOKEN}");
     grpcurl::call(
-        cluster.bid_intake.addr,
+        cluster.bid_intake,
         &format!("cascade.admin.v1.Admin/{method}"),
         data,
         &["-H", &authorization],
@@ -244,8 +245,14 @@ async fn state_health(service: &ServiceProcess) -> String {
 /// Waits until every service that reads the state reports `status` for it.
 async fn wait_for_state_health(cluster: &Cluster, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let services: Vec<&ServiceProcess> = std::iter::once(&cluster.bid_intake)
-        .chain(cluster.others.iter().filter(|s| s.name != "auction"))
+    let services: Vec<&ServiceProcess> = std::iter::once(&cluster.processes().bid_intake)
+        .chain(
+            cluster
+                .processes()
+                .others
+                .iter()
+                .filter(|s| s.name != "auction"),
+        )
         .collect();
     for service in services {
         while state_health(service).await != status {
@@ -271,14 +278,22 @@ async fn redis_killed_and_restarted_leaves_no_service_on_a_stale_snapshot() {
     .await
     .unwrap();
     let redis_url = server.url();
-    let settings = format!("[state]\nredis_url = \"{redis_url}\"\npoll_interval_ms = 200\n");
     let networks = FakeNetworks::start().await.unwrap();
     let store = cascade_state::RedisStore::connect(&redis_url).unwrap();
     store
         .apply_configuration(demo_configuration(&networks), Some(0))
         .await
         .unwrap();
-    let cluster = Cluster::start_services(networks, &settings, "", "", None).await;
+    let cluster = Cluster::builder()
+        .networks(networks)
+        .state(StateSettings {
+            redis_url: Some(redis_url),
+            poll_interval_ms: 200,
+            ..Default::default()
+        })
+        .processes()
+        .start()
+        .await;
     wait_for_state_health(&cluster, "SERVING").await;
 
     server.kill().await.unwrap();

@@ -4,11 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support::{Cluster, banner_request, network_totals, run_cascade, sample, winner};
 use cascade_testkit::{OtlpCollector, ReceivedSpan};
 use serde_json::json;
-use support::{Cluster, banner_request, network_totals, run_cascade, sample, winner};
-
-mod support;
 
 const SERVICES: [&str; 4] = [
     "bid-intake",
@@ -51,11 +49,12 @@ async fn decision_trace(collector: &OtlpCollector, request_id: &str) -> Vec<Rece
 async fn one_decision_is_one_trace_across_the_four_services() {
     let collector = OtlpCollector::start().await.unwrap();
     let endpoint = collector.endpoint();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-    ];
-    let cluster = Cluster::start_demo("", "", &env).await;
+    // Telemetry is set up once per process from its environment: processes.
+    let cluster = Cluster::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .start()
+        .await;
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "coolads");
 
@@ -126,14 +125,15 @@ async fn one_decision_is_one_trace_across_the_four_services() {
 
 #[tokio::test]
 async fn every_service_serves_prometheus_metrics() {
-    let cluster = Cluster::start().await;
+    // Metrics are per process: processes, each with its own.
+    let cluster = Cluster::builder().processes().start().await;
     cluster.decide(&banner_request(json!([]))).await;
     cluster.decide(&banner_request(json!([]))).await;
     let mut malformed = banner_request(json!([]));
     malformed["request"]["imp"][0]["bidfloor"] = json!(-1);
     cluster.decide_error(&malformed).await;
 
-    let bid_intake = cluster.bid_intake.metrics().await.unwrap();
+    let bid_intake = cluster.processes().bid_intake.metrics().await.unwrap();
     let decide = [
         ("rpc_service", "cascade.decision.v1.BidIntake"),
         ("rpc_method", "Decide"),
@@ -166,7 +166,8 @@ async fn every_service_serves_prometheus_metrics() {
     );
     assert_eq!(sample(&bid_intake, "cascade_state_stale", &[]), Some(0.0));
 
-    let service = |name: &str| cluster.others.iter().find(|s| s.name == name).unwrap();
+    let others = &cluster.processes().others;
+    let service = |name: &str| others.iter().find(|s| s.name == name).unwrap();
     let network_caller = service("network-caller").metrics().await.unwrap();
     assert_eq!(
         sample(
@@ -197,7 +198,7 @@ const ADMIN_TOKEN: &str = "report-test-token";
 
 /// Runs `cascade ARGS…` against the cluster's bid-intake; returns stdout.
 async fn cascade(cluster: &Cluster, args: &[&str]) -> String {
-    let target = format!("http://{}", cluster.bid_intake.addr);
+    let target = format!("http://{}", cluster.bid_intake);
     run_cascade(
         args,
         &[
@@ -214,7 +215,12 @@ async fn cascade(cluster: &Cluster, args: &[&str]) -> String {
 #[tokio::test]
 async fn the_network_report_adds_up_to_a_scripted_run() {
     // The services share their counts through Redis, flushed every 50 ms.
-    let (_redis, cluster) = Cluster::start_on_redis(ADMIN_TOKEN).await;
+    let redis = cascade_testkit::RedisServer::start().await.unwrap();
+    let cluster = Cluster::builder()
+        .on_redis(&redis.url())
+        .admin_token(ADMIN_TOKEN)
+        .start()
+        .await;
     let today = cascade_core::report::period_of(cascade_state::now_unix_seconds()).0;
 
     let mut selections: Vec<(String, String)> = Vec::new();
@@ -246,7 +252,7 @@ async fn the_network_report_adds_up_to_a_scripted_run() {
     {
         let report = json!({"selection_id": selection, "type": "EVENT_TYPE_IMPRESSION"});
         let output = cascade_testkit::grpcurl::call(
-            cluster.bid_intake.addr,
+            cluster.bid_intake,
             "cascade.decision.v1.BidIntake/ReportEvent",
             &report,
             &[],

@@ -1,25 +1,17 @@
-//! What the end-to-end tests share: the four service binaries as processes on free
-//! ports, and the demo decision request.
+//! What the end-to-end tests share: the demo cluster (in process, or as the four service
+//! binaries when a test needs processes), the demo decision request, and helpers.
 
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cascade_testkit::{FakeNetworks, ServiceProcess, grpcurl};
+use cascade_state::StateSettings;
+use cascade_testkit::{ClusterSettings, FakeNetworks, InProcessCluster, ServiceProcess, grpcurl};
 use serde_json::{Value, json};
 
 pub const DECIDE: &str = "cascade.decision.v1.BidIntake/Decide";
-
-pub struct Cluster {
-    pub networks: FakeNetworks,
-    pub bid_intake: ServiceProcess,
-    pub others: Vec<ServiceProcess>,
-    _configuration: Option<tempfile::NamedTempFile>,
-    /// What bid-intake was started with, to start it again.
-    bid_intake_settings: String,
-    env: Vec<(String, String)>,
-}
 
 /// The demo configuration, pointing at `networks`.
 pub fn demo_configuration(networks: &FakeNetworks) -> cascade_core::config::Configuration {
@@ -40,20 +32,22 @@ pub fn workspace_file(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// The fake networks, the `[state]` settings every service reads and the demo
+/// The fake networks, the `[state]` settings (TOML) of a service process and the demo
 /// configuration file they point at.
 pub async fn demo_state() -> (FakeNetworks, String, tempfile::NamedTempFile) {
-    demo_state_with("").await
+    let networks = FakeNetworks::start().await.unwrap();
+    let configuration = demo_configuration_file(&networks, "");
+    let state = format!(
+        "[state]\nconfiguration_file = {:?}\n",
+        configuration.path().display().to_string()
+    );
+    (networks, state, configuration)
 }
 
-/// [`demo_state`] with `extra` TOML appended to the demo configuration.
-pub async fn demo_state_with(extra: &str) -> (FakeNetworks, String, tempfile::NamedTempFile) {
-    let networks = FakeNetworks::start().await.unwrap();
+/// The demo configuration pointing at `networks`, plus a network nobody listens for (the
+/// connection-refused path) and `extra` TOML, as a file.
+pub fn demo_configuration_file(networks: &FakeNetworks, extra: &str) -> tempfile::NamedTempFile {
     let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
-    let demo = demo
-        .replace("${DEMO_NETWORK}", &networks.addr().to_string())
-        .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string());
-    // Plus a network nobody listens for, for the connection-refused path.
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
@@ -70,140 +64,200 @@ pub async fn demo_state_with(extra: &str) -> (FakeNetworks, String, tempfile::Na
         .write_all(
             format!("{demo}\n{dead_network}\n{extra}")
                 .replace("${DEMO_NETWORK}", &networks.addr().to_string())
+                .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string())
                 .as_bytes(),
         )
         .unwrap();
-    let state = format!(
-        "[state]\nconfiguration_file = {:?}\n",
-        configuration.path().display().to_string()
-    );
-    (networks, state, configuration)
+    configuration
 }
 
-impl Cluster {
-    pub async fn start() -> Cluster {
-        Self::start_with("").await
+/// The demo cluster: fake networks, the four services (in this process unless asked for
+/// processes), bid-intake's address. Build one with [`Cluster::builder`].
+pub struct Cluster {
+    pub networks: FakeNetworks,
+    /// bid-intake: the decision and admin API.
+    pub bid_intake: SocketAddr,
+    services: Services,
+    _configuration: Option<tempfile::NamedTempFile>,
+}
+
+enum Services {
+    /// Kept to keep the services running; dropping it stops them.
+    InProcess(#[allow(dead_code)] InProcessCluster),
+    Processes(Box<Processes>),
+}
+
+/// The four services as processes: for what needs a process (signals, a crash, the
+/// environment, settings files, per-process metrics and traces).
+pub struct Processes {
+    pub bid_intake: ServiceProcess,
+    /// targeting-evaluation, auction, network-caller.
+    pub others: Vec<ServiceProcess>,
+    /// What bid-intake was started with, to start it again.
+    bid_intake_settings: String,
+    env: Vec<(String, String)>,
+}
+
+/// How to start a [`Cluster`]: the demo configuration (plus extra TOML) in a file every
+/// service loads, or the demo configuration applied to a Redis; typed settings per service.
+#[derive(Default)]
+pub struct ClusterBuilder {
+    extra_configuration: String,
+    settings: ClusterSettings,
+    networks: Option<FakeNetworks>,
+    state: Option<StateSettings>,
+    redis_url: Option<String>,
+    as_processes: bool,
+    env: Vec<(String, String)>,
+}
+
+impl ClusterBuilder {
+    /// TOML appended to the demo configuration.
+    pub fn configuration(mut self, extra: &str) -> Self {
+        self.extra_configuration.push_str(extra);
+        self.extra_configuration.push('\n');
+        self
     }
 
-    /// The demo cluster on a real redis-server its four services share (so one report
-    /// sums all of their counts, flushed every 50 ms), the admin API behind
-    /// `admin_token`. The server lives as long as the returned handle.
-    pub async fn start_on_redis(admin_token: &str) -> (cascade_testkit::RedisServer, Cluster) {
-        use cascade_state::Store as _;
-        let redis = cascade_testkit::RedisServer::start().await.unwrap();
-        let networks = FakeNetworks::start().await.unwrap();
-        cascade_state::RedisStore::connect(&redis.url())
-            .unwrap()
-            .apply_configuration(demo_configuration(&networks), None)
-            .await
-            .unwrap();
-        let state = format!(
-            "[state]\nredis_url = \"{}\"\nreport_flush_interval_ms = 50\n",
-            redis.url()
-        );
-        let cluster = Self::start_services(
+    pub fn network_caller(
+        mut self,
+        edit: impl FnOnce(&mut cascade_network_caller::Settings),
+    ) -> Self {
+        edit(&mut self.settings.network_caller);
+        self
+    }
+
+    pub fn bid_intake(mut self, edit: impl FnOnce(&mut cascade_bid_intake::Settings)) -> Self {
+        edit(&mut self.settings.bid_intake);
+        self
+    }
+
+    /// The state in the Redis at `url` (the demo configuration applied to it), reports
+    /// flushed every 50 ms, so that one report soon sums every service's counts.
+    pub fn on_redis(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.to_string());
+        self
+    }
+
+    /// These fake networks instead of new ones.
+    pub fn networks(mut self, networks: FakeNetworks) -> Self {
+        self.networks = Some(networks);
+        self
+    }
+
+    /// The state exactly as `state` says, already seeded by the caller.
+    pub fn state(mut self, state: StateSettings) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The admin API behind `token`.
+    pub fn admin_token(self, token: &str) -> Self {
+        self.bid_intake(|settings| settings.admin_token = Some(token.to_string()))
+    }
+
+    /// The four services as processes, each serving its own metrics.
+    pub fn processes(mut self) -> Self {
+        self.as_processes = true;
+        self
+    }
+
+    /// An environment variable for every service (as processes).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self.processes()
+    }
+
+    pub async fn start(mut self) -> Cluster {
+        let networks = match self.networks.take() {
+            Some(networks) => networks,
+            None => FakeNetworks::start().await.unwrap(),
+        };
+        let (state, configuration) = match (self.state.take(), &self.redis_url) {
+            (Some(state), _) => (state, None),
+            (None, Some(url)) => {
+                use cascade_state::Store as _;
+                cascade_state::RedisStore::connect(url)
+                    .unwrap()
+                    .apply_configuration(demo_configuration(&networks), None)
+                    .await
+                    .unwrap();
+                let state = StateSettings {
+                    redis_url: Some(url.clone()),
+                    report_flush_interval_ms: 50,
+                    ..Default::default()
+                };
+                (state, None)
+            }
+            (None, None) => {
+                let file = demo_configuration_file(&networks, &self.extra_configuration);
+                let state = StateSettings {
+                    configuration_file: Some(file.path().to_path_buf()),
+                    ..Default::default()
+                };
+                (state, Some(file))
+            }
+        };
+        self.settings.targeting_evaluation.state = state.clone();
+        self.settings.network_caller.state = state.clone();
+        self.settings.bid_intake.state = state.clone();
+        let (bid_intake, services) = if self.as_processes {
+            let processes = Processes::start(self.settings, &self.env).await;
+            (processes.bid_intake.addr, Services::Processes(Box::new(processes)))
+        } else {
+            let store = state.open().unwrap();
+            let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+            let cluster = InProcessCluster::start(self.settings, store, any_port)
+                .await
+                .unwrap();
+            (cluster.bid_intake, Services::InProcess(cluster))
+        };
+        Cluster {
             networks,
-            &state,
-            "",
-            &format!("admin_token = \"{admin_token}\""),
-            None,
-        )
-        .await;
-        (redis, cluster)
+            bid_intake,
+            services,
+            _configuration: configuration,
+        }
     }
+}
 
-    /// The demo cluster with `extra` TOML appended to its configuration.
-    pub async fn start_with_configuration(extra: &str) -> Cluster {
-        let (networks, state, configuration) = demo_state_with(extra).await;
-        Self::start_services(networks, &state, "", "", Some(configuration)).await
-    }
+/// Settings as the TOML file a service process reads.
+fn settings_file(settings: &impl serde::Serialize) -> String {
+    toml::to_string(settings).unwrap()
+}
 
-    /// [`Cluster::start_with_configuration`], every service with the extra environment
-    /// variables `env`.
-    pub async fn start_with_configuration_and_env(extra: &str, env: &[(&str, &str)]) -> Cluster {
-        let (networks, state, configuration) = demo_state_with(extra).await;
-        Self::start_services_with_env(networks, &state, "", "", Some(configuration), env).await
-    }
-
-    /// A cluster whose network-caller gets `network_caller_settings` (TOML) too.
-    pub async fn start_with(network_caller_settings: &str) -> Cluster {
-        Self::start_demo(network_caller_settings, "", &[]).await
-    }
-
-    /// The demo cluster, network-caller and bid-intake with extra settings, every
-    /// service with the extra environment variables `env`.
-    pub async fn start_demo(
-        network_caller_settings: &str,
-        bid_intake_settings: &str,
-        env: &[(&str, &str)],
-    ) -> Cluster {
-        let (networks, state, configuration) = demo_state().await;
-        Self::start_services_with_env(
-            networks,
-            &state,
-            network_caller_settings,
-            bid_intake_settings,
-            Some(configuration),
-            env,
-        )
-        .await
-    }
-
-    /// The four service processes with the `[state]` settings `state`, and extra
-    /// top-level settings for network-caller and bid-intake.
-    pub async fn start_services(
-        networks: FakeNetworks,
-        state: &str,
-        network_caller_settings: &str,
-        bid_intake_settings: &str,
-        configuration: Option<tempfile::NamedTempFile>,
-    ) -> Cluster {
-        Self::start_services_with_env(
-            networks,
-            state,
-            network_caller_settings,
-            bid_intake_settings,
-            configuration,
-            &[],
-        )
-        .await
-    }
-
-    /// [`Cluster::start_services`] with extra environment variables for every service.
-    pub async fn start_services_with_env(
-        networks: FakeNetworks,
-        state: &str,
-        network_caller_settings: &str,
-        bid_intake_settings: &str,
-        configuration: Option<tempfile::NamedTempFile>,
-        env: &[(&str, &str)],
-    ) -> Cluster {
+impl Processes {
+    async fn start(mut settings: ClusterSettings, env: &[(String, String)]) -> Processes {
         // Every service serves its metrics on a port of its own.
-        let metrics = "grpc.metrics_listen = \"127.0.0.1:0\"\n";
-        let network_caller = format!("{metrics}{network_caller_settings}\n{state}");
-        let targeting = format!("{metrics}{state}");
+        let metrics = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        settings.targeting_evaluation.grpc.metrics_listen = metrics;
+        settings.auction.grpc.metrics_listen = metrics;
+        settings.network_caller.grpc.metrics_listen = metrics;
+        settings.bid_intake.grpc.metrics_listen = metrics;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let targeting = settings_file(&settings.targeting_evaluation);
+        let auction = settings_file(&settings.auction);
+        let network_caller = settings_file(&settings.network_caller);
         let (targeting, auction, network_caller) = tokio::join!(
-            ServiceProcess::start_with_env("targeting-evaluation", &targeting, env),
-            ServiceProcess::start_with_env("auction", metrics, env),
-            ServiceProcess::start_with_env("network-caller", &network_caller, env),
+            ServiceProcess::start_with_env("targeting-evaluation", &targeting, &env),
+            ServiceProcess::start_with_env("auction", &auction, &env),
+            ServiceProcess::start_with_env("network-caller", &network_caller, &env),
         );
         let (targeting, auction, network_caller) = (
             targeting.unwrap(),
             auction.unwrap(),
             network_caller.unwrap(),
         );
-        let bid_intake_settings = format!(
-            "{metrics}{bid_intake_settings}\ntargeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
-            targeting.addr, auction.addr, network_caller.addr
-        );
-        let bid_intake = ServiceProcess::start_with_env("bid-intake", &bid_intake_settings, env)
+        settings.bid_intake.targeting_evaluation_addr = targeting.addr.into();
+        settings.bid_intake.auction_addr = auction.addr.into();
+        settings.bid_intake.network_caller_addr = network_caller.addr.into();
+        let bid_intake_settings = settings_file(&settings.bid_intake);
+        let bid_intake = ServiceProcess::start_with_env("bid-intake", &bid_intake_settings, &env)
             .await
             .unwrap();
-        Cluster {
-            networks,
+        Processes {
             bid_intake,
             others: vec![targeting, auction, network_caller],
-            _configuration: configuration,
             bid_intake_settings,
             env: env
                 .iter()
@@ -211,29 +265,61 @@ impl Cluster {
                 .collect(),
         }
     }
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// The demo cluster, in process.
+    pub async fn start() -> Cluster {
+        Self::builder().start().await
+    }
+
+    /// The service processes of a cluster built with [`ClusterBuilder::processes`].
+    pub fn processes(&self) -> &Processes {
+        match &self.services {
+            Services::Processes(processes) => processes,
+            Services::InProcess(_) => {
+                panic!("this cluster runs in process: build it with .processes()")
+            }
+        }
+    }
+
+    pub fn processes_mut(&mut self) -> &mut Processes {
+        match &mut self.services {
+            Services::Processes(processes) => processes,
+            Services::InProcess(_) => {
+                panic!("this cluster runs in process: build it with .processes()")
+            }
+        }
+    }
 
     /// Kills bid-intake (as a crash would) and starts it again with the same settings;
     /// it listens on a new port.
     pub async fn restart_bid_intake(&mut self) {
-        let env: Vec<(&str, &str)> = self
+        let processes = self.processes_mut();
+        let env: Vec<(&str, &str)> = processes
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.bid_intake.kill_in_place().await.unwrap();
-        self.bid_intake =
-            ServiceProcess::start_with_env("bid-intake", &self.bid_intake_settings, &env)
+        processes.bid_intake.kill_in_place().await.unwrap();
+        processes.bid_intake =
+            ServiceProcess::start_with_env("bid-intake", &processes.bid_intake_settings, &env)
                 .await
                 .unwrap();
+        self.bid_intake = self.processes().bid_intake.addr;
     }
 
     pub async fn decide(&self, request: &Value) -> Value {
-        decide_at(self.bid_intake.addr, request).await
+        decide_at(self.bid_intake, request).await
     }
 
     /// Decide expecting an error; returns grpcurl's error output.
     pub async fn decide_error(&self, request: &Value) -> String {
-        let output = grpcurl::call(self.bid_intake.addr, DECIDE, request, &[])
+        let output = grpcurl::call(self.bid_intake, DECIDE, request, &[])
             .await
             .unwrap();
         assert!(!output.success, "expected an error, got {}", output.stdout);

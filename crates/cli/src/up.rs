@@ -7,11 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cascade_sandbox::{Behaviour, FakeNetworks};
+use cascade_sandbox::{Behaviour, ClusterSettings, FakeNetworks, InProcessCluster};
 use cascade_server::settings::GrpcSettings;
 use cascade_state::{MemoryStore, StateError, StateSettings, Store};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// The demo configuration, built into the binary so `cascade up` works from anywhere.
 const DEMO_CONFIGURATION: &str = include_str!("../../../examples/demo.toml");
@@ -106,125 +104,42 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(url) => format!("state in Redis at {url}"),
     };
 
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))
-    };
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let targeting_listener = bind(any_port).await?;
-    let auction_listener = bind(any_port).await?;
-    let network_caller_listener = bind(any_port).await?;
-    let bid_intake_listener = bind(args.listen).await?;
-    let targeting_addr = targeting_listener.local_addr()?;
-    let auction_addr = auction_listener.local_addr()?;
-    let network_caller_addr = network_caller_listener.local_addr()?;
-    let bid_intake_addr = bid_intake_listener.local_addr()?;
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let shutdown = move || {
-        let mut rx = shutdown_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     let grpc = GrpcSettings::default();
     let state = StateSettings {
         poll_interval_ms: 1_000,
         ..Default::default()
     };
-    let mut services: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
-    let targeting_settings = cascade_targeting_evaluation::Settings {
-        grpc: grpc.clone(),
-        state: state.clone(),
-    };
-    let (targeting_store, targeting_shutdown) = (store.clone(), shutdown());
-    services.spawn(async move {
-        cascade_targeting_evaluation::serve(
-            targeting_settings,
-            targeting_store,
-            targeting_listener,
-            targeting_shutdown,
-        )
-        .await?;
-        Ok(())
-    });
-    let auction_settings = cascade_auction::Settings { grpc: grpc.clone() };
-    let auction_shutdown = shutdown();
-    services.spawn(async move {
-        cascade_auction::serve(auction_settings, auction_listener, auction_shutdown).await?;
-        Ok(())
-    });
-    let network_caller_settings = cascade_network_caller::Settings {
-        grpc: grpc.clone(),
-        state: state.clone(),
-        ..Default::default()
-    };
-    let (network_caller_store, network_caller_shutdown) = (store.clone(), shutdown());
-    services.spawn(async move {
-        cascade_network_caller::serve(
-            network_caller_settings,
-            network_caller_store,
-            network_caller_listener,
-            network_caller_shutdown,
-        )
-        .await?;
-        Ok(())
-    });
-    let bid_intake_settings = cascade_bid_intake::Settings {
-        // The four services share this process and so its metrics: one endpoint.
-        grpc: GrpcSettings {
-            metrics_listen: Some(args.metrics_listen),
-            ..grpc
+    let settings = ClusterSettings {
+        targeting_evaluation: cascade_targeting_evaluation::Settings {
+            grpc: grpc.clone(),
+            state: state.clone(),
         },
-        state,
-        targeting_evaluation_addr: targeting_addr.into(),
-        auction_addr: auction_addr.into(),
-        network_caller_addr: network_caller_addr.into(),
-        admin_token: Some(admin_token.clone()),
-        ..Default::default()
+        auction: cascade_auction::Settings { grpc: grpc.clone() },
+        network_caller: cascade_network_caller::Settings {
+            grpc: grpc.clone(),
+            state: state.clone(),
+            ..Default::default()
+        },
+        bid_intake: cascade_bid_intake::Settings {
+            // The four services share this process and so its metrics: one endpoint.
+            grpc: GrpcSettings {
+                metrics_listen: Some(args.metrics_listen),
+                ..grpc
+            },
+            state,
+            admin_token: Some(admin_token.clone()),
+            ..Default::default()
+        },
     };
-    let (bid_intake_store, bid_intake_shutdown) = (store.clone(), shutdown());
-    services.spawn(async move {
-        cascade_bid_intake::serve(
-            bid_intake_settings,
-            bid_intake_store,
-            bid_intake_listener,
-            bid_intake_shutdown,
-        )
-        .await?;
-        Ok(())
-    });
-
-    for addr in [
-        targeting_addr,
-        auction_addr,
-        network_caller_addr,
-        bid_intake_addr,
-    ] {
-        cascade_sandbox::wait_until_serving(addr, "", std::time::Duration::from_secs(10)).await?;
-    }
+    let mut cluster = InProcessCluster::start(settings, store, args.listen).await?;
     println!("cascade is up ({state_description})");
-    print_banner(
-        bid_intake_addr,
-        targeting_addr,
-        auction_addr,
-        network_caller_addr,
-        &demo_network,
-        &admin_token,
-    );
+    print_banner(&cluster, &demo_network, &admin_token);
 
     tokio::select! {
         () = cascade_server::shutdown::signal() => {}
-        Some(result) = services.join_next() => {
-            result??;
-            anyhow::bail!("a service stopped on its own");
-        }
+        stopped = cluster.stopped() => return Err(stopped.into()),
     }
-    let _ = shutdown_tx.send(true);
-    while let Some(result) = services.join_next().await {
-        result??;
-    }
+    cluster.shutdown().await?;
     Ok(())
 }
 
@@ -233,14 +148,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// competing against the mediated bids (CoolAds at $2.00, BetaAds at $1.20).
 pub const DEMO_REQUEST: &str = r#"{"request":{"id":"demo-1","imp":[{"id":"1","tagid":"home-top","banner":{"w":300,"h":250}}],"site":{"domain":"www.foobar.com","publisher":{"id":"8953"}},"device":{"devicetype":2,"geo":{"country":"DEU"}}},"exchange_bids":[{"cur":"USD","seatbid":[{"seat":"dsp-1","bid":[{"id":"b1","impid":"1","price":1.5,"adomain":["shoes.example"],"adm":"<div>exchange ad</div>"}]}]}],"debug":true}"#;
 
-fn print_banner(
-    bid_intake: SocketAddr,
-    targeting: SocketAddr,
-    auction: SocketAddr,
-    network_caller: SocketAddr,
-    demo_network: &str,
-    admin_token: &str,
-) {
+fn print_banner(cluster: &InProcessCluster, demo_network: &str, admin_token: &str) {
+    let InProcessCluster {
+        bid_intake,
+        targeting_evaluation: targeting,
+        auction,
+        network_caller,
+        ..
+    } = cluster;
     println!(
         "  bid-intake            {bid_intake}   (decision API: cascade.decision.v1.BidIntake)"
     );

@@ -1,14 +1,16 @@
-//! Cascade on one machine: demo ad networks that speak OpenRTB over HTTP (or HTTPS with
-//! a CA made at run time) and Cascade's gRPC custom-network contract, service binaries
-//! started as processes on free ports and awaited through health, and a `redis-server`
-//! on a free port. `cascade up` and `cascade bench` run on it; the tests reach it
+//! Cascade on one machine: the four services in one process, demo ad networks that speak
+//! OpenRTB over HTTP (or HTTPS with a CA made at run time) and Cascade's gRPC
+//! custom-network contract, service binaries started as processes on free ports and
+//! awaited through health, and a `redis-server` on a free port. `cascade up` and `cascade bench` run on it; the tests reach it
 //! through `cascade-testkit`.
 
+pub mod cluster;
 pub mod fake_network;
 pub mod process;
 pub mod redis;
 pub mod tls;
 
+pub use cluster::{ClusterError, ClusterSettings, InProcessCluster};
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK, Notice};
 pub use process::{ServiceProcess, wait_until_serving};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};

@@ -184,7 +184,7 @@ impl ServiceProcess {
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    pub async fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
+    pub async fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
             std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])

@@ -10,8 +10,8 @@ pub mod otlp;
 pub use cascade_sandbox::{fake_network, process, redis, tls};
 
 pub use cascade_sandbox::{
-    Behaviour, FakeNetworks, GRPC_NETWORK, Notice, RedisCluster, RedisOptions, RedisServer,
-    ServiceProcess, TestCa, wait_until_serving,
+    Behaviour, ClusterSettings, FakeNetworks, GRPC_NETWORK, InProcessCluster, Notice, RedisCluster,
+    RedisOptions, RedisServer, ServiceProcess, TestCa, wait_until_serving,
 };
 pub use dns::FakeDns;
 pub use otlp::{OtlpCollector, ReceivedSpan};

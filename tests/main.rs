@@ -1,0 +1,14 @@
+//! End-to-end tests: the demo cluster (in process, or as the four service binaries where
+//! a test needs processes) driven over real gRPC with grpcurl, against fake networks that
+//! speak OpenRTB over HTTP and a real redis-server. One test binary: one link of the
+//! whole workspace instead of one per file.
+
+mod balancing;
+mod decide;
+mod deploy;
+mod edge;
+mod quickstart;
+mod rules;
+mod state;
+mod support;
+mod telemetry;
