@@ -21,13 +21,13 @@ enum Redis {
 
 impl Redis {
     fn state_settings(&self, poll_interval_ms: u64) -> StateSettings {
-        let (url, cluster) = match self {
-            Redis::Single(server) => (server.url(), false),
-            Redis::Cluster(cluster) => (cluster.urls().join(","), true),
+        let (redis_url, redis_cluster_nodes) = match self {
+            Redis::Single(server) => (Some(server.url()), Vec::new()),
+            Redis::Cluster(cluster) => (None, cluster.urls()),
         };
         StateSettings {
-            redis_url: Some(url),
-            redis_cluster: cluster,
+            redis_url,
+            redis_cluster_nodes,
             poll_interval_ms,
             ..Default::default()
         }

@@ -203,7 +203,10 @@ impl ClusterBuilder {
         self.settings.bid_intake.state = state.clone();
         let (bid_intake, services) = if self.as_processes {
             let processes = Processes::start(self.settings, &self.env).await;
-            (processes.bid_intake.addr, Services::Processes(Box::new(processes)))
+            (
+                processes.bid_intake.addr,
+                Services::Processes(Box::new(processes)),
+            )
         } else {
             let store = state.open().unwrap();
             let any_port = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -31,9 +31,15 @@ pub struct UpArgs {
     /// store; the demo configuration is written to it when it holds none yet.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// `--redis` names nodes of a Redis Cluster (comma-separated).
-    #[arg(long, requires = "redis")]
-    redis_cluster: bool,
+    /// Use a Redis Cluster instead, reached through these seed nodes (`redis://HOST:PORT`,
+    /// repeatable or comma-separated).
+    #[arg(
+        long,
+        value_name = "URL",
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    redis_cluster: Vec<String>,
     /// Where to serve Prometheus metrics of the whole process (port 0: any free one;
     /// the address is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -76,19 +82,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ))
         .context("the built-in demo configuration")?,
     };
-    let store: Arc<dyn Store> = match &args.redis {
+    let redis = StateSettings {
+        redis_url: args.redis.clone(),
+        redis_cluster_nodes: args.redis_cluster.clone(),
+        ..Default::default()
+    };
+    let redis_description = match (&args.redis, args.redis_cluster.as_slice()) {
+        (Some(url), _) => Some(format!("Redis at {url}")),
+        (None, []) => None,
+        (None, nodes) => Some(format!("the Redis Cluster at {}", nodes.join(", "))),
+    };
+    let store: Arc<dyn Store> = match &redis_description {
         None => Arc::new(MemoryStore::with_configuration(configuration)?),
-        Some(url) => {
-            let store = StateSettings {
-                redis_url: Some(url.clone()),
-                redis_cluster: args.redis_cluster,
-                ..Default::default()
-            }
-            .open()?;
+        Some(description) => {
+            cascade_core::settings::Validate::validate(&redis)?;
+            let store = redis.open()?;
             let version = store
                 .configuration_version()
                 .await
-                .with_context(|| format!("cannot reach Redis at {url}"))?;
+                .with_context(|| format!("cannot reach {description}"))?;
             if version == 0 {
                 // Expecting version 0: a concurrent seeder wins and ours is refused.
                 match store.apply_configuration(configuration, Some(0)).await {
@@ -99,9 +111,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             store
         }
     };
-    let state_description = match &args.redis {
+    let state_description = match redis_description {
         None => "embedded state".to_string(),
-        Some(url) => format!("state in Redis at {url}"),
+        Some(redis) => format!("state in {redis}"),
     };
 
     let grpc = GrpcSettings::default();

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub const ENV_PREFIX: &str = "CASCADE";
 
+/// The settings that are lists, as their environment variables give them: comma-separated.
+const LIST_KEYS: &[&str] = &["state.redis_cluster_nodes"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("invalid settings: {0}")]
@@ -36,16 +39,18 @@ fn load_with_environment<T: Serialize + DeserializeOwned + Default + Validate>(
     if let Some(file) = file {
         builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
     }
-    // No list separator: with one, every variable would be split into a list (a URL
-    // included); no setting is a list.
+    // Only the keys named as lists are split at commas; every other value (a URL
+    // included) is kept whole.
+    let mut variables = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",");
+    for key in LIST_KEYS {
+        variables = variables.with_list_parse_key(key);
+    }
     let settings = builder
-        .add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(environment),
-        )
+        .add_source(variables.source(environment))
         .build()?
         .try_deserialize::<T>()?;
     // Checked once, here: a service with a bad setting exits at start naming it.
@@ -153,6 +158,13 @@ mod tests {
         grpc: GrpcSettings,
         url: Option<String>,
         enabled: bool,
+        state: ExampleState,
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct ExampleState {
+        redis_cluster_nodes: Vec<String>,
     }
 
     impl Validate for Example {
@@ -200,6 +212,27 @@ mod tests {
         assert!(loaded.enabled);
         assert_eq!(loaded.grpc.listen, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(loaded.grpc.drain_timeout_ms, 7);
+    }
+
+    #[test]
+    fn a_list_setting_from_the_environment_is_split_at_commas() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"[state]\nredis_cluster_nodes = [\"redis://file:6379\"]\n",
+        )
+        .unwrap();
+        let loaded: Example = load_with_environment(Some(file.path()), None).unwrap();
+        assert_eq!(loaded.state.redis_cluster_nodes, ["redis://file:6379"]);
+        let environment = config::Map::from([(
+            "CASCADE__STATE__REDIS_CLUSTER_NODES".to_string(),
+            "redis://a:6379,redis://b:6379".to_string(),
+        )]);
+        let loaded: Example = load_with_environment(Some(file.path()), Some(environment)).unwrap();
+        assert_eq!(
+            loaded.state.redis_cluster_nodes,
+            ["redis://a:6379", "redis://b:6379"]
+        );
     }
 
     #[test]

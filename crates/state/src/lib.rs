@@ -226,11 +226,11 @@ pub struct StateSettings {
     pub configuration_file: Option<std::path::PathBuf>,
     /// How often the configuration version is polled for changes.
     pub poll_interval_ms: u64,
-    /// `redis://host:port`: use Redis as the shared state. Unset: the embedded store.
-    /// For a cluster, any of its nodes, comma-separated.
+    /// `redis://host:port` (or `rediss://`): one Redis holds the shared state.
     pub redis_url: Option<String>,
-    /// `redis_url` names Redis Cluster nodes.
-    pub redis_cluster: bool,
+    /// The seed nodes of a Redis Cluster holding the shared state instead (any of its
+    /// nodes; each a `redis://` URL). In the environment: comma-separated.
+    pub redis_cluster_nodes: Vec<String>,
     /// How often report counters counted in memory are written to the store.
     pub report_flush_interval_ms: u64,
 }
@@ -241,7 +241,7 @@ impl Default for StateSettings {
             configuration_file: None,
             poll_interval_ms: 1_000,
             redis_url: None,
-            redis_cluster: false,
+            redis_cluster_nodes: Vec::new(),
             report_flush_interval_ms: 1_000,
         }
     }
@@ -249,7 +249,7 @@ impl Default for StateSettings {
 
 impl cascade_core::settings::Validate for StateSettings {
     fn validate(&self) -> Result<(), cascade_core::settings::InvalidSetting> {
-        use cascade_core::settings::{InvalidSetting, at_least, require};
+        use cascade_core::settings::{at_least, require};
         // Faster polling than this is load on Redis, not freshness.
         at_least("poll_interval_ms", self.poll_interval_ms, 10)?;
         at_least(
@@ -257,31 +257,26 @@ impl cascade_core::settings::Validate for StateSettings {
             self.report_flush_interval_ms,
             10,
         )?;
-        match &self.redis_url {
-            Some(urls) => {
-                for url in urls.split(',') {
-                    let url = url.trim();
-                    require(
-                        url.starts_with("redis://") || url.starts_with("rediss://"),
-                        "redis_url",
-                        || format!("{url:?} is not a redis:// or rediss:// URL"),
-                    )?;
-                }
-                require(
-                    self.redis_cluster || !urls.contains(','),
-                    "redis_url",
-                    || {
-                        "several nodes are for a Redis Cluster: set redis_cluster = true"
-                            .to_string()
-                    },
-                )
-            }
-            None if self.redis_cluster => Err(InvalidSetting::new(
-                "redis_cluster",
-                "needs redis_url naming the cluster's nodes",
-            )),
-            None => Ok(()),
+        let is_redis_url = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        if let Some(url) = &self.redis_url {
+            require(is_redis_url(url), "redis_url", || {
+                format!("{url:?} is not a redis:// or rediss:// URL")
+            })?;
+            require(
+                self.redis_cluster_nodes.is_empty(),
+                "redis_cluster_nodes",
+                || {
+                    "set either redis_url (one Redis) or redis_cluster_nodes (a Redis Cluster), not both"
+                    .to_string()
+                },
+            )?;
         }
+        for node in &self.redis_cluster_nodes {
+            require(is_redis_url(node), "redis_cluster_nodes", || {
+                format!("{node:?} is not a redis:// or rediss:// URL")
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -294,21 +289,15 @@ impl StateSettings {
         std::time::Duration::from_millis(self.report_flush_interval_ms)
     }
 
-    /// Opens the configured store: Redis when `redis_url` is set (connecting lazily),
+    /// Opens the configured store: the Redis Cluster or the Redis named (connecting lazily),
     /// otherwise the embedded one, loaded from `configuration_file` (empty without one).
     pub fn open(&self) -> Result<std::sync::Arc<dyn Store>, StateError> {
-        if let Some(url) = &self.redis_url {
-            let store = if self.redis_cluster {
-                let nodes: Vec<String> = url
-                    .split(',')
-                    .map(|node| node.trim().to_string())
-                    .filter(|node| !node.is_empty())
-                    .collect();
-                RedisStore::connect_cluster(&nodes)?
-            } else {
-                RedisStore::connect(url)?
-            };
+        if !self.redis_cluster_nodes.is_empty() {
+            let store = RedisStore::connect_cluster(&self.redis_cluster_nodes)?;
             return Ok(std::sync::Arc::new(store));
+        }
+        if let Some(url) = &self.redis_url {
+            return Ok(std::sync::Arc::new(RedisStore::connect(url)?));
         }
         let configuration = match &self.configuration_file {
             Some(path) => read_configuration_file(path, &[])?,
@@ -317,5 +306,37 @@ impl StateSettings {
         Ok(std::sync::Arc::new(MemoryStore::with_configuration(
             configuration,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_core::settings::Validate;
+
+    #[test]
+    fn redis_settings_name_one_redis_or_cluster_nodes_never_both() {
+        let single = StateSettings {
+            redis_url: Some("redis://a:6379".into()),
+            ..Default::default()
+        };
+        assert!(single.validate().is_ok());
+        let cluster = StateSettings {
+            redis_cluster_nodes: vec!["redis://a:6379".into(), "rediss://b:6380".into()],
+            ..Default::default()
+        };
+        assert!(cluster.validate().is_ok());
+        let both = StateSettings {
+            redis_url: Some("redis://a:6379".into()),
+            ..cluster.clone()
+        };
+        assert_eq!(both.validate().unwrap_err().key, "redis_cluster_nodes");
+        let not_a_url = StateSettings {
+            redis_cluster_nodes: vec!["redis://a:6379".into(), "b:6379".into()],
+            ..Default::default()
+        };
+        let error = not_a_url.validate().unwrap_err();
+        assert_eq!(error.key, "redis_cluster_nodes");
+        assert!(error.to_string().contains("\"b:6379\""), "{error}");
     }
 }
