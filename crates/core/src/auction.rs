@@ -51,6 +51,64 @@ impl Source {
     }
 }
 
+/// The kind of demand that served, as a selection keeps it and counters are kept by: the
+/// decision API's `SourceKind`, stored under its name (`SOURCE_KIND_EXCHANGE`, …).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum DemandKind {
+    #[default]
+    #[serde(rename = "SOURCE_KIND_UNSPECIFIED")]
+    Unspecified,
+    #[serde(rename = "SOURCE_KIND_EXCHANGE")]
+    Exchange,
+    #[serde(rename = "SOURCE_KIND_MEDIATED_NETWORK")]
+    MediatedNetwork,
+    #[serde(rename = "SOURCE_KIND_BIDDING_NETWORK")]
+    BiddingNetwork,
+    #[serde(rename = "SOURCE_KIND_LINE_ITEM")]
+    LineItem,
+    #[serde(rename = "SOURCE_KIND_CHAINED_OUTCOME")]
+    ChainedOutcome,
+}
+
+impl DemandKind {
+    const ALL: [DemandKind; 6] = [
+        DemandKind::Unspecified,
+        DemandKind::Exchange,
+        DemandKind::MediatedNetwork,
+        DemandKind::BiddingNetwork,
+        DemandKind::LineItem,
+        DemandKind::ChainedOutcome,
+    ];
+
+    /// The name it is stored under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DemandKind::Unspecified => "SOURCE_KIND_UNSPECIFIED",
+            DemandKind::Exchange => "SOURCE_KIND_EXCHANGE",
+            DemandKind::MediatedNetwork => "SOURCE_KIND_MEDIATED_NETWORK",
+            DemandKind::BiddingNetwork => "SOURCE_KIND_BIDDING_NETWORK",
+            DemandKind::LineItem => "SOURCE_KIND_LINE_ITEM",
+            DemandKind::ChainedOutcome => "SOURCE_KIND_CHAINED_OUTCOME",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
 /// What the auction needs to know about a candidate.
 pub trait Bidder {
     /// Unique within the impression; the last tie-break.
@@ -437,6 +495,17 @@ fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_demand_kind_is_stored_under_its_decision_api_name() {
+        for kind in DemandKind::ALL {
+            let stored = serde_json::to_string(&kind).unwrap();
+            assert_eq!(stored, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<DemandKind>(&stored).unwrap(), kind);
+            assert_eq!(DemandKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(DemandKind::from_name("exchange"), None);
+    }
 
     #[derive(Clone, Debug)]
     struct Bid {

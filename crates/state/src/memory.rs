@@ -159,9 +159,9 @@ impl Store for MemoryStore {
         };
         let counter = EventCounter {
             account_id: selection.account_id.clone(),
-            source: selection.source.clone(),
+            source: selection.source,
             demand,
-            kind: event.kind.as_str().to_string(),
+            kind: event.kind,
             detail: event.detail.clone(),
         };
         *events.counters.entry(counter).or_default() += 1;
@@ -351,7 +351,7 @@ mod tests {
             request_id: "r".into(),
             impid: "1".into(),
             account_id: "a".into(),
-            source: "exchange".into(),
+            source: cascade_core::auction::DemandKind::Exchange,
             network_id: String::new(),
             seat: "s".into(),
             bid_id: "b".into(),

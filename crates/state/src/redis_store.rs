@@ -21,12 +21,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use cascade_core::auction::DemandKind;
 use cascade_core::config::Configuration;
 use cascade_core::report::ReportCell;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
-use crate::{BillingNotice, Event, EventCounter, EventRecorded, Selection, StateError, Store};
+use crate::{
+    BillingNotice, Event, EventCounter, EventKind, EventRecorded, Selection, StateError, Store,
+};
 
 /// How many shards selections and event counters are spread over. Each shard is one
 /// cluster slot; 16 spread them over any realistic number of masters.
@@ -665,9 +668,9 @@ impl Store for RedisStore {
             let counter = (|| {
                 Some(EventCounter {
                     account_id: parts.next()?,
-                    source: parts.next()?,
+                    source: DemandKind::from_name(&parts.next()?)?,
                     demand: parts.next()?,
-                    kind: parts.next()?,
+                    kind: EventKind::from_name(&parts.next()?)?,
                     detail: parts.next()?,
                 })
             })();

@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use cascade_core::auction::DemandKind;
+
 /// The stored outcome of one impression's decision, so any replica can take its event
 /// reports and a later request can chain it without trusting a client-supplied price.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -8,8 +10,8 @@ pub struct Selection {
     pub request_id: String,
     pub impid: String,
     pub account_id: String,
-    /// What kind of demand won (the decision API's source kind name).
-    pub source: String,
+    /// What kind of demand won.
+    pub source: DemandKind,
     pub network_id: String,
     pub seat: String,
     pub bid_id: String,
@@ -82,7 +84,7 @@ pub struct Event {
 }
 
 /// What happened to a selection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
     Impression,
     Click,
@@ -98,6 +100,16 @@ impl EventKind {
             EventKind::Click => "click",
             EventKind::NodeResult => "node_result",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            EventKind::Impression,
+            EventKind::Click,
+            EventKind::NodeResult,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
     }
 }
 
@@ -116,10 +128,10 @@ pub enum EventRecorded {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventCounter {
     pub account_id: String,
-    pub source: String,
+    pub source: DemandKind,
     /// The network id, or the seat for exchange demand.
     pub demand: String,
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: String,
 }
 

@@ -160,7 +160,7 @@ mod tests {
             request_id: "r".into(),
             impid: "1".into(),
             account_id: "a".into(),
-            source: "SOURCE_KIND_EXCHANGE".into(),
+            source: cascade_core::auction::DemandKind::Exchange,
             network_id: String::new(),
             seat: "s".into(),
             bid_id: "b".into(),

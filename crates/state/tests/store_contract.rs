@@ -28,7 +28,7 @@ fn selection(id: &str, ttl: Duration) -> Selection {
         request_id: "r".into(),
         impid: "1".into(),
         account_id: "pub".into(),
-        source: "SOURCE_KIND_MEDIATED_NETWORK".into(),
+        source: cascade_core::auction::DemandKind::MediatedNetwork,
         network_id: "coolads".into(),
         seat: String::new(),
         bid_id: "coolads-2.00".into(),
@@ -158,23 +158,25 @@ async fn check_contract(store: &dyn Store) {
         EventRecorded::UnknownSelection
     );
     let counters = store.event_counters().await.unwrap();
-    let counted: Vec<(&str, &str, &str, u64)> = counters
+    let counted: Vec<(&str, &str, &str, &str, u64)> = counters
         .iter()
         .map(|(c, n)| {
             (
                 c.account_id.as_str(),
+                c.source.as_str(),
                 c.demand.as_str(),
                 c.kind.as_str(),
                 *n,
             )
         })
         .collect();
+    let mediated = "SOURCE_KIND_MEDIATED_NETWORK";
     assert_eq!(
         counted,
         [
-            ("pub", "coolads", "click", 1),
-            ("pub", "coolads", "impression", 1),
-            ("pub", "coolads", "node_result", 1)
+            ("pub", mediated, "coolads", "impression", 1),
+            ("pub", mediated, "coolads", "click", 1),
+            ("pub", mediated, "coolads", "node_result", 1)
         ]
     );
 

@@ -653,7 +653,7 @@ impl DecisionService {
                 request_id: bid_request.id.clone(),
                 impid: slot.decision.impid.clone(),
                 account_id: account_id.to_string(),
-                source: node.source().as_str_name().to_string(),
+                source: demand_kind(node.source()),
                 network_id: node.network_id.clone(),
                 seat: candidate.seat,
                 bid_id: node.bid_id.clone(),
@@ -866,7 +866,7 @@ impl DecisionService {
             request_id: request_id.to_string(),
             impid: impid.to_string(),
             account_id: account_id.to_string(),
-            source: winner.source().as_str_name().to_string(),
+            source: demand_kind(winner.source()),
             network_id: winner.network_id.clone(),
             seat: winner.seat.clone(),
             bid_id: winner.bid_id.clone(),
@@ -1177,5 +1177,18 @@ mod tests {
         );
         assert_eq!(lifetime(None, Some(-5)), hour);
         assert_eq!(lifetime(Some(u32::MAX), None), day, "capped");
+    }
+}
+
+/// The kind of demand a selection keeps, from the decision API's.
+fn demand_kind(source: SourceKind) -> cascade_core::auction::DemandKind {
+    use cascade_core::auction::DemandKind;
+    match source {
+        SourceKind::Unspecified => DemandKind::Unspecified,
+        SourceKind::Exchange => DemandKind::Exchange,
+        SourceKind::MediatedNetwork => DemandKind::MediatedNetwork,
+        SourceKind::BiddingNetwork => DemandKind::BiddingNetwork,
+        SourceKind::LineItem => DemandKind::LineItem,
+        SourceKind::ChainedOutcome => DemandKind::ChainedOutcome,
     }
 }
