@@ -1150,6 +1150,19 @@ fn merged<T: Clone>(mut from_rule: Vec<T>, from_request: &[T]) -> Vec<T> {
     from_rule
 }
 
+/// The kind of demand a selection keeps, from the decision API's.
+fn demand_kind(source: SourceKind) -> cascade_core::auction::DemandKind {
+    use cascade_core::auction::DemandKind;
+    match source {
+        SourceKind::Unspecified => DemandKind::Unspecified,
+        SourceKind::Exchange => DemandKind::Exchange,
+        SourceKind::MediatedNetwork => DemandKind::MediatedNetwork,
+        SourceKind::BiddingNetwork => DemandKind::BiddingNetwork,
+        SourceKind::LineItem => DemandKind::LineItem,
+        SourceKind::ChainedOutcome => DemandKind::ChainedOutcome,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1177,18 +1190,5 @@ mod tests {
         );
         assert_eq!(lifetime(None, Some(-5)), hour);
         assert_eq!(lifetime(Some(u32::MAX), None), day, "capped");
-    }
-}
-
-/// The kind of demand a selection keeps, from the decision API's.
-fn demand_kind(source: SourceKind) -> cascade_core::auction::DemandKind {
-    use cascade_core::auction::DemandKind;
-    match source {
-        SourceKind::Unspecified => DemandKind::Unspecified,
-        SourceKind::Exchange => DemandKind::Exchange,
-        SourceKind::MediatedNetwork => DemandKind::MediatedNetwork,
-        SourceKind::BiddingNetwork => DemandKind::BiddingNetwork,
-        SourceKind::LineItem => DemandKind::LineItem,
-        SourceKind::ChainedOutcome => DemandKind::ChainedOutcome,
     }
 }
