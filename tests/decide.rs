@@ -443,14 +443,12 @@ async fn sigterm_lets_an_in_flight_decision_finish() {
         )
         .await
     });
-    let waiting_since = tokio::time::Instant::now();
-    while cluster.networks.calls("coolads") == 0 {
-        assert!(
-            waiting_since.elapsed() < Duration::from_secs(10),
-            "the decision never reached the network"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the decision to reach the network",
+        || async { cluster.networks.calls("coolads") > 0 },
+    )
+    .await;
     let status = cluster
         .processes_mut()
         .bid_intake

@@ -244,7 +244,6 @@ async fn state_health(service: &ServiceProcess) -> String {
 
 /// Waits until every service that reads the state reports `status` for it.
 async fn wait_for_state_health(cluster: &Cluster, status: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
     let services: Vec<&ServiceProcess> = std::iter::once(&cluster.processes().bid_intake)
         .chain(
             cluster
@@ -255,14 +254,11 @@ async fn wait_for_state_health(cluster: &Cluster, status: &str) {
         )
         .collect();
     for service in services {
-        while state_health(service).await != status {
-            assert!(
-                Instant::now() < deadline,
-                "{} never reported {status}",
-                service.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{} to report {status}", service.name);
+        support::eventually(Duration::from_secs(15), &what, || async {
+            state_health(service).await == status
+        })
+        .await;
     }
 }
 
