@@ -9,30 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::{banner_request, decide_at, demo_state, sample, winner};
-use cascade_testkit::{FakeDns, FakeNetworks, ServiceProcess};
+use cascade_testkit::{
+    FakeDns, FakeNetworks, LOOPBACK_HOSTS, ServiceProcess, port_free_on_every_loopback_host,
+};
 use serde_json::json;
 
 const NAME: &str = "targeting-evaluation.cascade.test";
-const HOSTS: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(127, 0, 0, 1),
-    Ipv4Addr::new(127, 0, 0, 2),
-    Ipv4Addr::new(127, 0, 0, 3),
-];
-
-/// A port free on every loopback address of `HOSTS`: the instances behind one name
-/// differ by address only, as pods behind a headless Service do.
-fn port_free_on_every_host() -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind((HOSTS[0], 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        if HOSTS[1..]
-            .iter()
-            .all(|host| std::net::TcpListener::bind((*host, port)).is_ok())
-        {
-            return port;
-        }
-    }
-}
+const HOSTS: [Ipv4Addr; 3] = LOOPBACK_HOSTS;
 
 async fn targeting_instance(host: Ipv4Addr, port: u16, state: &str) -> ServiceProcess {
     let settings = format!(
@@ -80,7 +63,7 @@ impl Setup {
     async fn start(refresh_interval_ms: u64) -> Setup {
         let (networks, state, configuration) = demo_state().await;
         let dns = FakeDns::start().await.unwrap();
-        let port = port_free_on_every_host();
+        let port = port_free_on_every_loopback_host();
         let (first, second) = tokio::join!(
             targeting_instance(HOSTS[0], port, &state),
             targeting_instance(HOSTS[1], port, &state),

@@ -81,12 +81,7 @@ async fn every_service_is_serving_lists_only_itself_and_exits_cleanly_on_sigterm
         listed.stdout
     );
 
-    let status = cluster
-        .processes_mut()
-        .bid_intake
-        .terminate()
-        .await
-        .unwrap();
+    let status = cluster.terminate_bid_intake().await;
     assert!(status.success(), "bid-intake exited with {status}");
 }
 
@@ -449,12 +444,7 @@ async fn sigterm_lets_an_in_flight_decision_finish() {
         || async { cluster.networks.calls("coolads") > 0 },
     )
     .await;
-    let status = cluster
-        .processes_mut()
-        .bid_intake
-        .terminate()
-        .await
-        .unwrap();
+    let status = cluster.terminate_bid_intake().await;
     assert!(status.success(), "bid-intake exited with {status}");
     let output = in_flight.await.unwrap().unwrap();
     assert!(

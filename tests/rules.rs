@@ -583,12 +583,7 @@ const ADMIN_TOKEN: &str = "rules-test-token";
 #[tokio::test]
 async fn client_side_results_and_refused_ads_count_in_the_report() {
     // The services share their counts through Redis, flushed every 50 ms.
-    let redis = cascade_testkit::RedisServer::start().await.unwrap();
-    let cluster = Cluster::builder()
-        .on_redis(&redis.url())
-        .admin_token(ADMIN_TOKEN)
-        .start()
-        .await;
+    let (_redis, cluster) = Cluster::on_new_redis(ADMIN_TOKEN).await;
 
     let mut client = banner_request(json!([]));
     client["mode"] = json!("EXECUTION_MODE_CLIENT");

@@ -215,12 +215,7 @@ async fn cascade(cluster: &Cluster, args: &[&str]) -> String {
 #[tokio::test]
 async fn the_network_report_adds_up_to_a_scripted_run() {
     // The services share their counts through Redis, flushed every 50 ms.
-    let redis = cascade_testkit::RedisServer::start().await.unwrap();
-    let cluster = Cluster::builder()
-        .on_redis(&redis.url())
-        .admin_token(ADMIN_TOKEN)
-        .start()
-        .await;
+    let (_redis, cluster) = Cluster::on_new_redis(ADMIN_TOKEN).await;
     let today = cascade_core::report::period_of(cascade_state::now_unix_seconds()).0;
 
     let mut selections: Vec<(String, String)> = Vec::new();

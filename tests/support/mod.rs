@@ -299,6 +299,23 @@ impl Cluster {
         }
     }
 
+    /// Sends bid-intake SIGTERM and waits for it to exit (a cluster of processes).
+    pub async fn terminate_bid_intake(&mut self) -> std::process::ExitStatus {
+        self.processes_mut().bid_intake.terminate().await.unwrap()
+    }
+
+    /// The demo cluster in process on a new redis-server (returned: it lives as long as
+    /// the handle), the admin API behind `admin_token`.
+    pub async fn on_new_redis(admin_token: &str) -> (cascade_testkit::RedisServer, Cluster) {
+        let redis = cascade_testkit::RedisServer::start().await.unwrap();
+        let cluster = Self::builder()
+            .on_redis(&redis.url())
+            .admin_token(admin_token)
+            .start()
+            .await;
+        (redis, cluster)
+    }
+
     /// Kills bid-intake (as a crash would) and starts it again with the same settings;
     /// it listens on a new port.
     pub async fn restart_bid_intake(&mut self) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_server::channel::{Resolver, ResolverSettings};
-use cascade_testkit::FakeDns;
+use cascade_testkit::{FakeDns, LOOPBACK_HOSTS, port_free_on_every_loopback_host};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -102,20 +102,14 @@ impl Health for Instance {
 
 const NAME: &str = "balanced.cascade.test";
 
-/// A port free on 127.0.0.1, .2 and .3: instances behind one name differ by address only.
-fn port_free_on_three_hosts() -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 1), 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        if (2..=3)
-            .all(|host| std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, host), port)).is_ok())
-        {
-            return port;
-        }
-    }
+const HOSTS: [Ipv4Addr; 3] = LOOPBACK_HOSTS;
+
+/// An instance that answers at once and says SERVING; returns its call counter.
+async fn healthy(host: Ipv4Addr, port: u16) -> Arc<AtomicUsize> {
+    serve(host, port, Duration::ZERO, ServingStatus::Serving).await
 }
 
-/// Serves `instance` on `host:port`; returns its call counter.
+/// Serves an [`Instance`] on `host:port`; returns its call counter.
 async fn serve(
     host: Ipv4Addr,
     port: u16,
@@ -155,26 +149,17 @@ async fn client_of(
 
 #[tokio::test]
 async fn calls_go_to_the_instance_with_fewer_in_flight() {
-    let port = port_free_on_three_hosts();
+    let port = port_free_on_every_loopback_host();
     let slow = serve(
-        Ipv4Addr::new(127, 0, 0, 1),
+        HOSTS[0],
         port,
         Duration::from_millis(100),
         ServingStatus::Serving,
     )
     .await;
-    let fast = serve(
-        Ipv4Addr::new(127, 0, 0, 2),
-        port,
-        Duration::ZERO,
-        ServingStatus::Serving,
-    )
-    .await;
+    let fast = healthy(HOSTS[1], port).await;
     let dns = FakeDns::start().await.unwrap();
-    dns.set(
-        NAME,
-        &[Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)],
-    );
+    dns.set(NAME, &[HOSTS[0], HOSTS[1]]);
     let client = client_of(&dns, port).await;
     // Four callers, each calling again as soon as its call is answered: round-robin would
     // split the calls evenly; pending-request balancing keeps them off the slow instance
@@ -197,31 +182,12 @@ async fn calls_go_to_the_instance_with_fewer_in_flight() {
 
 #[tokio::test]
 async fn a_call_that_cannot_connect_is_sent_again_elsewhere() {
-    let port = port_free_on_three_hosts();
-    let first = serve(
-        Ipv4Addr::new(127, 0, 0, 1),
-        port,
-        Duration::ZERO,
-        ServingStatus::Serving,
-    )
-    .await;
-    let second = serve(
-        Ipv4Addr::new(127, 0, 0, 2),
-        port,
-        Duration::ZERO,
-        ServingStatus::Serving,
-    )
-    .await;
+    let port = port_free_on_every_loopback_host();
+    let first = healthy(HOSTS[0], port).await;
+    let second = healthy(HOSTS[1], port).await;
     let dns = FakeDns::start().await.unwrap();
     // Nothing listens on the third address: its connections are refused.
-    dns.set(
-        NAME,
-        &[
-            Ipv4Addr::new(127, 0, 0, 1),
-            Ipv4Addr::new(127, 0, 0, 2),
-            Ipv4Addr::new(127, 0, 0, 3),
-        ],
-    );
+    dns.set(NAME, &HOSTS);
     let mut client = client_of(&dns, port).await;
     for _ in 0..30 {
         balanced_call(&mut client).await;
@@ -234,16 +200,10 @@ async fn a_call_that_cannot_connect_is_sent_again_elsewhere() {
 
 #[tokio::test]
 async fn when_no_instance_says_serving_calls_still_reach_them() {
-    let port = port_free_on_three_hosts();
-    let only = serve(
-        Ipv4Addr::new(127, 0, 0, 1),
-        port,
-        Duration::ZERO,
-        ServingStatus::NotServing,
-    )
-    .await;
+    let port = port_free_on_every_loopback_host();
+    let only = serve(HOSTS[0], port, Duration::ZERO, ServingStatus::NotServing).await;
     let dns = FakeDns::start().await.unwrap();
-    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 1)]);
+    dns.set(NAME, &[HOSTS[0]]);
     let mut client = client_of(&dns, port).await;
     for _ in 0..3 {
         balanced_call(&mut client).await;

@@ -106,3 +106,25 @@ fn answer(query: &Message, records: &Records) -> Message {
     }
     response
 }
+
+/// Loopback addresses that stand for the pods behind one name: the instances of a
+/// service started on them differ by address only, as pods behind a headless Service do.
+pub const LOOPBACK_HOSTS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(127, 0, 0, 1),
+    Ipv4Addr::new(127, 0, 0, 2),
+    Ipv4Addr::new(127, 0, 0, 3),
+];
+
+/// A port free on every address of [`LOOPBACK_HOSTS`].
+pub fn port_free_on_every_loopback_host() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind((LOOPBACK_HOSTS[0], 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        if LOOPBACK_HOSTS[1..]
+            .iter()
+            .all(|host| std::net::TcpListener::bind((*host, port)).is_ok())
+        {
+            return port;
+        }
+    }
+}

@@ -13,5 +13,5 @@ pub use cascade_sandbox::{
     Behaviour, ClusterSettings, FakeNetworks, GRPC_NETWORK, InProcessCluster, Notice, RedisCluster,
     RedisOptions, RedisServer, ServiceProcess, TestCa, wait_until_serving,
 };
-pub use dns::FakeDns;
+pub use dns::{FakeDns, LOOPBACK_HOSTS, port_free_on_every_loopback_host};
 pub use otlp::{OtlpCollector, ReceivedSpan};
