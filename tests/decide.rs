@@ -531,11 +531,16 @@ async fn blocked_seats_and_creative_attributes_never_win() {
     let response = cluster.decide(&banner_request(bids)).await;
     assert_eq!(winner(&response)["networkId"], "coolads");
     assert_eq!(dropped_reasons(&response)[0].1, "blocked_seat");
+    // What the bid's lurl would be told: OpenRTB's "buyer seat blocked".
+    let dropped = &response["decisions"][0]["explanation"]["dropped"][0];
+    assert_eq!(dropped["lossCode"], 104, "{response}");
 
     let mut bids = exchange_bid(9.0, "shoes.example");
     bids[0]["seatbid"][0]["bid"][0]["attr"] = json!([1, 3]);
     let response = cluster.decide(&banner_request(bids)).await;
     assert_eq!(dropped_reasons(&response)[0].1, "blocked_attribute");
+    let dropped = &response["decisions"][0]["explanation"]["dropped"][0];
+    assert_eq!(dropped["lossCode"], 210, "{response}");
 
     // The request's own bseat and battr block too.
     let mut request = banner_request(exchange_bid(9.0, "shoes.example"));

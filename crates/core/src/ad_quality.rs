@@ -104,6 +104,19 @@ impl Refusal {
             Refusal::NoDsaTransparency => "no_dsa",
         }
     }
+
+    /// The OpenRTB loss reason a bid refused so is told.
+    pub fn loss_code(&self) -> i32 {
+        use crate::notice::loss;
+        match self {
+            Refusal::BlockedAdomain(_) => loss::ADVERTISER_EXCLUDED,
+            Refusal::BlockedCategory(_) => loss::CATEGORY_EXCLUDED,
+            Refusal::BlockedSeat(_) => loss::SEAT_BLOCKED,
+            Refusal::BlockedAttribute(_) => loss::ATTRIBUTE_EXCLUDED,
+            Refusal::UnknownAdomain => loss::INVALID_ADVERTISER_DOMAIN,
+            Refusal::UnknownCategory | Refusal::NoDsaTransparency => loss::BLOCKED,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {

@@ -259,6 +259,18 @@ impl DropReason {
             DropReason::UnfilledOutcome => "unfilled_outcome",
         }
     }
+
+    /// The OpenRTB loss reason a bid dropped so is told (its `lurl`'s `${AUCTION_LOSS}`).
+    pub fn loss_code(&self) -> i32 {
+        use crate::notice::loss;
+        match self {
+            DropReason::NonPositiveBid => loss::INVALID_BID_RESPONSE,
+            DropReason::BelowFloor { .. } => loss::BELOW_FLOOR,
+            DropReason::Refused(refusal) => refusal.loss_code(),
+            DropReason::PrivateAuction => loss::LOST_TO_DEAL,
+            DropReason::UnfilledOutcome => loss::INTERNAL_ERROR,
+        }
+    }
 }
 
 impl From<Refusal> for DropReason {
@@ -495,6 +507,25 @@ fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_drop_tells_its_openrtb_loss_reason() {
+        use crate::ad_quality::Refusal;
+        let cases = [
+            (DropReason::NonPositiveBid, 3),
+            (DropReason::BelowFloor { floor: Micros(1) }, 100),
+            (DropReason::PrivateAuction, 103),
+            (Refusal::BlockedSeat("s".into()).into(), 104),
+            (Refusal::BlockedAdomain("a.example".into()).into(), 205),
+            (Refusal::BlockedCategory("IAB25".into()).into(), 209),
+            (Refusal::BlockedAttribute(3).into(), 210),
+            (Refusal::UnknownAdomain.into(), 6),
+            (Refusal::NoDsaTransparency.into(), 200),
+        ];
+        for (reason, code) in cases {
+            assert_eq!(reason.loss_code(), code, "{reason:?}");
+        }
+    }
 
     #[test]
     fn a_demand_kind_is_stored_under_its_decision_api_name() {

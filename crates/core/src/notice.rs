@@ -29,13 +29,20 @@ pub struct AuctionFacts<'a> {
 
 /// OpenRTB loss reason codes Cascade reports.
 pub mod loss {
+    //! OpenRTB 2.6 loss reason codes (list "Loss Reason Codes"), the ones Cascade sends.
     pub const INTERNAL_ERROR: i32 = 1;
-    pub const LOST_TO_HIGHER_BID: i32 = 102;
+    pub const INVALID_BID_RESPONSE: i32 = 3;
+    pub const INVALID_ADVERTISER_DOMAIN: i32 = 6;
     pub const BELOW_FLOOR: i32 = 100;
+    pub const LOST_TO_HIGHER_BID: i32 = 102;
     /// Only deal bids could win (a private auction).
     pub const LOST_TO_DEAL: i32 = 103;
     pub const SEAT_BLOCKED: i32 = 104;
+    /// Creative filtered, general.
     pub const BLOCKED: i32 = 200;
+    pub const ADVERTISER_EXCLUDED: i32 = 205;
+    pub const CATEGORY_EXCLUDED: i32 = 209;
+    pub const ATTRIBUTE_EXCLUDED: i32 = 210;
 }
 
 /// Every macro of §4.4 in `template` replaced by its value (percent-encoded, so a value

@@ -226,6 +226,7 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
                 price_micros: candidate.bid_micros,
                 reason: reason.code().to_string(),
                 detail: reason.to_string(),
+                loss_code: reason.loss_code(),
             }
         })
         .collect();

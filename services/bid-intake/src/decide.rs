@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_core::Micros;
+use cascade_core::notice::loss;
 use cascade_core::report::{Metric, counts_at};
 use cascade_core::waterfall::network_floor;
 use cascade_networks::notices::{NoticeKind, Notifier};
@@ -158,8 +159,8 @@ struct Slot {
     won: Option<BidNotices>,
     /// The live bids of bidding networks that gave a loss notice URL.
     live_bids: Vec<BidNotices>,
-    /// What the auction dropped: (candidate id, reason).
-    dropped: Vec<(String, String)>,
+    /// What the auction dropped: (candidate id, OpenRTB loss code).
+    dropped: Vec<(String, i32)>,
     /// The winner's billing notice Cascade keeps for the impression.
     burl: String,
     /// Set once the auction ranked its candidates and it still needs the waterfall.
@@ -360,7 +361,7 @@ impl DecisionService {
             slot.dropped = ranked_imp
                 .dropped
                 .iter()
-                .map(|d| (d.candidate_id.clone(), d.reason.clone()))
+                .map(|d| (d.candidate_id.clone(), d.loss_code))
                 .collect();
             if let Some(explanation) = slot.decision.explanation.as_mut() {
                 explanation.dropped = ranked_imp.dropped;
@@ -454,12 +455,12 @@ impl DecisionService {
                 if Some(lost.candidate_id.as_str()) == winner_id || test {
                     continue;
                 }
-                let dropped = slot
+                // A live bid the auction did not drop was outranked.
+                let reason = slot
                     .dropped
                     .iter()
                     .find(|(id, _)| *id == lost.candidate_id)
-                    .map(|(_, reason)| reason.as_str());
-                let reason = notices::loss_reason(dropped);
+                    .map_or(loss::LOST_TO_HIGHER_BID, |(_, loss_code)| *loss_code);
                 if let Some(url) = notices::loss_notice(
                     auction_id,
                     &slot.decision.impid,

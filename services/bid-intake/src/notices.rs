@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cascade_core::Micros;
-use cascade_core::notice::{self, AuctionFacts, loss};
+use cascade_core::notice::{self, AuctionFacts};
 use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_networks::notices::Notifier;
 use cascade_proto::auction::v1::Candidate;
@@ -243,20 +243,6 @@ pub fn loss_notice(
     Some(notice::substitute(&lost.lurl, &facts))
 }
 
-/// The OpenRTB loss reason of a candidate the auction dropped for `reason`.
-pub fn loss_reason(dropped_reason: Option<&str>) -> i32 {
-    match dropped_reason {
-        None => loss::LOST_TO_HIGHER_BID,
-        Some("below_floor") => loss::BELOW_FLOOR,
-        Some("blocked_seat") => loss::SEAT_BLOCKED,
-        Some("private_auction") => loss::LOST_TO_DEAL,
-        Some(reason) if reason.starts_with("blocked") || reason.starts_with("unknown") => {
-            loss::BLOCKED
-        }
-        Some(_) => loss::INTERNAL_ERROR,
-    }
-}
-
 /// Delivers the billing notices the store holds until `shutdown`: due ones are claimed
 /// under a lease, sent, and removed on a 2xx answer; a failure is retried with backoff
 /// until the notice expires. Every attempt is counted.
@@ -424,13 +410,16 @@ mod tests {
     fn a_lost_bid_learns_why_and_what_would_have_won() {
         let lost = BidNotices::of(&network_bid(false));
         assert_eq!(
-            loss_notice("r", "1", &lost, loss_reason(None), Some(3_750_000)).as_deref(),
+            loss_notice(
+                "r",
+                "1",
+                &lost,
+                notice::loss::LOST_TO_HIGHER_BID,
+                Some(3_750_000)
+            )
+            .as_deref(),
             Some("https://n/loss?r=102&w=3")
         );
-        assert_eq!(loss_reason(Some("below_floor")), 100);
-        assert_eq!(loss_reason(Some("blocked_adomain")), 200);
-        assert_eq!(loss_reason(Some("blocked_seat")), 104);
-        assert_eq!(loss_reason(Some("private_auction")), 103);
         let silent = BidNotices {
             lurl: String::new(),
             ..lost
