@@ -27,9 +27,8 @@ pub struct AuctionFacts<'a> {
     pub min_to_win: Option<Micros>,
 }
 
-/// OpenRTB loss reason codes Cascade reports.
+/// OpenRTB 2.6 loss reason codes (list "Loss Reason Codes"), the ones Cascade sends.
 pub mod loss {
-    //! OpenRTB 2.6 loss reason codes (list "Loss Reason Codes"), the ones Cascade sends.
     pub const INTERNAL_ERROR: i32 = 1;
     pub const INVALID_BID_RESPONSE: i32 = 3;
     pub const INVALID_ADVERTISER_DOMAIN: i32 = 6;
