@@ -1,5 +1,5 @@
-//! The README's quick start, as a user runs it: `cascade up` (embedded state, no Redis),
-//! then the `grpcurl` command it prints, then Ctrl-C.
+//! The README's quick start, as a user runs it: `cascade up` (embedded state, no Redis;
+//! or on a Redis Cluster), then the `grpcurl` command it prints, then Ctrl-C.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -11,8 +11,26 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn cascade_up_serves_the_decision_its_banner_prints() {
+    up_serves_the_decision_its_banner_prints(&[]).await;
+}
+
+#[tokio::test]
+async fn cascade_up_keeps_its_state_in_a_redis_cluster_when_asked() {
+    use cascade_state::Store as _;
+    let cluster = cascade_testkit::RedisCluster::start().await.unwrap();
+    let nodes = cluster.urls().join(",");
+    up_serves_the_decision_its_banner_prints(&["--redis-cluster", &nodes]).await;
+    // The demo configuration was written to the cluster, where a store of its own reads it.
+    let store = cascade_state::RedisStore::connect_cluster(&cluster.urls()).unwrap();
+    assert_eq!(store.configuration_version().await.unwrap(), 1);
+}
+
+/// Runs `cascade up` with `extra` arguments, decides with the command its banner prints,
+/// and stops it with Ctrl-C.
+async fn up_serves_the_decision_its_banner_prints(extra: &[&str]) {
     let mut up = tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
         .args(["up", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
