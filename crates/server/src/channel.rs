@@ -245,13 +245,13 @@ impl Resolver {
     /// in the background; a call made before it has finished waits for it.
     pub fn channel(&self, target: Target) -> BalancedChannel {
         let (changes, discovered) = mpsc::unbounded_channel();
-        let (refreshed, _) = watch::channel(false);
+        let (resolution, _) = watch::channel(Resolution::Pending);
         let discovery = Arc::new(Discovery {
             target,
             resolver: self.clone(),
             changes,
             known: Mutex::new(BTreeMap::new()),
-            refreshed,
+            resolution,
             wake: Arc::new(Notify::new()),
         });
         let balance: Balance<_, http::Request<Body>> =
@@ -271,6 +271,17 @@ impl Resolver {
 
 type Discovered = Result<Change<SocketAddr, PendingRequests<Member>>, Infallible>;
 
+/// What a call needs to know of discovery before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolution {
+    /// The first refresh has not finished: wait for it.
+    Pending,
+    /// The target has never resolved to an address: fail at once.
+    NoAddress,
+    /// Addresses are known; the balancer has them.
+    Addresses,
+}
+
 /// Which addresses of one target are in the balancer, and why.
 struct Discovery {
     target: Target,
@@ -278,8 +289,8 @@ struct Discovery {
     /// Into the balancer.
     changes: mpsc::UnboundedSender<Discovered>,
     known: Mutex<BTreeMap<SocketAddr, Known>>,
-    /// Whether the first refresh has finished.
-    refreshed: watch::Sender<bool>,
+    /// Set by every refresh; read (not locked) by every call.
+    resolution: watch::Sender<Resolution>,
     /// Wakes the refresh loop early: a member failed.
     wake: Arc<Notify>,
 }
@@ -355,11 +366,22 @@ impl Discovery {
             .zip(answers)
             .filter_map(|((addr, _), serving)| serving.then_some(*addr))
             .collect();
-        self.apply(&serving);
-        self.refreshed.send_replace(true);
+        let known_any = self.apply(&serving);
+        let resolution = if known_any {
+            Resolution::Addresses
+        } else {
+            Resolution::NoAddress
+        };
+        self.resolution.send_if_modified(|current| {
+            let changed = *current != resolution;
+            *current = resolution;
+            changed
+        });
     }
 
-    fn apply(self: &Arc<Self>, serving: &BTreeSet<SocketAddr>) {
+    /// Puts in (and takes out of) the balancer what `serving` says; whether any address
+    /// is known.
+    fn apply(self: &Arc<Self>, serving: &BTreeSet<SocketAddr>) -> bool {
         let mut known = self.known.lock();
         let none_serving = serving.is_empty();
         for (addr, entry) in known.iter_mut() {
@@ -388,6 +410,7 @@ impl Discovery {
             .set(serving.len() as f64);
         metrics::gauge!("cascade_client_endpoints", "target" => target, "state" => "out_of_rotation")
             .set((known.len() - serving.len()) as f64);
+        !known.is_empty()
     }
 
     fn send(&self, change: Change<SocketAddr, PendingRequests<Member>>) {
@@ -403,15 +426,18 @@ impl Discovery {
         let _ = self.changes.send(Ok(change));
     }
 
-    /// Whether no address is known: the target has never resolved to one.
-    fn has_no_address(&self) -> bool {
-        self.known.lock().is_empty()
-    }
-
-    async fn first_refresh(&self) {
-        let mut refreshed = self.refreshed.subscribe();
-        // An error: the sender, and with it the channel, is gone.
-        let _ = refreshed.wait_for(|done| *done).await;
+    /// Whether a call can be sent: waits for the first refresh only while it is pending.
+    async fn resolved(&self) -> Resolution {
+        let current = *self.resolution.borrow();
+        if current != Resolution::Pending {
+            return current;
+        }
+        let mut resolution = self.resolution.subscribe();
+        match resolution.wait_for(|r| *r != Resolution::Pending).await {
+            Ok(resolved) => *resolved,
+            // The sender, and with it the channel, is gone.
+            Err(_) => Resolution::NoAddress,
+        }
     }
 }
 
@@ -592,8 +618,7 @@ impl Service<http::Request<Body>> for BalancedChannel {
         let discovery = self.discovery.clone();
         let calls = self.calls.clone();
         let dispatch = async move {
-            discovery.first_refresh().await;
-            if discovery.has_no_address() {
+            if discovery.resolved().await == Resolution::NoAddress {
                 return Err(tonic::Status::unavailable(format!(
                     "no reachable address for {}",
                     discovery.target

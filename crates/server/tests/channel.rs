@@ -1,8 +1,8 @@
 //! The balanced channel against a real DNS server over UDP and real gRPC servers: a name
 //! that does not resolve fails fast and clearly, a DNS server that never answers cannot
 //! hold a call past its deadline, calls prefer the instance with fewer in flight, a call
-//! that could not connect goes elsewhere, and instances that all say NOT_SERVING are
-//! still called.
+//! that could not connect goes elsewhere, an address whose call failed is probed again
+//! at once, and instances that all say NOT_SERVING are still called.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -209,4 +209,30 @@ async fn when_no_instance_says_serving_calls_still_reach_them() {
         balanced_call(&mut client).await;
     }
     assert_eq!(only.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn a_failed_address_is_probed_again_at_once_not_at_the_next_refresh() {
+    let port = port_free_on_every_loopback_host();
+    let dns = FakeDns::start().await.unwrap();
+    dns.set(NAME, &[HOSTS[0]]);
+    // The resolver refreshes every minute: only a failure's own wake-up brings the
+    // instance back within this test.
+    let mut client = client_of(&dns, port).await;
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: "balanced".into(),
+    });
+    request.set_timeout(Duration::from_secs(2));
+    let status = client.check(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    let calls = healthy(HOSTS[0], port).await;
+    let started = Instant::now();
+    balanced_call(&mut client).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
 }
