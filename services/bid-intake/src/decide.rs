@@ -14,8 +14,9 @@ use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AdQuality, AuctionImp, Candidate, RankRequest, RankedCandidate};
 use cascade_proto::decision::v1::bid_intake_server::BidIntake;
 use cascade_proto::decision::v1::{
-    Attempt, AttemptOutcome, ChainNode, DecideRequest, DecideResponse, ExecutionMode, Explanation,
-    ImpDecision, NoFillReason, ReportEventRequest, ReportEventResponse, SourceKind, Winner,
+    Attempt, AttemptOutcome, ChainNode, DecideRequest, DecideResponse, DroppedCandidate,
+    ExecutionMode, Explanation, ImpDecision, NoFillReason, ReportEventRequest, ReportEventResponse,
+    SourceKind, Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
 use cascade_proto::networkcaller::v1::{
@@ -159,8 +160,8 @@ struct Slot {
     won: Option<BidNotices>,
     /// The live bids of bidding networks that gave a loss notice URL.
     live_bids: Vec<BidNotices>,
-    /// What the auction dropped: (candidate id, OpenRTB loss code).
-    dropped: Vec<(String, i32)>,
+    /// What the auction dropped, and why (its OpenRTB loss code among it).
+    dropped: Vec<DroppedCandidate>,
     /// The winner's billing notice Cascade keeps for the impression.
     burl: String,
     /// Set once the auction ranked its candidates and it still needs the waterfall.
@@ -358,14 +359,11 @@ impl DecisionService {
             .into_inner();
         for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
             let slot = &mut slots[slot_index];
-            slot.dropped = ranked_imp
-                .dropped
-                .iter()
-                .map(|d| (d.candidate_id.clone(), d.loss_code))
-                .collect();
+            // Copied only for a request that asked for its explanation.
             if let Some(explanation) = slot.decision.explanation.as_mut() {
-                explanation.dropped = ranked_imp.dropped;
+                explanation.dropped.clone_from(&ranked_imp.dropped);
             }
+            slot.dropped = ranked_imp.dropped;
             if ranked_imp.ranked.is_empty() {
                 slot.decision.no_fill_reason = NoFillReason::NoEligibleDemand as i32;
             }
@@ -459,8 +457,8 @@ impl DecisionService {
                 let reason = slot
                     .dropped
                     .iter()
-                    .find(|(id, _)| *id == lost.candidate_id)
-                    .map_or(loss::LOST_TO_HIGHER_BID, |(_, loss_code)| *loss_code);
+                    .find(|dropped| dropped.candidate_id == lost.candidate_id)
+                    .map_or(loss::LOST_TO_HIGHER_BID, |dropped| dropped.loss_code);
                 if let Some(url) = notices::loss_notice(
                     auction_id,
                     &slot.decision.impid,
