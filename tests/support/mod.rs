@@ -82,8 +82,10 @@ pub struct Cluster {
 }
 
 enum Services {
-    /// Kept to keep the services running; dropping it stops them.
-    InProcess(#[allow(dead_code)] InProcessCluster),
+    /// Held so the services run; dropping it stops them.
+    InProcess {
+        _running: InProcessCluster,
+    },
     Processes(Box<Processes>),
 }
 
@@ -173,6 +175,11 @@ impl ClusterBuilder {
             Some(networks) => networks,
             None => FakeNetworks::start().await.unwrap(),
         };
+        assert!(
+            self.extra_configuration.is_empty()
+                || (self.state.is_none() && self.redis_url.is_none()),
+            "configuration() extends the demo configuration file: not with state() or on_redis()"
+        );
         let (state, configuration) = match (self.state.take(), &self.redis_url) {
             (Some(state), _) => (state, None),
             (None, Some(url)) => {
@@ -213,7 +220,10 @@ impl ClusterBuilder {
             let cluster = InProcessCluster::start(self.settings, store, any_port)
                 .await
                 .unwrap();
-            (cluster.bid_intake, Services::InProcess(cluster))
+            (
+                cluster.bid_intake,
+                Services::InProcess { _running: cluster },
+            )
         };
         Cluster {
             networks,
@@ -284,7 +294,7 @@ impl Cluster {
     pub fn processes(&self) -> &Processes {
         match &self.services {
             Services::Processes(processes) => processes,
-            Services::InProcess(_) => {
+            Services::InProcess { .. } => {
                 panic!("this cluster runs in process: build it with .processes()")
             }
         }
@@ -293,7 +303,7 @@ impl Cluster {
     pub fn processes_mut(&mut self) -> &mut Processes {
         match &mut self.services {
             Services::Processes(processes) => processes,
-            Services::InProcess(_) => {
+            Services::InProcess { .. } => {
                 panic!("this cluster runs in process: build it with .processes()")
             }
         }
