@@ -148,13 +148,9 @@ impl InProcessCluster {
 
     /// Resolves when a service stops, which it does only on an error: that error.
     pub async fn stopped(&mut self) -> ClusterError {
-        match self.services.join_next().await {
-            Some(Ok(Ok(service))) => ClusterError::Stopped { service },
-            Some(Ok(Err(error))) => error,
-            Some(Err(panicked)) => ClusterError::Service {
-                service: "a service",
-                source: Box::new(panicked),
-            },
+        match self.services.join_next().await.map(joined) {
+            Some(Ok(service)) => ClusterError::Stopped { service },
+            Some(Err(error)) => error,
             None => ClusterError::Stopped {
                 service: "every service",
             },
@@ -165,19 +161,20 @@ impl InProcessCluster {
     pub async fn shutdown(mut self) -> Result<(), ClusterError> {
         let _ = self.stop.send(true);
         while let Some(result) = self.services.join_next().await {
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => return Err(error),
-                Err(panicked) => {
-                    return Err(ClusterError::Service {
-                        service: "a service",
-                        source: Box::new(panicked),
-                    });
-                }
-            }
+            joined(result)?;
         }
         Ok(())
     }
+}
+
+/// A service's task, joined: the service that stopped, or why it failed (a panic too).
+fn joined(
+    result: Result<Result<&'static str, ClusterError>, tokio::task::JoinError>,
+) -> Result<&'static str, ClusterError> {
+    result.map_err(|panicked| ClusterError::Service {
+        service: "a service",
+        source: Box::new(panicked),
+    })?
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ClusterError> {
