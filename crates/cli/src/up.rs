@@ -95,7 +95,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = match &redis_description {
         None => Arc::new(MemoryStore::with_configuration(configuration)?),
         Some(description) => {
-            cascade_core::settings::Validate::validate(&redis)?;
+            cascade_core::settings::Validate::validate(&redis)
+                .context("--redis / --redis-cluster")?;
             let store = redis.open()?;
             let version = store
                 .configuration_version()
