@@ -131,12 +131,20 @@ async fn serve(
     calls
 }
 
-async fn balanced_call(client: &mut HealthClient<cascade_server::channel::BalancedChannel>) {
+/// The call under test (not a probe), with `timeout`.
+fn balanced_request(timeout: Duration) -> tonic::Request<HealthCheckRequest> {
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: "balanced".into(),
     });
-    request.set_timeout(Duration::from_secs(5));
-    client.check(request).await.unwrap();
+    request.set_timeout(timeout);
+    request
+}
+
+async fn balanced_call(client: &mut HealthClient<cascade_server::channel::BalancedChannel>) {
+    client
+        .check(balanced_request(Duration::from_secs(5)))
+        .await
+        .unwrap();
 }
 
 async fn client_of(
@@ -219,11 +227,10 @@ async fn a_failed_address_is_probed_again_at_once_not_at_the_next_refresh() {
     // The resolver refreshes every minute: only a failure's own wake-up brings the
     // instance back within this test.
     let mut client = client_of(&dns, port).await;
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: "balanced".into(),
-    });
-    request.set_timeout(Duration::from_secs(2));
-    let status = client.check(request).await.unwrap_err();
+    let status = client
+        .check(balanced_request(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 
     let calls = healthy(HOSTS[0], port).await;
