@@ -16,6 +16,7 @@ const PROTO_FILES: &[&str] = &[
     "cascade/customnetwork/v1/custom_network.proto",
     "cascade/admin/v1/admin.proto",
     "cascade/bench/v1/echo.proto",
+    "cascade/log/v1/log.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         file_descriptors.encode_to_vec(),
     )?;
 
-    let mut builder = tonic_prost_build::configure()
+    let builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         // The request document handed to network-caller is shared by its two calls.
@@ -45,9 +46,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".cascade.openrtb.v1",
             "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
         );
+    // The decision log's JSON form (`cascade log tail`): its fields by name, defaults left
+    // out, as the OpenRTB messages it embeds.
+    let builder = builder
+        .type_attribute(
+            ".cascade.log.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .field_attribute(
+            ".cascade.log.v1",
+            "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
+        );
     // Every `ext` is a google.protobuf.Struct, whose JSON form is a plain JSON object; a
     // price may come as a string; any other member may come as `null`, which many
     // networks send for "not set".
+    let mut builder = builder;
     for file in &file_descriptors.file {
         if file.package() != "cascade.openrtb.v1" {
             continue;

@@ -6,5 +6,5 @@ pub mod convert;
 mod reports;
 mod service;
 
-pub use reports::{MAX_REPORT_DAYS, ReportService};
+pub use reports::{MAX_REPORT_DAYS, ReportService, row_to_proto};
 pub use service::{AdminError, AdminService, BearerToken, MAX_MESSAGE_BYTES};

@@ -108,7 +108,8 @@ impl Reports for ReportService {
     }
 }
 
-fn row_to_proto(row: ReportRow) -> pb::NetworkReportRow {
+/// A report row as the Reports API (and `cascade report`) shows it.
+pub fn row_to_proto(row: ReportRow) -> pb::NetworkReportRow {
     pb::NetworkReportRow {
         fill_rate_ppm: row.fill_rate_ppm(),
         estimated_ecpm_micros: row.estimated_ecpm_micros(),

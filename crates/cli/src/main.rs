@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod echo;
 mod load;
+mod log;
 mod report;
 mod up;
 
@@ -30,6 +31,10 @@ enum Command {
     /// The network performance report (table or CSV); `ingest` records a network's own
     /// daily revenue.
     Report(report::ReportArgs),
+    /// Read the decision log: `tail` (the last entries, `--follow` for new ones),
+    /// `query` (by account, request id, network, time), `report` (the network performance
+    /// report rebuilt from it). Entries print as JSON lines.
+    Log(log::LogArgs),
     /// Load a decision API (or an echo chain) over gRPC and report throughput, latency
     /// percentiles and errors.
     Load(load::LoadArgs),
@@ -52,6 +57,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Report(args) => report::run(args).await,
+        Command::Log(args) => log::run(args).await.map(|()| 0),
         Command::Load(args) => load::run(&args).await.map(|result| {
             result.print(if args.echo { "echo chain" } else { "decisions" });
             0

@@ -161,7 +161,7 @@ fn cells(
 }
 
 /// Machine-readable: integers only (money in micros, the fill rate in millionths).
-fn csv(rows: &[pb::NetworkReportRow]) -> String {
+pub(crate) fn csv(rows: &[pb::NetworkReportRow]) -> String {
     let mut out = COLUMNS.join(",") + "\n";
     for row in rows {
         let line = cells(row, |m| m.to_string(), |r| r.to_string());
@@ -181,7 +181,7 @@ fn csv(rows: &[pb::NetworkReportRow]) -> String {
 }
 
 /// For people: money as decimals, the fill rate as a percentage, aligned columns.
-fn table(rows: &[pb::NetworkReportRow]) -> String {
+pub(crate) fn table(rows: &[pb::NetworkReportRow]) -> String {
     let money = |micros: i64| {
         let sign = if micros < 0 { "-" } else { "" };
         format!("{sign}{}", Micros(micros.saturating_abs()))

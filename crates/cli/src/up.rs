@@ -2,6 +2,7 @@
 //! loopback, sharing one embedded store loaded with the demo configuration, plus a demo
 //! OpenRTB ad network.
 
+use cascade_bid_intake::{LogSettings, SinkKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,15 @@ pub struct UpArgs {
     /// the address is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics_listen: SocketAddr,
+    /// Where the decision log's segment files go (read them with `cascade log tail`).
+    #[arg(long, default_value = "cascade-log", value_name = "DIR")]
+    log_dir: PathBuf,
+    /// Write the decision log to this NATS JetStream server instead of files.
+    #[arg(long, value_name = "URL", conflicts_with = "no_log")]
+    log_nats: Option<String>,
+    /// Keep no decision log.
+    #[arg(long)]
+    no_log: bool,
     /// The admin API's bearer token; a random one is made (and printed) when unset.
     #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -141,11 +151,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             },
             state,
             admin_token: Some(admin_token.clone()),
+            log: log_settings(&args),
             ..Default::default()
         },
     };
+    let log_description = describe_log(&settings.bid_intake.log);
     let mut cluster = InProcessCluster::start(settings, store, args.listen).await?;
-    println!("cascade is up ({state_description})");
+    println!("cascade is up ({state_description}; {log_description})");
     print_banner(&cluster, &demo_network, &admin_token);
 
     tokio::select! {
@@ -154,6 +166,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     cluster.shutdown().await?;
     Ok(())
+}
+
+fn log_settings(args: &UpArgs) -> LogSettings {
+    let mut log = LogSettings::default();
+    match (&args.log_nats, args.no_log) {
+        (_, true) => log.sink = SinkKind::None,
+        (Some(url), false) => {
+            log.sink = SinkKind::Jetstream;
+            log.nats_url = url.clone();
+        }
+        (None, false) => {
+            log.sink = SinkKind::File;
+            log.directory = args.log_dir.clone();
+        }
+    }
+    log
+}
+
+fn describe_log(log: &LogSettings) -> String {
+    match log.sink {
+        SinkKind::None => "no decision log".into(),
+        SinkKind::File => format!("decision log in {}", log.directory.display()),
+        SinkKind::Jetstream => format!(
+            "decision log in JetStream {} at {}",
+            log.stream, log.nats_url
+        ),
+    }
 }
 
 /// A decision request for the demo configuration: a 300x250 banner on foobar.com

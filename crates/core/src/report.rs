@@ -149,6 +149,107 @@ pub fn counts_at<const N: usize>(
     })
 }
 
+/// How a call to a network ended, as the report counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallAnswer {
+    /// An ad (or live bid) the impression's filters and floor accepted.
+    Accepted,
+    /// An ad the ad-quality filters refused.
+    Blocked,
+    /// No ad, a refused price, a no-bid reason.
+    NoAd,
+    Timeout,
+    Error,
+}
+
+/// What one call to a network adds to the report: a request, its answer (a bid for a
+/// live bid, a fill for a waterfall call), and its latency. Counted by network-caller as
+/// it calls, and again from the decision log when the report is rebuilt from it.
+pub fn call_counts(
+    unix_seconds: i64,
+    network_id: &str,
+    mediated_bid_id: &str,
+    answer: CallAnswer,
+    live_bid: bool,
+    latency_us: u64,
+) -> [(ReportCell, u64); 3] {
+    let answered = match answer {
+        CallAnswer::Accepted if live_bid => Metric::Bids,
+        CallAnswer::Accepted => Metric::Fills,
+        CallAnswer::Blocked => Metric::Blocked,
+        CallAnswer::NoAd => Metric::NoFills,
+        CallAnswer::Timeout => Metric::Timeouts,
+        CallAnswer::Error => Metric::Errors,
+    };
+    counts_at(
+        unix_seconds,
+        network_id,
+        mediated_bid_id,
+        [
+            (Metric::Requests, 1),
+            (answered, 1),
+            (Metric::latency(latency_us), 1),
+        ],
+    )
+}
+
+/// What a client-side node result adds: like a call (a filled node also a win); a node
+/// the client skipped, or an outcome this version does not know, adds nothing.
+pub fn node_result_counts(
+    unix_seconds: i64,
+    network_id: &str,
+    mediated_bid_id: &str,
+    outcome: &str,
+    latency_ms: u32,
+) -> Vec<(ReportCell, u64)> {
+    let answer = match outcome {
+        "filled" => CallAnswer::Accepted,
+        "no_fill" => CallAnswer::NoAd,
+        "timeout" => CallAnswer::Timeout,
+        "error" => CallAnswer::Error,
+        _ => return Vec::new(),
+    };
+    let latency_us = u64::from(latency_ms) * 1_000;
+    let mut counts = call_counts(
+        unix_seconds,
+        network_id,
+        mediated_bid_id,
+        answer,
+        false,
+        latency_us,
+    )
+    .to_vec();
+    if answer == CallAnswer::Accepted {
+        counts.extend(counts_at(
+            unix_seconds,
+            network_id,
+            mediated_bid_id,
+            [(Metric::Wins, 1)],
+        ));
+    }
+    counts
+}
+
+/// What an impression of network demand adds: the impression and its estimated revenue
+/// (the clearing CPM / 1000, whole micros).
+pub fn impression_counts(
+    unix_seconds: i64,
+    network_id: &str,
+    mediated_bid_id: &str,
+    price_micros: i64,
+) -> [(ReportCell, u64); 2] {
+    let revenue = u64::try_from(price_micros / 1_000).unwrap_or(0);
+    counts_at(
+        unix_seconds,
+        network_id,
+        mediated_bid_id,
+        [
+            (Metric::Impressions, 1),
+            (Metric::EstimatedRevenueMicros, revenue),
+        ],
+    )
+}
+
 /// The days from `from` to `to` (`YYYY-MM-DD`, both included), at most `limit` of them.
 pub fn days_between(from: &str, to: &str, limit: usize) -> Result<Vec<String>, String> {
     let parse = |text: &str| {

@@ -61,3 +61,12 @@ pub mod bench {
         tonic::include_proto!("cascade.bench.v1");
     }
 }
+
+pub mod log {
+    pub mod v1 {
+        tonic::include_proto!("cascade.log.v1");
+
+        /// The schema version this build writes.
+        pub const SCHEMA_VERSION: u32 = 1;
+    }
+}

@@ -6,12 +6,14 @@
 
 pub mod cluster;
 pub mod fake_network;
+pub mod nats;
 pub mod process;
 pub mod redis;
 pub mod tls;
 
 pub use cluster::{ClusterError, ClusterSettings, InProcessCluster};
 pub use fake_network::{Behaviour, FakeNetworks, GRPC_NETWORK, Notice};
+pub use nats::NatsServer;
 pub use process::{ServiceProcess, wait_until_serving};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
 pub use tls::TestCa;

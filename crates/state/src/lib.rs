@@ -12,7 +12,7 @@ mod watcher;
 
 use async_trait::async_trait;
 use cascade_core::config::{ConfigError, Configuration};
-use cascade_core::report::{Metric, ReportCell, counts_at};
+use cascade_core::report::{ReportCell, impression_counts};
 
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, keys as redis_keys};
@@ -159,15 +159,11 @@ pub fn impression_cells(
     if selection.network_id.is_empty() || selection.test {
         return None;
     }
-    let revenue = u64::try_from(selection.price_micros / 1_000).unwrap_or(0);
-    Some(counts_at(
+    Some(impression_counts(
         unix_seconds,
         &selection.network_id,
         &selection.bid_id,
-        [
-            (Metric::Impressions, 1),
-            (Metric::EstimatedRevenueMicros, revenue),
-        ],
+        selection.price_micros,
     ))
 }
 

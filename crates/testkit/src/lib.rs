@@ -7,11 +7,11 @@ pub mod dns;
 pub mod grpcurl;
 pub mod otlp;
 
-pub use cascade_sandbox::{fake_network, process, redis, tls};
+pub use cascade_sandbox::{fake_network, nats, process, redis, tls};
 
 pub use cascade_sandbox::{
-    Behaviour, ClusterSettings, FakeNetworks, GRPC_NETWORK, InProcessCluster, Notice, RedisCluster,
-    RedisOptions, RedisServer, ServiceProcess, TestCa, wait_until_serving,
+    Behaviour, ClusterSettings, FakeNetworks, GRPC_NETWORK, InProcessCluster, NatsServer, Notice,
+    RedisCluster, RedisOptions, RedisServer, ServiceProcess, TestCa, wait_until_serving,
 };
 pub use dns::{FakeDns, LOOPBACK_HOSTS, port_free_on_every_loopback_host};
 pub use otlp::{OtlpCollector, ReceivedSpan};

@@ -25,6 +25,8 @@ use cascade_proto::networkcaller::v1::{
 use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
 
 use crate::notices::{self, BidNotices, NoticeSettings};
+use crate::record::{self, Decided, ImpRecord};
+use cascade_log::DecisionLog;
 
 /// What network-caller builds every network's request from.
 struct NetworkEdge {
@@ -70,6 +72,8 @@ pub struct DecisionService {
     pub(crate) max_selection_ttl: Duration,
     pub(crate) notifier: Notifier,
     pub(crate) notices: NoticeSettings,
+    /// The record of every decision and event.
+    pub(crate) log: DecisionLog,
 }
 
 #[tonic::async_trait]
@@ -83,21 +87,44 @@ impl BidIntake for DecisionService {
         let mut request = request.into_inner();
         let openrtb_json = crate::normalize::openrtb_document(&mut request)?;
         let span = decision_span(&request);
+        // Kept to log a decision that fails.
+        let identity = self.log.enabled().then(|| {
+            let request_id = request.request.as_ref().map(|r| r.id.clone());
+            (
+                request_id.unwrap_or_default(),
+                publisher_id(&request).to_string(),
+            )
+        });
         let response = self
             .decide(request, openrtb_json, caller_timeout)
             .instrument(span.clone())
             .await;
         record_outcome(&span, &response);
-        Ok(Response::new(response?))
+        match response {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                let status = Status::from(error);
+                if let Some((request_id, account_id)) = identity {
+                    self.log.append(record::failed_decision_entry(
+                        request_id, account_id, &status,
+                    ));
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn report_event(
         &self,
         request: Request<ReportEventRequest>,
     ) -> Result<Response<ReportEventResponse>, Status> {
-        let response =
-            crate::events::report_event(self.store.as_ref(), &self.report, request.into_inner())
-                .await?;
+        let response = crate::events::report_event(
+            self.store.as_ref(),
+            &self.report,
+            &self.log,
+            request.into_inner(),
+        )
+        .await?;
         Ok(Response::new(response))
     }
 }
@@ -108,15 +135,7 @@ fn decision_span(request: &DecideRequest) -> tracing::Span {
         return tracing::Span::none();
     }
     let bid_request = request.request.as_ref();
-    let publisher = bid_request
-        .and_then(|r| {
-            r.site
-                .as_ref()
-                .and_then(|s| s.publisher.as_ref())
-                .or_else(|| r.app.as_ref().and_then(|a| a.publisher.as_ref()))
-        })
-        .map(|p| p.id.as_str())
-        .unwrap_or_default();
+    let publisher = publisher_id(request);
     tracing::info_span!(
         "decide",
         request.id = bid_request.map(|r| r.id.as_str()).unwrap_or_default(),
@@ -129,6 +148,21 @@ fn decision_span(request: &DecideRequest) -> tracing::Span {
         winning_sources = tracing::field::Empty,
         error = tracing::field::Empty,
     )
+}
+
+/// The publisher account a request names (site or app `publisher.id`), as sent.
+fn publisher_id(request: &DecideRequest) -> &str {
+    request
+        .request
+        .as_ref()
+        .and_then(|r| {
+            r.site
+                .as_ref()
+                .and_then(|s| s.publisher.as_ref())
+                .or_else(|| r.app.as_ref().and_then(|a| a.publisher.as_ref()))
+        })
+        .map(|p| p.id.as_str())
+        .unwrap_or_default()
 }
 
 fn record_outcome(span: &tracing::Span, response: &Result<DecideResponse, DecideError>) {
@@ -168,15 +202,18 @@ struct Slot {
     ranked: Vec<RankedCandidate>,
     /// The ad-quality filters every ad of this impression must pass.
     quality: AdQuality,
+    /// The candidates as they reached the auction, for the log.
+    logged_candidates: Vec<cascade_log::schema::Candidate>,
 }
 
 impl DecisionService {
     async fn decide(
         &self,
-        request: DecideRequest,
+        mut request: DecideRequest,
         openrtb_json: Vec<u8>,
         caller_timeout: Option<Duration>,
     ) -> Result<DecideResponse, DecideError> {
+        let started = std::time::Instant::now();
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
         // Every price of this decision converts at the rates in force now.
         let rates = snapshot.rates().at(cascade_state::now_unix_seconds());
@@ -195,6 +232,8 @@ impl DecisionService {
             .chained_candidates(&request.chained_selection_ids, &normalized)
             .await?;
         let debug = request.debug;
+        // The log keeps every decision's explanation; the caller gets it with `debug`.
+        let explain = debug || self.log.enabled();
         let client_mode = request.mode() == ExecutionMode::Client;
         let bid_request = request.request.unwrap_or_default();
         // A test request is decided as any other, but fires no notice and counts in no
@@ -267,7 +306,7 @@ impl DecisionService {
                 impid: evaluated.impid.clone(),
                 ..Default::default()
             };
-            if debug {
+            if explain {
                 decision.explanation = Some(explanation(&mut evaluated, bidding_attempts, budget));
             }
             let chained = std::mem::take(&mut chained[index]);
@@ -294,7 +333,13 @@ impl DecisionService {
                 burl: String::new(),
                 ranked: Vec::new(),
                 quality,
+                logged_candidates: Vec::new(),
             });
+        }
+        if self.log.enabled() {
+            for (index, imp) in auction_slots.iter().zip(&auction_imps) {
+                slots[*index].logged_candidates = record::candidates(&imp.candidates);
+            }
         }
 
         self.rank(&mut slots, auction_imps, auction_slots, deadline)
@@ -332,9 +377,43 @@ impl DecisionService {
                 .write(selections, deadline.remaining())
                 .await?;
         }
+        let id = bid_request.id.clone();
+        if self.log.enabled() {
+            let decided = Decided {
+                request_id: bid_request.id.clone(),
+                account_id: normalized.account_id.clone(),
+                account_path: snapshot
+                    .account_path(&normalized.account_id)
+                    .map(String::from)
+                    .collect(),
+                config_version: evaluation.config_version,
+                client_mode,
+                test,
+                budget,
+                elapsed: started.elapsed(),
+                request: bid_request,
+                exchange_bids: std::mem::take(&mut request.exchange_bids),
+                key_values: std::mem::take(&mut request.key_values),
+                chained_selection_ids: std::mem::take(&mut request.chained_selection_ids),
+            };
+            let imps = slots.iter_mut().map(|slot| ImpRecord {
+                decision: &slot.decision,
+                candidates: std::mem::take(&mut slot.logged_candidates),
+                winner_candidate_id: slot.won.as_ref().map_or("", |w| w.candidate_id.as_str()),
+            });
+            self.log.append(record::decision_entry(decided, imps));
+        }
         Ok(DecideResponse {
-            id: bid_request.id,
-            decisions: slots.into_iter().map(|slot| slot.decision).collect(),
+            id,
+            decisions: slots
+                .into_iter()
+                .map(|mut slot| {
+                    if !debug {
+                        slot.decision.explanation = None;
+                    }
+                    slot.decision
+                })
+                .collect(),
             config_version: evaluation.config_version,
         })
     }

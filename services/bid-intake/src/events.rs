@@ -1,11 +1,14 @@
 //! Event reports: impressions, clicks and client-side node results, recorded once per
 //! selection and event type, and acknowledged only once stored.
 
-use cascade_core::report::{Metric, counts_at};
+use cascade_core::report::node_result_counts;
 use cascade_proto::decision::v1::{
     AttemptOutcome, EventType, ReportEventRequest, ReportEventResponse,
 };
 use cascade_state::{Event, EventKind, EventRecorded, ReportRecorder, Selection, Store};
+
+use cascade_log::DecisionLog;
+use cascade_log::schema::{self, LogEntry};
 
 use crate::error::DecideError;
 use crate::normalize::MAX_ID_LEN;
@@ -13,6 +16,7 @@ use crate::normalize::MAX_ID_LEN;
 pub async fn report_event(
     store: &dyn Store,
     report: &ReportRecorder,
+    log: &DecisionLog,
     request: ReportEventRequest,
 ) -> Result<ReportEventResponse, DecideError> {
     if request.selection_id.is_empty() || request.selection_id.len() > MAX_ID_LEN {
@@ -57,9 +61,22 @@ pub async fn report_event(
             if event.kind == EventKind::NodeResult {
                 count_node_result(report, &selection, &event.detail, request.node_latency_ms);
             }
+            if log.enabled() {
+                log.append(event_entry(
+                    &event,
+                    Some(&selection),
+                    false,
+                    request.node_latency_ms,
+                ));
+            }
             Ok(ReportEventResponse { duplicate: false })
         }
-        EventRecorded::Duplicate => Ok(ReportEventResponse { duplicate: true }),
+        EventRecorded::Duplicate => {
+            if log.enabled() {
+                log.append(event_entry(&event, None, true, request.node_latency_ms));
+            }
+            Ok(ReportEventResponse { duplicate: true })
+        }
         EventRecorded::UnknownSelection => Err(DecideError::NotFound {
             field: "selection_id".into(),
             message: format!("no selection {:?} (unknown or expired)", event.selection_id),
@@ -67,10 +84,44 @@ pub async fn report_event(
     }
 }
 
-/// Client-side mediation in the network performance report, like server-side: a node
-/// the client called is a request of its network and a fill, no fill, timeout or error;
-/// a filled node is also a win (its impression counts when it is reported). A node the
-/// client skipped was not asked. Counted once, as the event is.
+/// The log's entry of an event: what it was about, from its selection (a repeat, which
+/// counted nothing, names only the selection).
+fn event_entry(
+    event: &Event,
+    selection: Option<&Selection>,
+    duplicate: bool,
+    node_latency_ms: u32,
+) -> LogEntry {
+    let node_result = event.kind == EventKind::NodeResult;
+    let mut logged = schema::Event {
+        selection_id: event.selection_id.clone(),
+        kind: event.kind.as_str().to_string(),
+        duplicate,
+        node_outcome: if node_result {
+            event.detail.clone()
+        } else {
+            String::new()
+        },
+        node_latency_ms: if node_result { node_latency_ms } else { 0 },
+        ..Default::default()
+    };
+    if let Some(selection) = selection {
+        logged.request_id = selection.request_id.clone();
+        logged.impid = selection.impid.clone();
+        logged.account_id = selection.account_id.clone();
+        logged.network_id = selection.network_id.clone();
+        logged.bid_id = selection.bid_id.clone();
+        logged.price_micros = selection.price_micros;
+        logged.test = selection.test;
+    }
+    LogEntry {
+        event: Some(logged),
+        ..Default::default()
+    }
+}
+
+/// Client-side mediation in the network performance report, like server-side
+/// ([`node_result_counts`]). Counted once, as the event is.
 fn count_node_result(
     report: &ReportRecorder,
     selection: &Selection,
@@ -80,27 +131,11 @@ fn count_node_result(
     if selection.network_id.is_empty() || selection.test {
         return;
     }
-    let answered = match outcome {
-        cascade_state::FILLED => Metric::Fills,
-        "no_fill" => Metric::NoFills,
-        "timeout" => Metric::Timeouts,
-        "error" => Metric::Errors,
-        _ => return,
-    };
-    let now = cascade_state::now_unix_seconds();
-    let latency = Metric::latency(u64::from(latency_ms) * 1_000);
-    report.count(counts_at(
-        now,
+    report.count(node_result_counts(
+        cascade_state::now_unix_seconds(),
         &selection.network_id,
         &selection.bid_id,
-        [(Metric::Requests, 1), (answered, 1), (latency, 1)],
+        outcome,
+        latency_ms,
     ));
-    if answered == Metric::Fills {
-        report.count(counts_at(
-            now,
-            &selection.network_id,
-            &selection.bid_id,
-            [(Metric::Wins, 1)],
-        ));
-    }
 }

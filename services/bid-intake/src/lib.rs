@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod normalize;
 mod notices;
+mod record;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use cascade_admin::{AdminService, ReportService};
 use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
+use cascade_log::DecisionLog;
+pub use cascade_log::{LogSettings, SinkKind};
 use cascade_networks::notices::Notifier;
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::admin::v1::reports_server::ReportsServer;
@@ -70,6 +73,8 @@ pub struct Settings {
     /// Selections kept in memory while the state store is down, flushed when it is
     /// back; beyond this many, decisions fail UNAVAILABLE rather than lose them.
     pub selection_backlog_capacity: usize,
+    /// The decision log: one entry per decision and event.
+    pub log: LogSettings,
 }
 
 impl Default for Settings {
@@ -92,6 +97,7 @@ impl Default for Settings {
             notices: NoticeSettings::default(),
             admin_token: None,
             selection_backlog_capacity: 100_000,
+            log: LogSettings::default(),
         }
     }
 }
@@ -102,6 +108,7 @@ impl Validate for Settings {
         self.state.validate_under("state")?;
         self.resolver.validate_under("resolver")?;
         self.notices.validate_under("notices")?;
+        self.log.validate_under("log")?;
         at_least("default_budget_ms", self.default_budget_ms, 1)?;
         let within_max = |key: &str, value: u64| {
             require(value <= self.max_budget_ms, key, || {
@@ -150,7 +157,12 @@ pub enum Error {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Resolver(#[from] ResolverError),
+    #[error("cannot open the decision log: {0}")]
+    Log(#[from] cascade_log::LogError),
 }
+
+/// How long a stopping bid-intake waits for the decision log to write what it queued.
+const LOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Loads the snapshot, connects to the other services (lazily: they may start after
 /// bid-intake; balanced over every address their names resolve to), and serves until
@@ -161,6 +173,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let log = DecisionLog::open(&settings.log).await?;
     let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await;
     let snapshot = watch.cell();
     let report = ReportRecorder::new(store.clone(), settings.state.report_flush_interval());
@@ -204,6 +217,7 @@ pub async fn serve(
         max_selection_ttl: Duration::from_secs(settings.max_selection_ttl_secs),
         notifier,
         notices: settings.notices.clone(),
+        log: log.clone(),
     };
     let admin = AdminService::new(store.clone()).into_server(settings.admin_token.clone());
     let reports = ReportService::new(store).into_server(settings.admin_token.clone());
@@ -224,7 +238,8 @@ pub async fn serve(
     .await;
     let _ = stop_billing.send(true);
     let _ = billing.await;
-    served?;
     report.flush().await;
+    log.close(LOG_CLOSE_TIMEOUT).await;
+    served?;
     Ok(())
 }

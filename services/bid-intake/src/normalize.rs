@@ -444,6 +444,7 @@ fn exchange_candidates(
                 };
                 let price = Micros::from_openrtb_price(bid.price)
                     .map_err(|e| DecideError::invalid(format!("{field}.price"), e.to_string()))?;
+                let stated = price;
                 let price = rates.to_usd(price, &response.cur).map_err(|e| {
                     DecideError::invalid(format!("exchange_bids[{r}].cur"), e.to_string())
                 })?;
@@ -498,6 +499,7 @@ fn exchange_candidates(
                     attr: bid.attr.clone(),
                     original_cur,
                     rate_micros,
+                    original_price_micros: stated.0,
                     ..Default::default()
                 });
             }

@@ -17,7 +17,7 @@ use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
 use cascade_core::money::Rates;
 use cascade_core::privacy::{RequestSignals, Signals};
-use cascade_core::report::{Metric, ReportCell, counts_at};
+use cascade_core::report::{CallAnswer, ReportCell, call_counts};
 use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
@@ -363,6 +363,8 @@ enum Called {
 struct Accepted {
     ad: Ad,
     price: Micros,
+    /// The price as the network stated it, in its currency.
+    stated: Micros,
     original_cur: String,
     rate_micros: i64,
 }
@@ -374,6 +376,7 @@ impl Accepted {
         let Accepted {
             ad,
             price,
+            stated,
             original_cur,
             rate_micros,
         } = self;
@@ -398,6 +401,7 @@ impl Accepted {
         }
         candidate.original_cur = original_cur;
         candidate.rate_micros = rate_micros;
+        candidate.original_price_micros = stated.0;
         price
     }
 }
@@ -542,6 +546,7 @@ impl NetworkCallerService {
         };
         let accepted = answered.flatten();
         if !withheld.is_empty() {
+            attempt.withheld = withheld.iter().map(|w| w.to_string()).collect();
             let note = format!("withheld {} ({})", withheld.join(", "), verdict.describe());
             attempt.detail = if attempt.detail.is_empty() {
                 note
@@ -549,6 +554,7 @@ impl NetworkCallerService {
                 format!("{}; {note}", attempt.detail)
             };
         }
+        attempt.called = true;
         if !call.edge.test {
             self.report
                 .count(report_cells(call, attempt, accepted.is_some(), latency));
@@ -572,6 +578,7 @@ impl NetworkCallerService {
             candidate_id: candidate_id.clone(),
             source: SourceKind::BiddingNetwork as i32,
             network_id: ask.network_id.clone(),
+            bid_id: ask.bid_id.clone(),
             ..Default::default()
         };
         let Some(network) = snapshot.network(&ask.network_id) else {
@@ -662,6 +669,7 @@ impl NetworkCallerService {
                 candidate_id: candidate.id.clone(),
                 source: candidate.source,
                 network_id: candidate.network_id.clone(),
+                bid_id: candidate.bid_id.clone(),
                 ..Default::default()
             };
             match step {
@@ -768,6 +776,7 @@ fn judge(
                 )
             };
             Some(Accepted {
+                stated: ad.price.unwrap_or(price),
                 ad,
                 price,
                 original_cur,
@@ -846,23 +855,19 @@ fn report_cells(
     accepted: bool,
     latency: Duration,
 ) -> [(ReportCell, u64); 3] {
-    let answered = match (attempt.outcome(), call.network.mode) {
-        (_, NetworkMode::Bidding) if accepted => Metric::Bids,
-        (_, NetworkMode::Waterfall) if accepted => Metric::Fills,
-        (AttemptOutcome::NoFill, _) if attempt.reason == "blocked_ad" => Metric::Blocked,
-        (AttemptOutcome::Timeout, _) => Metric::Timeouts,
-        (AttemptOutcome::Error, _) => Metric::Errors,
-        _ => Metric::NoFills,
+    let answer = match attempt.outcome() {
+        _ if accepted => CallAnswer::Accepted,
+        AttemptOutcome::NoFill if attempt.reason == "blocked_ad" => CallAnswer::Blocked,
+        AttemptOutcome::Timeout => CallAnswer::Timeout,
+        AttemptOutcome::Error => CallAnswer::Error,
+        _ => CallAnswer::NoAd,
     };
-    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    counts_at(
+    call_counts(
         cascade_state::now_unix_seconds(),
         &call.network.id,
         call.bid_id,
-        [
-            (Metric::Requests, 1),
-            (answered, 1),
-            (Metric::latency(latency_us), 1),
-        ],
+        answer,
+        call.network.mode == NetworkMode::Bidding,
+        u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
     )
 }

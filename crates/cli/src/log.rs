@@ -1,0 +1,206 @@
+//! `cascade log`: the decision log as JSON lines (`tail`, `query`), and the network
+//! performance report rebuilt from it (`report`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cascade_core::report::Granularity;
+use cascade_log::EntryKind;
+use cascade_log::read::{self, Filter, Source};
+use cascade_log::schema::LogEntry;
+
+#[derive(clap::Args)]
+pub struct LogArgs {
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum LogCommand {
+    /// The last entries, oldest first; with `--follow`, then every new one.
+    Tail {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How many of the last entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing entries as they are written.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Every entry that matches, oldest first.
+    Query {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// The network performance report rebuilt from the log (what the counters of
+    /// `cascade report` say, for the same traffic).
+    Report {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Rows per day or per hour.
+        #[arg(long, value_enum, default_value = "day")]
+        by: By,
+        /// Comma-separated values (money in micros) instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum By {
+    Day,
+    Hour,
+}
+
+#[derive(clap::Args)]
+pub struct SourceArgs {
+    /// The directory of segment files (`cascade up --log-dir`, `log.directory`).
+    #[arg(long, default_value = "cascade-log", value_name = "DIR")]
+    dir: PathBuf,
+    /// Read a NATS JetStream stream instead (`nats://HOST:PORT`).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// The stream (`log.stream`).
+    #[arg(long, default_value = "CASCADE_LOG")]
+    stream: String,
+}
+
+impl SourceArgs {
+    fn source(&self) -> Source {
+        match &self.nats {
+            Some(url) => Source::JetStream {
+                url: url.clone(),
+                stream: self.stream.clone(),
+            },
+            None => Source::Directory(self.dir.clone()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct FilterArgs {
+    /// Only decisions, or only events.
+    #[arg(long, value_enum)]
+    kind: Option<Kind>,
+    /// Only entries of this publisher account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Only the decision of this request id and its events.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Only decisions that asked or were won by this network, and its events.
+    #[arg(long)]
+    network: Option<String>,
+    /// From this time: RFC 3339 (`2026-12-02T10:00:00Z`) or Unix milliseconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Up to (not including) this time.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Decision,
+    Event,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            kind: self.kind.map(|kind| match kind {
+                Kind::Decision => EntryKind::Decision,
+                Kind::Event => EntryKind::Event,
+            }),
+            account_id: self.account.clone(),
+            request_id: self.request_id.clone(),
+            network_id: self.network.clone(),
+            since_ms: self
+                .since
+                .as_deref()
+                .map(unix_millis)
+                .transpose()
+                .context("--since")?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(unix_millis)
+                .transpose()
+                .context("--until")?,
+        })
+    }
+}
+
+/// RFC 3339 or Unix milliseconds.
+fn unix_millis(text: &str) -> anyhow::Result<i64> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Ok(millis);
+    }
+    let timestamp: jiff::Timestamp = text
+        .parse()
+        .with_context(|| format!("{text:?} is neither RFC 3339 nor Unix milliseconds"))?;
+    Ok(timestamp.as_millisecond())
+}
+
+pub async fn run(args: LogArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut print = |entry: LogEntry| match serde_json::to_string(&entry) {
+        // A closed pipe (`| head`) ends the listing.
+        Ok(line) => writeln!(out, "{line}").is_ok(),
+        Err(error) => {
+            eprintln!("error: an entry cannot be shown as JSON: {error}");
+            true
+        }
+    };
+    match args.command {
+        LogCommand::Tail {
+            source,
+            filter,
+            lines,
+            follow,
+        } => {
+            read::tail(
+                &source.source(),
+                &filter.filter()?,
+                lines,
+                follow,
+                &mut print,
+            )
+            .await?;
+        }
+        LogCommand::Query { source, filter } => {
+            read::scan(&source.source(), &filter.filter()?, &mut print).await?;
+        }
+        LogCommand::Report {
+            source,
+            filter,
+            by,
+            csv,
+        } => {
+            let entries = read::collect(&source.source(), &filter.filter()?).await?;
+            let granularity = match by {
+                By::Day => Granularity::Day,
+                By::Hour => Granularity::Hour,
+            };
+            let rows: Vec<_> = cascade_log::report::rebuild(&entries, granularity)
+                .into_iter()
+                .map(cascade_admin::row_to_proto)
+                .collect();
+            let shown = if csv {
+                crate::report::csv(&rows)
+            } else {
+                crate::report::table(&rows)
+            };
+            write!(out, "{shown}")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The network performance report rebuilt from the log: each logged fact adds to the
+//! same cells, by the same rules ([`cascade_core::report`]), as the counters the
+//! services keep while they run; so for the same traffic the two agree.
+
+use cascade_core::report::{
+    CallAnswer, Granularity, Metric, ReportCell, ReportRow, build_report, call_counts, counts_at,
+    impression_counts, node_result_counts,
+};
+
+use crate::schema::{Decision, Event, LogEntry};
+
+/// The report cells `entries` add up to.
+pub fn counts<'a>(entries: impl IntoIterator<Item = &'a LogEntry>) -> Vec<(ReportCell, u64)> {
+    let mut counts = Vec::new();
+    for entry in entries {
+        let unix_seconds = entry.time_unix_ms.div_euclid(1_000);
+        if let Some(decision) = &entry.decision {
+            decision_counts(decision, unix_seconds, &mut counts);
+        }
+        if let Some(event) = &entry.event {
+            event_counts(event, unix_seconds, &mut counts);
+        }
+    }
+    counts
+}
+
+/// The report of `entries`, by hour or by day (without what networks reported paying,
+/// which is not in the log).
+pub fn rebuild<'a>(
+    entries: impl IntoIterator<Item = &'a LogEntry>,
+    granularity: Granularity,
+) -> Vec<ReportRow> {
+    build_report(&counts(entries), &[], granularity)
+}
+
+fn decision_counts(decision: &Decision, unix_seconds: i64, counts: &mut Vec<(ReportCell, u64)>) {
+    if decision.test {
+        return;
+    }
+    for imp in &decision.imps {
+        for attempt in imp.attempts.iter().filter(|a| a.called) {
+            let answer = match attempt.outcome.as_str() {
+                "ATTEMPT_OUTCOME_FILLED" => CallAnswer::Accepted,
+                "ATTEMPT_OUTCOME_NO_FILL" if attempt.reason == "blocked_ad" => CallAnswer::Blocked,
+                "ATTEMPT_OUTCOME_TIMEOUT" => CallAnswer::Timeout,
+                "ATTEMPT_OUTCOME_ERROR" => CallAnswer::Error,
+                _ => CallAnswer::NoAd,
+            };
+            counts.extend(call_counts(
+                unix_seconds,
+                &attempt.network_id,
+                &attempt.bid_id,
+                answer,
+                attempt.live_bid,
+                u64::from(attempt.latency_us),
+            ));
+        }
+        if let Some(winner) = &imp.winner
+            && !winner.network_id.is_empty()
+            && winner.source != "SOURCE_KIND_CHAINED_OUTCOME"
+        {
+            counts.extend(counts_at(
+                unix_seconds,
+                &winner.network_id,
+                &winner.bid_id,
+                [(Metric::Wins, 1)],
+            ));
+        }
+    }
+}
+
+fn event_counts(event: &Event, unix_seconds: i64, counts: &mut Vec<(ReportCell, u64)>) {
+    if event.duplicate || event.test || event.network_id.is_empty() {
+        return;
+    }
+    match event.kind.as_str() {
+        "impression" => counts.extend(impression_counts(
+            unix_seconds,
+            &event.network_id,
+            &event.bid_id,
+            event.price_micros,
+        )),
+        "node_result" => counts.extend(node_result_counts(
+            unix_seconds,
+            &event.network_id,
+            &event.bid_id,
+            &event.node_outcome,
+            event.node_latency_ms,
+        )),
+        _ => {}
+    }
+}

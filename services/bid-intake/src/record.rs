@@ -1,0 +1,244 @@
+//! The decision log's entries, built from what a decision or event already holds: the
+//! candidates as they reached the auction, the explanation (kept for every decision
+//! while the log is on), the winner. Redaction and encoding happen later, in the
+//! log's writer, off the hot path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cascade_core::Micros;
+use cascade_core::money::Factor;
+use cascade_log::schema as log;
+use cascade_proto::auction::v1::Candidate;
+use cascade_proto::decision::v1::{
+    Attempt, AttemptOutcome, ExecutionMode, ImpDecision, NoFillReason, SourceKind,
+};
+use cascade_proto::openrtb::v1::{BidRequest, BidResponse};
+
+/// What a decision was about, beside its impressions.
+pub(crate) struct Decided {
+    pub request_id: String,
+    pub account_id: String,
+    pub account_path: Vec<String>,
+    pub config_version: u64,
+    pub client_mode: bool,
+    pub test: bool,
+    pub budget: Duration,
+    pub elapsed: Duration,
+    pub request: BidRequest,
+    pub exchange_bids: Vec<BidResponse>,
+    pub key_values: HashMap<String, String>,
+    pub chained_selection_ids: Vec<String>,
+}
+
+/// One impression as decided: its decision (with its explanation), the candidates that
+/// reached the auction, and the winning candidate's id.
+pub(crate) struct ImpRecord<'a> {
+    pub decision: &'a ImpDecision,
+    pub candidates: Vec<log::Candidate>,
+    pub winner_candidate_id: &'a str,
+}
+
+pub(crate) fn decision_entry<'a>(
+    decided: Decided,
+    imps: impl Iterator<Item = ImpRecord<'a>>,
+) -> log::LogEntry {
+    let mode = if decided.client_mode {
+        ExecutionMode::Client
+    } else {
+        ExecutionMode::Server
+    };
+    let imps: Vec<log::Imp> = imps.map(imp).collect();
+    let networks = imps
+        .iter()
+        .flat_map(|imp| &imp.attempts)
+        .filter_map(|attempt| {
+            if attempt.reason == "no_consent" {
+                Some(log::NetworkPrivacy {
+                    network_id: attempt.network_id.clone(),
+                    skipped: true,
+                    detail: attempt.detail.clone(),
+                })
+            } else if !attempt.withheld.is_empty() {
+                Some(log::NetworkPrivacy {
+                    network_id: attempt.network_id.clone(),
+                    skipped: false,
+                    detail: format!("withheld {}", attempt.withheld.join(", ")),
+                })
+            } else {
+                None
+            }
+        })
+        .collect();
+    log::LogEntry {
+        decision: Some(log::Decision {
+            request_id: decided.request_id,
+            account_id: decided.account_id,
+            account_path: decided.account_path,
+            config_version: decided.config_version,
+            mode: mode.as_str_name().to_string(),
+            test: decided.test,
+            budget_ms: millis(decided.budget),
+            elapsed_us: u32::try_from(decided.elapsed.as_micros()).unwrap_or(u32::MAX),
+            privacy: Some(log::Privacy {
+                networks,
+                ..Default::default()
+            }),
+            imps,
+            request: Some(decided.request),
+            exchange_bids: decided.exchange_bids,
+            key_values: decided.key_values,
+            chained_selection_ids: decided.chained_selection_ids,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A decision that failed: what the caller was told.
+pub(crate) fn failed_decision_entry(
+    request_id: String,
+    account_id: String,
+    status: &tonic::Status,
+) -> log::LogEntry {
+    log::LogEntry {
+        decision: Some(log::Decision {
+            request_id,
+            account_id,
+            error_code: format!("{:?}", status.code()),
+            error: status.message().to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every candidate of an impression as it reached the auction.
+pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
+    candidates
+        .iter()
+        .map(|c| {
+            let factor = match c.bid_adjustment_ppm {
+                0 => Factor::ONE,
+                ppm => Factor(ppm),
+            };
+            log::Candidate {
+                id: c.id.clone(),
+                source: c.source().as_str_name().to_string(),
+                seat: c.seat.clone(),
+                network_id: c.network_id.clone(),
+                bid_id: c.bid_id.clone(),
+                dealid: c.dealid.clone(),
+                crid: c.crid.clone(),
+                adomain: c.adomain.clone(),
+                original_price_micros: if c.original_price_micros == 0 {
+                    c.bid_micros
+                } else {
+                    c.original_price_micros
+                },
+                original_cur: c.original_cur.clone(),
+                rate_micros: c.rate_micros,
+                price_micros: c.bid_micros,
+                bid_adjustment_ppm: c.bid_adjustment_ppm,
+                adjusted_price_micros: factor.apply(Micros(c.bid_micros)).0,
+            }
+        })
+        .collect()
+}
+
+fn imp(record: ImpRecord<'_>) -> log::Imp {
+    let decision = record.decision;
+    let explanation = decision.explanation.clone().unwrap_or_default();
+    log::Imp {
+        impid: decision.impid.clone(),
+        applied_rule_id: explanation.applied_rule_id,
+        rule_account_id: explanation.rule_account_id,
+        rule_inherited: explanation.rule_inherited,
+        matched_rule_ids: explanation.matched_rule_ids,
+        floor_micros: explanation.floor_micros,
+        candidates: record.candidates,
+        drops: explanation
+            .dropped
+            .into_iter()
+            .map(|d| log::Drop {
+                source: d.source().as_str_name().to_string(),
+                candidate_id: d.candidate_id,
+                price_micros: d.price_micros,
+                reason: d.reason,
+                detail: d.detail,
+                loss_code: d.loss_code,
+            })
+            .collect(),
+        attempts: explanation.attempts.into_iter().map(attempt).collect(),
+        excluded: explanation
+            .excluded
+            .into_iter()
+            .map(|e| log::Excluded {
+                id: e.id,
+                reason: e.reason,
+            })
+            .collect(),
+        winner: decision.winner.as_ref().map(|w| log::Winner {
+            selection_id: w.selection_id.clone(),
+            candidate_id: record.winner_candidate_id.to_string(),
+            source: w.source().as_str_name().to_string(),
+            seat: w.seat.clone(),
+            network_id: w.network_id.clone(),
+            bid_id: w.bid_id.clone(),
+            crid: w.crid.clone(),
+            dealid: w.dealid.clone(),
+            adomain: w.adomain.clone(),
+            price_micros: w.price_micros,
+            cur: w.cur.clone(),
+            original_cur: w.original_cur.clone(),
+            rate_micros: w.rate_micros,
+        }),
+        no_fill_reason: match decision.no_fill_reason() {
+            NoFillReason::Unspecified => String::new(),
+            reason => reason.as_str_name().to_string(),
+        },
+        chain: decision
+            .chain
+            .iter()
+            .map(|node| log::ChainNode {
+                selection_id: node.selection_id.clone(),
+                source: node.source().as_str_name().to_string(),
+                network_id: node.network_id.clone(),
+                bid_id: node.bid_id.clone(),
+                price_micros: node.price_micros,
+                floor_micros: node.floor_micros,
+            })
+            .collect(),
+    }
+}
+
+fn attempt(attempt: Attempt) -> log::Attempt {
+    let nbr = attempt
+        .reason
+        .strip_prefix("nbr_")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    log::Attempt {
+        source: attempt.source().as_str_name().to_string(),
+        live_bid: attempt.source() == SourceKind::BiddingNetwork,
+        outcome: match attempt.outcome() {
+            AttemptOutcome::Unspecified => String::new(),
+            outcome => outcome.as_str_name().to_string(),
+        },
+        candidate_id: attempt.candidate_id,
+        network_id: attempt.network_id,
+        bid_id: attempt.bid_id,
+        reason: attempt.reason,
+        detail: attempt.detail,
+        latency_us: attempt.latency_us,
+        floor_micros: attempt.floor_micros,
+        price_micros: attempt.price_micros,
+        nbr,
+        called: attempt.called,
+        withheld: attempt.withheld,
+    }
+}
+
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
