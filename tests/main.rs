@@ -5,6 +5,7 @@
 
 mod balancing;
 mod decide;
+mod decision_log;
 mod deploy;
 mod edge;
 mod quickstart;
