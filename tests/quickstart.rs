@@ -1,11 +1,12 @@
 //! The README's quick start, as a user runs it: `cascade up` (embedded state, no Redis;
-//! or on a Redis Cluster), then the `grpcurl` command it prints, then Ctrl-C.
+//! or on a Redis Cluster), then the `grpcurl` command it prints, then Ctrl-C; the
+//! decision is in the log `cascade log` reads.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{decide_at, winner};
+use crate::support::{decide_at, run_cascade, winner};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -28,8 +29,10 @@ async fn cascade_up_keeps_its_state_in_a_redis_cluster_when_asked() {
 /// Runs `cascade up` with `extra` arguments, decides with the command its banner prints,
 /// and stops it with Ctrl-C.
 async fn up_serves_the_decision_its_banner_prints(extra: &[&str]) {
+    let log = tempfile::tempdir().unwrap();
+    let log_dir = log.path().to_str().unwrap();
     let mut up = tokio::process::Command::new(cascade_testkit::process::binary_path("cascade"))
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["up", "--listen", "127.0.0.1:0", "--log-dir", log_dir])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -68,4 +71,17 @@ async fn up_serves_the_decision_its_banner_prints(extra: &[&str]) {
         .expect("cascade up did not stop on Ctrl-C")
         .unwrap();
     assert!(status.success(), "cascade up exited with {status}");
+    // Stopping wrote what the log had queued.
+    let request_id = request["request"]["id"].as_str().unwrap();
+    let logged = run_cascade(
+        &["log", "query", "--dir", log_dir, "--request-id", request_id],
+        &[],
+    )
+    .await;
+    let entry: Value = serde_json::from_str(logged.trim()).unwrap();
+    assert_eq!(
+        entry["decision"]["imps"][0]["winner"]["selection_id"],
+        winner(&response)["selectionId"],
+        "{logged}"
+    );
 }

@@ -252,11 +252,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let targeting = ServiceProcess::start_binary(&targeting_bin?, &state, &quiet).await?;
     let auction = ServiceProcess::start_binary(&auction_bin?, "", &quiet).await?;
     let network_caller = ServiceProcess::start_binary(&network_caller_bin?, &state, &quiet).await?;
-    let bid_intake = ServiceProcess::start_binary(
-        &bid_intake_bin?,
+    let bid_intake_bin = bid_intake_bin?;
+    let bid_intake_settings = format!(
+        "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
+        targeting.addr, auction.addr, network_caller.addr
+    );
+    let bid_intake =
+        ServiceProcess::start_binary(&bid_intake_bin, &bid_intake_settings, &quiet).await?;
+    // A second bid-intake, the same in all but its decision log (segment files), for the
+    // cost of the log measured in the same run.
+    let log_dir = std::env::temp_dir().join(format!(
+        "cascade-bench-log-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let logged_bid_intake = ServiceProcess::start_binary(
+        &bid_intake_bin,
         &format!(
-            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
-            targeting.addr, auction.addr, network_caller.addr
+            "{bid_intake_settings}\n[log]\nsink = \"file\"\ndirectory = {:?}\n",
+            log_dir.display().to_string()
         ),
         &quiet,
     )
@@ -302,6 +315,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|run| run.completed() + run.errors.values().sum::<u64>())
         .sum::<u64>() as f64;
     let [_, decide_max, decide_half] = decide_runs;
+    let [logged_warm_up, logged_max, logged_half] = max_then_half(
+        "decisions with the decision log",
+        LoadArgs {
+            target: format!("http://{}", logged_bid_intake.addr),
+            ..load.clone()
+        },
+    )
+    .await?;
+    let log_bytes: u64 = cascade_log::segments(&log_dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    let _ = std::fs::remove_dir_all(&log_dir);
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
     let reads: u64 = READ_COMMANDS.iter().map(|c| delta(c)).sum();
@@ -326,6 +354,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             decide_half.latency_ms(quantile) / echo_half.latency_ms(quantile)
         );
     }
+    println!();
+    println!("| the decision log's cost | log on | log off | ratio |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| max throughput (closed loop) | {:.0}/s | {:.0}/s | {:.2} |",
+        logged_max.throughput(),
+        decide_max.throughput(),
+        logged_max.throughput() / decide_max.throughput()
+    );
+    for (name, quantile) in [("p50", 0.5), ("p99", 0.99)] {
+        println!(
+            "| {name} at half the max (open loop) | {:.3} ms | {:.3} ms | {:.2} |",
+            logged_half.latency_ms(quantile),
+            decide_half.latency_ms(quantile),
+            logged_half.latency_ms(quantile) / decide_half.latency_ms(quantile)
+        );
+    }
+    let logged_decisions =
+        (logged_warm_up.completed() + logged_max.completed() + logged_half.completed()) as f64;
+    println!(
+        "The log took {:.0} bytes per decision on disk (compressed segments).",
+        log_bytes as f64 / logged_decisions.max(1.0)
+    );
     println!();
     println!(
         "Redis during the decision runs ({decisions:.0} decisions): {reads} reads ({:.3} per decision), {sets} SETs ({:.3} per decision, one pipeline each), {report_writes} report counter writes (background flushes, once a second)",

@@ -419,6 +419,52 @@ mod tests {
     }
 
     #[test]
+    fn a_call_counts_a_request_its_answer_and_its_latency() {
+        let metrics = |answer, live_bid| {
+            call_counts(0, "coolads", "bid", answer, live_bid, 42_000).map(|(c, n)| (c.metric, n))
+        };
+        assert_eq!(
+            metrics(CallAnswer::Accepted, true),
+            [
+                (Metric::Requests, 1),
+                (Metric::Bids, 1),
+                (Metric::latency(42_000), 1)
+            ]
+        );
+        assert_eq!(metrics(CallAnswer::Accepted, false)[1], (Metric::Fills, 1));
+        assert_eq!(metrics(CallAnswer::Blocked, false)[1], (Metric::Blocked, 1));
+        assert_eq!(metrics(CallAnswer::NoAd, true)[1], (Metric::NoFills, 1));
+        assert_eq!(
+            metrics(CallAnswer::Timeout, false)[1],
+            (Metric::Timeouts, 1)
+        );
+        assert_eq!(metrics(CallAnswer::Error, false)[1], (Metric::Errors, 1));
+    }
+
+    #[test]
+    fn a_filled_node_is_a_win_and_a_skipped_one_counts_nothing() {
+        let metrics = |outcome| -> Vec<Metric> {
+            node_result_counts(0, "coolads", "bid", outcome, 40)
+                .into_iter()
+                .map(|(c, _)| c.metric)
+                .collect()
+        };
+        assert_eq!(
+            metrics("filled"),
+            [
+                Metric::Requests,
+                Metric::Fills,
+                Metric::latency(40_000),
+                Metric::Wins
+            ]
+        );
+        assert_eq!(metrics("no_fill")[1], Metric::NoFills);
+        assert!(metrics("skipped").is_empty());
+        let revenue = impression_counts(0, "coolads", "bid", 2_500_999);
+        assert_eq!(revenue[1].1, 2_500, "CPM / 1000, whole micros");
+    }
+
+    #[test]
     fn cells_survive_their_field_encoding() {
         for metric in [
             Metric::Requests,

@@ -6,7 +6,7 @@
 //! decision was made. Exchange bids are logged without their markup, and a request over
 //! the size cap is left out with its size.
 
-use cascade_core::privacy::{self, RequestSignals, Signals};
+use cascade_core::privacy::{self, Permissions, RequestSignals, Signals};
 use cascade_proto::openrtb::v1::{BidRequest, Regs};
 use prost::Message as _;
 
@@ -68,6 +68,10 @@ fn redacted(request: BidRequest, privacy: &mut Privacy) -> (BidRequest, Vec<Stri
         networks: std::mem::take(&mut privacy.networks),
     };
     let permissions = Signals::read(&signals).permissions(None).permissions;
+    if permissions == Permissions::ALL {
+        // Nothing to withhold: the request is kept as it came, with no JSON round trip.
+        return (request, Vec::new());
+    }
     let Ok(mut document) = serde_json::to_value(&request) else {
         return (BidRequest::default(), vec!["request".into()]);
     };
