@@ -47,12 +47,23 @@ impl Notifier {
     /// Fires a win or loss notice in the background; counted as fired, failed or
     /// dropped (too many in flight) in `cascade_notices_total`.
     pub fn fire(&self, kind: NoticeKind, url: String) {
+        self.fire_then(kind, url, |_| {});
+    }
+
+    /// [`Notifier::fire`], then `done` with how it went: `fired`, `failed` or `dropped`.
+    pub fn fire_then(
+        &self,
+        kind: NoticeKind,
+        url: String,
+        done: impl FnOnce(&'static str) + Send + 'static,
+    ) {
         if url.is_empty() {
             return;
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             count(kind, "dropped");
             tracing::debug!(kind = kind.name(), "notice dropped: too many in flight");
+            done("dropped");
             return;
         };
         let notifier = self.clone();
@@ -66,6 +77,7 @@ impl Notifier {
             };
             count(kind, outcome);
             drop(permit);
+            done(outcome);
         });
     }
 

@@ -523,7 +523,7 @@ impl DecisionService {
                     self.notices.exchange,
                 );
                 if !test && let Some(nurl) = settled.fire_nurl {
-                    self.notifier.fire(NoticeKind::Win, nurl);
+                    self.fire_notice(NoticeKind::Win, nurl, auction_id, &slot.decision.impid);
                 }
                 slot.burl = settled.keep_burl;
             }
@@ -545,11 +545,28 @@ impl DecisionService {
                     reason,
                     winning_price,
                 ) {
-                    self.notifier.fire(NoticeKind::Loss, url);
+                    self.fire_notice(NoticeKind::Loss, url, auction_id, &slot.decision.impid);
                 }
             }
             slot.won = won;
         }
+    }
+
+    /// Fires a win or loss notice; the log records how it went.
+    fn fire_notice(&self, kind: NoticeKind, url: String, request_id: &str, impid: &str) {
+        if !self.log.enabled() {
+            self.notifier.fire(kind, url);
+            return;
+        }
+        let log = self.log.clone();
+        let entry = record::notice_entry(kind, &url, request_id, impid);
+        self.notifier.fire_then(kind, url, move |result| {
+            let mut entry = entry;
+            if let Some(event) = entry.event.as_mut() {
+                event.notice_result = result.to_string();
+            }
+            log.append(entry);
+        });
     }
 
     /// Walks every impression's ranked list: the waterfall networks ranked above its

@@ -189,6 +189,7 @@ pub async fn serve(
         store.clone(),
         notifier.clone(),
         settings.notices.clone(),
+        log.clone(),
         billing_stopped,
     ));
     let channel = |target: &Target| traced(resolver.channel(target.clone()));

@@ -4,6 +4,7 @@
 //! network's bid that lost gets its loss notice. The billing worker delivers the billing
 //! notices the store holds, at least once.
 
+use cascade_log::DecisionLog;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,6 +251,7 @@ pub async fn deliver_billing_notices(
     store: Arc<dyn Store>,
     notifier: Notifier,
     settings: NoticeSettings,
+    log: DecisionLog,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
@@ -259,9 +261,9 @@ pub async fn deliver_billing_notices(
         let lease_until = now + i64::try_from(settings.billing_lease_ms).unwrap_or(i64::MAX / 2);
         match store.claim_billing_notices(now, lease_until, 100).await {
             Ok(notices) => {
-                let attempts = notices
-                    .into_iter()
-                    .map(|notice| attempt_billing(store.as_ref(), &notifier, &settings, notice));
+                let attempts = notices.into_iter().map(|notice| {
+                    attempt_billing(store.as_ref(), &notifier, &settings, &log, notice)
+                });
                 futures::future::join_all(attempts).await;
             }
             Err(error) => tracing::warn!(%error, "cannot claim billing notices"),
@@ -277,6 +279,7 @@ async fn attempt_billing(
     store: &dyn Store,
     notifier: &Notifier,
     settings: &NoticeSettings,
+    log: &DecisionLog,
     mut notice: BillingNotice,
 ) {
     notice.attempts += 1;
@@ -300,6 +303,18 @@ async fn attempt_billing(
         }
     };
     metrics::counter!("cascade_billing_notice_attempts_total", "outcome" => label).increment(1);
+    if log.enabled() {
+        log.append(cascade_log::schema::LogEntry {
+            event: Some(cascade_log::schema::Event {
+                selection_id: notice.id.clone(),
+                kind: "billing_notice".into(),
+                notice_host: crate::record::notice_host(&notice.url),
+                notice_result: label.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     if let Err(error) = store.settle_billing_notice(&notice, retry_at).await {
         // The lease runs out and another claim retries it: at least once still holds.
         tracing::warn!(%error, id = %notice.id, "cannot settle a billing notice");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use cascade_core::Micros;
 use cascade_core::money::Factor;
 use cascade_log::schema as log;
+use cascade_networks::notices::NoticeKind;
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{
     Attempt, AttemptOutcome, ExecutionMode, ImpDecision, NoFillReason, SourceKind,
@@ -111,6 +112,42 @@ pub(crate) fn failed_decision_entry(
         }),
         ..Default::default()
     }
+}
+
+/// A notice Cascade fires, its result to be filled in: the decision's request and
+/// impression, and the host it went to (the URL itself may carry ids; the host names
+/// the receiver).
+pub(crate) fn notice_entry(
+    kind: NoticeKind,
+    url: &str,
+    request_id: &str,
+    impid: &str,
+) -> log::LogEntry {
+    log::LogEntry {
+        event: Some(log::Event {
+            kind: format!("{}_notice", kind.name()),
+            request_id: request_id.to_string(),
+            impid: impid.to_string(),
+            notice_host: notice_host(url),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The host of a notice URL, or the empty string for one that does not parse.
+pub(crate) fn notice_host(url: &str) -> String {
+    url.split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .map(|authority| {
+            authority
+                .rsplit('@')
+                .next()
+                .unwrap_or(authority)
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 /// Every candidate of an impression as it reached the auction.
@@ -241,4 +278,19 @@ fn attempt(attempt: Attempt) -> log::Attempt {
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notice_host;
+
+    #[test]
+    fn a_notice_is_logged_by_its_host_not_its_url() {
+        assert_eq!(
+            notice_host("https://user:pw@win.example:8443/n?price=${AUCTION_PRICE}"),
+            "win.example:8443"
+        );
+        assert_eq!(notice_host("http://10.0.0.1/win#x"), "10.0.0.1");
+        assert_eq!(notice_host("not a url"), "");
+    }
 }
