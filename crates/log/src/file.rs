@@ -148,12 +148,17 @@ impl SegmentFiles {
 #[async_trait::async_trait]
 impl LogSink for FileSink {
     async fn write(&self, batch: &[Record]) -> Result<(), LogError> {
-        let directory = &self.files.directory;
-        let member = gzip_member(batch).map_err(|source| io_error(directory, source))?;
+        // Compressing and syncing are blocking work: off the runtime's threads, which
+        // serve decisions.
+        let payloads: Vec<bytes::Bytes> = batch.iter().map(|r| r.bytes.clone()).collect();
         let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.append(&member))
-            .await
-            .map_err(|error| io_error(directory, std::io::Error::other(error)))?
+        tokio::task::spawn_blocking(move || {
+            let member =
+                gzip_member(&payloads).map_err(|source| io_error(&files.directory, source))?;
+            files.append(&member)
+        })
+        .await
+        .map_err(|error| io_error(&self.files.directory, std::io::Error::other(error)))?
     }
 
     fn describe(&self) -> String {
@@ -162,14 +167,14 @@ impl LogSink for FileSink {
 }
 
 /// One batch as one gzip member of length-delimited entries.
-fn gzip_member(batch: &[Record]) -> std::io::Result<Vec<u8>> {
+fn gzip_member(payloads: &[bytes::Bytes]) -> std::io::Result<Vec<u8>> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
     let mut length = Vec::with_capacity(10);
-    for record in batch {
+    for payload in payloads {
         length.clear();
-        prost::encoding::encode_varint(record.bytes.len() as u64, &mut length);
+        prost::encoding::encode_varint(payload.len() as u64, &mut length);
         encoder.write_all(&length)?;
-        encoder.write_all(&record.bytes)?;
+        encoder.write_all(payload)?;
     }
     encoder.finish()
 }

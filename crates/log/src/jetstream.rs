@@ -68,7 +68,7 @@ impl LogSink for JetStreamSink {
         for record in batch {
             let subject = format!("{}.{}", self.subject_prefix, record.kind.name());
             let message = PublishMessage::build()
-                .payload(record.bytes.clone().into())
+                .payload(record.bytes.clone())
                 .message_id(&record.entry_id);
             let ack = self
                 .context

@@ -35,7 +35,7 @@ use tokio::sync::{Notify, mpsc};
 pub struct Record {
     pub entry_id: String,
     pub kind: EntryKind,
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,18 +155,15 @@ impl DecisionLog {
         self.inner.is_some()
     }
 
-    /// Queues `entry` for writing, stamped with its id, schema version and (when unset)
-    /// the time. Never waits: when the queue is full the entry is dropped and counted.
+    /// Queues `entry` for writing, stamped (when unset) with the time; the writer gives it
+    /// its id and schema version. Never waits: when the queue is full the entry is
+    /// dropped and counted.
     pub fn append(&self, mut entry: LogEntry) {
         let Some(inner) = &self.inner else {
             return;
         };
-        entry.schema_version = schema::SCHEMA_VERSION;
         if entry.time_unix_ms == 0 {
             entry.time_unix_ms = now_unix_millis();
-        }
-        if entry.entry_id.is_empty() {
-            entry.entry_id = uuid::Uuid::new_v4().simple().to_string();
         }
         match inner.sender.try_send(entry) {
             Ok(()) => count("queued", 1),
@@ -212,16 +209,21 @@ pub fn now_unix_millis() -> i64 {
         .unwrap_or_default()
 }
 
-/// The protobuf encoding of `entry`, as a sink stores it.
-pub fn encode(entry: &LogEntry) -> Record {
+/// The protobuf encoding of `entry`, as a sink stores it, stamped with this build's schema
+/// version and, when it has none, a new id.
+pub fn encode(mut entry: LogEntry) -> Record {
     use prost::Message as _;
+    entry.schema_version = schema::SCHEMA_VERSION;
+    if entry.entry_id.is_empty() {
+        entry.entry_id = uuid::Uuid::new_v4().simple().to_string();
+    }
     Record {
-        entry_id: entry.entry_id.clone(),
         kind: if entry.decision.is_some() {
             EntryKind::Decision
         } else {
             EntryKind::Event
         },
-        bytes: entry.encode_to_vec(),
+        bytes: entry.encode_to_vec().into(),
+        entry_id: entry.entry_id,
     }
 }

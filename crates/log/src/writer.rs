@@ -1,5 +1,6 @@
-//! The writer task: takes entries off the queue in batches, prepares and encodes them
-//! (off the hot path), and writes each batch until its sink takes it.
+//! The writer task: takes entries off the queue in batches, prepares and encodes them on
+//! a blocking thread (off the runtime that serves decisions), and writes each batch
+//! until its sink takes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
     pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_max_entries);
         loop {
             let first = tokio::select! {
                 biased;
@@ -31,52 +31,71 @@ impl Writer {
             };
             let Some(first) = first else {
                 // Closed: what is still queued is written before the writer stops.
-                while let Ok(entry) = self.receiver.try_recv() {
-                    batch.push(self.record(entry));
-                    if batch.len() == self.batch_max_entries {
-                        self.write(&mut batch).await;
+                loop {
+                    let batch = self.take_batch(None);
+                    if batch.is_empty() {
+                        return;
                     }
+                    self.write(batch).await;
                 }
-                self.write(&mut batch).await;
-                return;
             };
-            batch.push(self.record(first));
-            while batch.len() < self.batch_max_entries {
-                match self.receiver.try_recv() {
-                    Ok(entry) => batch.push(self.record(entry)),
-                    Err(_) => break,
-                }
+            let batch = self.take_batch(Some(first));
+            self.write(batch).await;
+        }
+    }
+
+    /// `first` and what else is queued, up to a batch.
+    fn take_batch(&mut self, first: Option<LogEntry>) -> Vec<LogEntry> {
+        let mut batch = Vec::with_capacity(self.batch_max_entries);
+        batch.extend(first);
+        while batch.len() < self.batch_max_entries {
+            match self.receiver.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
             }
-            self.write(&mut batch).await;
         }
+        batch
     }
 
-    fn record(&self, mut entry: LogEntry) -> Record {
-        if let Some(decision) = entry.decision.as_mut() {
-            redact::prepare(decision, self.max_request_bytes);
-        }
-        encode(&entry)
-    }
-
-    /// Writes `batch` until the sink takes it, backing off between attempts; once the log
-    /// is closing, a refused batch is given up and counted `failed`.
-    async fn write(&self, batch: &mut Vec<Record>) {
-        if batch.is_empty() {
-            return;
-        }
+    /// Prepares and encodes `entries`, then writes them until the sink takes them,
+    /// backing off between attempts; once the log is closing, a refused batch is given
+    /// up and counted `failed`.
+    async fn write(&self, entries: Vec<LogEntry>) {
+        let max_request_bytes = self.max_request_bytes;
+        let size = entries.len() as u64;
+        let encoded = tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .map(|mut entry| {
+                    if let Some(decision) = entry.decision.as_mut() {
+                        redact::prepare(decision, max_request_bytes);
+                    }
+                    encode(entry)
+                })
+                .collect::<Vec<Record>>()
+        })
+        .await;
+        let batch = match encoded {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "decision log: a batch could not be encoded");
+                count("failed", size);
+                return;
+            }
+        };
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.sink.write(batch).await {
+            match self.sink.write(&batch).await {
                 Ok(()) => {
                     count("written", batch.len() as u64);
-                    break;
+                    return;
                 }
                 Err(error) => {
                     count("retried", batch.len() as u64);
                     tracing::warn!(sink = %self.sink.describe(), %error, entries = batch.len(), "decision log write failed; retrying");
                     if self.closing.requested() {
                         count("failed", batch.len() as u64);
-                        break;
+                        return;
                     }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -86,6 +105,5 @@ impl Writer {
                 }
             }
         }
-        batch.clear();
     }
 }

@@ -377,6 +377,12 @@ impl DecisionService {
                 .write(selections, deadline.remaining())
                 .await?;
         }
+        // The loss notices are out: what the auction dropped now only explains.
+        for slot in &mut slots {
+            if let Some(explanation) = slot.decision.explanation.as_mut() {
+                explanation.dropped = std::mem::take(&mut slot.dropped);
+            }
+        }
         let id = bid_request.id.clone();
         if self.log.enabled() {
             let decided = Decided {
@@ -396,24 +402,25 @@ impl DecisionService {
                 key_values: std::mem::take(&mut request.key_values),
                 chained_selection_ids: std::mem::take(&mut request.chained_selection_ids),
             };
-            let imps = slots.iter_mut().map(|slot| ImpRecord {
-                decision: &slot.decision,
-                candidates: std::mem::take(&mut slot.logged_candidates),
-                winner_candidate_id: slot.won.as_ref().map_or("", |w| w.candidate_id.as_str()),
+            let imps = slots.iter_mut().map(|slot| {
+                // Built for the log: the caller gets it only if it asked (`debug`).
+                let explanation = if debug {
+                    slot.decision.explanation.clone()
+                } else {
+                    slot.decision.explanation.take()
+                };
+                ImpRecord {
+                    explanation: explanation.unwrap_or_default(),
+                    decision: &slot.decision,
+                    candidates: std::mem::take(&mut slot.logged_candidates),
+                    winner_candidate_id: slot.won.as_ref().map_or("", |w| w.candidate_id.as_str()),
+                }
             });
             self.log.append(record::decision_entry(decided, imps));
         }
         Ok(DecideResponse {
             id,
-            decisions: slots
-                .into_iter()
-                .map(|mut slot| {
-                    if !debug {
-                        slot.decision.explanation = None;
-                    }
-                    slot.decision
-                })
-                .collect(),
+            decisions: slots.into_iter().map(|slot| slot.decision).collect(),
             config_version: evaluation.config_version,
         })
     }
@@ -438,10 +445,7 @@ impl DecisionService {
             .into_inner();
         for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
             let slot = &mut slots[slot_index];
-            // Copied only for a request that asked for its explanation.
-            if let Some(explanation) = slot.decision.explanation.as_mut() {
-                explanation.dropped.clone_from(&ranked_imp.dropped);
-            }
+            // Moved into the explanation once the loss notices are out.
             slot.dropped = ranked_imp.dropped;
             if ranked_imp.ranked.is_empty() {
                 slot.decision.no_fill_reason = NoFillReason::NoEligibleDemand as i32;

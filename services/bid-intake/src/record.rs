@@ -12,7 +12,7 @@ use cascade_log::schema as log;
 use cascade_networks::notices::NoticeKind;
 use cascade_proto::auction::v1::Candidate;
 use cascade_proto::decision::v1::{
-    Attempt, AttemptOutcome, ExecutionMode, ImpDecision, NoFillReason, SourceKind,
+    Attempt, AttemptOutcome, ExecutionMode, Explanation, ImpDecision, NoFillReason, SourceKind,
 };
 use cascade_proto::openrtb::v1::{BidRequest, BidResponse};
 
@@ -32,10 +32,11 @@ pub(crate) struct Decided {
     pub chained_selection_ids: Vec<String>,
 }
 
-/// One impression as decided: its decision (with its explanation), the candidates that
-/// reached the auction, and the winning candidate's id.
+/// One impression as decided: its decision, its explanation, the candidates that reached
+/// the auction, and the winning candidate's id.
 pub(crate) struct ImpRecord<'a> {
     pub decision: &'a ImpDecision,
+    pub explanation: Explanation,
     pub candidates: Vec<log::Candidate>,
     pub winner_candidate_id: &'a str,
 }
@@ -185,7 +186,7 @@ pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
 
 fn imp(record: ImpRecord<'_>) -> log::Imp {
     let decision = record.decision;
-    let explanation = decision.explanation.clone().unwrap_or_default();
+    let explanation = record.explanation;
     log::Imp {
         impid: decision.impid.clone(),
         applied_rule_id: explanation.applied_rule_id,
