@@ -176,6 +176,11 @@ async fn every_decision_and_event_of_cascade_up_is_logged_and_rebuilds_the_repor
         )
         .await;
     assert!(refused.contains("InvalidArgument"), "{refused}");
+    // The euro winner chained into a later request competes at its stored USD price.
+    let mut chaining = request("log-7", json!([]));
+    chaining["chained_selection_ids"] = json!([winner(&euros)["selectionId"]]);
+    let chained = cluster.decide(&chaining).await;
+    const DECISIONS: usize = 7;
 
     let mut events = 0;
     for response in [&first, &fallback, &tested] {
@@ -236,21 +241,24 @@ async fn every_decision_and_event_of_cascade_up_is_logged_and_rebuilds_the_repor
             &[],
         )
         .await;
-        if entries.len() == 6 + events && counters == rebuilt && counters.lines().count() > 1 {
+        if entries.len() == DECISIONS + events
+            && counters == rebuilt
+            && counters.lines().count() > 1
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "{} entries for {} decisions and {events} events; counters:\n{counters}\nrebuilt from the log:\n{rebuilt}",
             entries.len(),
-            6
+            DECISIONS
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let entries = logged(&["--dir", dir_arg]).await;
     let decisions = decisions_by_request(&entries);
-    assert_eq!(decisions.len(), 6, "one entry per decision");
+    assert_eq!(decisions.len(), DECISIONS, "one entry per decision");
     for (id, response) in [
         ("log-1", &first),
         ("log-2", &euros),
@@ -291,6 +299,17 @@ async fn every_decision_and_event_of_cascade_up_is_logged_and_rebuilds_the_repor
     assert_eq!(coolads["outcome"], "ATTEMPT_OUTCOME_NO_FILL", "{coolads}");
     assert_eq!(coolads["called"], true);
     assert!(coolads["floor_micros"].as_i64().unwrap() > 0, "{coolads}");
+    let outcome = decisions["log-7"]["imps"][0]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source"] == "SOURCE_KIND_CHAINED_OUTCOME")
+        .cloned()
+        .unwrap();
+    // Its stored price is in USD: no euro label on a dollar amount.
+    assert_eq!(outcome["original_price_micros"], 9_720_000, "{outcome}");
+    assert_eq!(outcome.get("original_cur"), None, "{outcome}");
+    assert_logged_as_answered(&decisions["log-7"], &chained);
     assert_eq!(decisions["log-4"]["mode"], "EXECUTION_MODE_CLIENT");
     assert_eq!(
         decisions["log-4"]["imps"][0]["chain"]
@@ -334,11 +353,12 @@ async fn every_decision_and_event_of_cascade_up_is_logged_and_rebuilds_the_repor
         "decision",
     ])
     .await;
-    assert!(
-        betaads
-            .iter()
-            .all(|e| e["decision"]["request_id"] != "log-6")
-    );
+    let asked_betaads: Vec<&str> = betaads
+        .iter()
+        .filter_map(|e| e["decision"]["request_id"].as_str())
+        .collect();
+    assert!(asked_betaads.contains(&"log-3"), "{asked_betaads:?}");
+    assert!(!asked_betaads.contains(&"log-6"), "{asked_betaads:?}");
     assert!(
         logged(&["--dir", dir_arg, "--until", "2000-01-01T00:00:00Z"])
             .await

@@ -34,6 +34,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// True when it admits every entry.
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_none()
+            && self.account_id.is_none()
+            && self.request_id.is_none()
+            && self.network_id.is_none()
+            && self.since_ms.is_none()
+            && self.until_ms.is_none()
+    }
+
     pub fn matches(&self, entry: &LogEntry) -> bool {
         let kind = if entry.decision.is_some() {
             EntryKind::Decision
@@ -80,7 +90,7 @@ pub async fn scan(
     match source {
         Source::Directory(directory) => scan_directory(directory, filter.since_ms, &mut visit),
         Source::JetStream { url, stream } => {
-            scan_stream(url, stream, filter.since_ms, None, &mut visit).await
+            scan_stream(url, stream, filter.since_ms, &mut visit).await
         }
     }
 }
@@ -137,84 +147,94 @@ fn scan_directory(
     Ok(())
 }
 
-/// Reads the stream from `since_ms` (or from sequence `from_sequence`) up to what it
-/// held when the scan began; `None` as the end follows it for ever.
-async fn scan_stream(
-    url: &str,
-    stream_name: &str,
-    since_ms: Option<i64>,
-    from_sequence: Option<u64>,
-    visit: &mut dyn FnMut(LogEntry) -> bool,
-) -> Result<(), LogError> {
+/// The stream named `name` and the sequence of its last message (0 when empty).
+async fn open_stream(url: &str, name: &str) -> Result<(jetstream::stream::Stream, u64), LogError> {
     let context = jetstream::new(connect(url).await?);
     let mut stream = context
-        .get_stream(stream_name)
+        .get_stream(name)
         .await
         .map_err(|error| jetstream_error("stream", error))?;
-    let state = stream
+    let info = stream
         .info()
         .await
-        .map_err(|error| jetstream_error("stream info", error))?
-        .state
-        .clone();
-    if state.messages == 0 {
-        return Ok(());
-    }
-    read_stream(
-        &stream,
-        since_ms,
-        from_sequence,
-        Some(state.last_sequence),
-        visit,
-    )
-    .await
+        .map_err(|error| jetstream_error("stream info", error))?;
+    let last_sequence = if info.state.messages == 0 {
+        0
+    } else {
+        info.state.last_sequence
+    };
+    Ok((stream, last_sequence))
 }
 
-async fn read_stream(
-    stream: &jetstream::stream::Stream,
+/// Reads the stream from `since_ms` up to what it held when the scan began.
+async fn scan_stream(
+    url: &str,
+    name: &str,
     since_ms: Option<i64>,
-    from_sequence: Option<u64>,
-    last_sequence: Option<u64>,
     visit: &mut dyn FnMut(LogEntry) -> bool,
 ) -> Result<(), LogError> {
-    let deliver_policy = match (from_sequence, since_ms) {
-        (Some(start_sequence), _) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
-        (None, Some(since)) => consumer::DeliverPolicy::ByStartTime {
+    let (stream, last_sequence) = open_stream(url, name).await?;
+    if last_sequence == 0 {
+        return Ok(());
+    }
+    let start = match since_ms {
+        Some(since) => consumer::DeliverPolicy::ByStartTime {
             start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(since) * 1_000_000,
             )
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         },
-        (None, None) => consumer::DeliverPolicy::All,
+        None => consumer::DeliverPolicy::All,
     };
+    read_stream(&stream, start, Some(last_sequence), visit).await
+}
+
+/// Delivers the stream's messages from `start` until `visit` returns false, the
+/// message at `last_sequence` has been read, or (with an end) nothing more is pending;
+/// with no end it follows the stream for ever.
+async fn read_stream(
+    stream: &jetstream::stream::Stream,
+    start: consumer::DeliverPolicy,
+    last_sequence: Option<u64>,
+    visit: &mut dyn FnMut(LogEntry) -> bool,
+) -> Result<(), LogError> {
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy,
+            deliver_policy: start,
             ..Default::default()
         })
         .await
         .map_err(|error| jetstream_error("consumer", error))?;
+    // A start past the last message (a `--since` after it) delivers nothing: waiting for
+    // a first message would never end.
+    if last_sequence.is_some() && consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
     let mut messages = consumer
         .messages()
         .await
         .map_err(|error| jetstream_error("consume", error))?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|error| jetstream_error("consume", error))?;
-        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        let (sequence, pending) = message
+            .info()
+            .map(|info| (info.stream_sequence, info.pending))
+            .unwrap_or_default();
         let entry =
             LogEntry::decode(message.payload.as_ref()).map_err(|error| LogError::Corrupt {
                 at: format!("stream sequence {sequence}"),
                 message: error.to_string(),
             })?;
-        if !visit(entry) || last_sequence.is_some_and(|last| sequence >= last) {
+        let at_end = last_sequence.is_some_and(|last| sequence >= last || pending == 0);
+        if !visit(entry) || at_end {
             break;
         }
     }
     Ok(())
 }
 
-/// Prints (through `visit`) the last `count` entries `filter` admits, then, with
-/// `follow`, every new one as it is written, until `visit` returns false.
+/// Prints (through `visit`) the last `count` entries `filter` admits, oldest first,
+/// then, with `follow`, every new one as it is written, until `visit` returns false.
 pub async fn tail(
     source: &Source,
     filter: &Filter,
@@ -222,60 +242,141 @@ pub async fn tail(
     follow: bool,
     visit: &mut dyn FnMut(LogEntry) -> bool,
 ) -> Result<(), LogError> {
-    let mut last = std::collections::VecDeque::with_capacity(count.min(4_096));
-    let mut seen = 0usize;
-    scan(source, &Filter::default(), &mut |entry| {
-        seen += 1;
-        if filter.matches(&entry) && count > 0 {
-            if last.len() == count {
-                last.pop_front();
-            }
-            last.push_back(entry);
+    match source {
+        Source::Directory(directory) => {
+            tail_directory(directory, filter, count, follow, visit).await
         }
-        true
-    })
-    .await?;
-    for entry in last {
-        if !visit(entry) {
-            return Ok(());
+        Source::JetStream { url, stream } => {
+            let (stream, last_sequence) = open_stream(url, stream).await?;
+            let mut last = LastEntries::new(count);
+            if last_sequence > 0 {
+                // Without a filter the last `count` messages are the answer; with one,
+                // the whole stream is read for them.
+                let start = if filter.is_empty() {
+                    consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: last_sequence.saturating_sub(count as u64) + 1,
+                    }
+                } else {
+                    consumer::DeliverPolicy::All
+                };
+                read_stream(&stream, start, Some(last_sequence), &mut |entry| {
+                    last.offer(filter, entry);
+                    true
+                })
+                .await?;
+            }
+            if !last.show(visit) || !follow {
+                return Ok(());
+            }
+            let next = consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: last_sequence + 1,
+            };
+            let mut visit = |entry: LogEntry| !filter.matches(&entry) || visit(entry);
+            read_stream(&stream, next, None, &mut visit).await
         }
     }
-    if !follow {
+}
+
+/// The last `count` entries a filter admits, as they are offered in order.
+struct LastEntries {
+    count: usize,
+    entries: std::collections::VecDeque<LogEntry>,
+}
+
+impl LastEntries {
+    fn new(count: usize) -> Self {
+        Self {
+            count,
+            entries: std::collections::VecDeque::with_capacity(count.min(4_096)),
+        }
+    }
+
+    fn offer(&mut self, filter: &Filter, entry: LogEntry) {
+        if self.count == 0 || !filter.matches(&entry) {
+            return;
+        }
+        if self.entries.len() == self.count {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(entry);
+    }
+
+    fn full(&self) -> bool {
+        self.entries.len() == self.count
+    }
+
+    /// Shows them, oldest first; false when `visit` wants no more.
+    fn show(self, visit: &mut dyn FnMut(LogEntry) -> bool) -> bool {
+        self.entries.into_iter().all(visit)
+    }
+}
+
+/// A directory's tail: segments are read newest first until they hold `count` wanted
+/// entries, so a long log costs what its last segments hold; following re-reads only
+/// the segment being written and those opened since.
+async fn tail_directory(
+    directory: &Path,
+    filter: &Filter,
+    count: usize,
+    follow: bool,
+    visit: &mut dyn FnMut(LogEntry) -> bool,
+) -> Result<(), LogError> {
+    let paths = segments(directory)?;
+    let mut shown = LastEntries::new(count);
+    for path in paths.iter().rev() {
+        if shown.full() {
+            break;
+        }
+        let mut in_segment = LastEntries::new(count);
+        read_segment(path, &mut |entry| {
+            in_segment.offer(filter, entry);
+            true
+        })?;
+        // Older entries go before the ones already kept.
+        for entry in std::mem::replace(&mut shown, in_segment).entries {
+            shown.offer(filter, entry);
+        }
+    }
+    if !shown.show(visit) || !follow {
         return Ok(());
     }
-    let mut visit = |entry: LogEntry| !filter.matches(&entry) || visit(entry);
-    match source {
-        Source::Directory(directory) => loop {
-            // Entries past the `seen` first are new.
+    // Where following starts: the last segment, after the entries it holds now.
+    let mut current = paths.last().cloned();
+    let mut seen_in_current = match &current {
+        Some(path) => {
+            let mut entries = 0usize;
+            read_segment(path, &mut |_| {
+                entries += 1;
+                true
+            })?;
+            entries
+        }
+        None => 0,
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let newer: Vec<PathBuf> = segments(directory)?
+            .into_iter()
+            .filter(|path| current.as_ref().is_none_or(|c| path >= c))
+            .collect();
+        for path in newer {
+            if current.as_ref() != Some(&path) {
+                current = Some(path.clone());
+                seen_in_current = 0;
+            }
             let mut index = 0usize;
             let mut more = true;
-            scan_directory(directory, None, &mut |entry| {
+            read_segment(&path, &mut |entry| {
                 index += 1;
-                if index > seen {
-                    seen = index;
-                    more = visit(entry);
+                if index > seen_in_current {
+                    seen_in_current = index;
+                    more = !filter.matches(&entry) || visit(entry);
                 }
                 more
             })?;
             if !more {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        },
-        Source::JetStream { url, stream } => {
-            let context = jetstream::new(connect(url).await?);
-            let mut stream = context
-                .get_stream(stream)
-                .await
-                .map_err(|error| jetstream_error("stream", error))?;
-            let next = stream
-                .info()
-                .await
-                .map_err(|error| jetstream_error("stream info", error))?
-                .state
-                .last_sequence
-                + 1;
-            read_stream(&stream, None, Some(next), None, &mut visit).await
         }
     }
 }

@@ -70,6 +70,8 @@ async fn entries_are_read_back_in_order_across_rotated_segments() {
 
     let source = Source::Directory(dir.path().to_path_buf());
     assert_eq!(request_ids(&source).await, expected);
+    // The tail spans segments: the last five, oldest first.
+    assert_eq!(tail_ids(&source, 5).await, expected[35..]);
 
     let filter = Filter {
         request_id: Some("req-07".into()),
@@ -326,6 +328,27 @@ async fn a_jetstream_restart_loses_nothing_the_stream_acknowledged() {
     .await
     .unwrap();
     assert_eq!(events.len(), 1);
+    assert_eq!(tail_ids(&source, 3).await, expected[68..]);
+    // A start after the last entry finds nothing, and says so at once.
+    let later = Filter {
+        since_ms: Some(cascade_log::now_unix_millis() + 3_600_000),
+        ..Default::default()
+    };
+    let found = tokio::time::timeout(Duration::from_secs(10), read::collect(&source, &later))
+        .await
+        .expect("a query past the end returns");
+    assert!(found.unwrap().is_empty());
+}
+
+async fn tail_ids(source: &Source, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    read::tail(source, &Filter::default(), count, false, &mut |entry| {
+        ids.push(entry.decision.map(|d| d.request_id).unwrap_or_default());
+        true
+    })
+    .await
+    .unwrap();
+    ids
 }
 
 async fn wait_for_entries(source: &Source, count: usize) {

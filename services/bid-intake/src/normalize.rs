@@ -499,7 +499,7 @@ fn exchange_candidates(
                     attr: bid.attr.clone(),
                     original_cur,
                     rate_micros,
-                    original_price_micros: stated.0,
+                    original_price_micros: Some(stated.0),
                     ..Default::default()
                 });
             }

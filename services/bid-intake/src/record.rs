@@ -160,6 +160,12 @@ pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
                 0 => Factor::ONE,
                 ppm => Factor(ppm),
             };
+            // Stated in its own currency, or (configured demand, a chained outcome's
+            // stored price) in USD.
+            let (original_price_micros, original_cur, rate_micros) = match c.original_price_micros {
+                Some(stated) => (stated, c.original_cur.clone(), c.rate_micros),
+                None => (c.bid_micros, String::new(), 0),
+            };
             log::Candidate {
                 id: c.id.clone(),
                 source: c.source().as_str_name().to_string(),
@@ -169,13 +175,9 @@ pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
                 dealid: c.dealid.clone(),
                 crid: c.crid.clone(),
                 adomain: c.adomain.clone(),
-                original_price_micros: if c.original_price_micros == 0 {
-                    c.bid_micros
-                } else {
-                    c.original_price_micros
-                },
-                original_cur: c.original_cur.clone(),
-                rate_micros: c.rate_micros,
+                original_price_micros,
+                original_cur,
+                rate_micros,
                 price_micros: c.bid_micros,
                 bid_adjustment_ppm: c.bid_adjustment_ppm,
                 adjusted_price_micros: factor.apply(Micros(c.bid_micros)).0,
@@ -251,11 +253,6 @@ fn imp(record: ImpRecord<'_>) -> log::Imp {
 }
 
 fn attempt(attempt: Attempt) -> log::Attempt {
-    let nbr = attempt
-        .reason
-        .strip_prefix("nbr_")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_default();
     log::Attempt {
         source: attempt.source().as_str_name().to_string(),
         live_bid: attempt.source() == SourceKind::BiddingNetwork,
@@ -271,7 +268,7 @@ fn attempt(attempt: Attempt) -> log::Attempt {
         latency_us: attempt.latency_us,
         floor_micros: attempt.floor_micros,
         price_micros: attempt.price_micros,
-        nbr,
+        nbr: attempt.nbr,
         called: attempt.called,
         withheld: attempt.withheld,
     }

@@ -401,7 +401,7 @@ impl Accepted {
         }
         candidate.original_cur = original_cur;
         candidate.rate_micros = rate_micros;
-        candidate.original_price_micros = stated.0;
+        candidate.original_price_micros = Some(stated.0);
         price
     }
 }
@@ -529,6 +529,7 @@ impl NetworkCallerService {
             AdOutcome::Declined(nbr) => {
                 attempt.outcome = AttemptOutcome::NoFill as i32;
                 attempt.reason = format!("nbr_{nbr}");
+                attempt.nbr = nbr;
                 attempt.detail = format!("the network declined with no-bid reason {nbr}");
                 None
             }
