@@ -8,7 +8,10 @@ use anyhow::Context;
 use cascade_core::report::Granularity;
 use cascade_log::EntryKind;
 use cascade_log::read::{self, Filter, Source};
+use cascade_log::report::Rebuilt;
 use cascade_log::schema::LogEntry;
+
+use crate::report::{By, RowsArgs};
 
 #[derive(clap::Args)]
 pub struct LogArgs {
@@ -45,19 +48,9 @@ enum LogCommand {
         source: SourceArgs,
         #[command(flatten)]
         filter: FilterArgs,
-        /// Rows per day or per hour.
-        #[arg(long, value_enum, default_value = "day")]
-        by: By,
-        /// Comma-separated values (money in micros) instead of a table.
-        #[arg(long)]
-        csv: bool,
+        #[command(flatten)]
+        rows: RowsArgs,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum By {
-    Day,
-    Hour,
 }
 
 #[derive(clap::Args)]
@@ -182,24 +175,24 @@ pub async fn run(args: LogArgs) -> anyhow::Result<()> {
         LogCommand::Report {
             source,
             filter,
-            by,
-            csv,
+            rows,
         } => {
-            let entries = read::collect(&source.source(), &filter.filter()?).await?;
-            let granularity = match by {
+            let mut rebuilt = Rebuilt::default();
+            read::scan(&source.source(), &filter.filter()?, &mut |entry| {
+                rebuilt.add(&entry);
+                true
+            })
+            .await?;
+            let granularity = match rows.by {
                 By::Day => Granularity::Day,
                 By::Hour => Granularity::Hour,
             };
-            let rows: Vec<_> = cascade_log::report::rebuild(&entries, granularity)
+            let report: Vec<_> = rebuilt
+                .rows(granularity)
                 .into_iter()
                 .map(cascade_admin::row_to_proto)
                 .collect();
-            let shown = if csv {
-                crate::report::csv(&rows)
-            } else {
-                crate::report::table(&rows)
-            };
-            write!(out, "{shown}")?;
+            write!(out, "{}", rows.show(&report))?;
         }
     }
     Ok(())

@@ -27,19 +27,32 @@ struct ShowArgs {
     /// Last day, YYYY-MM-DD (UTC); today when unset.
     #[arg(long)]
     to: Option<String>,
-    /// Rows per day or per hour.
-    #[arg(long, value_enum, default_value = "day")]
-    by: By,
     /// Only this network.
     #[arg(long)]
     network: Option<String>,
+    #[command(flatten)]
+    rows: RowsArgs,
+}
+
+/// How report rows are cut and printed (also `cascade log report`).
+#[derive(clap::Args)]
+pub(crate) struct RowsArgs {
+    /// Rows per day or per hour.
+    #[arg(long, value_enum, default_value = "day")]
+    pub by: By,
     /// Comma-separated values (money in micros) instead of a table.
     #[arg(long)]
     csv: bool,
 }
 
+impl RowsArgs {
+    pub fn show(&self, rows: &[pb::NetworkReportRow]) -> String {
+        if self.csv { csv(rows) } else { table(rows) }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum By {
+pub(crate) enum By {
     Day,
     Hour,
 }
@@ -85,7 +98,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<u8> {
         .get_network_report(pb::NetworkReportRequest {
             from_date: show.from.unwrap_or_default(),
             to_date: show.to.unwrap_or_default(),
-            granularity: match show.by {
+            granularity: match show.rows.by {
                 By::Day => pb::ReportGranularity::Day,
                 By::Hour => pb::ReportGranularity::Hour,
             }
@@ -95,14 +108,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<u8> {
         .await
         .map_err(status_error)?
         .into_inner();
-    print!(
-        "{}",
-        if show.csv {
-            csv(&report.rows)
-        } else {
-            table(&report.rows)
-        }
-    );
+    print!("{}", show.rows.show(&report.rows));
     Ok(0)
 }
 
@@ -161,7 +167,7 @@ fn cells(
 }
 
 /// Machine-readable: integers only (money in micros, the fill rate in millionths).
-pub(crate) fn csv(rows: &[pb::NetworkReportRow]) -> String {
+fn csv(rows: &[pb::NetworkReportRow]) -> String {
     let mut out = COLUMNS.join(",") + "\n";
     for row in rows {
         let line = cells(row, |m| m.to_string(), |r| r.to_string());
@@ -181,7 +187,7 @@ pub(crate) fn csv(rows: &[pb::NetworkReportRow]) -> String {
 }
 
 /// For people: money as decimals, the fill rate as a percentage, aligned columns.
-pub(crate) fn table(rows: &[pb::NetworkReportRow]) -> String {
+fn table(rows: &[pb::NetworkReportRow]) -> String {
     let money = |micros: i64| {
         let sign = if micros < 0 { "-" } else { "" };
         format!("{sign}{}", Micros(micros.saturating_abs()))

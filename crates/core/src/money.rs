@@ -121,6 +121,11 @@ pub struct Factor(pub i64);
 impl Factor {
     pub const ONE: Factor = Factor(MICROS_PER_UNIT);
 
+    /// A bid adjustment as candidates carry it: millionths, 0 meaning none.
+    pub fn from_adjustment_ppm(ppm: i64) -> Factor {
+        if ppm == 0 { Factor::ONE } else { Factor(ppm) }
+    }
+
     /// `amount` times this factor, rounded down to the micro.
     pub fn apply(self, amount: Micros) -> Micros {
         let product = i128::from(amount.0) * i128::from(self.0) / i128::from(MICROS_PER_UNIT);

@@ -6,8 +6,9 @@
 //! decision was made. Exchange bids are logged without their markup, and a request over
 //! the size cap is left out with its size.
 
-use cascade_core::privacy::{self, Permissions, RequestSignals, Signals};
-use cascade_proto::openrtb::v1::{BidRequest, Regs};
+use cascade_core::privacy::{self, Permissions, Signals};
+use cascade_networks::outbound::request_signals;
+use cascade_proto::openrtb::v1::BidRequest;
 use prost::Message as _;
 
 use crate::schema::{Decision, Privacy};
@@ -41,26 +42,13 @@ pub fn prepare(decision: &mut Decision, max_request_bytes: usize) {
 /// `request` without what its privacy signals withhold from a vendor with no vendor id,
 /// the signals summarised into `privacy`.
 fn redacted(request: BidRequest, privacy: &mut Privacy) -> (BidRequest, Vec<String>) {
-    let no_regs = Regs::default();
-    let regs = request.regs.as_ref().unwrap_or(&no_regs);
-    let device = request.device.as_ref();
-    let consent = request.user.as_ref().map_or("", |u| u.consent.as_str());
-    let signals = RequestSignals {
-        gdpr: regs.gdpr,
-        consent,
-        us_privacy: &regs.us_privacy,
-        gpp: &regs.gpp,
-        gpp_sid: &regs.gpp_sid,
-        coppa: regs.coppa,
-        dnt: device.and_then(|d| d.dnt),
-        lmt: device.and_then(|d| d.lmt),
-    };
+    let signals = request_signals(&request);
     *privacy = Privacy {
         gdpr: signals.gdpr,
-        consent_present: !consent.is_empty(),
-        us_privacy: regs.us_privacy.clone(),
-        gpp_present: !regs.gpp.is_empty(),
-        gpp_sid: regs.gpp_sid.clone(),
+        consent_present: !signals.consent.is_empty(),
+        us_privacy: signals.us_privacy.to_string(),
+        gpp_present: !signals.gpp.is_empty(),
+        gpp_sid: signals.gpp_sid.to_vec(),
         coppa: signals.coppa,
         dnt: signals.dnt,
         lmt: signals.lmt,

@@ -2,6 +2,8 @@
 //! same cells, by the same rules ([`cascade_core::report`]), as the counters the
 //! services keep while they run; so for the same traffic the two agree.
 
+use std::collections::HashMap;
+
 use cascade_core::report::{
     CallAnswer, Granularity, Metric, ReportCell, ReportRow, build_report, call_counts, counts_at,
     impression_counts, node_result_counts,
@@ -9,28 +11,35 @@ use cascade_core::report::{
 
 use crate::schema::{Decision, Event, LogEntry};
 
-/// The report cells `entries` add up to.
-pub fn counts<'a>(entries: impl IntoIterator<Item = &'a LogEntry>) -> Vec<(ReportCell, u64)> {
-    let mut counts = Vec::new();
-    for entry in entries {
-        let unix_seconds = entry.time_unix_ms.div_euclid(1_000);
-        if let Some(decision) = &entry.decision {
-            decision_counts(decision, unix_seconds, &mut counts);
-        }
-        if let Some(event) = &entry.event {
-            event_counts(event, unix_seconds, &mut counts);
-        }
-    }
-    counts
+/// The report's counters, added up from log entries one at a time: reading a month of
+/// log costs the cells it fills, not the entries it holds.
+#[derive(Default)]
+pub struct Rebuilt {
+    counts: HashMap<ReportCell, u64>,
 }
 
-/// The report of `entries`, by hour or by day (without what networks reported paying,
-/// which is not in the log).
-pub fn rebuild<'a>(
-    entries: impl IntoIterator<Item = &'a LogEntry>,
-    granularity: Granularity,
-) -> Vec<ReportRow> {
-    build_report(&counts(entries), &[], granularity)
+impl Rebuilt {
+    pub fn add(&mut self, entry: &LogEntry) {
+        let unix_seconds = entry.time_unix_ms.div_euclid(1_000);
+        let mut facts = Vec::new();
+        if let Some(decision) = &entry.decision {
+            decision_counts(decision, unix_seconds, &mut facts);
+        }
+        if let Some(event) = &entry.event {
+            event_counts(event, unix_seconds, &mut facts);
+        }
+        for (cell, count) in facts {
+            *self.counts.entry(cell).or_default() += count;
+        }
+    }
+
+    /// The report, by hour or by day (without what networks reported paying, which is
+    /// not in the log).
+    pub fn rows(&self, granularity: Granularity) -> Vec<ReportRow> {
+        let counts: Vec<(ReportCell, u64)> =
+            self.counts.iter().map(|(c, n)| (c.clone(), *n)).collect();
+        build_report(&counts, &[], granularity)
+    }
 }
 
 fn decision_counts(decision: &Decision, unix_seconds: i64, counts: &mut Vec<(ReportCell, u64)>) {

@@ -13,7 +13,8 @@
 //! - `source.schain`: Cascade's own node appended when the account asks for it.
 
 use cascade_core::ad_quality::AdQuality;
-use cascade_core::privacy::{self, Permissions};
+use cascade_core::privacy::{self, Permissions, RequestSignals};
+use cascade_proto::openrtb::v1::BidRequest;
 use serde_json::{Map, Value, json};
 
 /// The media objects of an impression that carry `battr`.
@@ -44,6 +45,23 @@ pub struct Rewrites<'a> {
 }
 
 /// The request document for one network, and what the privacy rules withheld from it.
+/// The privacy signals of a request, where OpenRTB 2.6 carries them: `regs`, the TC
+/// string in `user.consent`, `device.dnt` and `device.lmt`.
+pub fn request_signals(request: &BidRequest) -> RequestSignals<'_> {
+    let regs = request.regs.as_ref();
+    let device = request.device.as_ref();
+    RequestSignals {
+        gdpr: regs.and_then(|r| r.gdpr),
+        consent: request.user.as_ref().map_or("", |u| u.consent.as_str()),
+        us_privacy: regs.map_or("", |r| r.us_privacy.as_str()),
+        gpp: regs.map_or("", |r| r.gpp.as_str()),
+        gpp_sid: regs.map_or(&[], |r| r.gpp_sid.as_slice()),
+        coppa: regs.and_then(|r| r.coppa),
+        dnt: device.and_then(|d| d.dnt),
+        lmt: device.and_then(|d| d.lmt),
+    }
+}
+
 pub fn network_request(document: &Value, rewrites: &Rewrites<'_>) -> (Value, Vec<&'static str>) {
     let empty = Map::new();
     let members = document.as_object().unwrap_or(&empty);

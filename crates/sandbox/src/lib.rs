@@ -17,3 +17,12 @@ pub use nats::NatsServer;
 pub use process::{ServiceProcess, wait_until_serving};
 pub use redis::{RedisCluster, RedisOptions, RedisServer};
 pub use tls::TestCa;
+
+/// A port free on 127.0.0.1 right now, for a server that takes its port as an argument
+/// (a race with other processes is possible: callers retry with another when binding
+/// fails).
+pub(crate) fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

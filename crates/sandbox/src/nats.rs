@@ -19,7 +19,7 @@ impl NatsServer {
     pub async fn start() -> std::io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = crate::free_loopback_port()?;
             let dir = tempfile::tempdir()?;
             match spawn(port, &dir).await {
                 Ok(child) => return Ok(Self { port, child, dir }),
@@ -45,12 +45,6 @@ impl NatsServer {
         self.child = spawn(self.port, &self.dir).await?;
         Ok(())
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn binary() -> String {

@@ -37,7 +37,7 @@ impl RedisServer {
     pub async fn start_with(options: RedisOptions) -> std::io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = crate::free_loopback_port()?;
             let dir = tempfile::tempdir()?;
             match spawn(port, options, &dir).await {
                 Ok(child) => {
@@ -80,12 +80,6 @@ impl RedisServer {
     pub async fn cli(&self, args: &[&str]) -> std::io::Result<String> {
         redis_cli(&[&["-p", &self.port.to_string()], args].concat()).await
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn spawn(

@@ -174,8 +174,7 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
             let minimum = Micros::checked(candidate.minimum_micros)
                 .map_err(|_| RankError::InvalidMinimum(i, j))?;
             let adjustment = match candidate.bid_adjustment_ppm {
-                0 => Factor::ONE,
-                ppm if (1..=MAX_ADJUSTMENT_PPM).contains(&ppm) => Factor(ppm),
+                ppm if (0..=MAX_ADJUSTMENT_PPM).contains(&ppm) => Factor::from_adjustment_ppm(ppm),
                 _ => return Err(RankError::InvalidAdjustment(i, j)),
             };
             Ok(Wire {

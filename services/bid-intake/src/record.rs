@@ -156,10 +156,7 @@ pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
     candidates
         .iter()
         .map(|c| {
-            let factor = match c.bid_adjustment_ppm {
-                0 => Factor::ONE,
-                ppm => Factor(ppm),
-            };
+            let factor = Factor::from_adjustment_ppm(c.bid_adjustment_ppm);
             // Stated in its own currency, or (configured demand, a chained outcome's
             // stored price) in USD.
             let (original_price_micros, original_cur, rate_micros) = match c.original_price_micros {

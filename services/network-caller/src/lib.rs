@@ -16,7 +16,7 @@ use cascade_core::ad_quality::{AdQuality, Creative};
 use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
 use cascade_core::money::Rates;
-use cascade_core::privacy::{RequestSignals, Signals};
+use cascade_core::privacy::Signals;
 use cascade_core::report::{CallAnswer, ReportCell, call_counts};
 use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_core::snapshot::Snapshot;
@@ -31,7 +31,7 @@ use cascade_proto::networkcaller::v1::{
     BidAsk, BiddingImp, BiddingResult, CollectBidsRequest, CollectBidsResponse,
     RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
-use cascade_proto::openrtb::v1::{BidRequest, Regs, SupplyChainNode};
+use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
 use cascade_server::deadline::Deadline;
 use cascade_server::settings::GrpcSettings;
 use cascade_server::wire::adjustment;
@@ -306,19 +306,7 @@ impl Edge {
             serde_json::from_slice(openrtb_json)
                 .map_err(|e| WaterfallError::Document(e.to_string()))?
         };
-        let no_regs = Regs::default();
-        let regs = request.regs.as_ref().unwrap_or(&no_regs);
-        let device = request.device.as_ref();
-        let signals = Signals::read(&RequestSignals {
-            gdpr: regs.gdpr,
-            consent: request.user.as_ref().map_or("", |u| u.consent.as_str()),
-            us_privacy: &regs.us_privacy,
-            gpp: &regs.gpp,
-            gpp_sid: &regs.gpp_sid,
-            coppa: regs.coppa,
-            dnt: device.and_then(|d| d.dnt),
-            lmt: device.and_then(|d| d.lmt),
-        });
+        let signals = Signals::read(&outbound::request_signals(request));
         let publisher = request
             .site
             .as_ref()
