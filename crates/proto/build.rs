@@ -57,10 +57,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".cascade.log.v1",
             "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
         );
+    // Its enumerations are written by name.
+    let mut builder = builder;
+    for file in &file_descriptors.file {
+        if file.package() != "cascade.log.v1" {
+            continue;
+        }
+        for message in &file.message_type {
+            for field in &message.field {
+                let module = match field.type_name() {
+                    ".cascade.decision.v1.SourceKind" => "source_kind",
+                    ".cascade.decision.v1.AttemptOutcome" => "attempt_outcome",
+                    ".cascade.decision.v1.ExecutionMode" => "execution_mode",
+                    ".cascade.decision.v1.NoFillReason" => "no_fill_reason",
+                    other if field.r#type() == prost_types::field_descriptor_proto::Type::Enum => {
+                        return Err(format!(
+                            "log.proto: {}.{} is an enumeration ({other}) with no JSON name mapping in crate::log_json",
+                            message.name(),
+                            field.name()
+                        )
+                        .into());
+                    }
+                    _ => continue,
+                };
+                builder = builder.field_attribute(
+                    format!(".cascade.log.v1.{}.{}", message.name(), field.name()),
+                    format!("#[serde(with = \"crate::log_json::{module}\")]"),
+                );
+            }
+        }
+    }
     // Every `ext` is a google.protobuf.Struct, whose JSON form is a plain JSON object; a
     // price may come as a string; any other member may come as `null`, which many
     // networks send for "not set".
-    let mut builder = builder;
     for file in &file_descriptors.file {
         if file.package() != "cascade.openrtb.v1" {
             continue;

@@ -9,6 +9,8 @@ use cascade_core::report::{
     impression_counts, node_result_counts,
 };
 
+use cascade_proto::decision::v1::{AttemptOutcome, SourceKind};
+
 use crate::schema::{Decision, Event, LogEntry};
 
 /// The report's counters, added up from log entries one at a time: reading a month of
@@ -48,11 +50,11 @@ fn decision_counts(decision: &Decision, unix_seconds: i64, counts: &mut Vec<(Rep
     }
     for imp in &decision.imps {
         for attempt in imp.attempts.iter().filter(|a| a.called) {
-            let answer = match attempt.outcome.as_str() {
-                "ATTEMPT_OUTCOME_FILLED" => CallAnswer::Accepted,
-                "ATTEMPT_OUTCOME_NO_FILL" if attempt.reason == "blocked_ad" => CallAnswer::Blocked,
-                "ATTEMPT_OUTCOME_TIMEOUT" => CallAnswer::Timeout,
-                "ATTEMPT_OUTCOME_ERROR" => CallAnswer::Error,
+            let answer = match attempt.outcome() {
+                AttemptOutcome::Filled => CallAnswer::Accepted,
+                AttemptOutcome::NoFill if attempt.reason == "blocked_ad" => CallAnswer::Blocked,
+                AttemptOutcome::Timeout => CallAnswer::Timeout,
+                AttemptOutcome::Error => CallAnswer::Error,
                 _ => CallAnswer::NoAd,
             };
             counts.extend(call_counts(
@@ -66,7 +68,7 @@ fn decision_counts(decision: &Decision, unix_seconds: i64, counts: &mut Vec<(Rep
         }
         if let Some(winner) = &imp.winner
             && !winner.network_id.is_empty()
-            && winner.source != "SOURCE_KIND_CHAINED_OUTCOME"
+            && winner.source() != SourceKind::ChainedOutcome
         {
             counts.extend(counts_at(
                 unix_seconds,

@@ -367,3 +367,24 @@ async fn wait_for_entries(source: &Source, count: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn the_json_form_names_enumerations_and_reads_them_back() {
+    use cascade_log::schema::{Attempt, Imp};
+    use cascade_proto::decision::v1::{AttemptOutcome, SourceKind};
+    let mut entry = decision("json", "8953");
+    entry.decision.as_mut().unwrap().imps = vec![Imp {
+        attempts: vec![Attempt {
+            source: SourceKind::MediatedNetwork as i32,
+            outcome: AttemptOutcome::Timeout as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    let json = serde_json::to_value(&entry).unwrap();
+    let attempt = &json["decision"]["imps"][0]["attempts"][0];
+    assert_eq!(attempt["source"], "SOURCE_KIND_MEDIATED_NETWORK");
+    assert_eq!(attempt["outcome"], "ATTEMPT_OUTCOME_TIMEOUT");
+    let back: LogEntry = serde_json::from_value(json).unwrap();
+    assert_eq!(back, entry);
+}

@@ -2,6 +2,7 @@
 //! crate only, never on `proto/` directly; it re-exports the tonic and prost versions
 //! the code was generated for.
 
+pub mod log_json;
 pub mod openrtb_json;
 
 pub use prost;

@@ -11,9 +11,7 @@ use cascade_core::money::Factor;
 use cascade_log::schema as log;
 use cascade_networks::notices::NoticeKind;
 use cascade_proto::auction::v1::Candidate;
-use cascade_proto::decision::v1::{
-    Attempt, AttemptOutcome, ExecutionMode, Explanation, ImpDecision, NoFillReason, SourceKind,
-};
+use cascade_proto::decision::v1::{Attempt, ExecutionMode, Explanation, ImpDecision, SourceKind};
 use cascade_proto::openrtb::v1::{BidRequest, BidResponse};
 
 /// What a decision was about, beside its impressions.
@@ -49,7 +47,7 @@ pub(crate) fn decision_entry<'a>(
         ExecutionMode::Client
     } else {
         ExecutionMode::Server
-    };
+    } as i32;
     let imps: Vec<log::Imp> = imps.map(imp).collect();
     let networks = imps
         .iter()
@@ -78,7 +76,7 @@ pub(crate) fn decision_entry<'a>(
             account_id: decided.account_id,
             account_path: decided.account_path,
             config_version: decided.config_version,
-            mode: mode.as_str_name().to_string(),
+            mode,
             test: decided.test,
             budget_ms: millis(decided.budget),
             elapsed_us: u32::try_from(decided.elapsed.as_micros()).unwrap_or(u32::MAX),
@@ -165,7 +163,7 @@ pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
             };
             log::Candidate {
                 id: c.id.clone(),
-                source: c.source().as_str_name().to_string(),
+                source: c.source,
                 seat: c.seat.clone(),
                 network_id: c.network_id.clone(),
                 bid_id: c.bid_id.clone(),
@@ -198,7 +196,7 @@ fn imp(record: ImpRecord<'_>) -> log::Imp {
             .dropped
             .into_iter()
             .map(|d| log::Drop {
-                source: d.source().as_str_name().to_string(),
+                source: d.source,
                 candidate_id: d.candidate_id,
                 price_micros: d.price_micros,
                 reason: d.reason,
@@ -218,7 +216,7 @@ fn imp(record: ImpRecord<'_>) -> log::Imp {
         winner: decision.winner.as_ref().map(|w| log::Winner {
             selection_id: w.selection_id.clone(),
             candidate_id: record.winner_candidate_id.to_string(),
-            source: w.source().as_str_name().to_string(),
+            source: w.source,
             seat: w.seat.clone(),
             network_id: w.network_id.clone(),
             bid_id: w.bid_id.clone(),
@@ -230,16 +228,13 @@ fn imp(record: ImpRecord<'_>) -> log::Imp {
             original_cur: w.original_cur.clone(),
             rate_micros: w.rate_micros,
         }),
-        no_fill_reason: match decision.no_fill_reason() {
-            NoFillReason::Unspecified => String::new(),
-            reason => reason.as_str_name().to_string(),
-        },
+        no_fill_reason: decision.no_fill_reason,
         chain: decision
             .chain
             .iter()
             .map(|node| log::ChainNode {
                 selection_id: node.selection_id.clone(),
-                source: node.source().as_str_name().to_string(),
+                source: node.source,
                 network_id: node.network_id.clone(),
                 bid_id: node.bid_id.clone(),
                 price_micros: node.price_micros,
@@ -251,12 +246,9 @@ fn imp(record: ImpRecord<'_>) -> log::Imp {
 
 fn attempt(attempt: Attempt) -> log::Attempt {
     log::Attempt {
-        source: attempt.source().as_str_name().to_string(),
+        source: attempt.source,
         live_bid: attempt.source() == SourceKind::BiddingNetwork,
-        outcome: match attempt.outcome() {
-            AttemptOutcome::Unspecified => String::new(),
-            outcome => outcome.as_str_name().to_string(),
-        },
+        outcome: attempt.outcome,
         candidate_id: attempt.candidate_id,
         network_id: attempt.network_id,
         bid_id: attempt.bid_id,
