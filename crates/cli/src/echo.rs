@@ -51,11 +51,14 @@ pub async fn run(args: EchoChainArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let hop = Hop { next: next.take() };
+        // As the services do: nodelay on every accepted connection (the builder's
+        // setting does not reach a listener of ours).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         servers.spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(EchoServer::new(hop))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(incoming),
         );
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .tcp_nodelay(true)

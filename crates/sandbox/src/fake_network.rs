@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use cascade_proto::customnetwork::v1::custom_network_server::{CustomNetwork, CustomNetworkServer};
 use cascade_proto::customnetwork::v1::{AdRequest, AdResponse};
 
@@ -164,6 +165,10 @@ impl FakeNetworks {
             Some(acceptor) => crate::tls::serve_tls(listener, router, acceptor),
             None => {
                 tokio::spawn(async move {
+                    // As a network's own server would: answers are not held back by Nagle.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     if let Err(error) = axum::serve(listener, router).await {
                         tracing::error!(%error, "fake network server stopped");
                     }
@@ -178,9 +183,10 @@ impl FakeNetworks {
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(grpc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                    grpc_listener,
-                ))
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
+                )
                 .await;
             if let Err(error) = served {
                 tracing::error!(%error, "fake gRPC network stopped");

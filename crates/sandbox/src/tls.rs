@@ -73,6 +73,7 @@ pub fn serve_tls(listener: tokio::net::TcpListener, router: axum::Router, accept
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {

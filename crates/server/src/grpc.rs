@@ -144,16 +144,16 @@ impl GrpcServer {
         };
         let _stop_metrics = AbortOnDrop(metrics_endpoint);
         let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
+        // The builder's `tcp_nodelay` applies only to listeners tonic binds itself: an
+        // accepted connection of ours gets it here, or small responses wait on Nagle.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
-            .tcp_nodelay(true)
             .layer(crate::telemetry::ServerObserveLayer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stop_accepting_rx.await;
-                },
-            );
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_accepting_rx.await;
+            });
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return Ok(result?),
