@@ -117,7 +117,9 @@ impl LoadResult {
 }
 
 /// The decision request of call number `n`: `imps` banners, each with `exchange_bids`
-/// bids (prices spread so the auction has work to do).
+/// bids (prices spread so the auction has work to do, and moving from call to call), a
+/// user and a device of its own, and privacy signals as traffic mixes them: a third with
+/// none, a third opted out of sale (`us_privacy`), a third limiting ad tracking (`lmt`).
 pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
     let imps: Vec<serde_json::Value> = (0..args.imps)
         .map(|i| {
@@ -128,16 +130,24 @@ pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
         .flat_map(|i| {
             (0..args.exchange_bids).map(move |b| {
                 serde_json::json!({"id": format!("b{i}-{b}"), "impid": (i + 1).to_string(),
-                    "price": 0.6 + 0.1 * b as f64, "adomain": ["shoes.example"], "adm": "<div>exchange ad</div>"})
+                    "price": 0.6 + 0.1 * b as f64 + 0.01 * (n % 13) as f64,
+                    "adomain": ["shoes.example"], "adm": "<div>exchange ad</div>"})
             })
         })
         .collect();
-    let request = serde_json::json!({
+    let mut request = serde_json::json!({
         "id": format!("load-{n}"),
         "imp": imps,
         "site": {"domain": "www.foobar.com", "publisher": {"id": args.publisher}},
-        "device": {"devicetype": 2, "geo": {"country": "DEU"}},
+        "device": {"devicetype": 2, "ifa": format!("ifa-{n}"), "ip": format!("203.0.113.{}", n % 250),
+                   "geo": {"country": "DEU", "lat": 52.5 + (n % 100) as f64 / 1_000.0, "lon": 13.4}},
+        "user": {"id": format!("user-{}", n % 10_000)},
     });
+    match n % 3 {
+        1 => request["regs"] = serde_json::json!({"us_privacy": "1YYN"}),
+        2 => request["device"]["lmt"] = serde_json::json!(1),
+        _ => {}
+    }
     let exchange_bids = if bids.is_empty() {
         vec![]
     } else {

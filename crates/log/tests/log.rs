@@ -236,6 +236,10 @@ async fn the_logged_request_keeps_no_identifiers_without_consent_or_for_a_child(
         .unwrap()
         .imp = vec![Default::default(); 20_000];
     log.append(huge);
+    let mut limited = logged("lmt", Regs::default());
+    let limited_request = limited.decision.as_mut().unwrap().request.as_mut().unwrap();
+    limited_request.device.as_mut().unwrap().lmt = Some(1);
+    log.append(limited);
     log.close(Duration::from_secs(5)).await;
 
     let entries = read::collect(
@@ -271,6 +275,14 @@ async fn the_logged_request_keeps_no_identifiers_without_consent_or_for_a_child(
     let huge = decisions[3];
     assert!(huge.request_omitted && huge.request.is_none());
     assert!(huge.request_bytes as usize > LogSettings::default().max_request_bytes);
+    // Limit ad tracking: no advertising id, the rest kept.
+    let limited = decisions[4].request.as_ref().unwrap();
+    assert_eq!(limited.device.as_ref().unwrap().ifa, "");
+    assert_eq!(limited.user.as_ref().unwrap().id, "user-123");
+    assert_eq!(
+        decisions[4].privacy.as_ref().unwrap().withheld,
+        ["device ids"]
+    );
 }
 
 #[tokio::test]
