@@ -33,7 +33,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum RankError {
+pub enum RankError {
     #[error("imps: at most {MAX_IMPS} impressions, got {0}")]
     TooManyImps(usize),
     #[error("imps[{0}].candidates: at most {MAX_CANDIDATES_PER_IMP} candidates, got {1}")]
@@ -83,18 +83,23 @@ pub struct AuctionService;
 #[tonic::async_trait]
 impl Auction for AuctionService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
-        let request = request.into_inner();
-        if request.imps.len() > MAX_IMPS {
-            return Err(RankError::TooManyImps(request.imps.len()).into());
-        }
-        let imps = request
-            .imps
-            .into_iter()
-            .enumerate()
-            .map(|(i, imp)| rank_imp(i, imp))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(RankResponse { imps }))
+        Ok(Response::new(rank(request.into_inner())?))
     }
+}
+
+/// Ranks every impression of `request`: the whole of the auction, with no I/O, so that
+/// `cascade replay` ranks as the service does.
+pub fn rank(request: RankRequest) -> Result<RankResponse, RankError> {
+    if request.imps.len() > MAX_IMPS {
+        return Err(RankError::TooManyImps(request.imps.len()));
+    }
+    let imps = request
+        .imps
+        .into_iter()
+        .enumerate()
+        .map(|(i, imp)| rank_imp(i, imp))
+        .collect::<Result<_, _>>()?;
+    Ok(RankResponse { imps })
 }
 
 /// A wire candidate as the core auction sees it, validated.

@@ -5,10 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cascade_core::Micros;
 use cascade_core::notice::loss;
 use cascade_core::report::{Metric, counts_at};
-use cascade_core::waterfall::network_floor;
 use cascade_networks::notices::{NoticeKind, Notifier};
 use cascade_proto::auction::v1::auction_client::AuctionClient;
 use cascade_proto::auction::v1::{AdQuality, AuctionImp, Candidate, RankRequest, RankedCandidate};
@@ -19,12 +17,11 @@ use cascade_proto::decision::v1::{
     SourceKind, Winner,
 };
 use cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient;
-use cascade_proto::networkcaller::v1::{
-    BidAsk, BiddingImp, CollectBidsRequest, RunWaterfallRequest, WaterfallImp,
-};
+use cascade_proto::networkcaller::v1::{CollectBidsRequest, RunWaterfallRequest, WaterfallImp};
 use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
 
 use crate::notices::{self, BidNotices, NoticeSettings};
+use crate::plan;
 use crate::record::{self, Decided, ImpRecord};
 use cascade_log::DecisionLog;
 
@@ -37,13 +34,10 @@ struct NetworkEdge {
     schain_node: Option<SupplyChainNode>,
 }
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
-use cascade_proto::targeting::v1::{
-    EligibleLineItem, EligibleMediatedBid, EvaluateRequest, EvaluateResponse, ImpEvaluation,
-};
+use cascade_proto::targeting::v1::{EvaluateRequest, EvaluateResponse, ImpEvaluation};
 use cascade_server::channel::BalancedChannel;
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_server::telemetry::Traced;
-use cascade_server::wire::adjustment;
 use cascade_state::{ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store};
 use tonic::{Request, Response, Status};
 
@@ -264,20 +258,10 @@ impl DecisionService {
             .map_err(|status| DecideError::downstream("targeting-evaluation", status))?
             .into_inner();
 
-        let qualities: Vec<AdQuality> = evaluation
-            .imps
-            .iter()
-            .enumerate()
-            .map(|(index, imp)| ad_quality(imp.applied_rule.as_ref(), &normalized, index))
-            .collect();
+        let qualities = plan::ad_qualities(&evaluation, &normalized);
         let mut live_bids = self
             .collect_live_bids(&evaluation, &qualities, &bid_request, &edge, deadline)
             .await;
-        let seat_adjustments: HashMap<&str, i64> = evaluation
-            .seat_adjustments
-            .iter()
-            .map(|a| (a.seat.as_str(), a.factor_ppm))
-            .collect();
         let mut slots: Vec<Slot> = Vec::with_capacity(evaluation.imps.len());
         let mut auction_imps = Vec::new();
         let mut auction_slots = Vec::new();
@@ -289,11 +273,7 @@ impl DecisionService {
             .zip(qualities)
             .enumerate()
         {
-            for candidate in &mut exchange {
-                if let Some(ppm) = seat_adjustments.get(candidate.seat.as_str()) {
-                    candidate.bid_adjustment_ppm = *ppm;
-                }
-            }
+            plan::adjust_seats(&evaluation.seat_adjustments, &mut exchange);
             let (bidding, bidding_attempts) =
                 live_bids.remove(&evaluated.impid).unwrap_or_default();
             let live_bids = bidding
@@ -310,7 +290,7 @@ impl DecisionService {
                 decision.explanation = Some(explanation(&mut evaluated, bidding_attempts, budget));
             }
             let chained = std::mem::take(&mut chained[index]);
-            match auction_imp(
+            match plan::auction_imp(
                 evaluation.account_known,
                 evaluated,
                 exchange,
@@ -589,12 +569,8 @@ impl DecisionService {
         // Per slot: its best demand in hand, which serves when no network above it fills.
         let mut in_hand: Vec<Option<RankedCandidate>> = Vec::with_capacity(slots.len());
         for (index, slot) in slots.iter_mut().enumerate() {
-            let mut networks = std::mem::take(&mut slot.ranked);
-            let first_in_hand = networks
-                .iter()
-                .position(|r| !needs_call(r))
-                .unwrap_or(networks.len());
-            in_hand.push(networks.drain(first_in_hand..).next());
+            let (networks, best) = plan::split_at_in_hand(std::mem::take(&mut slot.ranked));
+            in_hand.push(best);
             if !networks.is_empty() {
                 waterfall_slots.push(index);
                 waterfall_imps.push(WaterfallImp {
@@ -642,7 +618,7 @@ impl DecisionService {
                             explanation.attempts.extend(result.attempts);
                         }
                         if let Some(winner) = result.winner {
-                            decision.winner = Some(winner_from(winner));
+                            decision.winner = Some(plan::winner_from(winner));
                             in_hand[index] = None;
                         } else if in_hand[index].is_none() && result.deadline_exceeded {
                             decision.no_fill_reason = NoFillReason::DeadlineExceeded as i32;
@@ -693,7 +669,7 @@ impl DecisionService {
                         });
                     }
                     decision.no_fill_reason = NoFillReason::Unspecified as i32;
-                    decision.winner = Some(winner_from(best));
+                    decision.winner = Some(plan::winner_from(best));
                 }
                 _ if decision.winner.is_none()
                     && decision.no_fill_reason == NoFillReason::Unspecified as i32 =>
@@ -793,37 +769,7 @@ impl DecisionService {
         edge: &NetworkEdge,
         deadline: Deadline,
     ) -> HashMap<String, (Vec<Candidate>, Vec<Attempt>)> {
-        let imps: Vec<BiddingImp> = evaluation
-            .imps
-            .iter()
-            .zip(qualities)
-            .filter_map(|(imp, quality)| {
-                let rule = imp.applied_rule.as_ref()?;
-                // Under a private auction too: a bidding network is sent the deals and
-                // its bid serves if it names one that admits its seat.
-                let asks: Vec<BidAsk> = imp
-                    .bidding_bids
-                    .iter()
-                    .map(|bid| BidAsk {
-                        bid_id: bid.bid_id.clone(),
-                        network_id: bid.network_id.clone(),
-                        placement_id: bid.placement_id.clone(),
-                        floor_micros: network_floor(
-                            Micros(bid.cpm_micros),
-                            Micros(rule.floor_micros),
-                            adjustment(bid.bid_adjustment_ppm),
-                        )
-                        .0,
-                        bid_adjustment_ppm: bid.bid_adjustment_ppm,
-                    })
-                    .collect();
-                (!asks.is_empty()).then(|| BiddingImp {
-                    impid: imp.impid.clone(),
-                    asks,
-                    ad_quality: Some(quality.clone()),
-                })
-            })
-            .collect();
+        let imps = plan::bidding_imps(evaluation, qualities);
         if imps.is_empty() {
             return HashMap::new();
         }
@@ -1027,122 +973,6 @@ fn new_selection_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// What one impression brings to the auction, or why it has nothing to bring. With a
-/// selling rule: exchange bids, live bids, mediated bids, line items and chained
-/// outcomes under the rule's floor, the impression's deals, and the filters. Without
-/// one, no auction demand may serve: only line items and chained outcomes, under the
-/// request's filters.
-fn auction_imp(
-    account_known: bool,
-    evaluated: ImpEvaluation,
-    exchange: Vec<Candidate>,
-    chained: Vec<Candidate>,
-    normalized: &Normalized,
-    quality: AdQuality,
-    index: usize,
-) -> Result<AuctionImp, NoFillReason> {
-    if !account_known {
-        return Err(NoFillReason::UnknownAccount);
-    }
-    let line_items = evaluated
-        .line_items
-        .into_iter()
-        .map(line_item_candidate)
-        .chain(chained);
-    let (deals, private_auction) = normalized.deals[index].clone();
-    match evaluated.applied_rule {
-        Some(rule) => {
-            let mut candidates = exchange;
-            candidates.extend(evaluated.mediated_bids.into_iter().map(mediated_candidate));
-            candidates.extend(line_items);
-            Ok(AuctionImp {
-                impid: evaluated.impid,
-                floor_micros: rule.floor_micros,
-                auction_type: rule.auction_type,
-                mediated_sets_second_price: rule.mediated_sets_second_price,
-                ad_quality: Some(quality),
-                deals,
-                private_auction,
-                candidates,
-            })
-        }
-        None => {
-            let candidates: Vec<Candidate> = line_items.collect();
-            if candidates.is_empty() {
-                return Err(NoFillReason::NoMatchingRule);
-            }
-            Ok(AuctionImp {
-                impid: evaluated.impid,
-                ad_quality: Some(quality),
-                candidates,
-                ..Default::default()
-            })
-        }
-    }
-}
-
-/// The filters of one impression: the applied rule's plus the request's (`badv`,
-/// `bcat`, `bseat`, the impression's `battr`), in the request's `cattax`. Without a
-/// rule, the request's alone.
-fn ad_quality(
-    rule: Option<&cascade_proto::targeting::v1::AppliedRule>,
-    normalized: &Normalized,
-    index: usize,
-) -> AdQuality {
-    let from_rule = |list: fn(&cascade_proto::targeting::v1::AppliedRule) -> &Vec<String>| {
-        rule.map(|r| list(r).clone()).unwrap_or_default()
-    };
-    AdQuality {
-        blocked_adomains: merged(
-            from_rule(|r| &r.blocked_adomains),
-            &normalized.blocked_adomains,
-        ),
-        blocked_categories: merged(
-            from_rule(|r| &r.blocked_categories),
-            &normalized.blocked_categories,
-        ),
-        blocked_seats: merged(from_rule(|r| &r.blocked_seats), &normalized.blocked_seats),
-        blocked_attributes: merged(
-            rule.map(|r| r.blocked_attributes.clone())
-                .unwrap_or_default(),
-            &normalized.blocked_attributes[index],
-        ),
-        cattax: normalized.cattax,
-        block_unknown_adomain: rule.is_some_and(|r| r.block_unknown_adomain),
-        block_unknown_category: rule.is_some_and(|r| r.block_unknown_category),
-        dsa_required: normalized.dsa_required,
-    }
-}
-
-fn line_item_candidate(item: EligibleLineItem) -> Candidate {
-    Candidate {
-        id: format!("line_item:{}", item.line_item_id),
-        source: SourceKind::LineItem as i32,
-        bid_micros: item.cpm_micros,
-        bid_id: item.line_item_id,
-        adm: item.adm,
-        adomain: item.adomain,
-        cat: item.cat,
-        attr: item.attr,
-        guaranteed: item.guaranteed,
-        priority: item.priority,
-        ..Default::default()
-    }
-}
-
-fn mediated_candidate(bid: EligibleMediatedBid) -> Candidate {
-    Candidate {
-        bid_adjustment_ppm: bid.bid_adjustment_ppm,
-        id: format!("mediated:{}", bid.bid_id),
-        source: SourceKind::MediatedNetwork as i32,
-        bid_micros: bid.cpm_micros,
-        network_id: bid.network_id,
-        placement_id: bid.placement_id,
-        bid_id: bid.bid_id,
-        ..Default::default()
-    }
-}
-
 /// Why network-caller gave no answer to use: it ran out of time, or could not be
 /// reached. The decision goes on with what it holds; the attempts and the impression say
 /// which.
@@ -1194,15 +1024,6 @@ impl Unanswered {
     }
 }
 
-/// Whether a ranked candidate is a waterfall network, which must be called to serve;
-/// everything else is demand in hand.
-fn needs_call(ranked: &RankedCandidate) -> bool {
-    ranked
-        .candidate
-        .as_ref()
-        .is_some_and(|c| c.source() == SourceKind::MediatedNetwork)
-}
-
 /// How long a selection is kept: as long as its ad may still render — the bid's `exp`,
 /// else the impression's — when that is longer than `default`, never beyond `max`.
 fn selection_lifetime(
@@ -1218,35 +1039,6 @@ fn selection_lifetime(
         .map(Duration::from_secs)
         .unwrap_or_default();
     default.max(exp).min(max)
-}
-
-fn winner_from(ranked: RankedCandidate) -> Winner {
-    let candidate = ranked.candidate.unwrap_or_default();
-    Winner {
-        selection_id: String::new(),
-        source: candidate.source,
-        seat: candidate.seat,
-        network_id: candidate.network_id,
-        bid_id: candidate.bid_id,
-        price_micros: ranked.clearing_price_micros,
-        cur: AUCTION_CURRENCY.to_string(),
-        adm: candidate.adm,
-        nurl: candidate.nurl,
-        adomain: candidate.adomain,
-        crid: candidate.crid,
-        dealid: candidate.dealid,
-        cat: candidate.cat,
-        attr: candidate.attr,
-        original_cur: candidate.original_cur,
-        rate_micros: candidate.rate_micros,
-        burl: candidate.burl,
-    }
-}
-
-/// The rule's filters plus the request's own (`bcat`, `badv`, `bseat`, `battr`).
-fn merged<T: Clone>(mut from_rule: Vec<T>, from_request: &[T]) -> Vec<T> {
-    from_rule.extend(from_request.iter().cloned());
-    from_rule
 }
 
 /// The kind of demand a selection keeps, from the decision API's.

@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod normalize;
 mod notices;
+pub mod plan;
 mod record;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use tonic::server::NamedService;
 
 pub use decide::DecisionService;
 pub use error::DecideError;
+pub use normalize::{Normalized, normalize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -45,7 +45,7 @@ pub enum Error {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum EvaluateError {
+pub enum EvaluateError {
     #[error("configuration snapshot not loaded yet")]
     NotReady,
     #[error("imps: at most {MAX_IMPS} impressions, got {0}")]
@@ -110,7 +110,9 @@ impl TargetingEvaluation for TargetingService {
     }
 }
 
-fn evaluate(
+/// Everything targeting decides about a request's impressions at `unix_seconds`: the
+/// whole of the service, with no I/O, so that `cascade replay` evaluates as it does.
+pub fn evaluate(
     snapshot: &Snapshot,
     request: &EvaluateRequest,
     unix_seconds: i64,
