@@ -9,6 +9,7 @@ mod decision_log;
 mod deploy;
 mod edge;
 mod quickstart;
+mod replay;
 mod rules;
 mod state;
 mod support;

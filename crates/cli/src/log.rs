@@ -27,6 +27,9 @@ enum LogCommand {
         source: SourceArgs,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Only decisions, or only events.
+        #[arg(long, value_enum)]
+        kind: Option<Kind>,
         /// How many of the last entries.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
@@ -40,6 +43,9 @@ enum LogCommand {
         source: SourceArgs,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Only decisions, or only events.
+        #[arg(long, value_enum)]
+        kind: Option<Kind>,
     },
     /// The network performance report rebuilt from the log (what the counters of
     /// `cascade report` say, for the same traffic).
@@ -67,7 +73,7 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn source(&self) -> Source {
+    pub(crate) fn source(&self) -> Source {
         match &self.nats {
             Some(url) => Source::JetStream {
                 url: url.clone(),
@@ -80,9 +86,6 @@ impl SourceArgs {
 
 #[derive(clap::Args)]
 pub struct FilterArgs {
-    /// Only decisions, or only events.
-    #[arg(long, value_enum)]
-    kind: Option<Kind>,
     /// Only entries of this publisher account.
     #[arg(long)]
     account: Option<String>,
@@ -106,13 +109,19 @@ enum Kind {
     Event,
 }
 
+impl Kind {
+    fn of(kind: Option<Kind>) -> Option<EntryKind> {
+        kind.map(|kind| match kind {
+            Kind::Decision => EntryKind::Decision,
+            Kind::Event => EntryKind::Event,
+        })
+    }
+}
+
 impl FilterArgs {
-    fn filter(&self) -> anyhow::Result<Filter> {
+    pub(crate) fn filter(&self) -> anyhow::Result<Filter> {
         Ok(Filter {
-            kind: self.kind.map(|kind| match kind {
-                Kind::Decision => EntryKind::Decision,
-                Kind::Event => EntryKind::Event,
-            }),
+            kind: None,
             account_id: self.account.clone(),
             request_id: self.request_id.clone(),
             network_id: self.network.clone(),
@@ -157,20 +166,32 @@ pub async fn run(args: LogArgs) -> anyhow::Result<()> {
         LogCommand::Tail {
             source,
             filter,
+            kind,
             lines,
             follow,
         } => {
             read::tail(
                 &source.source(),
-                &filter.filter()?,
+                &Filter {
+                    kind: Kind::of(kind),
+                    ..filter.filter()?
+                },
                 lines,
                 follow,
                 &mut print,
             )
             .await?;
         }
-        LogCommand::Query { source, filter } => {
-            read::scan(&source.source(), &filter.filter()?, &mut print).await?;
+        LogCommand::Query {
+            source,
+            filter,
+            kind,
+        } => {
+            let filter = Filter {
+                kind: Kind::of(kind),
+                ..filter.filter()?
+            };
+            read::scan(&source.source(), &filter, &mut print).await?;
         }
         LogCommand::Report {
             source,

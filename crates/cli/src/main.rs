@@ -5,6 +5,7 @@ mod bench;
 mod echo;
 mod load;
 mod log;
+mod replay;
 mod report;
 mod up;
 
@@ -35,6 +36,10 @@ enum Command {
     /// `query` (by account, request id, network, time), `report` (the network performance
     /// report rebuilt from it). Entries print as JSON lines.
     Log(log::LogArgs),
+    /// Decide the logged decisions again under a configuration file, with the logged
+    /// network answers (drawn from each network's record where the log holds none), and
+    /// print before against after per account and demand, with 90% intervals.
+    Replay(replay::ReplayArgs),
     /// Load a decision API (or an echo chain) over gRPC and report throughput, latency
     /// percentiles and errors.
     Load(load::LoadArgs),
@@ -58,6 +63,7 @@ async fn main() -> std::process::ExitCode {
         Command::Admin(args) => admin::run(args).await,
         Command::Report(args) => report::run(args).await,
         Command::Log(args) => log::run(args).await.map(|()| 0),
+        Command::Replay(args) => replay::run(args).await.map(|()| 0),
         Command::Load(args) => load::run(&args).await.map(|result| {
             result.print(if args.echo { "echo chain" } else { "decisions" });
             0

@@ -188,16 +188,31 @@ fn csv(rows: &[pb::NetworkReportRow]) -> String {
 
 /// For people: money as decimals, the fill rate as a percentage, aligned columns.
 fn table(rows: &[pb::NetworkReportRow]) -> String {
-    let money = |micros: i64| {
-        let sign = if micros < 0 { "-" } else { "" };
-        format!("{sign}{}", Micros(micros.saturating_abs()))
-    };
     let rate = |ppm: u64| format!("{}.{}%", ppm / 10_000, ppm % 10_000 / 1_000);
     let lines: Vec<Vec<String>> = std::iter::once(COLUMNS.iter().map(|c| c.to_string()).collect())
         .chain(rows.iter().map(|row| cells(row, money, rate)))
         .collect();
-    let widths: Vec<usize> = (0..COLUMNS.len())
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+    aligned(&lines)
+}
+
+/// USD micros as a decimal amount, signed.
+pub(crate) fn money(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    format!("{sign}{}", Micros(micros.saturating_abs()))
+}
+
+/// Lines of cells as columns aligned on the widest cell of each.
+pub(crate) fn aligned(lines: &[Vec<String>]) -> String {
+    let columns = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            lines
+                .iter()
+                .filter_map(|l| l.get(i))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     lines
         .iter()

@@ -176,6 +176,10 @@ pub(crate) fn candidates(candidates: &[Candidate]) -> Vec<log::Candidate> {
                 price_micros: c.bid_micros,
                 bid_adjustment_ppm: c.bid_adjustment_ppm,
                 adjusted_price_micros: factor.apply(Micros(c.bid_micros)).0,
+                cat: c.cat.clone(),
+                attr: c.attr.clone(),
+                unfilled: c.unfilled,
+                dsa: c.dsa,
             }
         })
         .collect()
@@ -227,6 +231,8 @@ fn imp(record: ImpRecord<'_>) -> log::Imp {
             cur: w.cur.clone(),
             original_cur: w.original_cur.clone(),
             rate_micros: w.rate_micros,
+            cat: w.cat.clone(),
+            attr: w.attr.clone(),
         }),
         no_fill_reason: decision.no_fill_reason,
         chain: decision
