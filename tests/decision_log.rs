@@ -424,3 +424,77 @@ async fn separate_services_log_to_jetstream() {
     }
     assert_eq!(entries[3]["event"]["request_id"], "stream-0");
 }
+
+/// The events of `kind` among `entries`.
+fn events_of<'e>(entries: &'e [Value], kind: &str) -> Vec<&'e Value> {
+    entries
+        .iter()
+        .filter_map(|e| e.get("event"))
+        .filter(|event| event["kind"] == kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_notice_fired_is_logged_with_its_receiver_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = dir.path().to_path_buf();
+    let cluster = Cluster::builder()
+        .bid_intake(|settings| {
+            settings.notices.billing_poll_ms = 20;
+            settings.log = LogSettings {
+                sink: SinkKind::File,
+                directory,
+                ..Default::default()
+            }
+        })
+        .start()
+        .await;
+    cluster.networks.send_notices("coolads");
+    cluster.networks.send_notices("bidwise");
+    // BidWise bids live on home-live and loses to CoolAds' $2.00 in the waterfall: CoolAds
+    // is sent its win notice, BidWise its loss notice; the impression bills CoolAds.
+    let mut home_live = request("notice-1", json!([]));
+    home_live["request"]["imp"][0]["tagid"] = json!("home-live");
+    let response = cluster.decide(&home_live).await;
+    assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
+    let selection = winner(&response)["selectionId"].clone();
+    report_event(&cluster, &selection, "EVENT_TYPE_IMPRESSION", json!({})).await;
+
+    let dir_arg = dir.path().to_str().unwrap().to_string();
+    let receiver = cluster.networks.addr().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entries = loop {
+        let entries = logged(&["--dir", &dir_arg, "--kind", "event"]).await;
+        let delivered = events_of(&entries, "billing_notice")
+            .iter()
+            .any(|e| e["notice_result"] == "delivered");
+        if delivered
+            && !events_of(&entries, "win_notice").is_empty()
+            && !events_of(&entries, "loss_notice").is_empty()
+        {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "notices not logged: {entries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for kind in ["win_notice", "loss_notice"] {
+        let notices = events_of(&entries, kind);
+        assert_eq!(notices.len(), 1, "{kind} fired once: {entries:?}");
+        let notice = notices[0];
+        assert_eq!(notice["request_id"], "notice-1", "{notice}");
+        assert_eq!(notice["impid"], "1", "{notice}");
+        assert_eq!(notice["notice_result"], "fired", "{notice}");
+        // The receiver's host, never the URL with its ids and prices.
+        assert_eq!(notice["notice_host"], receiver.as_str(), "{notice}");
+    }
+    let billed = events_of(&entries, "billing_notice");
+    assert_eq!(billed.len(), 1, "billed once: {entries:?}");
+    assert_eq!(billed[0]["selection_id"], selection, "{entries:?}");
+    assert_eq!(billed[0]["notice_host"], receiver.as_str());
+    // Nothing of the notice URL itself is logged.
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !text.contains("/win?") && !text.contains("/bill?"),
+        "{text}"
+    );
+}
