@@ -84,4 +84,21 @@ async fn up_serves_the_decision_its_banner_prints(extra: &[&str]) {
         winner(&response)["selectionId"],
         "{logged}"
     );
+    // Replayed under the configuration it ran with, the decision sells as it did.
+    let demo = crate::support::workspace_file("examples/demo.toml");
+    let replayed = run_cascade(
+        &[
+            "replay",
+            "--dir",
+            log_dir,
+            "--configuration",
+            demo.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    let summary: Value = serde_json::from_str(&replayed).unwrap();
+    assert_eq!(summary["decisions_replayed"], 1, "{summary}");
+    assert_eq!(summary["impressions_changed"], 0, "{summary}");
 }

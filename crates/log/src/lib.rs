@@ -132,6 +132,11 @@ impl DecisionLog {
 
     /// A log writing to `sink`, with the queue and batch sizes of `settings`.
     pub fn with_sink(sink: Arc<dyn LogSink>, settings: &LogSettings) -> Self {
+        // Every outcome's series exists from the start at zero, so that the first drop is
+        // an increase an alert sees (deploy/monitoring/decision-log.rules.yaml).
+        for outcome in OUTCOMES {
+            count(outcome, 0);
+        }
         let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
         let closing = Arc::new(Closing::default());
         let inner = Arc::new(Inner {
@@ -197,6 +202,9 @@ impl DecisionLog {
         }
     }
 }
+
+/// The outcomes `cascade_log_entries_total` counts entries by.
+const OUTCOMES: [&str; 5] = ["queued", "dropped", "written", "retried", "failed"];
 
 fn count(outcome: &'static str, entries: u64) {
     metrics::counter!("cascade_log_entries_total", "outcome" => outcome).increment(entries);
