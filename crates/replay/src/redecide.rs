@@ -6,9 +6,11 @@
 //! new floor and filters); one the original decision never asked answers by a draw
 //! from what it did elsewhere in the log ([`Observed`]).
 //!
-//! Time is not replayed: a walk goes on as far as its call cap allows, so a network the
-//! original walk skipped for lack of time is guessed, and no replayed impression ends
-//! for a deadline.
+//! Time is replayed as the log shows it spent: a call the original walk did not make —
+//! skipped for time, for a network's health, or lost with a network-caller that did not
+//! answer — is not made again. The replayed walk applies its own call cap, and a
+//! network the original walk never reached (below the demand in hand, past the cap, or
+//! newly eligible) answers by a draw.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +22,9 @@ use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, Step, Verdict, Walk, WalkLimits};
 use cascade_log::schema as log;
 use cascade_proto::auction::v1::{AdQuality, Candidate, RankRequest, RankedCandidate};
-use cascade_proto::decision::v1::{DecideRequest, ExecutionMode, NoFillReason, SourceKind};
+use cascade_proto::decision::v1::{
+    AttemptOutcome, DecideRequest, ExecutionMode, NoFillReason, SourceKind,
+};
 use cascade_proto::targeting::v1::EvaluateRequest;
 use cascade_server::wire::{self, adjustment};
 use serde::Serialize;
@@ -237,22 +241,25 @@ impl Replayer<'_> {
                 if snapshot.network(&ask.network_id).is_none() {
                     continue;
                 }
-                outcome.asked.push(ask.network_id.clone());
-                let ad = answers.of(
+                let candidate_id = format!("{LIVE_BID}{}", ask.bid_id);
+                let ad = match answers.of(
                     logged,
                     &mut outcome,
-                    SourceKind::BiddingNetwork,
                     &bidding.impid,
-                    &ask.bid_id,
+                    (&candidate_id, &ask.bid_id),
                     &ask.network_id,
-                );
+                ) {
+                    Call::Skipped => continue,
+                    Call::Answered(ad) => ad,
+                };
+                outcome.asked.push(ask.network_id.clone());
                 let Some((price, creative)) =
                     ad.and_then(|ad| ad.accepted(ask.floor_micros, &filters))
                 else {
                     continue;
                 };
                 bids.push(Candidate {
-                    id: format!("bidding:{}", ask.bid_id),
+                    id: candidate_id,
                     source: SourceKind::BiddingNetwork as i32,
                     minimum_micros: ask.floor_micros,
                     network_id: ask.network_id.clone(),
@@ -356,6 +363,7 @@ impl Replayer<'_> {
                     })
             })
             .collect();
+        let impid = outcome.impid.clone();
         let mut walk = Walk::new(self.limits);
         loop {
             let index = match walk.step(&nodes, UNHURRIED) {
@@ -367,16 +375,18 @@ impl Replayer<'_> {
             let Some(candidate) = ranked.candidate.as_ref() else {
                 continue;
             };
-            walk.called();
-            outcome.asked.push(candidate.network_id.clone());
-            let ad = answers.of(
+            let ad = match answers.of(
                 logged,
                 outcome,
-                SourceKind::MediatedNetwork,
-                &outcome.impid.clone(),
-                &candidate.bid_id,
+                &impid,
+                (&candidate.id, &candidate.bid_id),
                 &candidate.network_id,
-            );
+            ) {
+                Call::Skipped => continue,
+                Call::Answered(ad) => ad,
+            };
+            walk.called();
+            outcome.asked.push(candidate.network_id.clone());
             // The floor network-caller sends: the auction's, never under the bid's CPM.
             let floor = ranked.floor_micros.max(candidate.bid_micros);
             if let Some((price, _)) = ad.and_then(|ad| ad.accepted(floor, &filters)) {
@@ -405,47 +415,68 @@ struct Answers<'a> {
     unobserved_calls: u32,
 }
 
+/// What became of one call or ask in the replay.
+enum Call {
+    /// It is not made, as the log shows it was not: skipped for time, health, or
+    /// network-caller not answering. The same moment would skip it again; it counts
+    /// toward no cap.
+    Skipped,
+    /// Made; `None` for no ad.
+    Answered(Option<Box<Ad>>),
+}
+
+/// The reason code of a node the walk skipped for its call cap: the replayed walk
+/// applies its own cap, so such a node is one the log does not answer for.
+const CALL_CAP: &str = "call_cap";
+
 impl Answers<'_> {
-    /// What the network of `bid_id` answers for `impid`: its logged answer when the
-    /// original decision called it, else a draw; `None` for no ad.
+    /// What the network of candidate `candidate_id` (`bid_id`) answers for `impid`: as
+    /// logged when the original decision reached it, else a draw.
     fn of(
         &mut self,
         logged: Option<&log::Imp>,
         outcome: &mut ImpOutcome,
-        source: SourceKind,
         impid: &str,
-        bid_id: &str,
+        candidate: (&str, &str),
         network_id: &str,
-    ) -> Option<Ad> {
+    ) -> Call {
+        let (candidate_id, bid_id) = candidate;
         let attempt = logged.and_then(|imp| {
-            imp.attempts
-                .iter()
-                .find(|a| a.called && a.bid_id == bid_id && a.source() == source)
+            imp.attempts.iter().find(|a| {
+                a.candidate_id == candidate_id
+                    && (a.called
+                        || (a.outcome() == AttemptOutcome::Skipped && a.reason != CALL_CAP))
+            })
         });
         if let Some(attempt) = attempt {
-            let price = observed::answered_ad(attempt)?;
-            let creative = (attempt.outcome()
-                == cascade_proto::decision::v1::AttemptOutcome::Filled)
-                .then(|| logged.and_then(|imp| logged_creative(imp, source, bid_id)))
+            if !attempt.called {
+                return Call::Skipped;
+            }
+            let Some(price) = observed::answered_ad(attempt) else {
+                return Call::Answered(None);
+            };
+            let creative = (attempt.outcome() == AttemptOutcome::Filled)
+                .then(|| logged.and_then(|imp| logged_creative(imp, candidate_id)))
                 .flatten();
-            return Some(Ad { price, creative });
+            return Call::Answered(Some(Box::new(Ad { price, creative })));
         }
         self.guessed_calls += 1;
         outcome.guessed = true;
-        match self.observed.guess(
+        let drawn = self.observed.guess(
             network_id,
             draw::key(self.seed, &[self.request_id, impid, bid_id]),
-        ) {
+        );
+        Call::Answered(match drawn {
             Guess::Unobserved => {
                 self.unobserved_calls += 1;
                 None
             }
             Guess::NoAd => None,
-            Guess::Ad(price) => Some(Ad {
+            Guess::Ad(price) => Some(Box::new(Ad {
                 price,
                 creative: None,
-            }),
-        }
+            })),
+        })
     }
 }
 
@@ -501,12 +532,12 @@ struct LoggedCreative {
 
 /// The creative a filled network answer came with: a live bid's is among the logged
 /// candidates; a waterfall network's is the logged winner's (a fill ends the walk).
-fn logged_creative(imp: &log::Imp, source: SourceKind, bid_id: &str) -> Option<LoggedCreative> {
-    match source {
-        SourceKind::BiddingNetwork => imp
+fn logged_creative(imp: &log::Imp, candidate_id: &str) -> Option<LoggedCreative> {
+    if candidate_id.starts_with(LIVE_BID) {
+        return imp
             .candidates
             .iter()
-            .find(|c| c.source() == source && c.bid_id == bid_id)
+            .find(|c| c.id == candidate_id)
             .map(|c| LoggedCreative {
                 seat: c.seat.clone(),
                 adomain: c.adomain.clone(),
@@ -518,26 +549,29 @@ fn logged_creative(imp: &log::Imp, source: SourceKind, bid_id: &str) -> Option<L
                 original_cur: c.original_cur.clone(),
                 rate_micros: c.rate_micros,
                 original_price_micros: Some(c.original_price_micros),
-            }),
-        _ => imp
-            .winner
-            .as_ref()
-            .filter(|w| w.source() == source && w.bid_id == bid_id)
-            .map(|w| LoggedCreative {
-                seat: w.seat.clone(),
-                adomain: w.adomain.clone(),
-                cat: w.cat.clone(),
-                attr: w.attr.clone(),
-                crid: w.crid.clone(),
-                dealid: w.dealid.clone(),
-                // It served under the same request, so under its DSA requirement.
-                dsa: true,
-                original_cur: w.original_cur.clone(),
-                rate_micros: w.rate_micros,
-                original_price_micros: None,
-            }),
+            });
     }
+    imp.winner
+        .as_ref()
+        .filter(|w| w.candidate_id == candidate_id)
+        .map(|w| LoggedCreative {
+            seat: w.seat.clone(),
+            adomain: w.adomain.clone(),
+            cat: w.cat.clone(),
+            attr: w.attr.clone(),
+            crid: w.crid.clone(),
+            dealid: w.dealid.clone(),
+            // It served under the same request, so under its DSA requirement.
+            dsa: true,
+            original_cur: w.original_cur.clone(),
+            rate_micros: w.rate_micros,
+            original_price_micros: None,
+        })
 }
+
+/// How bid-intake and network-caller name a bidding network's live bid: this, then the
+/// mediated bid's id.
+const LIVE_BID: &str = "bidding:";
 
 /// The chained outcomes an impression competed with, as the log holds them (at their
 /// stored price, as bid-intake reads them).

@@ -583,13 +583,19 @@ impl DecisionService {
         }
         if !waterfall_imps.is_empty() {
             // Kept to explain the attempts, should network-caller not answer.
-            let asked: Vec<Vec<(String, String)>> = waterfall_imps
+            let asked: Vec<Vec<Attempt>> = waterfall_imps
                 .iter()
                 .map(|imp| {
                     imp.ranked
                         .iter()
                         .filter_map(|r| r.candidate.as_ref())
-                        .map(|c| (c.id.clone(), c.network_id.clone()))
+                        .map(|c| Attempt {
+                            candidate_id: c.id.clone(),
+                            source: SourceKind::MediatedNetwork as i32,
+                            network_id: c.network_id.clone(),
+                            bid_id: c.bid_id.clone(),
+                            ..Default::default()
+                        })
                         .collect()
                 })
                 .collect();
@@ -629,16 +635,9 @@ impl DecisionService {
                     for (index, asked) in waterfall_slots.into_iter().zip(asked) {
                         let decision = &mut slots[index].decision;
                         if let Some(explanation) = decision.explanation.as_mut() {
-                            explanation.attempts.extend(asked.into_iter().map(
-                                |(candidate_id, network_id)| {
-                                    unanswered.attempt(Attempt {
-                                        candidate_id,
-                                        source: SourceKind::MediatedNetwork as i32,
-                                        network_id,
-                                        ..Default::default()
-                                    })
-                                },
-                            ));
+                            explanation
+                                .attempts
+                                .extend(asked.into_iter().map(|a| unanswered.attempt(a)));
                         }
                         if in_hand[index].is_none() {
                             decision.no_fill_reason = unanswered.no_fill as i32;
@@ -792,6 +791,7 @@ impl DecisionService {
                         candidate_id: format!("bidding:{}", ask.bid_id),
                         source: SourceKind::BiddingNetwork as i32,
                         network_id: ask.network_id.clone(),
+                        bid_id: ask.bid_id.clone(),
                         floor_micros: ask.floor_micros,
                         ..Default::default()
                     })
