@@ -12,7 +12,10 @@ fn demo() -> Snapshot {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/demo.toml");
     let configuration = cascade_state::read_configuration_file(
         std::path::Path::new(path),
-        &[("DEMO_NETWORK", "127.0.0.1:9"), ("DEMO_GRPC_NETWORK", "127.0.0.1:9")],
+        &[
+            ("DEMO_NETWORK", "127.0.0.1:9"),
+            ("DEMO_GRPC_NETWORK", "127.0.0.1:9"),
+        ],
     )
     .unwrap();
     Snapshot::build(configuration).unwrap()
@@ -51,7 +54,11 @@ fn attempt(bid_id: &str, outcome: AttemptOutcome, reason: &str, called: bool) ->
         reason: reason.into(),
         called,
         floor_micros: 2_000_000,
-        price_micros: if outcome == AttemptOutcome::Filled { 2_000_000 } else { 0 },
+        price_micros: if outcome == AttemptOutcome::Filled {
+            2_000_000
+        } else {
+            0
+        },
         ..Default::default()
     }
 }
@@ -77,7 +84,12 @@ fn calls_the_log_shows_skipped_for_time_stay_skipped() {
     };
     let logged = decision(vec![
         attempt("coolads-2.00", AttemptOutcome::Skipped, "deadline", false),
-        attempt("betaads-1.20", AttemptOutcome::Skipped, "concurrency_limit", false),
+        attempt(
+            "betaads-1.20",
+            AttemptOutcome::Skipped,
+            "concurrency_limit",
+            false,
+        ),
     ]);
     let replayed = replayer.redecide(&logged, 0, 0).unwrap();
     assert_eq!(replayed.imps[0].served, None, "{replayed:?}");
