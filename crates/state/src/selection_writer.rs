@@ -95,8 +95,8 @@ impl SelectionWriter {
         self.backlog.lock().len()
     }
 
-    /// Writes the oldest batch of the backlog; true when the backlog is now empty.
-    async fn flush_once(&self) -> bool {
+    /// Writes the oldest batch of the backlog.
+    async fn flush_once(&self) -> Flushed {
         let batch: Vec<Selection> = self
             .backlog
             .lock()
@@ -105,7 +105,7 @@ impl SelectionWriter {
             .cloned()
             .collect();
         if batch.is_empty() {
-            return true;
+            return Flushed::Drained;
         }
         match self.store.put_selections(&batch).await {
             Ok(()) => {
@@ -115,15 +115,28 @@ impl SelectionWriter {
                 metrics::gauge!("cascade_selection_backlog").set(backlog.len() as f64);
                 if backlog.is_empty() {
                     tracing::info!("selection backlog flushed");
+                    Flushed::Drained
+                } else {
+                    Flushed::More
                 }
-                backlog.is_empty()
             }
             Err(error) => {
                 tracing::debug!(%error, "selection backlog still waiting for the store");
-                false
+                Flushed::Failed
             }
         }
     }
+}
+
+/// What one flush came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flushed {
+    Drained,
+    /// A batch written, more waiting: flush again at once, so that the backlog drains
+    /// as fast as the store takes batches, far faster than decisions arrive.
+    More,
+    /// The store refused: wait before trying again.
+    Failed,
 }
 
 async fn flush_backlog(writer: Weak<SelectionWriter>, retry_interval: Duration) {
@@ -137,14 +150,16 @@ async fn flush_backlog(writer: Weak<SelectionWriter>, retry_interval: Duration) 
         // Interest is registered before flushing, so a write buffered meanwhile still
         // wakes this task.
         notified.as_mut().enable();
-        let drained = strong.flush_once().await;
+        let flushed = strong.flush_once().await;
         drop(strong);
-        if drained {
+        match flushed {
             // Nothing to do until something is buffered; check now and then that the
             // writer still exists.
-            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
-        } else {
-            tokio::time::sleep(retry_interval).await;
+            Flushed::Drained => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+            }
+            Flushed::More => tokio::task::yield_now().await,
+            Flushed::Failed => tokio::time::sleep(retry_interval).await,
         }
     }
 }
@@ -211,5 +226,27 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(writer.backlog_len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_backlog_drains_batch_after_batch_without_waiting_between_successes() {
+        let store = Arc::new(MemoryStore::default());
+        // A retry interval no test would wait for: only a failed flush may wait it.
+        let writer = SelectionWriter::new(store.clone(), 20_000, Duration::from_secs(3_600));
+        let waiting: Vec<Selection> = (0..10 * FLUSH_BATCH)
+            .map(|i| selection(&format!("s{i}")))
+            .collect();
+        writer.buffer(waiting).unwrap();
+        let started = std::time::Instant::now();
+        while writer.backlog_len() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} selections still waiting",
+                writer.backlog_len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let last = format!("s{}", 10 * FLUSH_BATCH - 1);
+        assert!(store.get_selections(&[last]).await.unwrap()[0].is_some());
     }
 }
