@@ -90,3 +90,133 @@ mod tests {
         }
     }
 }
+
+/// Answers `DEADLINE_EXCEEDED` when a call outlives its caller's `grpc-timeout`.
+///
+/// tonic enforces the header itself, but answers `CANCELLED` ("Timeout expired"), which
+/// tells a gateway the caller gave up rather than that we ran out of time. This layer,
+/// inside tonic's, fires a moment earlier (a twentieth of the timeout, between 1 and
+/// 5 ms), so the caller hears the code gRPC specifies. The services answer in time on
+/// their own (each keeps a reserve); this is the floor under any call that still does
+/// not.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnforceDeadlineLayer;
+
+impl<S> tower::Layer<S> for EnforceDeadlineLayer {
+    type Service = EnforceDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EnforceDeadline { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EnforceDeadline<S> {
+    inner: S,
+}
+
+/// How long before the caller's deadline the layer answers.
+fn ahead(timeout: Duration) -> Duration {
+    let margin = (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(5));
+    timeout.saturating_sub(margin)
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for EnforceDeadline<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let Some(timeout) = timeout else {
+                return call.await;
+            };
+            match tokio::time::timeout(ahead(timeout), call).await {
+                Ok(answer) => answer,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "no answer within the caller's deadline of {timeout:?}"
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod enforce_tests {
+    use super::*;
+    use tower::{Layer as _, ServiceExt as _};
+
+    fn slow(
+        delay: Duration,
+    ) -> impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<String>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(move |_request: http::Request<()>| async move {
+            tokio::time::sleep(delay).await;
+            Ok(http::Response::new("answered".to_string()))
+        })
+    }
+
+    fn request(timeout: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder();
+        if let Some(timeout) = timeout {
+            builder = builder.header("grpc-timeout", timeout);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_deadline_answers_deadline_exceeded_before_it() {
+        let service = EnforceDeadlineLayer.layer(slow(Duration::from_millis(100)));
+        let started = Instant::now();
+        let response = service.oneshot(request(Some("40m"))).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4");
+        assert!(
+            started.elapsed() < Duration::from_millis(40),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_in_time_or_without_a_deadline_are_untouched() {
+        let in_time = EnforceDeadlineLayer.layer(slow(Duration::from_millis(10)));
+        let response = in_time.oneshot(request(Some("40m"))).await.unwrap();
+        assert_eq!(response.body(), "answered");
+        let unbounded = EnforceDeadlineLayer.layer(slow(Duration::from_secs(60)));
+        let response = unbounded.oneshot(request(None)).await.unwrap();
+        assert_eq!(response.body(), "answered");
+    }
+
+    #[test]
+    fn the_margin_is_a_twentieth_between_one_and_five_milliseconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(ahead(ms(10)), ms(9));
+        assert_eq!(ahead(ms(40)), ms(38));
+        assert_eq!(ahead(ms(1_000)), ms(995));
+        assert_eq!(ahead(Duration::ZERO), Duration::ZERO);
+    }
+}

@@ -150,6 +150,7 @@ impl GrpcServer {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = Server::builder()
             .layer(crate::telemetry::ServerObserveLayer)
+            .layer(crate::deadline::EnforceDeadlineLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_accepting_rx.await;
