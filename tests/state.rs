@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 const ADMIN_TOKEN: &str = "test-admin-token";
 
 enum Redis {
-    Single(RedisServer),
+    Single(Box<RedisServer>),
     Cluster(RedisCluster),
 }
 
@@ -36,7 +36,7 @@ impl Redis {
     /// Connections subscribed to configuration announcements, over every node.
     async fn subscribers(&self) -> u64 {
         let nodes: Vec<&RedisServer> = match self {
-            Redis::Single(server) => vec![server],
+            Redis::Single(server) => vec![server.as_ref()],
             Redis::Cluster(cluster) => cluster.nodes.iter().collect(),
         };
         let mut subscribers = 0;
@@ -219,7 +219,7 @@ async fn check_apply(redis: Redis) {
 
 #[tokio::test]
 async fn on_a_single_redis_applies_reach_every_service_and_race_safely() {
-    check_apply(Redis::Single(RedisServer::start().await.unwrap())).await;
+    check_apply(Redis::Single(Box::new(RedisServer::start().await.unwrap()))).await;
 }
 
 #[tokio::test]
@@ -347,7 +347,7 @@ fn yaml_entity(document: &str) -> cascade_core::entity::Entity {
 #[tokio::test]
 async fn a_lost_announcement_is_caught_by_the_poll() {
     let server = RedisServer::start().await.unwrap();
-    let redis = Redis::Single(server);
+    let redis = Redis::Single(Box::new(server));
     let cluster = start(&redis, 300).await;
     let Redis::Single(server) = &redis else {
         unreachable!()

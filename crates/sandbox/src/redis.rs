@@ -21,6 +21,8 @@ pub struct RedisOptions {
 pub struct RedisServer {
     port: u16,
     options: RedisOptions,
+    /// Serving TLS only, with these files: (certificate, key, CA).
+    tls: Option<Box<[std::path::PathBuf; 3]>>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -35,15 +37,34 @@ impl RedisServer {
     /// Starts a server with `options`. A port taken between choosing and binding it is
     /// retried with another.
     pub async fn start_with(options: RedisOptions) -> std::io::Result<Self> {
+        Self::start_serving(options, None).await
+    }
+
+    /// Starts a standalone server that speaks TLS only (`rediss://`), with the
+    /// certificate `ca` issued for `127.0.0.1`.
+    pub async fn start_tls(ca: &crate::TestCa) -> std::io::Result<Self> {
+        let files = [
+            ca.server_cert_file().to_path_buf(),
+            ca.server_key_file().to_path_buf(),
+            ca.ca_file().to_path_buf(),
+        ];
+        Self::start_serving(RedisOptions::default(), Some(Box::new(files))).await
+    }
+
+    async fn start_serving(
+        options: RedisOptions,
+        tls: Option<Box<[std::path::PathBuf; 3]>>,
+    ) -> std::io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
             let port = crate::free_loopback_port()?;
             let dir = tempfile::tempdir()?;
-            match spawn(port, options, &dir).await {
+            match spawn(port, options, tls.as_deref(), &dir).await {
                 Ok(child) => {
                     return Ok(Self {
                         port,
                         options,
+                        tls,
                         child,
                         dir,
                     });
@@ -59,7 +80,12 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server as a crash would (SIGKILL); [`RedisServer::restart`] brings it
@@ -72,7 +98,7 @@ impl RedisServer {
     /// with everything it acknowledged.
     pub async fn restart(&mut self) -> std::io::Result<()> {
         let _ = self.child.kill().await;
-        self.child = spawn(self.port, self.options, &self.dir).await?;
+        self.child = spawn(self.port, self.options, self.tls.as_deref(), &self.dir).await?;
         Ok(())
     }
 
@@ -85,19 +111,25 @@ impl RedisServer {
 async fn spawn(
     port: u16,
     options: RedisOptions,
+    tls: Option<&[std::path::PathBuf; 3]>,
     dir: &tempfile::TempDir,
 ) -> std::io::Result<Child> {
     let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
     let mut command = Command::new(&binary);
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some([cert, key, ca]) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca)
+            .args(["--tls-auth-clients", "no"]),
+    };
     command
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
+        .args(["--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
         .arg(dir.path());
     if options.durable {
@@ -133,7 +165,14 @@ async fn spawn(
                 "redis-server exited: {status}"
             )));
         }
-        if ping(port).await {
+        // A TLS server is ready once it accepts connections; a plain one answers PING.
+        let ready = match tls {
+            None => ping(port).await,
+            Some(_) => tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok(),
+        };
+        if ready {
             return Ok(child);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -11,6 +11,9 @@ use tokio_rustls::TlsAcceptor;
 
 pub struct TestCa {
     ca_file: tempfile::NamedTempFile,
+    /// The server's certificate and key (PEM), for servers that read files (Redis).
+    server_cert_file: tempfile::NamedTempFile,
+    server_key_file: tempfile::NamedTempFile,
     acceptor: TlsAcceptor,
 }
 
@@ -31,6 +34,13 @@ impl TestCa {
         ca_file
             .write_all(ca.pem().as_bytes())
             .expect("write CA file");
+        let pem_file = |pem: String| {
+            let mut file = tempfile::NamedTempFile::new().expect("PEM file");
+            file.write_all(pem.as_bytes()).expect("write PEM file");
+            file
+        };
+        let server_cert_file = pem_file(server.pem());
+        let server_key_file = pem_file(server_key.serialize_pem());
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -44,6 +54,8 @@ impl TestCa {
         .expect("server TLS configuration");
         Self {
             ca_file,
+            server_cert_file,
+            server_key_file,
             acceptor: TlsAcceptor::from(Arc::new(config)),
         }
     }
@@ -51,6 +63,16 @@ impl TestCa {
     /// The CA certificate (PEM), for `SSL_CERT_FILE`.
     pub fn ca_file(&self) -> &Path {
         self.ca_file.path()
+    }
+
+    /// The certificate it issued for `localhost` and `127.0.0.1` (PEM).
+    pub fn server_cert_file(&self) -> &Path {
+        self.server_cert_file.path()
+    }
+
+    /// That certificate's private key (PEM).
+    pub fn server_key_file(&self) -> &Path {
+        self.server_key_file.path()
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {

@@ -15,7 +15,7 @@ use cascade_core::config::{ConfigError, Configuration};
 use cascade_core::report::{ReportCell, impression_counts};
 
 pub use memory::MemoryStore;
-pub use redis_store::{RedisStore, keys as redis_keys};
+pub use redis_store::{RedisStore, RedisTls, keys as redis_keys};
 pub use report_recorder::ReportRecorder;
 pub use selection::{BillingNotice, Event, EventCounter, EventKind, EventRecorded, Selection};
 pub use selection_writer::{SelectionWriter, Written};
@@ -29,6 +29,14 @@ pub enum StateError {
     VersionConflict { expected: u64, actual: u64 },
     #[error("cannot read configuration file {path}: {message}")]
     ConfigurationFile { path: String, message: String },
+    /// A certificate or key file named for `rediss://` cannot be read.
+    #[error("cannot read {setting} {path}")]
+    TlsFile {
+        setting: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Redis could not be reached, or failed the command.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] redis::RedisError),
@@ -227,6 +235,13 @@ pub struct StateSettings {
     /// The seed nodes of a Redis Cluster holding the shared state instead (any of its
     /// nodes; each a `redis://` URL). In the environment: comma-separated.
     pub redis_cluster_nodes: Vec<String>,
+    /// For `rediss://`: the CA certificates (PEM) the Redis server's certificate must
+    /// chain to, instead of the system's roots (a private CA, as in most clusters).
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// For `rediss://` to a Redis that requires client certificates: the certificate
+    /// and its key (PEM). Both or neither.
+    pub redis_client_cert_file: Option<std::path::PathBuf>,
+    pub redis_client_key_file: Option<std::path::PathBuf>,
     /// How often report counters counted in memory are written to the store.
     pub report_flush_interval_ms: u64,
 }
@@ -238,6 +253,9 @@ impl Default for StateSettings {
             poll_interval_ms: 1_000,
             redis_url: None,
             redis_cluster_nodes: Vec::new(),
+            redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
             report_flush_interval_ms: 1_000,
         }
     }
@@ -272,6 +290,11 @@ impl cascade_core::settings::Validate for StateSettings {
                 format!("{node:?} is not a redis:// or rediss:// URL")
             })?;
         }
+        require(
+            self.redis_client_cert_file.is_some() == self.redis_client_key_file.is_some(),
+            "redis_client_key_file",
+            || "set both redis_client_cert_file and redis_client_key_file, or neither".to_string(),
+        )?;
         Ok(())
     }
 }
@@ -285,15 +308,40 @@ impl StateSettings {
         std::time::Duration::from_millis(self.report_flush_interval_ms)
     }
 
+    /// The certificates `rediss://` connections use, read from the files named; `None`
+    /// when none is named (the system's roots, no client certificate).
+    pub fn redis_tls(&self) -> Result<Option<RedisTls>, StateError> {
+        let read = |setting: &'static str, path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read(path).map_err(|source| StateError::TlsFile {
+                        setting,
+                        path: path.display().to_string(),
+                        source,
+                    })
+                })
+                .transpose()
+        };
+        let ca_pem = read("redis_ca_file", &self.redis_ca_file)?;
+        let cert = read("redis_client_cert_file", &self.redis_client_cert_file)?;
+        let key = read("redis_client_key_file", &self.redis_client_key_file)?;
+        let client = cert.zip(key);
+        Ok((ca_pem.is_some() || client.is_some()).then_some(RedisTls { ca_pem, client }))
+    }
+
     /// Opens the configured store: the Redis Cluster or the Redis named (connecting lazily),
     /// otherwise the embedded one, loaded from `configuration_file` (empty without one).
     pub fn open(&self) -> Result<std::sync::Arc<dyn Store>, StateError> {
+        let tls = self.redis_tls()?;
         if !self.redis_cluster_nodes.is_empty() {
-            let store = RedisStore::connect_cluster(&self.redis_cluster_nodes)?;
+            let store = RedisStore::connect_cluster_with(&self.redis_cluster_nodes, tls.as_ref())?;
             return Ok(std::sync::Arc::new(store));
         }
         if let Some(url) = &self.redis_url {
-            return Ok(std::sync::Arc::new(RedisStore::connect(url)?));
+            return Ok(std::sync::Arc::new(RedisStore::connect_with(
+                url,
+                tls.as_ref(),
+            )?));
         }
         let configuration = match &self.configuration_file {
             Some(path) => read_configuration_file(path, &[])?,

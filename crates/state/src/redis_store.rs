@@ -213,6 +213,42 @@ async fn follow_announcements(
     }
 }
 
+/// What a `rediss://` connection trusts and presents, read from PEM files at start.
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    /// CA certificates the server's certificate must chain to; the system's roots when
+    /// `None`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and key, for a Redis that requires them
+    /// (`tls-auth-clients yes`).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca_pem.clone(),
+        }
+    }
+}
+
+/// A client for `url`: with `tls`'s certificates when it is `rediss://` and some are set.
+fn open_client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client, StateError> {
+    match tls {
+        Some(tls) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, tls.certificates()).map_err(unavailable)
+        }
+        _ => redis::Client::open(url).map_err(unavailable),
+    }
+}
+
 fn unavailable(error: redis::RedisError) -> StateError {
     metrics::counter!("cascade_redis_errors_total").increment(1);
     StateError::Unavailable(error)
@@ -223,7 +259,13 @@ impl RedisStore {
     /// command connects, and a lost connection is re-established in the background.
     /// Needs a tokio runtime (it subscribes to configuration announcements).
     pub fn connect(url: &str) -> Result<Self, StateError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        Self::connect_with(url, None)
+    }
+
+    /// As [`RedisStore::connect`]; a `rediss://` URL is verified against `tls`'s CA
+    /// (the system's roots without one) and presents its client certificate, if any.
+    pub fn connect_with(url: &str, tls: Option<&RedisTls>) -> Result<Self, StateError> {
+        let client = open_client(url, tls)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -236,17 +278,27 @@ impl RedisStore {
 
     /// Connects lazily to the Redis Cluster that `seed_urls` are nodes of.
     pub fn connect_cluster(seed_urls: &[String]) -> Result<Self, StateError> {
-        let client = redis::cluster::ClusterClientBuilder::new(seed_urls.to_vec())
+        Self::connect_cluster_with(seed_urls, None)
+    }
+
+    /// As [`RedisStore::connect_cluster`], with `rediss://` nodes verified as
+    /// [`RedisStore::connect_with`] does.
+    pub fn connect_cluster_with(
+        seed_urls: &[String],
+        tls: Option<&RedisTls>,
+    ) -> Result<Self, StateError> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(seed_urls.to_vec())
             .connection_timeout(CONNECTION_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
-            .retries(2)
-            .build()
-            .map_err(unavailable)?;
+            .retries(2);
+        if let Some(tls) = tls {
+            builder = builder.certs(tls.certificates());
+        }
+        let client = builder.build().map_err(unavailable)?;
         let subscribers = seed_urls
             .iter()
-            .map(|url| redis::Client::open(url.as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
+            .map(|url| open_client(url, tls))
+            .collect::<Result<Vec<_>, _>>()?;
         let target = Target::Cluster {
             client: Arc::new(client),
             connection: Arc::default(),

@@ -336,6 +336,32 @@ async fn the_redis_store_keeps_the_contract() {
 }
 
 #[tokio::test]
+async fn a_redis_over_tls_keeps_the_contract_and_refuses_an_untrusted_server() {
+    let ca = cascade_testkit::TestCa::new();
+    let redis = RedisServer::start_tls(&ca).await.unwrap();
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let settings = cascade_state::StateSettings {
+        redis_url: Some(redis.url()),
+        redis_ca_file: Some(ca.ca_file().to_path_buf()),
+        ..Default::default()
+    };
+    let store = settings.open().unwrap();
+    check_contract(store.as_ref()).await;
+    // Another CA's server is not trusted: the store is unavailable, not fooled.
+    let other = cascade_testkit::TestCa::new();
+    let untrusted = cascade_state::StateSettings {
+        redis_ca_file: Some(other.ca_file().to_path_buf()),
+        ..settings
+    };
+    let store = untrusted.open().unwrap();
+    let refused = store.configuration_version().await;
+    assert!(
+        matches!(refused, Err(cascade_state::StateError::Unavailable(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_redis_cluster_store_keeps_the_contract() {
     let cluster = RedisCluster::start().await.unwrap();
     let store = RedisStore::connect_cluster(&cluster.urls()).unwrap();
