@@ -288,24 +288,26 @@ impl Replayer<'_> {
         let mut auction_imps = Vec::new();
         let mut auctioned = Vec::new();
         let exchange_candidates = std::mem::take(&mut normalized.exchange_candidates);
-        for (index, ((evaluated, mut exchange), quality)) in evaluation
+        for (index, ((evaluated, exchange), quality)) in evaluation
             .imps
             .into_iter()
             .zip(exchange_candidates)
             .zip(qualities)
             .enumerate()
         {
-            plan::adjust_seats(&evaluation.seat_adjustments, &mut exchange);
             let (bids, mut outcome) = live_bids.remove(&evaluated.impid).unwrap_or_default();
-            exchange.extend(bids);
             outcome.impid = evaluated.impid.clone();
             let logged = logged_imps.get(evaluated.impid.as_str()).copied();
-            let chained = logged.map(chained_candidates).unwrap_or_default();
+            let demand = plan::ImpDemand {
+                exchange,
+                live_bids: bids,
+                chained: logged.map(chained_candidates).unwrap_or_default(),
+            };
             match plan::auction_imp(
                 evaluation.account_known,
+                &evaluation.seat_adjustments,
                 evaluated,
-                exchange,
-                chained,
+                demand,
                 &normalized,
                 quality.clone(),
                 index,

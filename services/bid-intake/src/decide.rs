@@ -266,14 +266,13 @@ impl DecisionService {
         let mut auction_imps = Vec::new();
         let mut auction_slots = Vec::new();
         let exchange_candidates = std::mem::take(&mut normalized.exchange_candidates);
-        for (index, ((mut evaluated, mut exchange), quality)) in evaluation
+        for (index, ((mut evaluated, exchange), quality)) in evaluation
             .imps
             .into_iter()
             .zip(exchange_candidates)
             .zip(qualities)
             .enumerate()
         {
-            plan::adjust_seats(&evaluation.seat_adjustments, &mut exchange);
             let (bidding, bidding_attempts) =
                 live_bids.remove(&evaluated.impid).unwrap_or_default();
             let live_bids = bidding
@@ -281,7 +280,6 @@ impl DecisionService {
                 .filter(|c| !c.lurl.is_empty())
                 .map(BidNotices::of)
                 .collect();
-            exchange.extend(bidding);
             let mut decision = ImpDecision {
                 impid: evaluated.impid.clone(),
                 ..Default::default()
@@ -289,12 +287,16 @@ impl DecisionService {
             if explain {
                 decision.explanation = Some(explanation(&mut evaluated, bidding_attempts, budget));
             }
-            let chained = std::mem::take(&mut chained[index]);
+            let demand = plan::ImpDemand {
+                exchange,
+                live_bids: bidding,
+                chained: std::mem::take(&mut chained[index]),
+            };
             match plan::auction_imp(
                 evaluation.account_known,
+                &evaluation.seat_adjustments,
                 evaluated,
-                exchange,
-                chained,
+                demand,
                 &normalized,
                 quality.clone(),
                 index,

@@ -3,8 +3,6 @@
 //! must call and who wins when none fills. `decide` runs them around its calls;
 //! `cascade replay` runs the very same functions on logged decisions.
 
-use std::collections::HashMap;
-
 use cascade_core::Micros;
 use cascade_core::waterfall::network_floor;
 use cascade_proto::auction::v1::{AdQuality, AuctionImp, Candidate, RankedCandidate};
@@ -65,16 +63,26 @@ pub fn bidding_imps(evaluation: &EvaluateResponse, qualities: &[AdQuality]) -> V
 }
 
 /// The account's bid adjustment per buyer seat, put on the exchange bids of its seats.
-pub fn adjust_seats(adjustments: &[SeatAdjustment], exchange: &mut [Candidate]) {
-    let by_seat: HashMap<&str, i64> = adjustments
-        .iter()
-        .map(|a| (a.seat.as_str(), a.factor_ppm))
-        .collect();
+fn adjust_seats(adjustments: &[SeatAdjustment], exchange: &mut [Candidate]) {
+    if adjustments.is_empty() {
+        return;
+    }
     for candidate in exchange {
-        if let Some(ppm) = by_seat.get(candidate.seat.as_str()) {
-            candidate.bid_adjustment_ppm = *ppm;
+        if let Some(adjustment) = adjustments.iter().find(|a| a.seat == candidate.seat) {
+            candidate.bid_adjustment_ppm = adjustment.factor_ppm;
         }
     }
+}
+
+/// The demand one impression holds before the auction, whatever its source.
+#[derive(Debug, Default)]
+pub struct ImpDemand {
+    /// The exchange bids of the request (their seats' adjustments not yet applied).
+    pub exchange: Vec<Candidate>,
+    /// The bidding networks' live bids.
+    pub live_bids: Vec<Candidate>,
+    /// Earlier selections chained into this request.
+    pub chained: Vec<Candidate>,
 }
 
 /// Splits an impression's ranked list where its first demand in hand stands: the
@@ -97,9 +105,9 @@ pub fn split_at_in_hand(
 /// request's filters.
 pub fn auction_imp(
     account_known: bool,
+    seat_adjustments: &[SeatAdjustment],
     evaluated: ImpEvaluation,
-    exchange: Vec<Candidate>,
-    chained: Vec<Candidate>,
+    demand: ImpDemand,
     normalized: &Normalized,
     quality: AdQuality,
     index: usize,
@@ -107,6 +115,11 @@ pub fn auction_imp(
     if !account_known {
         return Err(NoFillReason::UnknownAccount);
     }
+    let ImpDemand {
+        mut exchange,
+        live_bids,
+        chained,
+    } = demand;
     let line_items = evaluated
         .line_items
         .into_iter()
@@ -115,7 +128,9 @@ pub fn auction_imp(
     let (deals, private_auction) = normalized.deals[index].clone();
     match evaluated.applied_rule {
         Some(rule) => {
+            adjust_seats(seat_adjustments, &mut exchange);
             let mut candidates = exchange;
+            candidates.extend(live_bids);
             candidates.extend(evaluated.mediated_bids.into_iter().map(mediated_candidate));
             candidates.extend(line_items);
             Ok(AuctionImp {
