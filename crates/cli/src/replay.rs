@@ -136,6 +136,9 @@ fn shown(summary: &Summary, configuration: &std::path::Path) -> String {
             .collect();
         text += &format!("Not replayed: {}.\n", skipped.join(", "));
     }
+    if let Some(refusal) = &summary.first_refusal {
+        text += &format!("The configuration refuses some logged requests; the first: {refusal}.\n");
+    }
     text += &format!(
         "Changed: {} impressions. Resting on drawn answers: {} impressions, {:.1}% of the revenue after ({} calls drawn, {} to networks never seen called, taken as no ad).\n",
         summary.impressions_changed,

@@ -76,6 +76,9 @@ pub struct Summary {
     /// Decisions not replayed, by why (`failed`, `client_mode`, `test`,
     /// `request_not_logged`, `refused`).
     pub decisions_skipped: BTreeMap<&'static str, u64>,
+    /// Why the first refused decision was refused (its request id and the error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_refusal: Option<String>,
     pub impressions_replayed: u64,
     pub impressions_changed: u64,
     /// Impressions whose outcome rests on at least one drawn answer.
@@ -99,12 +102,11 @@ pub struct Replay<'a> {
     replayer: Replayer<'a>,
     settings: Settings,
     rows: Rows,
-    /// Per row: whether it is a called network's (its requests are calls).
-    network_rows: Vec<bool>,
     kept: Vec<Kept>,
     changes: Vec<Change>,
     decisions_read: u64,
     skipped: BTreeMap<&'static str, u64>,
+    first_refusal: Option<String>,
     impressions_changed: u64,
     impressions_guessed: u64,
     impressions_redacted: u64,
@@ -120,11 +122,11 @@ impl<'a> Replay<'a> {
             replayer,
             settings,
             rows: Rows::default(),
-            network_rows: Vec::new(),
             kept: Vec::new(),
             changes: Vec::new(),
             decisions_read: 0,
             skipped: BTreeMap::new(),
+            first_refusal: None,
             impressions_changed: 0,
             impressions_guessed: 0,
             impressions_redacted: 0,
@@ -145,7 +147,12 @@ impl<'a> Replay<'a> {
         let replayed = self
             .replayer
             .redecide(decision, entry.time_unix_ms, 0)
-            .inspect_err(|why| *self.skipped.entry(why.code()).or_default() += 1)?;
+            .inspect_err(|why| {
+                *self.skipped.entry(why.code()).or_default() += 1;
+                if let (Unreplayable::Refused(error), None) = (why, &self.first_refusal) {
+                    self.first_refusal = Some(format!("{}: {error}", decision.request_id));
+                }
+            })?;
         let before = redecide::logged(decision);
         let mut rounds = Vec::new();
         if replayed.guessed_calls > 0 {
@@ -164,7 +171,6 @@ impl<'a> Replay<'a> {
             .as_ref()
             .is_some_and(|p| !p.withheld.is_empty());
         let account_row = self.rows.row(&decision.account_id, summary::ALL);
-        self.network_rows.resize(self.rows.len(), false);
         let mut compared = Vec::with_capacity(replayed.imps.len());
         let mut imps = Vec::with_capacity(replayed.imps.len());
         for after in replayed.imps {
@@ -224,7 +230,7 @@ impl<'a> Replay<'a> {
         account_id: &str,
         outcomes: impl IntoIterator<Item = &'o ImpOutcome>,
     ) -> Vec<Tally> {
-        let tallies = outcomes
+        outcomes
             .into_iter()
             .map(|outcome| Tally {
                 served: outcome.served.as_ref().map(|served| {
@@ -234,17 +240,10 @@ impl<'a> Replay<'a> {
                 asked: outcome
                     .asked
                     .iter()
-                    .map(|network| {
-                        let row = self.rows.row(account_id, network);
-                        self.network_rows.resize(self.rows.len(), false);
-                        self.network_rows[row as usize] = true;
-                        row
-                    })
+                    .map(|network| self.rows.called_row(account_id, network))
                     .collect(),
             })
-            .collect();
-        self.network_rows.resize(self.rows.len(), false);
-        tallies
+            .collect()
     }
 
     fn keep_largest_changes(&mut self) {
@@ -259,12 +258,7 @@ impl<'a> Replay<'a> {
 
     pub fn finish(mut self) -> Summary {
         self.keep_largest_changes();
-        let rows = summary::rows(
-            &self.rows,
-            &self.kept,
-            self.settings.rounds,
-            &self.network_rows,
-        );
+        let rows = summary::rows(&self.rows, &self.kept, self.settings.rounds);
         let decisions_replayed = self.kept.len() as u64;
         Summary {
             configuration_version: self.replayer.snapshot.version(),
@@ -272,6 +266,7 @@ impl<'a> Replay<'a> {
             decisions_read: self.decisions_read,
             decisions_replayed,
             decisions_skipped: self.skipped,
+            first_refusal: self.first_refusal,
             impressions_replayed: self.kept.iter().map(|k| k.imps.len() as u64).sum(),
             impressions_changed: self.impressions_changed,
             impressions_guessed: self.impressions_guessed,

@@ -40,6 +40,9 @@ pub struct Kept {
 pub struct Rows {
     index: HashMap<(String, String), u32>,
     keys: Vec<(String, String)>,
+    /// Per row: whether its demand is called (a network's, or an account's total), so
+    /// that its requests mean something.
+    called: Vec<bool>,
 }
 
 /// The demand of an account's own total row.
@@ -52,8 +55,16 @@ impl Rows {
             return *row;
         }
         let row = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        self.called.push(demand == ALL);
         self.index.insert(key.clone(), row);
         self.keys.push(key);
+        row
+    }
+
+    /// The row of a network called or asked for an impression of `account_id`.
+    pub fn called_row(&mut self, account_id: &str, network_id: &str) -> u32 {
+        let row = self.row(account_id, network_id);
+        self.called[row as usize] = true;
         row
     }
 
@@ -117,7 +128,7 @@ pub struct Row {
 }
 
 /// Every row over every round.
-pub fn rows(rows: &Rows, kept: &[Kept], rounds: u32, network_rows: &[bool]) -> Vec<Row> {
+pub fn rows(rows: &Rows, kept: &[Kept], rounds: u32) -> Vec<Row> {
     let point = sums(rows.len(), kept, 0);
     let mut after_revenue = vec![Vec::new(); rows.len()];
     let mut after_fills = vec![Vec::new(); rows.len()];
@@ -134,7 +145,7 @@ pub fn rows(rows: &Rows, kept: &[Kept], rounds: u32, network_rows: &[bool]) -> V
         .enumerate()
         .map(|(row, [before, after])| {
             let (account_id, demand) = rows.key(row as u32).clone();
-            let called = demand == ALL || network_rows.get(row).copied().unwrap_or(false);
+            let called = rows.called[row];
             let side = |sums: Sums| Side {
                 requests: called.then_some(sums.requests),
                 fills: sums.fills,
@@ -242,7 +253,7 @@ mod tests {
     fn an_unchanged_replay_has_no_change_and_no_spread_in_it() {
         let mut rows = Rows::default();
         let account = rows.row("pub", ALL);
-        let network = rows.row("pub", "net");
+        let network = rows.called_row("pub", "net");
         let kept: Vec<Kept> = (0..50)
             .map(|i| {
                 let tally = served(network, 1_000_000 + i * 10_000);
@@ -269,7 +280,7 @@ mod tests {
     fn a_lost_sale_shows_in_the_delta_and_drawn_rounds_widen_it() {
         let mut rows = Rows::default();
         let account = rows.row("pub", ALL);
-        let network = rows.row("pub", "net");
+        let network = rows.called_row("pub", "net");
         let lost = Tally {
             served: None,
             asked: vec![network],
@@ -307,9 +318,6 @@ mod tests {
     }
 
     fn rows_of(rows: &Rows, kept: &[Kept], rounds: u32) -> Vec<Row> {
-        let networks: Vec<bool> = (0..rows.len() as u32)
-            .map(|row| rows.key(row).1 != ALL)
-            .collect();
-        super::rows(rows, kept, rounds, &networks)
+        super::rows(rows, kept, rounds)
     }
 }

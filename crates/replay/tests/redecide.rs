@@ -131,3 +131,36 @@ fn a_network_the_log_never_reached_answers_by_its_record() {
     assert_eq!(replayed.imps[0].served, None);
     assert_eq!(replayed.guessed_calls, 0);
 }
+
+#[test]
+fn a_decision_the_configuration_now_refuses_is_counted_with_its_reason() {
+    let snapshot = demo();
+    let observed = Observed::default();
+    let replayer = Replayer {
+        snapshot: &snapshot,
+        observed: &observed,
+        limits: WalkLimits::default(),
+    };
+    // An exchange bid in a currency the configuration has no rate for.
+    let mut logged = decision(Vec::new());
+    logged.exchange_bids = vec![
+        serde_json::from_value(json!({
+            "cur": "JPY",
+            "seatbid": [{"seat": "dsp-1", "bid": [{"id": "x1", "impid": "1", "price": 300.0}]}]
+        }))
+        .unwrap(),
+    ];
+    let mut replay = cascade_replay::Replay::new(replayer, cascade_replay::Settings::default());
+    let entry = cascade_log::schema::LogEntry {
+        decision: Some(logged),
+        ..Default::default()
+    };
+    assert!(replay.add(&entry).is_err());
+    let summary = replay.finish();
+    assert_eq!(summary.decisions_skipped.get("refused"), Some(&1));
+    let refusal = summary.first_refusal.expect("the reason is kept");
+    assert!(
+        refusal.starts_with("r-1: ") && refusal.contains("exchange_bids[0].cur"),
+        "{refusal}"
+    );
+}
