@@ -10,7 +10,7 @@ use cascade_bid_intake::{LogSettings, SinkKind};
 use cascade_testkit::{Behaviour, NatsServer, grpcurl};
 use serde_json::{Value, json};
 
-use crate::support::{Cluster, banner_request, exchange_bid, run_cascade, winner};
+use crate::support::{Cluster, banner_request, exchange_bid, file_log, run_cascade, winner};
 
 const REPORT_EVENT: &str = "cascade.decision.v1.BidIntake/ReportEvent";
 const ADMIN_TOKEN: &str = "decision-log-token";
@@ -133,16 +133,9 @@ fn assert_logged_as_answered(logged: &Value, response: &Value) {
 #[tokio::test]
 async fn every_decision_and_event_of_cascade_up_is_logged_and_rebuilds_the_report() {
     let dir = tempfile::tempdir().unwrap();
-    let directory = dir.path().to_path_buf();
     let cluster = Cluster::builder()
         .admin_token(ADMIN_TOKEN)
-        .bid_intake(|settings| {
-            settings.log = LogSettings {
-                sink: SinkKind::File,
-                directory,
-                ..Default::default()
-            }
-        })
+        .bid_intake(|settings| settings.log = file_log(dir.path()))
         .start()
         .await;
 
@@ -437,15 +430,10 @@ fn events_of<'e>(entries: &'e [Value], kind: &str) -> Vec<&'e Value> {
 #[tokio::test]
 async fn every_notice_fired_is_logged_with_its_receiver_and_result() {
     let dir = tempfile::tempdir().unwrap();
-    let directory = dir.path().to_path_buf();
     let cluster = Cluster::builder()
         .bid_intake(|settings| {
             settings.notices.billing_poll_ms = 20;
-            settings.log = LogSettings {
-                sink: SinkKind::File,
-                directory,
-                ..Default::default()
-            }
+            settings.log = file_log(dir.path())
         })
         .start()
         .await;

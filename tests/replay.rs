@@ -7,13 +7,13 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use cascade_bid_intake::{LogSettings, SinkKind};
 use cascade_state::StateSettings;
 use cascade_testkit::{Behaviour, FakeNetworks};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Cluster, banner_request, demo_configuration_file, eventually, exchange_bid, run_cascade,
+    Cluster, banner_request, demo_configuration_file, eventually, exchange_bid, file_log,
+    run_cascade,
 };
 
 /// One request of the run: its ad unit, its exchange bid, whether CoolAds has an ad for
@@ -142,14 +142,7 @@ async fn cluster_on(configuration: &Path, networks: &FakeNetworks, log: Option<&
             ..Default::default()
         });
     if let Some(directory) = log {
-        let directory = directory.to_path_buf();
-        builder = builder.bid_intake(|settings| {
-            settings.log = LogSettings {
-                sink: SinkKind::File,
-                directory,
-                ..Default::default()
-            }
-        });
+        builder = builder.bid_intake(|settings| settings.log = file_log(directory));
     }
     builder.start().await
 }

@@ -71,6 +71,15 @@ pub fn demo_configuration_file(networks: &FakeNetworks, extra: &str) -> tempfile
     configuration
 }
 
+/// The decision log as segment files in `directory`.
+pub fn file_log(directory: &std::path::Path) -> cascade_bid_intake::LogSettings {
+    cascade_bid_intake::LogSettings {
+        sink: cascade_bid_intake::SinkKind::File,
+        directory: directory.to_path_buf(),
+        ..Default::default()
+    }
+}
+
 /// The demo cluster: fake networks, the four services (in this process unless asked for
 /// processes), bid-intake's address. Build one with [`Cluster::builder`].
 pub struct Cluster {

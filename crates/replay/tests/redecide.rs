@@ -63,6 +63,14 @@ fn attempt(bid_id: &str, outcome: AttemptOutcome, reason: &str, called: bool) ->
     }
 }
 
+fn replayer<'a>(snapshot: &'a Snapshot, observed: &'a Observed) -> Replayer<'a> {
+    Replayer {
+        snapshot,
+        observed,
+        limits: WalkLimits::default(),
+    }
+}
+
 /// Both networks called elsewhere in the log, and filling every time.
 fn always_filling() -> Observed {
     let mut observed = Observed::default();
@@ -77,11 +85,7 @@ fn always_filling() -> Observed {
 fn calls_the_log_shows_skipped_for_time_stay_skipped() {
     let snapshot = demo();
     let observed = always_filling();
-    let replayer = Replayer {
-        snapshot: &snapshot,
-        observed: &observed,
-        limits: WalkLimits::default(),
-    };
+    let replayer = replayer(&snapshot, &observed);
     let logged = decision(vec![
         attempt("coolads-2.00", AttemptOutcome::Skipped, "deadline", false),
         attempt(
@@ -101,11 +105,7 @@ fn calls_the_log_shows_skipped_for_time_stay_skipped() {
 fn a_network_the_log_never_reached_answers_by_its_record() {
     let snapshot = demo();
     let observed = always_filling();
-    let replayer = Replayer {
-        snapshot: &snapshot,
-        observed: &observed,
-        limits: WalkLimits::default(),
-    };
+    let replayer = replayer(&snapshot, &observed);
     // CoolAds answered no ad; BetaAds was past a call cap of the original walk.
     let logged = decision(vec![
         attempt("coolads-2.00", AttemptOutcome::NoFill, "no_bid", true),
@@ -136,11 +136,7 @@ fn a_network_the_log_never_reached_answers_by_its_record() {
 fn a_decision_the_configuration_now_refuses_is_counted_with_its_reason() {
     let snapshot = demo();
     let observed = Observed::default();
-    let replayer = Replayer {
-        snapshot: &snapshot,
-        observed: &observed,
-        limits: WalkLimits::default(),
-    };
+    let replayer = replayer(&snapshot, &observed);
     // An exchange bid in a currency the configuration has no rate for.
     let mut logged = decision(Vec::new());
     logged.exchange_bids = vec![
