@@ -27,6 +27,10 @@ const BENCH_TAGID: &str = "bench-top";
 /// bid-intake to targeting-evaluation, auction and network-caller in turn, and the
 /// selection write to Redis. Each network of the chain adds one.
 const DECISION_HOPS_WITHOUT_NETWORKS: usize = 5;
+/// The deadline calls carry past the maximum, as a gateway's would.
+const OVERLOAD_DEADLINE: Duration = Duration::from_millis(250);
+/// How long the run after the overload lasts: recovery is wanted within it.
+const RECOVERY_RUN: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -164,6 +168,48 @@ const READ_COMMANDS: &[&str] = &[
     "get", "mget", "hget", "hmget", "hgetall", "exists", "pttl", "ttl", "scan", "keys",
 ];
 
+/// CPU time (user + system, every thread) of the processes `pids`, from /proc.
+fn cpu_time(pids: &[u32]) -> Duration {
+    // /proc counts in USER_HZ ticks, 100 a second on every Linux ABI.
+    const TICKS_PER_SECOND: u64 = 100;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which may hold spaces, in parentheses.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .sum();
+    Duration::from_millis(ticks * 1_000 / TICKS_PER_SECOND)
+}
+
+/// Runs `run` and returns what it measured with the CPU time `pids` spent meanwhile.
+async fn with_cpu<T>(
+    pids: &[u32],
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Duration)> {
+    let before = cpu_time(pids);
+    let result = run.await?;
+    Ok((result, cpu_time(pids).saturating_sub(before)))
+}
+
+/// The value of an unlabelled series in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// One open-loop run past the maximum.
+struct Overload {
+    factor: u64,
+    result: LoadResult,
+    cpu: Duration,
+}
+
 /// Resident memory of a process, in MiB, from /proc.
 fn resident_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -249,12 +295,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         redis.url()
     );
     let quiet = [("RUST_LOG", "error")];
-    let targeting = ServiceProcess::start_binary(&targeting_bin?, &state, &quiet).await?;
-    let auction = ServiceProcess::start_binary(&auction_bin?, "", &quiet).await?;
-    let network_caller = ServiceProcess::start_binary(&network_caller_bin?, &state, &quiet).await?;
+    // Every service serves its metrics: the overload runs read what each one shed.
+    let metrics = "\n[grpc]\nmetrics_listen = \"127.0.0.1:0\"\n";
+    let targeting =
+        ServiceProcess::start_binary(&targeting_bin?, &format!("{state}{metrics}"), &quiet).await?;
+    let auction = ServiceProcess::start_binary(&auction_bin?, metrics, &quiet).await?;
+    let network_caller =
+        ServiceProcess::start_binary(&network_caller_bin?, &format!("{state}{metrics}"), &quiet)
+            .await?;
     let bid_intake_bin = bid_intake_bin?;
     let bid_intake_settings = format!(
-        "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}",
+        "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}{metrics}",
         targeting.addr, auction.addr, network_caller.addr
     );
     let bid_intake =
@@ -288,6 +339,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tagid: BENCH_TAGID.into(),
         publisher: "8953".into(),
         echo: false,
+        deadline: None,
         quiet: false,
     };
     println!(
@@ -298,23 +350,112 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.exchange_bids,
         args.duration.as_secs()
     );
-    let [_, echo_max, echo_half] = max_then_half(
-        &format!("echo chain ({hops} hops)"),
-        LoadArgs {
-            target: format!("http://{}", echo.addr),
-            echo: true,
-            ..load.clone()
-        },
+    let echo_pids: Vec<u32> = echo.child.id().into_iter().collect();
+    let (echo_runs, echo_cpu) = with_cpu(
+        &echo_pids,
+        max_then_half(
+            &format!("echo chain ({hops} hops)"),
+            LoadArgs {
+                target: format!("http://{}", echo.addr),
+                echo: true,
+                ..load.clone()
+            },
+        ),
     )
     .await?;
+    let echo_calls = echo_runs.iter().map(LoadResult::answered).sum::<u64>();
+    let [_, echo_max, echo_half] = echo_runs;
+    let service_pids: Vec<u32> = [&bid_intake, &targeting, &auction, &network_caller]
+        .iter()
+        .filter_map(|service| service.pid())
+        .collect();
     let before = command_calls(&redis).await?;
-    let decide_runs = max_then_half("decisions", load.clone()).await?;
+    let (decide_runs, decide_cpu) =
+        with_cpu(&service_pids, max_then_half("decisions", load.clone())).await?;
     let after = command_calls(&redis).await?;
+    let admitted_text = bid_intake.metrics().await.unwrap_or_default();
+    println!(
+        "  up to the maximum, bid-intake shed {} decisions and degraded {}",
+        metric_value(&admitted_text, "cascade_admission_shed_total").unwrap_or(0.0),
+        metric_value(&admitted_text, "cascade_admission_degraded_total").unwrap_or(0.0)
+    );
     let decisions = decide_runs
         .iter()
         .map(|run| run.completed() + run.errors.values().sum::<u64>())
         .sum::<u64>() as f64;
     let [_, decide_max, decide_half] = decide_runs;
+    let cpu_per_decision = decide_cpu.as_secs_f64() / decisions.max(1.0);
+    let cpu_per_echo = echo_cpu.as_secs_f64() / (echo_calls as f64).max(1.0);
+    // Past the maximum, open loop, with the deadline a gateway sets; then back to half
+    // the maximum, to see it recover.
+    let mut overloads = Vec::new();
+    for factor in [3, 10] {
+        let rate = (decide_max.throughput() * factor as f64).max(1.0) as u64;
+        let generator_before = cpu_time(&[std::process::id()]);
+        // bid-intake's view halfway through: how long work waits, how much it sheds.
+        let midway = {
+            let duration = load.duration;
+            let bid_intake = &bid_intake;
+            async move {
+                tokio::time::sleep(duration / 2).await;
+                let text = bid_intake.metrics().await.unwrap_or_default();
+                (
+                    metric_value(&text, "cascade_admission_queue_delay_seconds").unwrap_or(0.0),
+                    metric_value(&text, "cascade_admission_shed_probability").unwrap_or(0.0),
+                )
+            }
+        };
+        let label = format!("decisions, open loop at {factor}x the max ({rate}/s)");
+        let overload_args = LoadArgs {
+            rate: Some(rate),
+            deadline: Some(OVERLOAD_DEADLINE),
+            ..load.clone()
+        };
+        let (measured, (queue_delay, shed_probability)) = tokio::join!(
+            with_cpu(&service_pids, measure(&label, &overload_args)),
+            midway
+        );
+        let (result, cpu) = measured?;
+        println!(
+            "  halfway: bid-intake's queueing delay {:.1} ms, shedding {:.0}%",
+            queue_delay * 1e3,
+            shed_probability * 100.0
+        );
+        let mut shed_by = Vec::new();
+        for service in [&bid_intake, &targeting, &auction, &network_caller] {
+            let text = service.metrics().await.unwrap_or_default();
+            shed_by.push(format!(
+                "{} {} (degraded {})",
+                service.name,
+                metric_value(&text, "cascade_admission_shed_total").unwrap_or(0.0),
+                metric_value(&text, "cascade_admission_degraded_total").unwrap_or(0.0)
+            ));
+        }
+        println!(
+            "  shed so far by {}; this generator took {:.2} s of CPU, the services {:.2} s",
+            shed_by.join(", "),
+            cpu_time(&[std::process::id()])
+                .saturating_sub(generator_before)
+                .as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+        overloads.push(Overload {
+            factor,
+            result,
+            cpu,
+        });
+    }
+    let half_rate = (decide_max.throughput() / 2.0).max(1.0) as u64;
+    let recovery = measure(
+        &format!("decisions, open loop at {half_rate}/s right after"),
+        &LoadArgs {
+            rate: Some(half_rate),
+            deadline: Some(OVERLOAD_DEADLINE),
+            duration: RECOVERY_RUN,
+            ..load.clone()
+        },
+    )
+    .await?;
     let [logged_warm_up, logged_max, logged_half] = max_then_half(
         "decisions with the decision log",
         LoadArgs {
@@ -357,6 +498,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             decide_half.latency_ms(quantile) / echo_half.latency_ms(quantile)
         );
     }
+    println!(
+        "| CPU per call, four services / echo chain | {:.0} µs | {:.0} µs | {:.2} | |",
+        cpu_per_decision * 1e6,
+        cpu_per_echo * 1e6,
+        cpu_per_decision / cpu_per_echo.max(f64::EPSILON)
+    );
+    println!();
+    println!(
+        "| overload ({} ms deadline) | offered | goodput | goodput / max | shed | shed p99 | deadline exceeded | other errors | CPU per shed call |",
+        OVERLOAD_DEADLINE.as_millis()
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for overload in &overloads {
+        let result = &overload.result;
+        let shed = result.errors.get("ResourceExhausted").copied().unwrap_or(0);
+        let late = result.errors.get("DeadlineExceeded").copied().unwrap_or(0);
+        let other = result.errors.values().sum::<u64>() - shed - late;
+        // What the decisions served cost at the maximum's rate per decision; the rest is
+        // what shedding cost.
+        let shed_cpu = (overload.cpu.as_secs_f64() - result.completed() as f64 * cpu_per_decision)
+            .max(0.0)
+            / (shed as f64).max(1.0);
+        println!(
+            "| {}x the max | {:.0}/s | {:.0}/s | {:.2} | {shed} | {:.3} ms | {late} | {other} | {:.1} µs |",
+            overload.factor,
+            result.answered() as f64 / result.elapsed.as_secs_f64().max(f64::EPSILON),
+            result.throughput(),
+            result.throughput() / decide_max.throughput(),
+            result.shed_latency_ms(0.99),
+            shed_cpu * 1e6,
+        );
+    }
+    println!(
+        "Right after, at {half_rate}/s for {} s: {} ok, {} errors, p99 {:.3} ms.",
+        RECOVERY_RUN.as_secs(),
+        recovery.completed(),
+        recovery.errors.values().sum::<u64>(),
+        recovery.latency_ms(0.99)
+    );
     println!();
     println!(
         "| the decision log's cost | log on | log off (before, after) | ratio to the mean off |"
@@ -409,7 +589,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// `cascade echo-chain` as a child process of this one.
 struct EchoChain {
     addr: std::net::SocketAddr,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 impl EchoChain {
@@ -432,9 +612,6 @@ impl EchoChain {
         })
         .await
         .context("the echo chain did not start in 10 s")??;
-        Ok(Self {
-            addr,
-            _child: child,
-        })
+        Ok(Self { addr, child })
     }
 }

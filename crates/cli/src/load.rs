@@ -24,6 +24,9 @@ use tonic::transport::Channel;
 /// Most calls in flight in open loop; beyond it a due call is counted as dropped.
 const MAX_IN_FLIGHT: usize = 8_192;
 
+/// Distinct decision requests a run cycles through.
+const REQUEST_POOL: u64 = 4_096;
+
 #[derive(clap::Args, Clone)]
 pub struct LoadArgs {
     /// The gRPC address to load: bid-intake (or, with `--echo`, an echo chain).
@@ -56,6 +59,9 @@ pub struct LoadArgs {
     /// Load an echo chain (the baseline) with payloads as large as the decision requests.
     #[arg(long)]
     pub echo: bool,
+    /// The deadline every call is sent with (`grpc-timeout`); unset: none.
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -81,6 +87,8 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Latencies of successful calls, in microseconds.
     pub latencies: Histogram<u64>,
+    /// Latencies of the calls shed (`RESOURCE_EXHAUSTED`), in microseconds.
+    pub shed_latencies: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -98,6 +106,16 @@ impl LoadResult {
         self.latencies.value_at_quantile(quantile) as f64 / 1_000.0
     }
 
+    /// The `quantile` latency of the calls shed, in milliseconds.
+    pub fn shed_latency_ms(&self, quantile: f64) -> f64 {
+        self.shed_latencies.value_at_quantile(quantile) as f64 / 1_000.0
+    }
+
+    /// Every call answered, whatever the answer.
+    pub fn answered(&self) -> u64 {
+        self.completed() + self.errors.values().sum::<u64>()
+    }
+
     pub fn print(&self, label: &str) {
         println!(
             "{label}: {} ok in {:.1}s = {:.0}/s; latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
@@ -112,6 +130,14 @@ impl LoadResult {
         );
         for (status, count) in &self.errors {
             println!("  errors {status}: {count}");
+        }
+        if !self.shed_latencies.is_empty() {
+            println!(
+                "  shed calls answered in ms p50 {:.3}  p99 {:.3}  max {:.3}",
+                self.shed_latency_ms(0.5),
+                self.shed_latency_ms(0.99),
+                self.shed_latencies.max() as f64 / 1_000.0
+            );
         }
     }
 }
@@ -199,11 +225,22 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         .await)
     } else {
         let clients: Vec<_> = channels.into_iter().map(BidIntakeClient::new).collect();
-        let args_for_calls = args.clone();
+        // Made before the run, so that the generator's own cost does not cap the rate it
+        // can send; every call still gets an id of its own.
+        let pool: Arc<Vec<DecideRequest>> =
+            Arc::new((0..REQUEST_POOL).map(|n| decide_request(args, n)).collect());
+        let deadline = args.deadline;
         Ok(drive(args, move || {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let mut client = clients[n as usize % clients.len()].clone();
-            let request = decide_request(&args_for_calls, n);
+            let mut request = pool[n as usize % pool.len()].clone();
+            if let Some(bid_request) = request.request.as_mut() {
+                bid_request.id = format!("load-{n}");
+            }
+            let mut request = tonic::Request::new(request);
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
             async move {
                 client
                     .decide(request)
@@ -230,6 +267,7 @@ where
 {
     let call = Arc::new(call);
     let latencies: Shared<Histogram<u64>> = Arc::new(Mutex::new(new_histogram()));
+    let shed_latencies: Shared<Histogram<u64>> = Arc::new(Mutex::new(new_histogram()));
     let errors: Shared<BTreeMap<String, u64>> = Arc::default();
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -237,14 +275,24 @@ where
     let progress = progress_bar(args, done.clone());
 
     let record = {
-        let (latencies, errors, done) = (latencies.clone(), errors.clone(), done.clone());
+        let (latencies, shed_latencies, errors, done) = (
+            latencies.clone(),
+            shed_latencies.clone(),
+            errors.clone(),
+            done.clone(),
+        );
         move |result: Result<(), tonic::Code>, since: Instant| {
             let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
             match result {
                 Ok(()) => {
                     let _ = latencies.lock().record(micros.max(1));
                 }
-                Err(code) => *errors.lock().entry(format!("{code:?}")).or_default() += 1,
+                Err(code) => {
+                    if code == tonic::Code::ResourceExhausted {
+                        let _ = shed_latencies.lock().record(micros.max(1));
+                    }
+                    *errors.lock().entry(format!("{code:?}")).or_default() += 1
+                }
             }
             done.fetch_add(1, Ordering::Relaxed);
         }
@@ -303,10 +351,12 @@ where
     }
     let elapsed = started.elapsed();
     let latencies = std::mem::replace(&mut *latencies.lock(), new_histogram());
+    let shed_latencies = std::mem::replace(&mut *shed_latencies.lock(), new_histogram());
     let errors = std::mem::take(&mut *errors.lock());
     LoadResult {
         elapsed,
         latencies,
+        shed_latencies,
         errors,
     }
 }

@@ -9,6 +9,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::admission::{Admission, AdmissionLayer};
 use crate::settings::GrpcSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,9 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     staleness: Option<tokio::sync::watch::Receiver<bool>>,
     readiness: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The admission state and the services shed in front of their handlers; unset: one
+    /// made from the settings, shedding all of the server's own services.
+    admission: Option<(Admission, Vec<&'static str>)>,
 }
 
 /// The health-check name that reports whether a service's configuration snapshot is
@@ -55,6 +59,7 @@ impl GrpcServer {
             service_names: service_names.to_vec(),
             staleness: None,
             readiness: None,
+            admission: None,
         }
     }
 
@@ -62,6 +67,13 @@ impl GrpcServer {
     /// loaded), SERVING from then on; without it, SERVING from the first call.
     pub fn ready_when(mut self, readiness: tokio::sync::watch::Receiver<bool>) -> Self {
         self.readiness = Some(readiness);
+        self
+    }
+
+    /// Uses `admission` (a service that decides itself what to degrade or shed holds it
+    /// too) and sheds only the calls to `shed_in_front` before they reach their handler.
+    pub fn admitting(mut self, admission: Admission, shed_in_front: &[&'static str]) -> Self {
+        self.admission = Some((admission, shed_in_front.to_vec()));
         self
     }
 
@@ -148,9 +160,16 @@ impl GrpcServer {
         // accepted connection of ours gets it here, or small responses wait on Nagle.
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (admission, shed_in_front) = self.admission.unwrap_or_else(|| {
+            (
+                Admission::start(&settings.admission),
+                self.service_names.clone(),
+            )
+        });
         let server = Server::builder()
             .layer(crate::telemetry::ServerObserveLayer)
             .layer(crate::deadline::EnforceDeadlineLayer)
+            .layer(AdmissionLayer::new(admission, &shed_in_front))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_accepting_rx.await;

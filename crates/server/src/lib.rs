@@ -1,6 +1,7 @@
 //! What every Cascade service shares: settings loading, the gRPC bootstrap (health,
 //! reflection, graceful bounded shutdown), deadline handling, telemetry and clients.
 
+pub mod admission;
 pub mod channel;
 pub mod deadline;
 pub mod grpc;

@@ -97,6 +97,8 @@ pub struct GrpcSettings {
     pub drain_timeout_ms: u64,
     /// Where to serve Prometheus metrics (HTTP `GET /metrics`); unset: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// When calls are degraded and shed under overload.
+    pub admission: crate::admission::AdmissionSettings,
 }
 
 impl Default for GrpcSettings {
@@ -106,6 +108,7 @@ impl Default for GrpcSettings {
             shutdown_delay_ms: 0,
             drain_timeout_ms: 5_000,
             metrics_listen: None,
+            admission: crate::admission::AdmissionSettings::default(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl Validate for GrpcSettings {
                 ));
             }
         }
+        self.admission.validate_under("admission")?;
         if self
             .metrics_listen
             .is_some_and(|metrics| metrics == self.listen && metrics.port() != 0)

@@ -27,6 +27,8 @@ use cascade_log::DecisionLog;
 
 /// What network-caller builds every network's request from.
 struct NetworkEdge {
+    /// Under overload no network is called: the demand in hand serves.
+    degraded: bool,
     /// The request as the OpenRTB JSON document the gateway sent (members outside 2.6
     /// kept); empty when it came typed.
     openrtb_json: bytes::Bytes,
@@ -35,6 +37,7 @@ struct NetworkEdge {
 }
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
 use cascade_proto::targeting::v1::{EvaluateRequest, EvaluateResponse, ImpEvaluation};
+use cascade_server::admission::{Admission, Verdict};
 use cascade_server::channel::BalancedChannel;
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_server::telemetry::Traced;
@@ -68,6 +71,8 @@ pub struct DecisionService {
     pub(crate) notices: NoticeSettings,
     /// The record of every decision and event.
     pub(crate) log: DecisionLog,
+    /// Whether to decide, degrade or shed a decision, by its publisher's share.
+    pub(crate) admission: Admission,
 }
 
 #[tonic::async_trait]
@@ -80,6 +85,12 @@ impl BidIntake for DecisionService {
         let caller_timeout = caller_timeout(request.metadata());
         let mut request = request.into_inner();
         let openrtb_json = crate::normalize::openrtb_document(&mut request)?;
+        // Shed before any work; degraded, the decision calls no network.
+        let degraded = match self.admission.verdict(publisher_id(&request)) {
+            Verdict::Shed => return Err(cascade_server::admission::overloaded()),
+            Verdict::Degrade => true,
+            Verdict::Admit => false,
+        };
         let span = decision_span(&request);
         // Kept to log a decision that fails.
         let identity = self.log.enabled().then(|| {
@@ -90,7 +101,7 @@ impl BidIntake for DecisionService {
             )
         });
         let response = self
-            .decide(request, openrtb_json, caller_timeout)
+            .decide(request, openrtb_json, caller_timeout, degraded)
             .instrument(span.clone())
             .await;
         record_outcome(&span, &response);
@@ -206,6 +217,7 @@ impl DecisionService {
         mut request: DecideRequest,
         openrtb_json: Vec<u8>,
         caller_timeout: Option<Duration>,
+        degraded: bool,
     ) -> Result<DecideResponse, DecideError> {
         let started = std::time::Instant::now();
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
@@ -234,6 +246,7 @@ impl DecisionService {
         // report.
         let test = bid_request.test() == 1;
         let edge = NetworkEdge {
+            degraded,
             openrtb_json: openrtb_json.into(),
             schain_node: snapshot
                 .supply_chain_node(&normalized.account_id)
@@ -601,18 +614,25 @@ impl DecisionService {
                         .collect()
                 })
                 .collect();
-            let call_deadline = deadline.less(self.fallback_reserve);
-            let mut network_caller = self.network_caller.clone();
-            let call = network_caller.run_waterfall(call_deadline.request(RunWaterfallRequest {
-                request: Some(bid_request.clone()),
-                imps: waterfall_imps,
-                openrtb_json: edge.openrtb_json.clone(),
-                schain_node: edge.schain_node.clone(),
-            }));
-            // network-caller is told to finish `fallback_reserve` early; the wait runs to
-            // the decision's own deadline, so an answer delayed in transit still counts.
-            let answer = tokio::time::timeout_at(deadline.instant(), call).await;
-            match Unanswered::classify("network-caller", answer) {
+            let answer = if edge.degraded {
+                Err(Unanswered::OVERLOADED)
+            } else {
+                let call_deadline = deadline.less(self.fallback_reserve);
+                let mut network_caller = self.network_caller.clone();
+                let call =
+                    network_caller.run_waterfall(call_deadline.request(RunWaterfallRequest {
+                        request: Some(bid_request.clone()),
+                        imps: waterfall_imps,
+                        openrtb_json: edge.openrtb_json.clone(),
+                        schain_node: edge.schain_node.clone(),
+                    }));
+                // network-caller is told to finish `fallback_reserve` early; the wait runs
+                // to the decision's own deadline, so an answer delayed in transit still
+                // counts.
+                let answer = tokio::time::timeout_at(deadline.instant(), call).await;
+                Unanswered::classify("network-caller", answer)
+            };
+            match answer {
                 Ok(results) => {
                     for (index, result) in waterfall_slots.into_iter().zip(results.imps) {
                         let slot = &mut slots[index];
@@ -801,25 +821,29 @@ impl DecisionService {
                 (imp.impid.clone(), attempts)
             })
             .collect();
-        let mut network_caller = self.network_caller.clone();
-        let call = network_caller.collect_bids(bidding_deadline.request(CollectBidsRequest {
-            request: Some(bid_request.clone()),
-            imps,
-            openrtb_json: edge.openrtb_json.clone(),
-            schain_node: edge.schain_node.clone(),
-        }));
-        let unanswered_because = match Unanswered::classify(
-            "network-caller (bidding)",
-            tokio::time::timeout_at(wait_until, call).await,
-        ) {
-            Ok(response) => {
-                return response
-                    .imps
-                    .into_iter()
-                    .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
-                    .collect();
+        let unanswered_because = if edge.degraded {
+            Unanswered::OVERLOADED
+        } else {
+            let mut network_caller = self.network_caller.clone();
+            let call = network_caller.collect_bids(bidding_deadline.request(CollectBidsRequest {
+                request: Some(bid_request.clone()),
+                imps,
+                openrtb_json: edge.openrtb_json.clone(),
+                schain_node: edge.schain_node.clone(),
+            }));
+            match Unanswered::classify(
+                "network-caller (bidding)",
+                tokio::time::timeout_at(wait_until, call).await,
+            ) {
+                Ok(response) => {
+                    return response
+                        .imps
+                        .into_iter()
+                        .map(|imp| (imp.impid, (imp.bids, imp.attempts)))
+                        .collect();
+                }
+                Err(unanswered) => unanswered,
             }
-            Err(unanswered) => unanswered,
         };
         unanswered
             .into_iter()
@@ -995,6 +1019,13 @@ impl Unanswered {
         detail: "network-caller is unavailable",
         no_fill: NoFillReason::NetworksUnreachable,
     };
+    /// Under overload networks are the first thing given up: bid-intake's own, or
+    /// network-caller's, which sheds the call.
+    const OVERLOADED: Unanswered = Unanswered {
+        reason: "overload",
+        detail: "under overload no network is called",
+        no_fill: NoFillReason::Overloaded,
+    };
 
     /// The answer of a call to network-caller waited for until a deadline.
     fn classify<T>(
@@ -1009,6 +1040,7 @@ impl Unanswered {
                 tracing::warn!(%error, "network-caller gave no answer; deciding with the demand in hand");
                 match error {
                     DecideError::DeadlineExceeded { .. } => Err(Unanswered::LATE),
+                    DecideError::Overloaded { .. } => Err(Unanswered::OVERLOADED),
                     _ => Err(Unanswered::UNREACHABLE),
                 }
             }

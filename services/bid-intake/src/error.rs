@@ -14,7 +14,10 @@ pub enum DecideError {
     NotReady,
     #[error("the deadline ran out during {stage}")]
     DeadlineExceeded { stage: &'static str },
-    /// The service could not be reached or is overloaded: retrying may work.
+    /// This service, or one it needs, sheds load: the caller should back off.
+    #[error("overloaded ({stage})")]
+    Overloaded { stage: &'static str },
+    /// The service could not be reached: retrying may work.
     #[error("{stage} is unavailable: {status}")]
     Unavailable { stage: &'static str, status: Status },
     /// The service refused what bid-intake sent it: a fault of ours, not the caller's.
@@ -36,9 +39,8 @@ impl DecideError {
     pub fn downstream(stage: &'static str, status: Status) -> Self {
         match status.code() {
             Code::DeadlineExceeded | Code::Cancelled => DecideError::DeadlineExceeded { stage },
-            Code::Unavailable | Code::ResourceExhausted => {
-                DecideError::Unavailable { stage, status }
-            }
+            Code::ResourceExhausted => DecideError::Overloaded { stage },
+            Code::Unavailable => DecideError::Unavailable { stage, status },
             _ => DecideError::Downstream { stage, status },
         }
     }
@@ -53,6 +55,7 @@ impl From<DecideError> for Status {
             DecideError::NotFound { .. } => Status::not_found(error.to_string()),
             DecideError::NotReady => Status::unavailable(error.to_string()),
             DecideError::DeadlineExceeded { .. } => Status::deadline_exceeded(error.to_string()),
+            DecideError::Overloaded { .. } => cascade_server::admission::overloaded(),
             DecideError::Unavailable { stage, .. } => {
                 status::unavailable(&format!("{stage} is unavailable"), &error)
             }
@@ -82,9 +85,10 @@ mod tests {
             downstream(Status::unavailable("connection refused")),
             Code::Unavailable
         );
+        // A service that sheds load says so to the gateway, which backs off.
         assert_eq!(
             downstream(Status::resource_exhausted("overloaded")),
-            Code::Unavailable
+            Code::ResourceExhausted
         );
         assert_eq!(
             downstream(Status::deadline_exceeded("late")),

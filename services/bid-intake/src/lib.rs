@@ -22,6 +22,7 @@ use cascade_networks::notices::Notifier;
 use cascade_proto::admin::v1::admin_server::AdminServer;
 use cascade_proto::admin::v1::reports_server::ReportsServer;
 use cascade_proto::decision::v1::bid_intake_server::BidIntakeServer;
+use cascade_server::admission::Admission;
 use cascade_server::channel::{Resolver, ResolverError, ResolverSettings, Target};
 use cascade_server::settings::GrpcSettings;
 use cascade_server::telemetry::traced;
@@ -195,6 +196,7 @@ pub async fn serve(
         billing_stopped,
     ));
     let channel = |target: &Target| traced(resolver.channel(target.clone()));
+    let admission = Admission::start(&settings.grpc.admission);
     let service = DecisionService {
         snapshot,
         store: store.clone(),
@@ -221,6 +223,7 @@ pub async fn serve(
         notifier,
         notices: settings.notices.clone(),
         log: log.clone(),
+        admission: admission.clone(),
     };
     let admin = AdminService::new(store.clone()).into_server(settings.admin_token.clone());
     let reports = ReportService::new(store).into_server(settings.admin_token.clone());
@@ -235,6 +238,9 @@ pub async fn serve(
             ReportsServer::<ReportService>::NAME,
         ],
     )
+    // Decisions are shed by their handler, which knows their publisher; impression reports
+    // and the admin API never are.
+    .admitting(admission, &[])
     .reporting_staleness(watch.staleness())
     .ready_when(watch.readiness())
     .serve(listener, &settings.grpc, shutdown)

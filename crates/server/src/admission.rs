@@ -1,0 +1,434 @@
+//! Admission control: a probe measures how late the runtime runs a task that is due (the
+//! time any call now waits to be worked on), the core's [`Controller`] turns that into a
+//! pressure, and calls are degraded or shed accordingly — shed at once, before their
+//! body is decoded, so a rejection costs next to nothing.
+//!
+//! Shedding answers `RESOURCE_EXHAUSTED`, never `UNAVAILABLE`: a gateway can tell "this
+//! cluster is overloaded, back off" (with a `google.rpc.RetryInfo` detail and gRPC's
+//! `grpc-retry-pushback-ms`) from "this replica is down, try another".
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use cascade_core::admission::{AdmissionPolicy, Controller, FairShedding};
+use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// How often the probe samples the queueing delay.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What a shed call is told to wait before it is retried.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSettings {
+    /// Off: every call is admitted, whatever the load.
+    pub enabled: bool,
+    /// Queueing delay above which the service degrades (bid-intake: no network calls,
+    /// decisions from the demand in hand).
+    pub degrade_queue_delay_ms: u64,
+    /// Queueing delay the shedding holds the service to.
+    pub shed_queue_delay_ms: u64,
+    /// How long the service stays degraded after the delay was last above its threshold.
+    pub degrade_hold_ms: u64,
+    /// Most publishers whose arrival rates are tracked one by one for fair shedding; the
+    /// rest share one share.
+    pub tracked_publishers: usize,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            degrade_queue_delay_ms: 2,
+            shed_queue_delay_ms: 5,
+            degrade_hold_ms: 250,
+            tracked_publishers: 10_000,
+        }
+    }
+}
+
+impl Validate for AdmissionSettings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        at_least("shed_queue_delay_ms", self.shed_queue_delay_ms, 1)?;
+        require(
+            self.degrade_queue_delay_ms <= self.shed_queue_delay_ms,
+            "degrade_queue_delay_ms",
+            || {
+                format!(
+                    "must not exceed shed_queue_delay_ms ({}): a service degrades before it sheds",
+                    self.shed_queue_delay_ms
+                )
+            },
+        )?;
+        require(self.degrade_hold_ms <= 60_000, "degrade_hold_ms", || {
+            format!("must be at most 60000, got {}", self.degrade_hold_ms)
+        })?;
+        at_least("tracked_publishers", self.tracked_publishers as u64, 1)
+    }
+}
+
+impl AdmissionSettings {
+    fn policy(&self) -> AdmissionPolicy {
+        AdmissionPolicy {
+            degrade_above: Duration::from_millis(self.degrade_queue_delay_ms),
+            shed_above: Duration::from_millis(self.shed_queue_delay_ms),
+            degrade_hold: Duration::from_millis(self.degrade_hold_ms),
+        }
+    }
+}
+
+/// What to do with a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// Admit it, but do the least work that still answers well.
+    Degrade,
+    Shed,
+}
+
+/// The admission state of one service, shared by its calls and updated by its probe.
+#[derive(Clone)]
+pub struct Admission {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    enabled: bool,
+    degraded: AtomicBool,
+    /// The overall shed probability, as `f64` bits.
+    shed_probability: AtomicU64,
+    fair: Mutex<FairShedding>,
+    /// The state of the random numbers shedding draws (SplitMix64 over a counter).
+    random: AtomicU64,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("enabled", &self.inner.enabled)
+            .field("degraded", &self.inner.degraded.load(Ordering::Relaxed))
+            .field("shed_probability", &self.shed_probability())
+            .finish()
+    }
+}
+
+impl Admission {
+    /// Starts the probe (when enabled); it stops once every handle is dropped.
+    pub fn start(settings: &AdmissionSettings) -> Self {
+        let admission = Self::new(settings);
+        if settings.enabled {
+            tokio::spawn(probe(
+                Arc::downgrade(&admission.inner),
+                Controller::new(settings.policy()),
+            ));
+        }
+        admission
+    }
+
+    fn new(settings: &AdmissionSettings) -> Self {
+        metrics::gauge!("cascade_admission_degraded").set(0.0);
+        metrics::gauge!("cascade_admission_shed_probability").set(0.0);
+        metrics::counter!("cascade_admission_shed_total").absolute(0);
+        metrics::counter!("cascade_admission_degraded_total").absolute(0);
+        Self {
+            inner: Arc::new(Inner {
+                enabled: settings.enabled,
+                degraded: AtomicBool::new(false),
+                shed_probability: AtomicU64::new(0f64.to_bits()),
+                fair: Mutex::new(FairShedding::new(settings.tracked_publishers)),
+                random: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            }),
+        }
+    }
+
+    /// Admits everything.
+    pub fn disabled() -> Self {
+        Self::new(&AdmissionSettings {
+            enabled: false,
+            ..AdmissionSettings::default()
+        })
+    }
+
+    /// The verdict on a call from `publisher`, counted for its fair share.
+    pub fn verdict(&self, publisher: &str) -> Verdict {
+        if !self.inner.enabled {
+            return Verdict::Admit;
+        }
+        let uniform = self.uniform();
+        if self.inner.fair.lock().arrive(publisher, uniform) {
+            metrics::counter!("cascade_admission_shed_total").increment(1);
+            return Verdict::Shed;
+        }
+        self.unshed_verdict()
+    }
+
+    /// The verdict on a call whose publisher is not known: shed at the overall share.
+    pub fn uniform_verdict(&self) -> Verdict {
+        if self.shed_uniformly() {
+            return Verdict::Shed;
+        }
+        self.unshed_verdict()
+    }
+
+    /// Whether to shed a call whose publisher is not known, at the overall share.
+    fn shed_uniformly(&self) -> bool {
+        if !self.inner.enabled {
+            return false;
+        }
+        let p = self.shed_probability();
+        let shed = p > 0.0 && self.uniform() < p;
+        if shed {
+            metrics::counter!("cascade_admission_shed_total").increment(1);
+        }
+        shed
+    }
+
+    fn unshed_verdict(&self) -> Verdict {
+        if self.inner.degraded.load(Ordering::Relaxed) {
+            metrics::counter!("cascade_admission_degraded_total").increment(1);
+            Verdict::Degrade
+        } else {
+            Verdict::Admit
+        }
+    }
+
+    fn shed_probability(&self) -> f64 {
+        f64::from_bits(self.inner.shed_probability.load(Ordering::Relaxed))
+    }
+
+    /// A uniform number in [0, 1).
+    fn uniform(&self) -> f64 {
+        let mut z = self
+            .inner
+            .random
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn apply(&self, pressure: cascade_core::admission::Pressure, window: Duration) {
+        self.inner
+            .degraded
+            .store(pressure.degraded, Ordering::Relaxed);
+        self.inner
+            .shed_probability
+            .store(pressure.shed_probability.to_bits(), Ordering::Relaxed);
+        self.inner
+            .fair
+            .lock()
+            .update(window, pressure.shed_probability);
+        metrics::gauge!("cascade_admission_degraded").set(f64::from(u8::from(pressure.degraded)));
+        metrics::gauge!("cascade_admission_shed_probability").set(pressure.shed_probability);
+    }
+}
+
+/// Every `PROBE_INTERVAL`, how long the probe waits to run again once it goes to the back
+/// of the run queue — the wait any newly arrived call has before a worker takes it up —
+/// plus how late its timer fired beyond the timer's own millisecond granularity (a
+/// process the OS gives no CPU shows there).
+async fn probe(admission: Weak<Inner>, mut controller: Controller) {
+    let mut last = Instant::now();
+    loop {
+        let due = last + PROBE_INTERVAL;
+        tokio::time::sleep_until(due).await;
+        let woke = Instant::now();
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        let Some(inner) = admission.upgrade() else {
+            return;
+        };
+        let late = woke
+            .saturating_duration_since(due)
+            .saturating_sub(TIMER_GRANULARITY);
+        let pressure = controller.observe(now - woke + late, now - last);
+        metrics::gauge!("cascade_admission_queue_delay_seconds")
+            .set(controller.queue_delay().as_secs_f64());
+        Admission { inner }.apply(pressure, now - last);
+        last = now;
+    }
+}
+
+/// tokio's timers fire on millisecond ticks: a timer up to this late is on time.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// The answer to a shed call.
+pub fn overloaded() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(RETRY_AFTER));
+    let mut status = Status::with_error_details(
+        Code::ResourceExhausted,
+        "overloaded: the call was shed; retry after a backoff",
+        details,
+    );
+    // gRPC's own retry policy honours the server's pushback (gRFC A6).
+    if let Ok(value) = RETRY_AFTER.as_millis().to_string().parse() {
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", value);
+    }
+    status
+}
+
+/// Sheds calls to the given services, in front of them, at the service's overall shed
+/// probability; every other path (health, reflection, what the service sheds itself) is
+/// passed through.
+#[derive(Clone, Debug)]
+pub struct AdmissionLayer {
+    admission: Admission,
+    /// `/package.Service/` of every service shed here.
+    prefixes: Arc<[String]>,
+}
+
+impl AdmissionLayer {
+    pub fn new(admission: Admission, services: &[&str]) -> Self {
+        Self {
+            admission,
+            prefixes: services.iter().map(|name| format!("/{name}/")).collect(),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Admit<S> {
+    inner: S,
+    layer: AdmissionLayer,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Admit<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        std::future::Ready<Result<http::Response<RB>, S::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let sheddable = self.layer.prefixes.iter().any(|p| path.starts_with(p));
+        if sheddable && self.layer.admission.shed_uniformly() {
+            return futures::future::Either::Right(std::future::ready(
+                Ok(overloaded().into_http()),
+            ));
+        }
+        futures::future::Either::Left(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer as _, ServiceExt as _};
+
+    fn pressed(shed_probability: f64, degraded: bool) -> Admission {
+        let admission = Admission::new(&AdmissionSettings::default());
+        admission.apply(
+            cascade_core::admission::Pressure {
+                degraded,
+                shed_probability,
+            },
+            Duration::from_millis(100),
+        );
+        admission
+    }
+
+    #[test]
+    fn the_verdict_follows_the_pressure() {
+        assert_eq!(pressed(0.0, false).uniform_verdict(), Verdict::Admit);
+        assert_eq!(pressed(0.0, true).uniform_verdict(), Verdict::Degrade);
+        assert_eq!(pressed(1.0, true).uniform_verdict(), Verdict::Shed);
+        let half = pressed(0.5, true);
+        let shed = (0..10_000)
+            .filter(|_| half.uniform_verdict() == Verdict::Shed)
+            .count();
+        assert!((4_500..=5_500).contains(&shed), "{shed}");
+        assert_eq!(Admission::disabled().uniform_verdict(), Verdict::Admit);
+    }
+
+    #[test]
+    fn a_shed_call_says_overloaded_and_when_to_retry() {
+        let status = overloaded();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "100"
+        );
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(RETRY_AFTER)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_layer_sheds_only_the_services_it_guards() {
+        let answered = tower::service_fn(|_request: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new("answered".to_string()))
+        });
+        let layer = AdmissionLayer::new(pressed(1.0, true), &["cascade.auction.v1.Auction"]);
+        let call = |path: &str| {
+            http::Request::builder()
+                .uri(format!("http://x{path}"))
+                .body(())
+                .unwrap()
+        };
+        let shed = layer
+            .layer(answered)
+            .oneshot(call("/cascade.auction.v1.Auction/Rank"))
+            .await
+            .unwrap();
+        assert_eq!(shed.headers()["grpc-status"], "8");
+        let health = layer
+            .layer(answered)
+            .oneshot(call("/grpc.health.v1.Health/Check"))
+            .await
+            .unwrap();
+        assert_eq!(health.body(), "answered");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_too_busy_to_run_its_tasks_degrades_the_service() {
+        let admission = Admission::start(&AdmissionSettings::default());
+        assert_eq!(admission.uniform_verdict(), Verdict::Admit);
+        for _ in 0..50 {
+            // On this single-threaded runtime, work that holds the thread for 20 ms
+            // makes every due task, the probe among them, wait as long.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            std::thread::sleep(Duration::from_millis(20));
+            if admission.uniform_verdict() != Verdict::Admit {
+                return;
+            }
+        }
+        panic!("never degraded: {admission:?}");
+    }
+}
