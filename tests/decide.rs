@@ -1017,3 +1017,42 @@ async fn the_load_generator_measures_decisions_and_the_echo_chain() {
     assert!(report.starts_with("echo chain: "), "{report}");
     assert!(!report.contains("errors"), "{report}");
 }
+
+#[tokio::test]
+async fn a_retried_decision_gets_its_first_answer_without_a_second_sale() {
+    let cluster = Cluster::start().await;
+    let request = banner_request(exchange_bid(1.5, "shoes.example"));
+    let retry = |request: Value, header: &'static str| {
+        let addr = cluster.bid_intake;
+        async move {
+            let output = grpcurl::call(addr, DECIDE, &request, &["-H", header])
+                .await
+                .unwrap();
+            assert!(output.success, "{}", output.stderr);
+            output.json()
+        }
+    };
+    let first = cluster.decide(&request).await;
+    assert_eq!(winner(&first)["networkId"], "coolads");
+    assert_eq!(cluster.networks.calls("coolads"), 1);
+    let retried = retry(request.clone(), "cascade-retry: 1").await;
+    assert_eq!(retried, first);
+    assert_eq!(cluster.networks.calls("coolads"), 1);
+
+    // Without saying it retries, the same id is a new decision, and a new sale.
+    let again = cluster.decide(&request).await;
+    assert_ne!(winner(&again)["selectionId"], winner(&first)["selectionId"]);
+    assert_eq!(cluster.networks.calls("coolads"), 2);
+    // gRPC's own retries say so with their attempt count: the latest answer comes back.
+    let retried = retry(request.clone(), "grpc-previous-rpc-attempts: 1").await;
+    assert_eq!(retried, again);
+    assert_eq!(cluster.networks.calls("coolads"), 2);
+
+    // A retry with no first answer on record (the first attempt never got through) is
+    // decided; so is the same request id from another publisher.
+    let mut unseen = request.clone();
+    unseen["request"]["id"] = json!("req-never-seen");
+    let decided = retry(unseen, "cascade-retry: 1").await;
+    assert_eq!(winner(&decided)["networkId"], "coolads");
+    assert_eq!(cluster.networks.calls("coolads"), 3);
+}

@@ -17,7 +17,9 @@ use cascade_core::report::{ReportCell, impression_counts};
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, RedisTls, keys as redis_keys};
 pub use report_recorder::ReportRecorder;
-pub use selection::{BillingNotice, Event, EventCounter, EventKind, EventRecorded, Selection};
+pub use selection::{
+    Answer, AnswerKey, BillingNotice, Event, EventCounter, EventKind, EventRecorded, Selection,
+};
 pub use selection_writer::{SelectionWriter, Written};
 pub use watcher::{SnapshotCell, SnapshotWatch, watch_snapshot};
 
@@ -101,6 +103,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks selections up in one round trip; `None` for unknown or expired ids.
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError>;
+
+    /// For a retried decision: the answer stored under `answer`, if the first attempt
+    /// stored one, and the selections `ids`, in the same round trip.
+    async fn recall(
+        &self,
+        answer: &AnswerKey,
+        ids: &[String],
+    ) -> Result<(Option<Vec<u8>>, Vec<Option<Selection>>), StateError>;
 
     /// Records `event` for a stored selection, once: a repeat changes nothing and says
     /// so. Returns only after the event is durably stored.

@@ -19,6 +19,8 @@ pub struct MemoryStore {
     configuration: Mutex<Configuration>,
     changes: tokio::sync::watch::Sender<u64>,
     selections: Mutex<HashMap<String, (Selection, Instant)>>,
+    /// Decisions' answers for their retries, with their expiry.
+    answers: Mutex<HashMap<crate::AnswerKey, (Vec<u8>, Instant)>>,
     events: Mutex<Events>,
     report: Mutex<Report>,
     /// Billing notices by selection id, with when each is next due (unix ms).
@@ -45,6 +47,7 @@ impl Default for MemoryStore {
             configuration: Mutex::default(),
             changes: tokio::sync::watch::Sender::new(0),
             selections: Mutex::default(),
+            answers: Mutex::default(),
             events: Mutex::default(),
             report: Mutex::default(),
             billing: Mutex::default(),
@@ -64,6 +67,7 @@ impl MemoryStore {
             configuration: Mutex::new(configuration),
             changes: tokio::sync::watch::Sender::new(1),
             selections: Mutex::default(),
+            answers: Mutex::default(),
             events: Mutex::default(),
             report: Mutex::default(),
             billing: Mutex::default(),
@@ -108,13 +112,35 @@ impl Store for MemoryStore {
         if stored.len() >= SELECTION_SWEEP_THRESHOLD {
             stored.retain(|_, (_, expires_at)| *expires_at > now);
         }
+        let mut answers = self.answers.lock();
+        if answers.len() >= SELECTION_SWEEP_THRESHOLD {
+            answers.retain(|_, (_, expires_at)| *expires_at > now);
+        }
         for selection in selections {
+            let mut selection = selection.clone();
+            if let Some(answer) = selection.answer.take() {
+                answers.insert(answer.key, (answer.response, now + selection.ttl));
+            }
             stored.insert(
                 selection.id.clone(),
                 (selection.clone(), now + selection.ttl),
             );
         }
         Ok(())
+    }
+
+    async fn recall(
+        &self,
+        answer: &crate::AnswerKey,
+        ids: &[String],
+    ) -> Result<(Option<Vec<u8>>, Vec<Option<Selection>>), StateError> {
+        let stored = self
+            .answers
+            .lock()
+            .get(answer)
+            .filter(|(_, expires_at)| *expires_at > Instant::now())
+            .map(|(response, _)| response.clone());
+        Ok((stored, self.get_selections(ids).await?))
     }
 
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {

@@ -52,6 +52,18 @@ pub mod keys {
         format!("cascade:selection:{{cs:{:02}}}:{id}", shard(id))
     }
 
+    /// A decision's answer, by publisher and request id (the publisher's length first,
+    /// so that no two pairs make one key), sharded by the request id.
+    pub fn answer(key: &crate::AnswerKey) -> String {
+        format!(
+            "cascade:answer:{{cs:{:02}}}:{}:{}:{}",
+            shard(&key.request_id),
+            key.publisher_id.len(),
+            key.publisher_id,
+            key.request_id
+        )
+    }
+
     pub fn event(selection_id: &str, kind: &str) -> String {
         format!("{}:event:{kind}", selection(selection_id))
     }
@@ -438,28 +450,38 @@ impl Store for RedisStore {
     }
 
     async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
-        let values = selections
-            .iter()
-            .map(|selection| {
-                let value =
-                    serde_json::to_string(selection).map_err(|source| StateError::Encode {
-                        what: "a selection",
-                        source,
-                    })?;
-                let ttl_ms = u64::try_from(selection.ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                Ok((selection.id.as_str(), value, ttl_ms))
-            })
-            .collect::<Result<Vec<_>, StateError>>()?;
+        let mut values = Vec::with_capacity(selections.len());
+        for selection in selections {
+            let value = serde_json::to_vec(selection).map_err(|source| StateError::Encode {
+                what: "a selection",
+                source,
+            })?;
+            let ttl_ms = u64::try_from(selection.ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            values.push((
+                keys::shard(&selection.id),
+                keys::selection(&selection.id),
+                value,
+                ttl_ms,
+            ));
+            if let Some(answer) = &selection.answer {
+                values.push((
+                    keys::shard(&answer.key.request_id),
+                    keys::answer(&answer.key),
+                    answer.response.clone(),
+                    ttl_ms,
+                ));
+            }
+        }
         let _: Vec<redis::Value> = self
             .pipelined(
                 &values,
-                |(id, _, _)| keys::shard(id),
-                |pipeline, (id, value, ttl_ms)| {
+                |(shard, _, _, _)| *shard,
+                |pipeline, (_, key, value, ttl_ms)| {
                     pipeline
                         .cmd("SET")
-                        .arg(keys::selection(id))
+                        .arg(key)
                         .arg(value)
                         .arg("PX")
                         .arg(ttl_ms);
@@ -467,6 +489,52 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn recall(
+        &self,
+        answer: &crate::AnswerKey,
+        ids: &[String],
+    ) -> Result<(Option<Vec<u8>>, Vec<Option<Selection>>), StateError> {
+        // The answer's GET first, then each selection's MGET: one pipeline per shard.
+        let mut reads = vec![(keys::shard(&answer.request_id), vec![keys::answer(answer)])];
+        reads.extend(ids.iter().map(|id| {
+            (
+                keys::shard(id),
+                vec![
+                    keys::selection(id),
+                    keys::event(id, crate::EventKind::NodeResult.as_str()),
+                ],
+            )
+        }));
+        let mut values: Vec<Vec<Option<Vec<u8>>>> = self
+            .pipelined(
+                &reads,
+                |(shard, _)| *shard,
+                |pipeline, (_, keys)| {
+                    pipeline.cmd("MGET").arg(keys);
+                },
+            )
+            .await?;
+        let stored = values.first_mut().and_then(|v| v.pop()).flatten();
+        let selections = values
+            .into_iter()
+            .skip(1)
+            .map(|pair| {
+                let mut pair = pair.into_iter();
+                let selection = pair.next().flatten()?;
+                let node_outcome = pair
+                    .next()
+                    .flatten()
+                    .and_then(|outcome| String::from_utf8(outcome).ok());
+                let selection: Selection = serde_json::from_slice(&selection).ok()?;
+                Some(Selection {
+                    node_outcome,
+                    ..selection
+                })
+            })
+            .collect();
+        Ok((stored, selections))
     }
 
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError> {

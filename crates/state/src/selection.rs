@@ -55,6 +55,26 @@ pub struct Selection {
     /// How long the store keeps it (the store's own expiry, not stored in the value).
     #[serde(skip)]
     pub ttl: Duration,
+    /// The whole answer of the decision that made it, stored beside it (its own key,
+    /// same TTL, same write) so that a retry of the decision gets the same answer; set
+    /// on one selection of the decision.
+    #[serde(skip)]
+    pub answer: Option<Answer>,
+}
+
+/// A decision's answer as the caller got it, under the key its retries look for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub key: AnswerKey,
+    /// The encoded `DecideResponse`.
+    pub response: Vec<u8>,
+}
+
+/// What names a decision across its retries: the publisher and the request id it sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    pub publisher_id: String,
+    pub request_id: String,
 }
 
 fn is_zero(value: &i64) -> bool {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use cascade_core::config::{Account, Configuration};
 use cascade_core::report::{Metric, ReportCell, period_of};
 use cascade_state::{
-    BillingNotice, Event, EventKind, EventRecorded, MemoryStore, RedisStore, Selection, StateError,
-    Store,
+    Answer, AnswerKey, BillingNotice, Event, EventKind, EventRecorded, MemoryStore, RedisStore,
+    Selection, StateError, Store,
 };
 use cascade_testkit::{RedisCluster, RedisOptions, RedisServer};
 
@@ -230,6 +230,48 @@ async fn check_contract(store: &dyn Store) {
         [(today.clone(), "coolads".to_string(), 5_000)]
     );
     check_billing(store).await;
+    check_answers(store).await;
+}
+
+/// A decision's answer is stored with its selection and recalled, with the selections a
+/// retry chains, in one read; it belongs to its publisher and request id only.
+async fn check_answers(store: &dyn Store) {
+    let key = |publisher: &str, request: &str| AnswerKey {
+        publisher_id: publisher.into(),
+        request_id: request.into(),
+    };
+    let mut sold = selection("answered", Duration::from_secs(60));
+    sold.answer = Some(Answer {
+        key: key("pub", "req-1"),
+        response: vec![0, 159, 146, 150, 255],
+    });
+    store
+        .put_selections(&[sold, selection("chained", Duration::from_secs(60))])
+        .await
+        .unwrap();
+    let (answer, selections) = store
+        .recall(&key("pub", "req-1"), &["chained".into(), "never".into()])
+        .await
+        .unwrap();
+    assert_eq!(answer, Some(vec![0, 159, 146, 150, 255]));
+    assert_eq!(
+        selections
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.id.as_str()))
+            .collect::<Vec<_>>(),
+        [Some("chained"), None]
+    );
+    // The answer is not a field of the selection it came with.
+    let stored = store.get_selections(&["answered".into()]).await.unwrap();
+    assert_eq!(stored[0].as_ref().and_then(|s| s.answer.clone()), None);
+    for other in [
+        key("pub", "req-2"),
+        key("other", "req-1"),
+        key("pub:req", "1"),
+    ] {
+        let (answer, _) = store.recall(&other, &[]).await.unwrap();
+        assert_eq!(answer, None, "{other:?}");
+    }
 }
 
 /// A billing notice is enqueued with its impression, once; claimed under a lease;

@@ -35,13 +35,16 @@ struct NetworkEdge {
     /// The account's supply-chain node, when it appends one.
     schain_node: Option<SupplyChainNode>,
 }
+use cascade_proto::prost::Message as _;
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
 use cascade_proto::targeting::v1::{EvaluateRequest, EvaluateResponse, ImpEvaluation};
 use cascade_server::admission::{Admission, Verdict};
 use cascade_server::channel::BalancedChannel;
 use cascade_server::deadline::{Deadline, caller_timeout};
 use cascade_server::telemetry::Traced;
-use cascade_state::{ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store};
+use cascade_state::{
+    Answer, AnswerKey, ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::DecideError;
@@ -83,6 +86,7 @@ impl BidIntake for DecisionService {
     ) -> Result<Response<DecideResponse>, Status> {
         use tracing::Instrument as _;
         let caller_timeout = caller_timeout(request.metadata());
+        let retry = is_retry(request.metadata());
         let mut request = request.into_inner();
         let openrtb_json = crate::normalize::openrtb_document(&mut request)?;
         // Shed before any work; degraded, the decision calls no network.
@@ -101,7 +105,7 @@ impl BidIntake for DecisionService {
             )
         });
         let response = self
-            .decide(request, openrtb_json, caller_timeout, degraded)
+            .decide(request, openrtb_json, caller_timeout, degraded, retry)
             .instrument(span.clone())
             .await;
         record_outcome(&span, &response);
@@ -154,6 +158,21 @@ fn decision_span(request: &DecideRequest) -> tracing::Span {
         error = tracing::field::Empty,
     )
 }
+
+/// Whether this call retries an earlier one: gRPC's own retries say so with
+/// `grpc-previous-rpc-attempts` (gRFC A6); a gateway retrying by hand sets
+/// `cascade-retry`.
+fn is_retry(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata.get(RETRY_HEADER).is_some()
+        || metadata
+            .get("grpc-previous-rpc-attempts")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u32>().ok())
+            .is_some_and(|attempts| attempts > 0)
+}
+
+/// The header a gateway sets on a Decide it retries by hand.
+pub const RETRY_HEADER: &str = "cascade-retry";
 
 /// The publisher account a request names (site or app `publisher.id`), as sent.
 fn publisher_id(request: &DecideRequest) -> &str {
@@ -218,6 +237,7 @@ impl DecisionService {
         openrtb_json: Vec<u8>,
         caller_timeout: Option<Duration>,
         degraded: bool,
+        retry: bool,
     ) -> Result<DecideResponse, DecideError> {
         let started = std::time::Instant::now();
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
@@ -234,8 +254,35 @@ impl DecisionService {
         .unwrap_or(self.default_budget)
         .min(self.max_budget);
         let deadline = Deadline::after(budget.saturating_sub(self.response_reserve));
+        let answer_key = AnswerKey {
+            publisher_id: publisher_id(&request).to_string(),
+            request_id: request
+                .request
+                .as_ref()
+                .map(|r| r.id.clone())
+                .unwrap_or_default(),
+        };
+        // Only a retry looks for a first answer, in the round trip that reads the chained
+        // selections: a first attempt pays nothing for it.
+        let recalled = if retry {
+            let (first_answer, selections) = self
+                .store
+                .recall(&answer_key, &request.chained_selection_ids)
+                .await?;
+            if let Some(first_answer) = first_answer {
+                match DecideResponse::decode(first_answer.as_slice()) {
+                    Ok(first_answer) => return Ok(first_answer),
+                    Err(error) => {
+                        tracing::warn!(%error, "a stored answer does not decode; deciding again")
+                    }
+                }
+            }
+            Some(selections)
+        } else {
+            None
+        };
         let mut chained = self
-            .chained_candidates(&request.chained_selection_ids, &normalized)
+            .chained_candidates(&request.chained_selection_ids, &normalized, recalled)
             .await?;
         let debug = request.debug;
         // The log keeps every decision's explanation; the caller gets it with `debug`.
@@ -367,18 +414,41 @@ impl DecisionService {
                 test,
             );
         }
-        if !selections.is_empty() {
-            self.selections
-                .write(selections, deadline.remaining())
-                .await?;
-        }
         // The loss notices are out: what the auction dropped now only explains.
         for slot in &mut slots {
             if let Some(explanation) = slot.decision.explanation.as_mut() {
                 explanation.dropped = std::mem::take(&mut slot.dropped);
             }
         }
-        let id = bid_request.id.clone();
+        // Built for the log: the caller gets them only if it asked (`debug`).
+        let explanations: Vec<Option<Explanation>> = slots
+            .iter_mut()
+            .map(|slot| {
+                if debug {
+                    slot.decision.explanation.clone()
+                } else {
+                    slot.decision.explanation.take()
+                }
+            })
+            .collect();
+        let response = DecideResponse {
+            id: bid_request.id.clone(),
+            decisions: slots
+                .iter_mut()
+                .map(|slot| std::mem::take(&mut slot.decision))
+                .collect(),
+            config_version: evaluation.config_version,
+        };
+        if let Some(first) = selections.first_mut() {
+            // What sold is what a retry must get back, not a second sale.
+            first.answer = Some(Answer {
+                key: answer_key,
+                response: response.encode_to_vec(),
+            });
+            self.selections
+                .write(selections, deadline.remaining())
+                .await?;
+        }
         if self.log.enabled() {
             let decided = Decided {
                 request_id: bid_request.id.clone(),
@@ -397,27 +467,19 @@ impl DecisionService {
                 key_values: std::mem::take(&mut request.key_values),
                 chained_selection_ids: std::mem::take(&mut request.chained_selection_ids),
             };
-            let imps = slots.iter_mut().map(|slot| {
-                // Built for the log: the caller gets it only if it asked (`debug`).
-                let explanation = if debug {
-                    slot.decision.explanation.clone()
-                } else {
-                    slot.decision.explanation.take()
-                };
-                ImpRecord {
+            let imps = slots
+                .iter_mut()
+                .zip(&response.decisions)
+                .zip(explanations)
+                .map(|((slot, decision), explanation)| ImpRecord {
                     explanation: explanation.unwrap_or_default(),
-                    decision: &slot.decision,
+                    decision,
                     candidates: std::mem::take(&mut slot.logged_candidates),
                     winner_candidate_id: slot.won.as_ref().map_or("", |w| w.candidate_id.as_str()),
-                }
-            });
+                });
             self.log.append(record::decision_entry(decided, imps));
         }
-        Ok(DecideResponse {
-            id,
-            decisions: slots.into_iter().map(|slot| slot.decision).collect(),
-            config_version: evaluation.config_version,
-        })
+        Ok(response)
     }
 
     /// Ranks every impression that has candidates, in one call to the auction.
@@ -863,12 +925,16 @@ impl DecisionService {
         &self,
         ids: &[String],
         normalized: &Normalized,
+        read_already: Option<Vec<Option<Selection>>>,
     ) -> Result<Vec<Vec<Candidate>>, DecideError> {
         let mut per_imp = vec![Vec::new(); normalized.imps.len()];
         if ids.is_empty() {
             return Ok(per_imp);
         }
-        let selections = self.store.get_selections(ids).await?;
+        let selections = match read_already {
+            Some(selections) => selections,
+            None => self.store.get_selections(ids).await?,
+        };
         for (i, selection) in selections.into_iter().enumerate() {
             let field = format!("chained_selection_ids[{i}]");
             let Some(selection) = selection else {
