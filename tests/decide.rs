@@ -1056,3 +1056,44 @@ async fn a_retried_decision_gets_its_first_answer_without_a_second_sale() {
     assert_eq!(winner(&decided)["networkId"], "coolads");
     assert_eq!(cluster.networks.calls("coolads"), 3);
 }
+
+#[tokio::test]
+async fn under_overload_networks_are_given_up_and_the_demand_in_hand_serves() {
+    // Any queueing delay at all counts as overload here: bid-intake degrades at once.
+    let cluster = Cluster::builder()
+        .admission()
+        .bid_intake(|settings| settings.grpc.admission.degrade_queue_delay_ms = 0)
+        .start()
+        .await;
+    let request = banner_request(exchange_bid(1.5, "shoes.example"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = cluster.decide(&request).await;
+        if attempt_details(&response)
+            .iter()
+            .any(|(_, detail)| detail.contains("overload"))
+        {
+            break response;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never degraded: {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // CoolAds' $2.00 ranks first, but no network is called: the exchange's $1.50 wins.
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_EXCHANGE",
+        "{response}"
+    );
+    assert_eq!(winner(&response)["priceMicros"], "1500000");
+    assert_eq!(cluster.networks.calls("coolads"), 0);
+    // With nothing in hand, the impression says why it went unfilled.
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    assert_eq!(
+        response["decisions"][0]["noFillReason"], "NO_FILL_REASON_OVERLOADED",
+        "{response}"
+    );
+    assert_eq!(cluster.networks.calls("coolads"), 0);
+}

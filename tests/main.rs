@@ -14,3 +14,4 @@ mod rules;
 mod state;
 mod support;
 mod telemetry;
+mod tls;

@@ -120,9 +120,17 @@ pub struct ClusterBuilder {
     redis_url: Option<String>,
     as_processes: bool,
     env: Vec<(String, String)>,
+    /// Admission control on (off unless asked for).
+    admission: bool,
 }
 
 impl ClusterBuilder {
+    /// Admission control as in production: degrade and shed under overload.
+    pub fn admission(mut self) -> Self {
+        self.admission = true;
+        self
+    }
+
     /// TOML appended to the demo configuration.
     pub fn configuration(mut self, extra: &str) -> Self {
         self.extra_configuration.push_str(extra);
@@ -217,6 +225,17 @@ impl ClusterBuilder {
         self.settings.targeting_evaluation.state = state.clone();
         self.settings.network_caller.state = state.clone();
         self.settings.bid_intake.state = state.clone();
+        // A test machine runs many clusters on few cores, debug builds: overloaded by
+        // construction, where admission would rightly degrade decisions the tests judge.
+        // Admission has tests of its own.
+        for grpc in [
+            &mut self.settings.targeting_evaluation.grpc,
+            &mut self.settings.auction.grpc,
+            &mut self.settings.network_caller.grpc,
+            &mut self.settings.bid_intake.grpc,
+        ] {
+            grpc.admission.enabled = self.admission;
+        }
         let (bid_intake, services) = if self.as_processes {
             let processes = Processes::start(self.settings, &self.env).await;
             (

@@ -43,13 +43,51 @@ pub struct ApiArgs {
     /// The admin bearer token (what bid-intake's admin_token is set to).
     #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
+    /// With an `https://` target: trust this CA (PEM) instead of the system's roots.
+    #[arg(long, env = "CASCADE_ADMIN_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// With an `https://` target that requires client certificates: this one (PEM)...
+    #[arg(long, env = "CASCADE_ADMIN_CERT_FILE", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// ...and its key (PEM).
+    #[arg(long, env = "CASCADE_ADMIN_KEY_FILE", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
+    /// Send the token over plaintext (`http://`) to a host other than this machine's
+    /// loopback: only on a network you trust.
+    #[arg(long)]
+    allow_plaintext: bool,
 }
 
 impl ApiArgs {
     /// A channel to the admin API whose calls carry the token.
     pub async fn connect(&self) -> anyhow::Result<AuthorizedChannel> {
-        let channel = tonic::transport::Endpoint::from_shared(self.target.clone())
-            .with_context(|| format!("--target {:?} is not a URL", self.target))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.target.clone())
+            .with_context(|| format!("--target {:?} is not a URL", self.target))?;
+        let uri = endpoint.uri().clone();
+        match uri.scheme_str() {
+            Some("https") => {
+                let tls = cascade_server::tls::client(
+                    self.ca_file.as_deref(),
+                    cascade_server::tls::pair(self.cert_file.as_deref(), self.key_file.as_deref()),
+                )?;
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .context("invalid TLS certificate or key")?;
+            }
+            Some("http") => {
+                if self.ca_file.is_some() || self.cert_file.is_some() {
+                    bail!("--ca-file and --cert-file need an https:// target");
+                }
+                let host = uri.host().unwrap_or_default();
+                if !self.allow_plaintext && !is_loopback(host) {
+                    bail!(
+                        "refusing to send the admin token in plaintext to {host}: use an https:// target (or --allow-plaintext on a network you trust)"
+                    );
+                }
+            }
+            _ => bail!("--target {:?}: the scheme is http or https", self.target),
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach the admin API at {}", self.target))?;
@@ -106,6 +144,15 @@ enum AdminCommand {
 }
 
 type Client = AdminClient<AuthorizedChannel>;
+
+/// `localhost` or a loopback address: plaintext never leaves the machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use rustc_hash::FxHashMap;
 /// When a service degrades and when it sheds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdmissionPolicy {
-    /// Above this queueing delay the service degrades (bid-intake stops calling networks
-    /// and decides from the demand in hand).
+    /// Above this queueing delay, for `DEGRADE_AFTER` samples in a row, the service
+    /// degrades (bid-intake stops calling networks and decides from the demand in hand).
     pub degrade_above: Duration,
     /// Above this one it sheds calls too, more of them the longer the delay stays above.
     pub shed_above: Duration,
@@ -40,6 +40,10 @@ const SHED_GAIN_PER_SECOND: f64 = 3.0;
 /// The weight of each new sample in the smoothed delay.
 const SMOOTHING: f64 = 0.5;
 
+/// Samples in a row above `degrade_above` before the service degrades: one slow moment
+/// (a start, a page fault, a neighbour's burst) must not stop the networks being called.
+pub const DEGRADE_AFTER: u32 = 5;
+
 /// A proportional-integral controller on the queueing delay (the idea of PIE, RFC 8033,
 /// applied to calls instead of packets): the shed probability rises while the delay is
 /// above its target and falls while it is below, so that it settles where the calls
@@ -50,6 +54,8 @@ pub struct Controller {
     smoothed_secs: f64,
     shed_probability: f64,
     degraded_for: Duration,
+    /// Samples in a row above `degrade_above`.
+    above: u32,
 }
 
 impl Controller {
@@ -59,6 +65,7 @@ impl Controller {
             smoothed_secs: 0.0,
             shed_probability: 0.0,
             degraded_for: Duration::ZERO,
+            above: 0,
         }
     }
 
@@ -66,7 +73,14 @@ impl Controller {
     pub fn observe(&mut self, queue_delay: Duration, since_last: Duration) -> Pressure {
         self.smoothed_secs += SMOOTHING * (queue_delay.as_secs_f64() - self.smoothed_secs);
         let degrade_above = self.policy.degrade_above.as_secs_f64();
-        if self.smoothed_secs > degrade_above {
+        // Samples themselves, not the smoothed delay: one long sample would keep the
+        // smoothed one up for several.
+        self.above = if queue_delay.as_secs_f64() > degrade_above {
+            self.above.saturating_add(1)
+        } else {
+            0
+        };
+        if self.above >= DEGRADE_AFTER {
             self.degraded_for = self.policy.degrade_hold;
         } else {
             self.degraded_for = self.degraded_for.saturating_sub(since_last);
@@ -75,6 +89,11 @@ impl Controller {
         // Below the target the error is at least -1: the probability falls at a bounded
         // pace, so a queue that empties for a tick does not open the gates at once.
         let error = ((self.smoothed_secs - target) / target).max(-1.0);
+        // A burst shorter than the degrade's patience sheds nothing (PIE's burst
+        // allowance): shedding starts only once the service is degraded.
+        if self.shed_probability == 0.0 && self.degraded_for.is_zero() {
+            return self.pressure();
+        }
         self.shed_probability = (self.shed_probability
             + SHED_GAIN_PER_SECOND * error * since_last.as_secs_f64())
         .clamp(0.0, 1.0);
@@ -244,7 +263,10 @@ mod tests {
     #[test]
     fn it_degrades_before_it_sheds_and_sheds_more_the_longer_the_queue_stays_long() {
         let mut controller = Controller::new(policy());
-        let pressure = controller.observe(Duration::from_millis(6), TICK);
+        for _ in 0..DEGRADE_AFTER + 2 {
+            controller.observe(Duration::from_millis(6), TICK);
+        }
+        let pressure = controller.pressure();
         assert!(pressure.degraded);
         assert_eq!(pressure.shed_probability, 0.0);
         let mut last = 0.0;
@@ -255,6 +277,20 @@ mod tests {
             last = pressure.shed_probability;
         }
         assert!(last > 0.5, "{last}");
+    }
+
+    #[test]
+    fn one_slow_moment_does_not_degrade() {
+        let mut controller = Controller::new(policy());
+        for _ in 0..100 {
+            controller.observe(Duration::from_micros(200), TICK);
+        }
+        let pressure = controller.observe(Duration::from_millis(30), TICK);
+        assert!(!pressure.degraded);
+        for _ in 0..20 {
+            let pressure = controller.observe(Duration::from_micros(200), TICK);
+            assert!(!pressure.degraded, "{pressure:?}");
+        }
     }
 
     #[test]

@@ -46,8 +46,8 @@ impl Default for AdmissionSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            degrade_queue_delay_ms: 2,
-            shed_queue_delay_ms: 5,
+            degrade_queue_delay_ms: 5,
+            shed_queue_delay_ms: 10,
             degrade_hold_ms: 250,
             tracked_publishers: 10_000,
         }

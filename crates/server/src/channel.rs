@@ -70,6 +70,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// gone without a word (its packets dropped), and the call moves to another while the
 /// decision's budget still allows it.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often an HTTP/2 connection is pinged, and how long the answer may take before the
+/// connection is closed (and its calls fail, so the address leaves the rotation).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many calls may wait for an address to take them before callers wait to send.
 const CALL_QUEUE: usize = 1024;
 /// The least time between two refreshes, so that a run of failed calls does not turn into
@@ -173,11 +177,35 @@ pub struct ResolverSettings {
     pub refresh_interval_ms: u64,
     /// The DNS server to ask; unset: the system's (`/etc/resolv.conf`, `/etc/hosts`).
     pub nameserver: Option<SocketAddr>,
+    /// Call the services over TLS, trusting this CA (PEM); unset: plaintext.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// The certificate and key presented to services that require one (mTLS).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// The name the services' certificates are checked against; unset: each target's
+    /// host (its name, or its address for a literal address).
+    pub tls_server_name: Option<String>,
 }
 
 impl cascade_core::settings::Validate for ResolverSettings {
     fn validate(&self) -> Result<(), cascade_core::settings::InvalidSetting> {
-        cascade_core::settings::at_least("refresh_interval_ms", self.refresh_interval_ms, 50)
+        use cascade_core::settings::{InvalidSetting, at_least};
+        at_least("refresh_interval_ms", self.refresh_interval_ms, 50)?;
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(InvalidSetting::new(
+                "tls_key_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if self.tls_ca_file.is_none()
+            && (self.tls_cert_file.is_some() || self.tls_server_name.is_some())
+        {
+            return Err(InvalidSetting::new(
+                "tls_ca_file",
+                "required with tls_cert_file or tls_server_name: it turns TLS on",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +214,10 @@ impl Default for ResolverSettings {
         Self {
             refresh_interval_ms: 5_000,
             nameserver: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -199,6 +231,8 @@ pub struct ResolverError(String);
 pub struct Resolver {
     dns: TokioResolver,
     refresh_interval: Duration,
+    /// The TLS every channel speaks, and the name certificates are checked against.
+    tls: Option<(tonic::transport::ClientTlsConfig, Option<String>)>,
 }
 
 impl Resolver {
@@ -217,9 +251,32 @@ impl Resolver {
             None => TokioResolver::builder_tokio().map_err(|e| ResolverError(e.to_string()))?,
         };
         let dns = builder.build().map_err(|e| ResolverError(e.to_string()))?;
+        let tls = settings
+            .tls_ca_file
+            .as_deref()
+            .map(|ca| {
+                crate::tls::client(
+                    Some(ca),
+                    crate::tls::pair(
+                        settings.tls_cert_file.as_deref(),
+                        settings.tls_key_file.as_deref(),
+                    ),
+                )
+            })
+            .transpose()
+            .map_err(|e| ResolverError(e.to_string()))?
+            .map(|config| (config, settings.tls_server_name.clone()));
+        // Certificates that do not parse are refused here, at start, and never when a
+        // channel is made.
+        if let Some((config, _)) = &tls {
+            Endpoint::from_static("https://localhost")
+                .tls_config(config.clone())
+                .map_err(|e| ResolverError(format!("invalid client TLS files: {e}")))?;
+        }
         Ok(Self {
             dns,
             refresh_interval: Duration::from_millis(settings.refresh_interval_ms),
+            tls,
         })
     }
 
@@ -304,14 +361,29 @@ struct Known {
 }
 
 impl Known {
-    fn new(addr: SocketAddr) -> Self {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+    /// A lazy connection to `addr`, over `tls` when set (certificates checked against its
+    /// server name, else `host`). HTTP/2 pings find a connection whose packets vanish.
+    fn new(
+        addr: SocketAddr,
+        tls: Option<&(tonic::transport::ClientTlsConfig, Option<String>)>,
+        host: &str,
+    ) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .expect("a socket address is a valid URI authority")
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)
-            .connect_lazy();
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        if let Some((config, server_name)) = tls {
+            let name = server_name.as_deref().unwrap_or(host).to_string();
+            endpoint = endpoint
+                .tls_config(config.clone().domain_name(name))
+                .expect("the TLS configuration was checked when the resolver was made");
+        }
         Self {
-            channel,
+            channel: endpoint.connect_lazy(),
             member: None,
         }
     }
@@ -350,7 +422,9 @@ impl Discovery {
                     still_resolved
                 });
                 for addr in addrs {
-                    known.entry(addr).or_insert_with(|| Known::new(addr));
+                    known.entry(addr).or_insert_with(|| {
+                        Known::new(addr, self.resolver.tls.as_ref(), self.target.host())
+                    });
                 }
             }
             known

@@ -20,6 +20,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot serve metrics: {0}")]
     Metrics(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Stops a background task when the server stops, however it stops.
@@ -166,7 +168,11 @@ impl GrpcServer {
                 self.service_names.clone(),
             )
         });
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = settings.tls()? {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .layer(crate::telemetry::ServerObserveLayer)
             .layer(crate::deadline::EnforceDeadlineLayer)
             .layer(AdmissionLayer::new(admission, &shed_in_front))

@@ -10,6 +10,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 pub use grpc::{GrpcServer, STATE_HEALTH_NAME, ServeError};

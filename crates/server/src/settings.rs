@@ -3,7 +3,7 @@
 //! and never touch the process environment.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cascade_core::settings::{InvalidSetting, Validate};
@@ -99,6 +99,11 @@ pub struct GrpcSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// When calls are degraded and shed under overload.
     pub admission: crate::admission::AdmissionSettings,
+    /// Serve over TLS with this certificate and key (PEM); unset: plaintext.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Require every client to present a certificate this CA issued (mTLS).
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for GrpcSettings {
@@ -109,6 +114,9 @@ impl Default for GrpcSettings {
             drain_timeout_ms: 5_000,
             metrics_listen: None,
             admission: crate::admission::AdmissionSettings::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -129,6 +137,18 @@ impl Validate for GrpcSettings {
             }
         }
         self.admission.validate_under("admission")?;
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(InvalidSetting::new(
+                "tls_key_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(InvalidSetting::new(
+                "tls_client_ca_file",
+                "requires tls_cert_file and tls_key_file: client certificates need TLS",
+            ));
+        }
         if self
             .metrics_listen
             .is_some_and(|metrics| metrics == self.listen && metrics.port() != 0)
@@ -149,6 +169,13 @@ impl GrpcSettings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The server's TLS, when its certificate and key are set.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::tls::TlsError> {
+        crate::tls::pair(self.tls_cert_file.as_deref(), self.tls_key_file.as_deref())
+            .map(|(cert, key)| crate::tls::server(cert, key, self.tls_client_ca_file.as_deref()))
+            .transpose()
     }
 }
 

@@ -20,6 +20,7 @@ fn resolver(nameserver: std::net::SocketAddr) -> Resolver {
     Resolver::new(&ResolverSettings {
         refresh_interval_ms: 60_000,
         nameserver: Some(nameserver),
+        ..ResolverSettings::default()
     })
     .unwrap()
 }
