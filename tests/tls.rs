@@ -33,6 +33,8 @@ async fn grpcurl_tls(
         // A refused handshake would otherwise be retried for grpcurl's 10 s.
         "-connect-timeout".to_string(),
         "1".to_string(),
+        "-max-time".to_string(),
+        "3".to_string(),
         "-d".to_string(),
         data.to_string(),
         addr.to_string(),
@@ -50,6 +52,8 @@ fn toml(settings: &impl serde::Serialize) -> String {
 fn serve_tls(grpc: &mut cascade_server::settings::GrpcSettings, ca: &TestCa) {
     // As in every cluster of the tests (see `ClusterBuilder::start`).
     grpc.admission.enabled = false;
+    // Probes that cannot speak TLS ask the metrics endpoint.
+    grpc.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     grpc.tls_cert_file = Some(ca.server_cert_file().to_path_buf());
     grpc.tls_key_file = Some(ca.server_key_file().to_path_buf());
     grpc.tls_client_ca_file = Some(ca.ca_file().to_path_buf());
@@ -107,6 +111,14 @@ async fn a_decision_crosses_all_four_services_over_mutual_tls() {
         },
     )
     .await;
+    // The kubelet's probes cannot speak gRPC over TLS: readiness over plain HTTP instead.
+    for service in [&targeting, &auction, &network_caller, &bid_intake] {
+        eventually(Duration::from_secs(10), "ready over HTTP", || async {
+            let (status, body) = service.http_get("/ready").await.unwrap();
+            status == 200 && body.trim() == "SERVING"
+        })
+        .await;
+    }
     let decided = grpcurl_tls(&flags, bid_intake.addr, DECIDE, &banner_request(json!([]))).await;
     assert!(decided.success, "{}", decided.stderr);
     let decision = decided.json();
@@ -118,7 +130,7 @@ async fn a_decision_crosses_all_four_services_over_mutual_tls() {
     assert_eq!(networks.calls("coolads"), 1);
 
     // No plaintext, and no TLS client without a certificate of the CA.
-    let plaintext = grpcurl::call(bid_intake.addr, health, &json!({}), &[])
+    let plaintext = grpcurl::call(bid_intake.addr, health, &json!({}), &["-max-time", "2"])
         .await
         .unwrap();
     assert!(!plaintext.success);

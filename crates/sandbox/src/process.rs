@@ -146,6 +146,15 @@ impl ServiceProcess {
 
     /// The Prometheus text its `GET /metrics` answers (when `grpc.metrics_listen` is set).
     pub async fn metrics(&self) -> std::io::Result<String> {
+        let (status, body) = self.http_get("/metrics").await?;
+        if status != 200 {
+            return Err(std::io::Error::other(format!("GET /metrics: {status}")));
+        }
+        Ok(body)
+    }
+
+    /// The status and body its metrics endpoint answers to `GET path` (`/ready`, ...).
+    pub async fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let addr = loop {
             if let Some(addr) = self.metrics_addr.get() {
@@ -162,15 +171,20 @@ impl ServiceProcess {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(std::io::Error::other(format!("GET /metrics: {head}")));
-        }
-        Ok(body.to_string())
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("GET {path}: {head}")))?;
+        Ok((status, body.to_string()))
     }
 
     /// Sends SIGKILL (no chance to drain or say goodbye) and waits for the process to exit.

@@ -107,12 +107,15 @@ impl GrpcServer {
         for name in &health_names {
             health_reporter.set_service_status(*name, initial).await;
         }
+        // What the HTTP readiness endpoint answers, in step with gRPC health.
+        let (serving, serving_now) = tokio::sync::watch::channel(ready_now);
         // Turns SERVING once ready, unless the server is stopping by then.
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let (false, Some(mut readiness)) = (ready_now, self.readiness.clone()) {
             let reporter = health_reporter.clone();
             let names = health_names.clone();
             let stopping = stopping.clone();
+            let serving = serving.clone();
             tokio::spawn(async move {
                 if readiness.wait_for(|ready| *ready).await.is_err() {
                     return;
@@ -125,6 +128,7 @@ impl GrpcServer {
                         .set_service_status(name, ServingStatus::Serving)
                         .await;
                 }
+                serving.send_replace(true);
             });
         }
         if let Some(mut staleness) = self.staleness.clone() {
@@ -153,7 +157,7 @@ impl GrpcServer {
             .add_service(reflection_v1alpha);
 
         let metrics_endpoint = match settings.metrics_listen {
-            Some(listen) => Some(crate::metrics::serve(listen).await?),
+            Some(listen) => Some(crate::metrics::serve(listen, serving_now).await?),
             None => None,
         };
         let _stop_metrics = AbortOnDrop(metrics_endpoint);
@@ -187,6 +191,7 @@ impl GrpcServer {
         }
 
         stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        serving.send_replace(false);
         for name in &health_names {
             health_reporter
                 .set_service_status(*name, ServingStatus::NotServing)

@@ -29,17 +29,37 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 }
 
 /// Serves `GET /metrics` on `listen` until the returned task is aborted; prints the
-/// address it got as `metrics at http://ADDR/metrics`.
-pub async fn serve(listen: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// address it got as `metrics at http://ADDR/metrics`. Beside it, for probes that cannot
+/// speak gRPC over TLS (the kubelet's cannot): `GET /ready`, 200 while gRPC health is
+/// SERVING (`serving`) and 503 otherwise, and `GET /live`, 200 while the process answers.
+pub async fn serve(
+    listen: SocketAddr,
+    serving: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("metrics at http://{addr}/metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            install().map(PrometheusHandle::render).unwrap_or_default()
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                install().map(PrometheusHandle::render).unwrap_or_default()
+            }),
+        )
+        .route(
+            "/ready",
+            axum::routing::get(move || {
+                let ready = *serving.borrow();
+                async move {
+                    if ready {
+                        (http::StatusCode::OK, "SERVING\n")
+                    } else {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                    }
+                }
+            }),
+        )
+        .route("/live", axum::routing::get(|| async { "alive\n" }));
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the metrics endpoint stopped");
