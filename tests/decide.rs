@@ -1059,10 +1059,14 @@ async fn a_retried_decision_gets_its_first_answer_without_a_second_sale() {
 
 #[tokio::test]
 async fn under_overload_networks_are_given_up_and_the_demand_in_hand_serves() {
-    // Any queueing delay at all counts as overload here: bid-intake degrades at once.
+    // Any queueing delay at all counts as overload here: bid-intake degrades within
+    // 50 ms, and stays so for the test.
     let cluster = Cluster::builder()
         .admission()
-        .bid_intake(|settings| settings.grpc.admission.degrade_queue_delay_ms = 0)
+        .bid_intake(|settings| {
+            settings.grpc.admission.degrade_queue_delay_ms = 0;
+            settings.grpc.admission.degrade_hold_ms = 60_000;
+        })
         .start()
         .await;
     let request = banner_request(exchange_bid(1.5, "shoes.example"));
