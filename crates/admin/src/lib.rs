@@ -5,6 +5,7 @@
 pub mod convert;
 mod reports;
 mod service;
+pub mod yaml;
 
 pub use reports::{MAX_REPORT_DAYS, ReportService, row_to_proto};
 pub use service::{AdminError, AdminService, BearerToken, MAX_MESSAGE_BYTES};

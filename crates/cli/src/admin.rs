@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use cascade_admin::convert;
+use cascade_admin::yaml::{parse_entities, to_yaml};
 use cascade_core::config::Configuration;
 use cascade_core::entity::{Entity, EntityKind};
 use cascade_proto::admin::v1 as pb;
 use cascade_proto::admin::v1::admin_client::AdminClient;
-use serde::Deserialize;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -313,29 +313,6 @@ fn read_entities(path: &Path) -> anyhow::Result<Vec<Entity>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_entities(&text).with_context(|| format!("in {}", path.display()))
-}
-
-fn parse_entities(text: &str) -> anyhow::Result<Vec<Entity>> {
-    let mut entities = Vec::new();
-    for (i, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let value = yaml_serde::Value::deserialize(document)
-            .with_context(|| format!("document {}", i + 1))?;
-        if value.is_null() {
-            continue;
-        }
-        let entity: Entity =
-            yaml_serde::from_value(value).with_context(|| format!("document {}", i + 1))?;
-        entities.push(entity);
-    }
-    Ok(entities)
-}
-
-fn to_yaml(entities: &[Entity]) -> anyhow::Result<String> {
-    let documents: Vec<String> = entities
-        .iter()
-        .map(yaml_serde::to_string)
-        .collect::<Result<_, _>>()?;
-    Ok(documents.join("---\n"))
 }
 
 #[cfg(test)]

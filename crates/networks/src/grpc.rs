@@ -2,8 +2,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 
 use cascade_core::Micros;
-use cascade_proto::customnetwork::v1::AdRequest;
 use cascade_proto::customnetwork::v1::custom_network_client::CustomNetworkClient;
+use cascade_proto::customnetwork::v1::{AdRequest, AdResponse};
 use cascade_proto::openrtb::v1::BidRequest;
 use serde::Deserialize as _;
 use tonic::Code;
@@ -68,38 +68,44 @@ impl GrpcNetworkAdapter {
             Ok(Err(status)) => return AdOutcome::Error(format!("gRPC {:?}", status.code())),
             Ok(Ok(response)) => response.into_inner(),
         };
-        if !response.filled {
-            return AdOutcome::NoFill;
-        }
-        if response.adm.is_empty() && response.nurl.is_empty() {
-            return AdOutcome::Error("ad has neither adm nor nurl".to_string());
-        }
-        let price = match response.price_micros {
-            0 => None,
-            micros => match Micros::checked(micros) {
-                Ok(price) => Some(price),
-                Err(error) => return AdOutcome::Error(format!("price_micros: {error}")),
-            },
-        };
-        AdOutcome::Filled(Box::new(Ad {
-            bid_id: String::new(),
-            price,
-            // The contract prices in the currency Cascade asked in unless it says.
-            cur: if response.cur.is_empty() {
-                call.currency().to_string()
-            } else {
-                response.cur
-            },
-            adm: response.adm,
-            nurl: response.nurl,
-            adomain: response.adomain,
-            crid: response.crid,
-            cat: response.cat,
-            attr: response.attr,
-            dsa: response.dsa,
-            ..Default::default()
-        }))
+        read_answer(response, call)
     }
+}
+
+/// What a custom network's answer says: no ad, an ad that breaks the contract (the
+/// network's fault), or its ad. Pure, like the OpenRTB one.
+pub fn read_answer(response: AdResponse, call: &AdCall<'_>) -> AdOutcome {
+    if !response.filled {
+        return AdOutcome::NoFill;
+    }
+    if response.adm.is_empty() && response.nurl.is_empty() {
+        return AdOutcome::Error("ad has neither adm nor nurl".to_string());
+    }
+    let price = match response.price_micros {
+        0 => None,
+        micros => match Micros::checked(micros) {
+            Ok(price) => Some(price),
+            Err(error) => return AdOutcome::Error(format!("price_micros: {error}")),
+        },
+    };
+    AdOutcome::Filled(Box::new(Ad {
+        bid_id: String::new(),
+        price,
+        // The contract prices in the currency Cascade asked in unless it says.
+        cur: if response.cur.is_empty() {
+            call.currency().to_string()
+        } else {
+            response.cur
+        },
+        adm: response.adm,
+        nurl: response.nurl,
+        adomain: response.adomain,
+        crid: response.crid,
+        cat: response.cat,
+        attr: response.attr,
+        dsa: response.dsa,
+        ..Default::default()
+    }))
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! a network (slow, refused, malformed, oversized) is an [`AdOutcome`] of that network,
 //! never an error of the decision.
 
-mod grpc;
+pub mod grpc;
 pub mod health;
 pub mod notices;
-mod openrtb_http;
+pub mod openrtb_http;
 pub mod outbound;
 
 use std::time::Duration;

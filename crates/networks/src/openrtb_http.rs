@@ -80,14 +80,7 @@ impl OpenRtbHttpAdapter {
             Ok(body) => body,
             Err(error) => return AdOutcome::Error(error),
         };
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return AdOutcome::NoFill;
-        }
-        let bid_response = match serde_json::from_slice::<BidResponse>(&body) {
-            Ok(bid_response) => bid_response,
-            Err(error) => return AdOutcome::Error(format!("malformed bid response: {error}")),
-        };
-        let mut outcome = best_ad(bid_response, call);
+        let mut outcome = read_answer(&body, call);
         if let AdOutcome::Filled(ad) = &mut outcome
             && ad.adm.is_empty()
             && call.markup_from_nurl
@@ -186,6 +179,19 @@ const MARKUP_TYPES: [&str; 4] = ["banner", "video", "audio", "native"];
 /// The best bid for the call's impression whose `mtype`, when stated, is a medium the
 /// impression offers; prices are in the response's `cur`, or in the currency the request
 /// named when it names none. An answer with no bid but a reason is `Declined`.
+/// What a network's `200` answer body says: no ad (empty), a malformed answer (the
+/// network's fault), or its best ad for the call. Pure: every byte a network may send
+/// goes through here (and through the fuzz target of the same name).
+pub fn read_answer(body: &[u8], call: &AdCall<'_>) -> AdOutcome {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return AdOutcome::NoFill;
+    }
+    match serde_json::from_slice::<BidResponse>(body) {
+        Ok(bid_response) => best_ad(bid_response, call),
+        Err(error) => AdOutcome::Error(format!("malformed bid response: {error}")),
+    }
+}
+
 fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
     let cur = if response.cur.is_empty() {
         call.currency().to_string()

@@ -37,7 +37,7 @@ use tonic::server::NamedService;
 
 pub use decide::DecisionService;
 pub use error::DecideError;
-pub use normalize::{Normalized, normalize};
+pub use normalize::{Normalized, normalize, openrtb_document};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
