@@ -203,6 +203,40 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// The `quantile` of bid-intake's own time to answer the calls it shed (its
+/// `cascade_grpc_server_request_duration_seconds` buckets for `RESOURCE_EXHAUSTED`), in
+/// seconds: the upper bound of the bucket it falls in.
+fn shed_quantile(text: &str, quantile: f64) -> Option<f64> {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("cascade_grpc_server_request_duration_seconds_bucket{")
+                && line.contains("rpc_method=\"Decide\"")
+                && line.contains("grpc_code=\"RESOURCE_EXHAUSTED\"")
+        })
+        .filter_map(|line| {
+            let le = line.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, line.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.iter().map(|(_, count)| *count).fold(0.0, f64::max);
+    if total == 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .filter(|(_, count)| *count >= quantile * total)
+        .map(|(le, _)| *le)
+        .fold(None, |best: Option<f64>, le| {
+            Some(best.map_or(le, |b| b.min(le)))
+        })
+}
+
 /// One open-loop run past the maximum.
 struct Overload {
     factor: u64,
@@ -370,8 +404,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter_map(|service| service.pid())
         .collect();
     let before = command_calls(&redis).await?;
+    let each_before: Vec<Duration> = service_pids.iter().map(|pid| cpu_time(&[*pid])).collect();
     let (decide_runs, decide_cpu) =
         with_cpu(&service_pids, max_then_half("decisions", load.clone())).await?;
+    let each: Vec<String> = [&bid_intake, &targeting, &auction, &network_caller]
+        .iter()
+        .zip(service_pids.iter().zip(&each_before))
+        .map(|(service, (pid, before))| {
+            format!(
+                "{} {:.2} s",
+                service.name,
+                cpu_time(&[*pid]).saturating_sub(*before).as_secs_f64()
+            )
+        })
+        .collect();
+    println!("  CPU of the decision runs: {}", each.join(", "));
     let after = command_calls(&redis).await?;
     let admitted_text = bid_intake.metrics().await.unwrap_or_default();
     println!(
@@ -421,6 +468,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             queue_delay * 1e3,
             shed_probability * 100.0
         );
+        if let Some(p99) = bid_intake
+            .metrics()
+            .await
+            .ok()
+            .and_then(|text| shed_quantile(&text, 0.99))
+        {
+            println!(
+                "  bid-intake answered the calls it shed (since it started) within {:.2} ms, p99",
+                p99 * 1e3
+            );
+        }
         let mut shed_by = Vec::new();
         for service in [&bid_intake, &targeting, &auction, &network_caller] {
             let text = service.metrics().await.unwrap_or_default();
