@@ -4,8 +4,10 @@
 //! `--chain-depth` networks, and an echo chain with as many sequential gRPC hops as one
 //! decision makes; it finds each one's maximum throughput (closed loop), measures
 //! latency at half of it (open loop), counts Redis commands per decision from
-//! `INFO commandstats`, reads each service's resident memory, and prints every figure
-//! as a ratio to the echo chain measured in the same run.
+//! `INFO commandstats`, reads each service's resident memory and CPU (/proc), then loads
+//! it open loop at 3x and 10x its maximum with a gateway's deadline (goodput, what was
+//! shed and how fast, recovery after), and prints every figure it can as a ratio to the
+//! echo chain measured in the same run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
