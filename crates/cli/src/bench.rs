@@ -239,6 +239,77 @@ fn shed_quantile(text: &str, quantile: f64) -> Option<f64> {
         })
 }
 
+/// How long Redis hangs in the outage run.
+const REDIS_OUTAGE: Duration = Duration::from_secs(3);
+
+/// What the outage run saw.
+struct Outage {
+    rate: f64,
+    result: LoadResult,
+    /// Most selections waiting in bid-intake's backlog.
+    peak: f64,
+    /// From Redis answering again to the backlog being empty.
+    emptied_after: Duration,
+}
+
+/// Open loop at `rate` for twice the outage and more: Redis hangs (SIGSTOP) after 1 s for
+/// `REDIS_OUTAGE`, then answers again; bid-intake's backlog is read every 50 ms.
+async fn redis_outage(
+    redis: &RedisServer,
+    bid_intake: &ServiceProcess,
+    load: &LoadArgs,
+    rate: f64,
+) -> anyhow::Result<Outage> {
+    let signal = |name: &str| {
+        if let Some(pid) = redis.pid() {
+            let _ = std::process::Command::new("kill")
+                .args([name, &pid.to_string()])
+                .status();
+        }
+    };
+    let args = LoadArgs {
+        rate: Some(rate.max(1.0) as u64),
+        deadline: Some(OVERLOAD_DEADLINE),
+        duration: REDIS_OUTAGE * 3 + Duration::from_secs(2),
+        ..load.clone()
+    };
+    let watch = async {
+        let backlog = || async {
+            let text = bid_intake.metrics().await.unwrap_or_default();
+            metric_value(&text, "cascade_selection_backlog").unwrap_or(0.0)
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signal("-STOP");
+        let resumed_at = tokio::time::Instant::now() + REDIS_OUTAGE;
+        let mut peak: f64 = 0.0;
+        while tokio::time::Instant::now() < resumed_at {
+            peak = peak.max(backlog().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal("-CONT");
+        let resumed = tokio::time::Instant::now();
+        loop {
+            let waiting = backlog().await;
+            peak = peak.max(waiting);
+            if waiting == 0.0 || resumed.elapsed() > Duration::from_secs(60) {
+                return (peak, resumed.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let label = format!(
+        "decisions at {rate:.0}/s, Redis hung for {} s",
+        REDIS_OUTAGE.as_secs()
+    );
+    let (result, (peak, emptied_after)) = tokio::join!(measure(&label, &args), watch);
+    Ok(Outage {
+        rate,
+        result: result?,
+        peak,
+        emptied_after,
+    })
+}
+
 /// One open-loop run past the maximum.
 struct Overload {
     factor: u64,
@@ -540,6 +611,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sets = delta("set");
     let report_writes = delta("hincrby") + delta("expire");
 
+    let outage = redis_outage(&redis, &bid_intake, &load, decide_max.throughput()).await?;
+
     println!();
     println!("| figure | decisions | echo chain | ratio | target |");
     println!("|---|---:|---:|---:|---|");
@@ -596,6 +669,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         recovery.completed(),
         recovery.errors.values().sum::<u64>(),
         recovery.latency_ms(0.99)
+    );
+    println!(
+        "Redis hung (SIGSTOP) for {} s under {:.0} decisions/s: the selection backlog peaked at {:.0}, emptied {:.1} s after Redis came back (draining {:.0} selections/s net of arrivals), {} decisions failed during the run ({} ok).",
+        REDIS_OUTAGE.as_secs(),
+        outage.rate,
+        outage.peak,
+        outage.emptied_after.as_secs_f64(),
+        outage.peak / outage.emptied_after.as_secs_f64().max(0.001),
+        outage.result.errors.values().sum::<u64>(),
+        outage.result.completed(),
     );
     println!();
     println!(

@@ -88,6 +88,11 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, for signals (SIGSTOP: a Redis that hangs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Kills the server as a crash would (SIGKILL); [`RedisServer::restart`] brings it
     /// back on the same port with the same directory.
     pub async fn kill(&mut self) -> std::io::Result<()> {

@@ -17,6 +17,9 @@ use crate::{Selection, StateError, Store};
 /// Most selections one flush writes in one round trip.
 const FLUSH_BATCH: usize = 512;
 
+/// The wait after a first failed flush; it doubles with every failure in a row.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+
 /// Where a write went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -43,8 +46,10 @@ impl std::fmt::Debug for SelectionWriter {
 }
 
 impl SelectionWriter {
-    /// A writer to `store` holding at most `capacity` selections while it is down, and
-    /// retrying every `retry_interval`. The flushing task ends when the writer is dropped.
+    /// A writer to `store` holding at most `capacity` selections while it is down. A
+    /// failed flush is retried after `FIRST_RETRY`, then twice as long each time up to
+    /// `retry_interval`; a store that answers again is written to within that. The
+    /// flushing task ends when the writer is dropped.
     pub fn new(store: Arc<dyn Store>, capacity: usize, retry_interval: Duration) -> Arc<Self> {
         let writer = Arc::new(Self {
             store,
@@ -140,6 +145,7 @@ enum Flushed {
 }
 
 async fn flush_backlog(writer: Weak<SelectionWriter>, retry_interval: Duration) {
+    let mut backoff = FIRST_RETRY.min(retry_interval);
     loop {
         let Some(strong) = writer.upgrade() else {
             return;
@@ -156,10 +162,19 @@ async fn flush_backlog(writer: Weak<SelectionWriter>, retry_interval: Duration) 
             // Nothing to do until something is buffered; check now and then that the
             // writer still exists.
             Flushed::Drained => {
+                backoff = FIRST_RETRY.min(retry_interval);
                 let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
             }
-            Flushed::More => tokio::task::yield_now().await,
-            Flushed::Failed => tokio::time::sleep(retry_interval).await,
+            Flushed::More => {
+                backoff = FIRST_RETRY.min(retry_interval);
+                tokio::task::yield_now().await;
+            }
+            // A store that just came back may fail a flush or two (a connection being
+            // made again): the first retries come soon, the later ones less often.
+            Flushed::Failed => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry_interval);
+            }
         }
     }
 }

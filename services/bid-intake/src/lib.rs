@@ -164,6 +164,9 @@ pub enum Error {
     Log(#[from] cascade_log::LogError),
 }
 
+/// The longest wait between two failed flushes of the selection backlog.
+const SELECTION_RETRY_CAP: Duration = Duration::from_secs(1);
+
 /// How long a stopping bid-intake waits for the decision log to write what it queued.
 const LOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -204,7 +207,9 @@ pub async fn serve(
         selections: SelectionWriter::new(
             store.clone(),
             settings.selection_backlog_capacity,
-            settings.state.poll_interval(),
+            // However rarely the configuration is polled, a store that is back is
+            // written to within a second.
+            settings.state.poll_interval().min(SELECTION_RETRY_CAP),
         ),
         targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
             channel(&settings.targeting_evaluation_addr),
