@@ -224,16 +224,6 @@ impl FairShedding {
             tracked.shed = shed_share(tracked.rate, share);
         }
     }
-
-    /// The share of `publisher`'s calls being shed.
-    pub fn shed_of(&self, publisher: &str) -> f64 {
-        if !self.shedding {
-            return 0.0;
-        }
-        self.publishers
-            .get(publisher)
-            .map_or(self.overall, |tracked| tracked.shed)
-    }
 }
 
 #[cfg(test)]

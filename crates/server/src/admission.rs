@@ -158,7 +158,10 @@ impl Admission {
 
     /// The verdict on a call from `publisher`, counted for its fair share.
     pub fn verdict(&self, publisher: &str) -> Verdict {
-        if !self.inner.enabled {
+        // An unpressed service takes no lock: publishers are counted only once it is
+        // degraded. Shedding never starts before that (the core's burst allowance), and
+        // a publisher not counted yet is shed at the overall share until its rate is known.
+        if !self.inner.enabled || !self.inner.degraded.load(Ordering::Relaxed) {
             return Verdict::Admit;
         }
         let uniform = self.uniform();
