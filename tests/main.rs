@@ -8,6 +8,7 @@ mod decide;
 mod decision_log;
 mod deploy;
 mod edge;
+mod faults;
 mod quickstart;
 mod replay;
 mod rules;

@@ -64,11 +64,14 @@ pub enum Behaviour {
     Huge,
     /// Waits, then behaves as the inner behaviour.
     Slow(Duration, Box<Behaviour>),
+    /// Starts an answer (status and the first bytes of the body), then drops the
+    /// connection, as a network whose server crashes mid-answer.
+    Reset,
 }
 
 impl Behaviour {
-    /// Parses `fill`, `no-fill`, `empty`, `error`, `malformed`, `huge` or `slow` (400 ms,
-    /// then fill).
+    /// Parses `fill`, `no-fill`, `empty`, `error`, `malformed`, `huge`, `reset` or `slow`
+    /// (400 ms, then fill).
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "fill" => Behaviour::Fill,
@@ -77,6 +80,7 @@ impl Behaviour {
             "error" => Behaviour::Error(500),
             "malformed" => Behaviour::Malformed,
             "huge" => Behaviour::Huge,
+            "reset" => Behaviour::Reset,
             "slow" => Behaviour::Slow(Duration::from_millis(400), Box::new(Behaviour::Fill)),
             _ => return None,
         })
@@ -438,6 +442,13 @@ async fn respond(
             .into_response(),
         Behaviour::Malformed => "{\"id\": \"truncated".into_response(),
         Behaviour::Huge => format!("{{\"id\": \"{}\"}}", "x".repeat(1024 * 1024)).into_response(),
+        Behaviour::Reset => {
+            let cut_short = futures::stream::iter([
+                Ok(bytes::Bytes::from_static(b"{\"id\": \"")),
+                Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            ]);
+            Response::new(axum::body::Body::from_stream(cut_short))
+        }
         Behaviour::Slow(..) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

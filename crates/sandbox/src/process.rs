@@ -197,15 +197,36 @@ impl ServiceProcess {
         self.child.kill().await
     }
 
+    /// Sends SIGSTOP: the process hangs, its sockets open, its kernel still accepting
+    /// connections and acknowledging bytes. [`ServiceProcess::resume`] undoes it.
+    pub fn pause(&self) -> std::io::Result<()> {
+        signal(self.child.id(), "-STOP")
+    }
+
+    /// Sends SIGCONT after [`ServiceProcess::pause`].
+    pub fn resume(&self) -> std::io::Result<()> {
+        signal(self.child.id(), "-CONT")
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        if let Some(pid) = self.child.id() {
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()?;
-        }
+        signal(self.child.id(), "-TERM")?;
         self.child.wait().await
     }
+}
+
+/// Sends `signal` (`-STOP`, `-TERM`…) to the process `pid`, if it still runs.
+pub fn signal(pid: Option<u32>, signal: &str) -> std::io::Result<()> {
+    let Some(pid) = pid else {
+        return Ok(());
+    };
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("kill {signal} {pid}: {status}")));
+    }
+    Ok(())
 }
 
 /// Polls `grpc.health.v1.Health/Check` for `service` until it answers SERVING.

@@ -93,6 +93,16 @@ impl RedisServer {
         self.child.id()
     }
 
+    /// Hangs the server (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) -> std::io::Result<()> {
+        crate::process::signal(self.child.id(), "-STOP")
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) -> std::io::Result<()> {
+        crate::process::signal(self.child.id(), "-CONT")
+    }
+
     /// Kills the server as a crash would (SIGKILL); [`RedisServer::restart`] brings it
     /// back on the same port with the same directory.
     pub async fn kill(&mut self) -> std::io::Result<()> {

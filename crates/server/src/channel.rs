@@ -7,9 +7,9 @@
 //! It is tower's power-of-two-choices balancer fed by our own discovery:
 //!
 //! ```text
-//! call ─ deadline ─ Retry (a request that never left) ─ Buffer ─ p2c::Balance ─ PendingRequests<Member> per address
-//!                                                                    ▲
-//!                        Discovery: DNS every refresh + grpc.health.v1 per address
+//! call ─ deadline ─ [hedge] ─ Retry (a request that never left) ─ Buffer ─ p2c::Balance ─ PendingRequests<Member> per address
+//!                                                                              ▲
+//!                                  Discovery: DNS every refresh + grpc.health.v1 per address
 //! ```
 //!
 //! - Discovery resolves the target's host name at start and every `refresh_interval`,
@@ -24,6 +24,10 @@
 //!   wakes discovery, which probes it again. If the connection could not be made (the
 //!   request never left), the call is retried once, on another address when there is
 //!   one: a killed pod costs no decision.
+//! - A hedged channel (for services whose calls are pure: targeting, auction) sends a
+//!   second copy of a call unanswered after the last second's 99th percentile latency,
+//!   and takes the first answer ([`crate::hedge`]): an instance that is stopped, not
+//!   gone, costs a few milliseconds instead of every call it was sent.
 //! - The buffer bounds the calls waiting for an address; the call's deadline covers that
 //!   wait, the first resolution and the retry, not only the time on the wire.
 
@@ -36,7 +40,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -61,6 +65,8 @@ use tower::retry::{Policy, Retry};
 use tower::util::BoxService;
 use tower::{Service, ServiceExt};
 
+use crate::hedge::Hedging;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long an endpoint may take to answer its health check.
@@ -74,6 +80,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 /// connection is closed (and its calls fail, so the address leaves the rotation).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long sent bytes may go unacknowledged before the kernel closes the connection
+/// (`TCP_USER_TIMEOUT`, as gRPC sets it: the keepalive timeout). A peer whose packets
+/// vanish while calls are being sent is found this way, without waiting for a ping.
+const TCP_USER_TIMEOUT: Duration = KEEPALIVE_TIMEOUT;
 /// How many calls may wait for an address to take them before callers wait to send.
 const CALL_QUEUE: usize = 1024;
 /// The least time between two refreshes, so that a run of failed calls does not turn into
@@ -301,6 +311,17 @@ impl Resolver {
     /// A channel balancing over every address `target` resolves to. Resolution starts
     /// in the background; a call made before it has finished waits for it.
     pub fn channel(&self, target: Target) -> BalancedChannel {
+        self.balanced(target, None)
+    }
+
+    /// A channel as [`Resolver::channel`] that also hedges (see [`crate::hedge`]): only
+    /// for a service whose calls are pure functions of their request, which a second copy
+    /// cannot make do anything twice.
+    pub fn hedged_channel(&self, target: Target) -> BalancedChannel {
+        self.balanced(target, Some(Arc::new(Hedging::new(Instant::now()))))
+    }
+
+    fn balanced(&self, target: Target, hedging: Option<Arc<Hedging>>) -> BalancedChannel {
         let (changes, discovered) = mpsc::unbounded_channel();
         let (resolution, _) = watch::channel(Resolution::Pending);
         let discovery = Arc::new(Discovery {
@@ -322,6 +343,7 @@ impl Resolver {
         BalancedChannel {
             discovery,
             calls: Retry::new(RetryNeverSent { retries_left: 1 }, buffer),
+            hedging,
         }
     }
 }
@@ -383,7 +405,7 @@ impl Known {
                 .expect("the TLS configuration was checked when the resolver was made");
         }
         Self {
-            channel: endpoint.connect_lazy(),
+            channel: endpoint.connect_with_connector_lazy(tcp_connector()),
             member: None,
         }
     }
@@ -515,6 +537,16 @@ impl Discovery {
     }
 }
 
+/// TCP as tonic makes it (no Nagle), plus [`TCP_USER_TIMEOUT`]; tonic layers TLS and the
+/// connect timeout over it.
+fn tcp_connector() -> hyper_util::client::legacy::connect::HttpConnector {
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+    tcp
+}
+
 async fn is_serving(channel: &Channel) -> bool {
     let mut client = HealthClient::new(channel.clone());
     let check = client.check(HealthCheckRequest {
@@ -619,14 +651,18 @@ impl Policy<http::Request<Bytes>, http::Response<Body>, BoxError> for RetryNever
     }
 
     fn clone_request(&mut self, request: &http::Request<Bytes>) -> Option<http::Request<Bytes>> {
-        let mut copy = http::Request::new(request.body().clone());
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.version_mut() = request.version();
-        *copy.headers_mut() = request.headers().clone();
-        *copy.extensions_mut() = request.extensions().clone();
-        Some(copy)
+        Some(copy_request(request))
     }
+}
+
+fn copy_request(request: &http::Request<Bytes>) -> http::Request<Bytes> {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
 }
 
 /// Whether the request failed before it could be sent: the connection was never made.
@@ -655,12 +691,69 @@ fn send(
     Box::pin(calls.oneshot(request))
 }
 
+/// Sends `request`, and a copy of it to another instance (the balancer takes the less
+/// loaded, and the first copy still counts against the one it went to) once it has waited
+/// longer than `hedging` says nearly every call does, or at once if it failed; the first
+/// answer wins, the other copy is cancelled.
+async fn send_hedged(
+    calls: Calls,
+    request: http::Request<Bytes>,
+    hedging: &Hedging,
+    target: &Target,
+) -> Result<http::Response<Body>, BoxError> {
+    let sent = Instant::now();
+    let Some(delay) = hedging.call_started(sent) else {
+        return answered(hedging, sent, send(calls, request).await);
+    };
+    let copy = copy_request(&request);
+    let mut first = send(calls.clone(), request);
+    match tokio::time::timeout(delay, &mut first).await {
+        Ok(Ok(answer)) => return answered(hedging, sent, Ok(answer)),
+        // The connection broke under the call (an instance killed): the copy goes now,
+        // to an instance still in rotation.
+        Ok(Err(error)) => {
+            tracing::debug!(target = %target, %error, "call failed; sending its copy");
+            return answered(hedging, Instant::now(), send(calls, copy).await);
+        }
+        Err(_) => {}
+    }
+    if !hedging.may_hedge(Instant::now()) {
+        return answered(hedging, sent, first.await);
+    }
+    metrics::counter!("cascade_client_hedges_total", "target" => target.to_string()).increment(1);
+    let hedge_sent = Instant::now();
+    let second = send(calls, copy);
+    match futures::future::select(first, second).await {
+        // A copy that failed outright does not decide: the other may still answer.
+        futures::future::Either::Left((Err(_), second)) => {
+            answered(hedging, hedge_sent, second.await)
+        }
+        futures::future::Either::Right((Err(_), first)) => answered(hedging, sent, first.await),
+        futures::future::Either::Left((answer, _)) => answered(hedging, sent, answer),
+        futures::future::Either::Right((answer, _)) => answered(hedging, hedge_sent, answer),
+    }
+}
+
+/// Records the latency of an answer (not of a failure) and passes it on.
+fn answered(
+    hedging: &Hedging,
+    sent: Instant,
+    answer: Result<http::Response<Body>, BoxError>,
+) -> Result<http::Response<Body>, BoxError> {
+    if answer.is_ok() {
+        hedging.answered(Instant::now(), sent.elapsed());
+    }
+    answer
+}
+
 /// A gRPC channel over every instance of one service (see the module documentation).
 /// Cheap to clone; discovery stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct BalancedChannel {
     discovery: Arc<Discovery>,
     calls: Calls,
+    /// Set for a service whose calls may be sent twice (see [`Resolver::hedged_channel`]).
+    hedging: Option<Arc<Hedging>>,
 }
 
 impl fmt::Debug for BalancedChannel {
@@ -691,6 +784,7 @@ impl Service<http::Request<Body>> for BalancedChannel {
             .and_then(crate::deadline::parse_grpc_timeout);
         let discovery = self.discovery.clone();
         let calls = self.calls.clone();
+        let hedging = self.hedging.clone();
         let dispatch = async move {
             if discovery.resolved().await == Resolution::NoAddress {
                 return Err(tonic::Status::unavailable(format!(
@@ -706,7 +800,11 @@ impl Service<http::Request<Body>> for BalancedChannel {
                 Ok(collected) => collected.to_bytes(),
                 Err(status) => return Err(BoxError::from(status)),
             };
-            send(calls, http::Request::from_parts(parts, body)).await
+            let request = http::Request::from_parts(parts, body);
+            match hedging {
+                Some(hedging) => send_hedged(calls, request, &hedging, &discovery.target).await,
+                None => send(calls, request).await,
+            }
         };
         Box::pin(async move {
             match timeout {

@@ -6,10 +6,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-/// The time the caller gave this call, from its `grpc-timeout` header.
+/// The time this call has to be answered in: the caller's `grpc-timeout` less the margin
+/// by which [`EnforceDeadlineLayer`] answers ahead of it. A service that plans its work
+/// within this finishes before the layer cuts it off, and so answers what it decided
+/// rather than `DEADLINE_EXCEEDED`.
 pub fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    parse_grpc_timeout(value)
+    parse_grpc_timeout(value).map(ahead)
 }
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -39,7 +42,8 @@ impl Deadline {
         Deadline(Instant::now() + budget)
     }
 
-    /// The caller's deadline, or `fallback` from now when the caller set none.
+    /// The caller's deadline (less the enforcement margin, see [`caller_timeout`]), or
+    /// `fallback` from now when the caller set none.
     pub fn from_metadata(metadata: &MetadataMap, fallback: Duration) -> Self {
         Self::after(caller_timeout(metadata).unwrap_or(fallback))
     }
@@ -218,5 +222,19 @@ mod enforce_tests {
         assert_eq!(ahead(ms(40)), ms(38));
         assert_eq!(ahead(ms(1_000)), ms(995));
         assert_eq!(ahead(Duration::ZERO), Duration::ZERO);
+    }
+
+    /// A service that takes the time `caller_timeout` gives it (less a millisecond, the
+    /// timer's grain) is answered, not cut off by the layer.
+    #[tokio::test(start_paused = true)]
+    async fn a_service_using_its_whole_budget_answers_before_the_layer_fires() {
+        for header in ["10m", "40m", "250m", "2S"] {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", header.parse().unwrap());
+            let budget = caller_timeout(&metadata).unwrap();
+            let service = EnforceDeadlineLayer.layer(slow(budget - Duration::from_millis(1)));
+            let response = service.oneshot(request(Some(header))).await.unwrap();
+            assert_eq!(response.body(), "answered", "{header}");
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod channel;
 pub mod deadline;
 pub mod grpc;
+pub mod hedge;
 pub mod metrics;
 pub mod settings;
 pub mod shutdown;

@@ -66,6 +66,7 @@ pub struct DecisionService {
     pub(crate) max_budget: Duration,
     pub(crate) bidding_budget: Duration,
     pub(crate) response_reserve: Duration,
+    pub(crate) selection_write_wait: Duration,
     pub(crate) fallback_reserve: Duration,
     pub(crate) selection_ttl: Duration,
     /// The longest a selection is kept, whatever the ad's `exp`.
@@ -445,9 +446,8 @@ impl DecisionService {
                 key: answer_key,
                 response: response.encode_to_vec(),
             });
-            self.selections
-                .write(selections, deadline.remaining())
-                .await?;
+            let wait = deadline.remaining().min(self.selection_write_wait);
+            self.selections.write(selections, wait).await?;
         }
         if self.log.enabled() {
             let decided = Decided {

@@ -76,6 +76,10 @@ pub struct Settings {
     /// Selections kept in memory while the state store is down, flushed when it is
     /// back; beyond this many, decisions fail UNAVAILABLE rather than lose them.
     pub selection_backlog_capacity: usize,
+    /// Longest a decision waits for its selections to be stored; a store slower than
+    /// that (hung, or far away) gets them from the backlog instead, and the decision
+    /// answers without waiting for it.
+    pub selection_write_wait_ms: u64,
     /// The decision log: one entry per decision and event.
     pub log: LogSettings,
 }
@@ -100,6 +104,7 @@ impl Default for Settings {
             notices: NoticeSettings::default(),
             admin_token: None,
             selection_backlog_capacity: 100_000,
+            selection_write_wait_ms: 50,
             log: LogSettings::default(),
         }
     }
@@ -134,6 +139,7 @@ impl Validate for Settings {
             },
         )?;
         at_least("selection_ttl_secs", self.selection_ttl_secs, 1)?;
+        at_least("selection_write_wait_ms", self.selection_write_wait_ms, 1)?;
         require(
             self.max_selection_ttl_secs >= self.selection_ttl_secs,
             "max_selection_ttl_secs",
@@ -199,6 +205,9 @@ pub async fn serve(
         billing_stopped,
     ));
     let channel = |target: &Target| traced(resolver.channel(target.clone()));
+    // Evaluate and Rank are pure functions of their request: a second copy to another
+    // instance cannot do anything twice. RunWaterfall and CollectBids call networks.
+    let hedged = |target: &Target| traced(resolver.hedged_channel(target.clone()));
     let admission = Admission::start(&settings.grpc.admission);
     let service = DecisionService {
         snapshot,
@@ -212,9 +221,9 @@ pub async fn serve(
             settings.state.poll_interval().min(SELECTION_RETRY_CAP),
         ),
         targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
-            channel(&settings.targeting_evaluation_addr),
+            hedged(&settings.targeting_evaluation_addr),
         ),
-        auction: cascade_proto::auction::v1::auction_client::AuctionClient::new(channel(&settings.auction_addr)),
+        auction: cascade_proto::auction::v1::auction_client::AuctionClient::new(hedged(&settings.auction_addr)),
         network_caller: cascade_proto::networkcaller::v1::network_caller_client::NetworkCallerClient::new(
             channel(&settings.network_caller_addr),
         ),
@@ -223,6 +232,7 @@ pub async fn serve(
         bidding_budget: Duration::from_millis(settings.bidding_budget_ms),
         response_reserve: Duration::from_millis(settings.response_reserve_ms),
         fallback_reserve: Duration::from_millis(settings.fallback_reserve_ms),
+        selection_write_wait: Duration::from_millis(settings.selection_write_wait_ms),
         selection_ttl: Duration::from_secs(settings.selection_ttl_secs),
         max_selection_ttl: Duration::from_secs(settings.max_selection_ttl_secs),
         notifier,
