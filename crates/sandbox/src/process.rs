@@ -224,7 +224,9 @@ pub fn signal(pid: Option<u32>, signal: &str) -> std::io::Result<()> {
         .args([signal, &pid.to_string()])
         .status()?;
     if !status.success() {
-        return Err(std::io::Error::other(format!("kill {signal} {pid}: {status}")));
+        return Err(std::io::Error::other(format!(
+            "kill {signal} {pid}: {status}"
+        )));
     }
     Ok(())
 }

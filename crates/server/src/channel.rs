@@ -25,7 +25,7 @@
 //!   request never left), the call is retried once, on another address when there is
 //!   one: a killed pod costs no decision.
 //! - A hedged channel (for services whose calls are pure: targeting, auction) sends a
-//!   second copy of a call unanswered after the last second's 99th percentile latency,
+//!   second copy of a call unanswered after the last second's 95th percentile latency,
 //!   and takes the first answer ([`crate::hedge`]): an instance that is stopped, not
 //!   gone, costs a few milliseconds instead of every call it was sent.
 //! - The buffer bounds the calls waiting for an address; the call's deadline covers that
@@ -37,7 +37,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -331,6 +331,7 @@ impl Resolver {
             known: Mutex::new(BTreeMap::new()),
             resolution,
             wake: Arc::new(Notify::new()),
+            failures: AtomicU64::new(0),
         });
         let balance: Balance<_, http::Request<Body>> =
             Balance::new(UnboundedReceiverStream::new(discovered));
@@ -372,6 +373,9 @@ struct Discovery {
     resolution: watch::Sender<Resolution>,
     /// Wakes the refresh loop early: a member failed.
     wake: Arc<Notify>,
+    /// How many members have failed so far: a refresh whose probes began before a
+    /// failure must not put that member back on their word.
+    failures: AtomicU64,
 }
 
 /// A resolved address: its connection, and whether (and as which member) it is in the
@@ -410,6 +414,13 @@ impl Known {
         }
     }
 
+    /// Put in the balancer, and failed since.
+    fn has_failed(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|failed| failed.load(Ordering::Relaxed))
+    }
+
     /// In the balancer and not known to have failed since.
     fn is_healthy_member(&self) -> bool {
         self.member
@@ -422,6 +433,7 @@ impl Discovery {
     /// Resolves the target again, asks every address for its health and puts the
     /// SERVING ones in the balancer (every one, when none is SERVING).
     async fn refresh(self: &Arc<Self>) {
+        let failures_before = self.failures.load(Ordering::Acquire);
         let resolved = match self.resolver.resolve(&self.target).await {
             Ok(addrs) if !addrs.is_empty() => Some(addrs),
             Ok(_) => {
@@ -462,7 +474,8 @@ impl Discovery {
             .zip(answers)
             .filter_map(|((addr, _), serving)| serving.then_some(*addr))
             .collect();
-        let known_any = self.apply(&serving);
+        let failed_since = self.failures.load(Ordering::Acquire) != failures_before;
+        let known_any = self.apply(&serving, failed_since);
         let resolution = if known_any {
             Resolution::Addresses
         } else {
@@ -477,12 +490,17 @@ impl Discovery {
 
     /// Puts in (and takes out of) the balancer what `serving` says; whether any address
     /// is known.
-    fn apply(self: &Arc<Self>, serving: &BTreeSet<SocketAddr>) -> bool {
+    ///
+    /// With `failed_since`, a member failed while the probes were out: one that is marked
+    /// failed stays out (its probe may predate its death); the refresh its failure woke
+    /// probes it again.
+    fn apply(self: &Arc<Self>, serving: &BTreeSet<SocketAddr>, failed_since: bool) -> bool {
         let mut known = self.known.lock();
         let none_serving = serving.is_empty();
         for (addr, entry) in known.iter_mut() {
             let wanted = none_serving || serving.contains(addr);
-            if wanted && !entry.is_healthy_member() {
+            let failed_after_probe = failed_since && entry.has_failed();
+            if wanted && !entry.is_healthy_member() && !failed_after_probe {
                 let failed = Arc::new(AtomicBool::new(false));
                 let member = Member {
                     addr: *addr,
@@ -612,8 +630,14 @@ impl Service<http::Request<Body>> for Member {
         Box::pin(async move {
             response.await.map_err(|error| {
                 let error: BoxError = error.into();
-                if !failed.swap(true, Ordering::Relaxed)
-                    && let Some(discovery) = discovery.upgrade()
+                let discovery = discovery.upgrade();
+                // Counted before the member is marked, so that a refresh that sees it
+                // marked also sees it counted.
+                if let Some(discovery) = &discovery {
+                    discovery.failures.fetch_add(1, Ordering::AcqRel);
+                }
+                if !failed.swap(true, Ordering::AcqRel)
+                    && let Some(discovery) = discovery
                 {
                     tracing::warn!(target = %discovery.target, %addr, %error, "endpoint failed; out of rotation until healthy");
                     metrics::counter!("cascade_client_endpoint_failures_total", "target" => discovery.target.to_string())
@@ -691,46 +715,64 @@ fn send(
     Box::pin(calls.oneshot(request))
 }
 
-/// Sends `request`, and a copy of it to another instance (the balancer takes the less
-/// loaded, and the first copy still counts against the one it went to) once it has waited
-/// longer than `hedging` says nearly every call does, or at once if it failed; the first
-/// answer wins, the other copy is cancelled.
+/// Most copies of one hedged call, the first included. The balancer picks the less
+/// loaded of two instances for each copy, and a stopped instance holding the first copy
+/// can still tie; a third copy makes losing the call to it unlikely.
+const MAX_COPIES: usize = 3;
+
+/// Sends `request`; every time `hedging`'s delay passes without an answer, or at once
+/// when a copy fails, sends another copy (the balancer takes the less loaded instance,
+/// and the copies still waiting count against the ones they went to), up to
+/// [`MAX_COPIES`]. The first answer wins; the other copies are cancelled.
 async fn send_hedged(
     calls: Calls,
     request: http::Request<Bytes>,
     hedging: &Hedging,
     target: &Target,
+    timeout: Option<Duration>,
 ) -> Result<http::Response<Body>, BoxError> {
+    use futures::StreamExt as _;
     let sent = Instant::now();
     let Some(delay) = hedging.call_started(sent) else {
         return answered(hedging, sent, send(calls, request).await);
     };
-    let copy = copy_request(&request);
-    let mut first = send(calls.clone(), request);
-    match tokio::time::timeout(delay, &mut first).await {
-        Ok(Ok(answer)) => return answered(hedging, sent, Ok(answer)),
-        // The connection broke under the call (an instance killed): the copy goes now,
-        // to an instance still in rotation.
-        Ok(Err(error)) => {
-            tracing::debug!(target = %target, %error, "call failed; sending its copy");
-            return answered(hedging, Instant::now(), send(calls, copy).await);
+    // However slow the service has been, a call keeps time for its copies.
+    let delay = timeout.map_or(delay, |timeout| {
+        delay.min(timeout / (MAX_COPIES as u32 + 1))
+    });
+    let timed = |copy: http::Request<Bytes>| {
+        let started = Instant::now();
+        let call = send(calls.clone(), copy);
+        async move { (started, call.await) }
+    };
+    let mut copies = futures::stream::FuturesUnordered::new();
+    copies.push(timed(copy_request(&request)));
+    let mut made = 1;
+    loop {
+        let hedge_at = tokio::time::sleep(delay);
+        tokio::select! {
+            Some((started, answer)) = copies.next() => match answer {
+                Ok(response) => return answered(hedging, started, Ok(response)),
+                Err(error) if copies.is_empty() && made == MAX_COPIES => return Err(error),
+                // The connection broke under the copy (an instance killed): another
+                // goes now, to an instance still in rotation.
+                Err(error) => {
+                    tracing::debug!(target = %target, %error, "a copy of a call failed");
+                    if made < MAX_COPIES {
+                        copies.push(timed(copy_request(&request)));
+                        made += 1;
+                    }
+                }
+            },
+            () = hedge_at, if made < MAX_COPIES => {
+                if hedging.may_hedge(Instant::now()) {
+                    metrics::counter!("cascade_client_hedges_total", "target" => target.to_string())
+                        .increment(1);
+                    copies.push(timed(copy_request(&request)));
+                    made += 1;
+                }
+            }
         }
-        Err(_) => {}
-    }
-    if !hedging.may_hedge(Instant::now()) {
-        return answered(hedging, sent, first.await);
-    }
-    metrics::counter!("cascade_client_hedges_total", "target" => target.to_string()).increment(1);
-    let hedge_sent = Instant::now();
-    let second = send(calls, copy);
-    match futures::future::select(first, second).await {
-        // A copy that failed outright does not decide: the other may still answer.
-        futures::future::Either::Left((Err(_), second)) => {
-            answered(hedging, hedge_sent, second.await)
-        }
-        futures::future::Either::Right((Err(_), first)) => answered(hedging, sent, first.await),
-        futures::future::Either::Left((answer, _)) => answered(hedging, sent, answer),
-        futures::future::Either::Right((answer, _)) => answered(hedging, hedge_sent, answer),
     }
 }
 
@@ -802,7 +844,9 @@ impl Service<http::Request<Body>> for BalancedChannel {
             };
             let request = http::Request::from_parts(parts, body);
             match hedging {
-                Some(hedging) => send_hedged(calls, request, &hedging, &discovery.target).await,
+                Some(hedging) => {
+                    send_hedged(calls, request, &hedging, &discovery.target, timeout).await
+                }
                 None => send(calls, request).await,
             }
         };

@@ -39,7 +39,13 @@ pub struct Deadline(Instant);
 
 impl Deadline {
     pub fn after(budget: Duration) -> Self {
-        Deadline(Instant::now() + budget)
+        Self::after_from(Instant::now(), budget)
+    }
+
+    /// `budget` from `start` (when the call arrived, so that the time spent reading it
+    /// counts against it, as it does for the caller).
+    pub fn after_from(start: Instant, budget: Duration) -> Self {
+        Deadline(start + budget)
     }
 
     /// The caller's deadline (less the enforcement margin, see [`caller_timeout`]), or

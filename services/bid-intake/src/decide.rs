@@ -86,6 +86,9 @@ impl BidIntake for DecisionService {
         request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
         use tracing::Instrument as _;
+        // The caller's clock (and the deadline layer's) runs from here, not from when the
+        // request has been read and normalized.
+        let received = tokio::time::Instant::now();
         let caller_timeout = caller_timeout(request.metadata());
         let retry = is_retry(request.metadata());
         let mut request = request.into_inner();
@@ -106,7 +109,16 @@ impl BidIntake for DecisionService {
             )
         });
         let response = self
-            .decide(request, openrtb_json, caller_timeout, degraded, retry)
+            .decide(
+                request,
+                openrtb_json,
+                Asked {
+                    received,
+                    caller_timeout,
+                    degraded,
+                    retry,
+                },
+            )
             .instrument(span.clone())
             .await;
         record_outcome(&span, &response);
@@ -231,15 +243,31 @@ struct Slot {
     logged_candidates: Vec<cascade_log::schema::Candidate>,
 }
 
+/// How a decision was asked for, beyond its request.
+struct Asked {
+    /// When the call arrived: its budget runs from then.
+    received: tokio::time::Instant,
+    /// What the caller's `grpc-timeout` leaves (see `caller_timeout`).
+    caller_timeout: Option<Duration>,
+    /// Under pressure: call no network.
+    degraded: bool,
+    /// A retry, which may get the first attempt's answer back.
+    retry: bool,
+}
+
 impl DecisionService {
     async fn decide(
         &self,
         mut request: DecideRequest,
         openrtb_json: Vec<u8>,
-        caller_timeout: Option<Duration>,
-        degraded: bool,
-        retry: bool,
+        asked: Asked,
     ) -> Result<DecideResponse, DecideError> {
+        let Asked {
+            received,
+            caller_timeout,
+            degraded,
+            retry,
+        } = asked;
         let started = std::time::Instant::now();
         let snapshot = self.snapshot.load().ok_or(DecideError::NotReady)?;
         // Every price of this decision converts at the rates in force now.
@@ -254,7 +282,7 @@ impl DecisionService {
         .min()
         .unwrap_or(self.default_budget)
         .min(self.max_budget);
-        let deadline = Deadline::after(budget.saturating_sub(self.response_reserve));
+        let deadline = Deadline::after_from(received, budget.saturating_sub(self.response_reserve));
         let answer_key = AnswerKey {
             publisher_id: publisher_id(&request).to_string(),
             request_id: request
