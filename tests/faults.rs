@@ -395,7 +395,7 @@ fn transport_failed(status: &tonic::Status) -> bool {
 
 /// Decision `n` of a run: a banner on foobar.com's home-top (the waterfall: CoolAds at
 /// $2.00 first) with an exchange bid of its own, a request id of its own.
-fn request(run: &str, n: u32) -> DecideRequest {
+pub(crate) fn request(run: &str, n: u32) -> DecideRequest {
     let bid_request = serde_json::json!({
         "id": format!("{run}-{n}"),
         "imp": [{"id": "1", "tagid": "home-top", "banner": {"w": 300, "h": 250}}],
@@ -548,21 +548,24 @@ async fn run_fault(topology: &mut Topology, gateway: &Arc<Gateway>, fault: &Faul
     row.selections = selections.len();
     // Every acknowledged selection takes its impression: a selection acknowledged while
     // Redis was away may still be on its way there, so each is given a few seconds.
-    for selection in &selections {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match gateway.report_impression(selection).await {
-                Code::Ok => break,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                _ => {
-                    row.lost += 1;
-                    break;
+    use futures::StreamExt as _;
+    row.lost = futures::stream::iter(&selections)
+        .map(|selection| async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match gateway.report_impression(selection).await {
+                    Code::Ok => return false,
+                    _ if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    _ => return true,
                 }
             }
-        }
-    }
+        })
+        .buffer_unordered(16)
+        .filter(|lost| std::future::ready(*lost))
+        .count()
+        .await;
     row
 }
 

@@ -9,6 +9,7 @@ mod decision_log;
 mod deploy;
 mod edge;
 mod faults;
+mod hosts;
 mod quickstart;
 mod replay;
 mod rules;

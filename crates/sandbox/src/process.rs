@@ -64,6 +64,15 @@ impl ServiceProcess {
         Ok(process)
     }
 
+    /// [`ServiceProcess::start`] inside the network namespace `netns` (a test host, as
+    /// `cascade_testkit::Host` makes): `ip netns exec` runs the binary in place of
+    /// itself, so the process is the service's own.
+    pub async fn start_in(netns: &str, binary: &str, settings: &str) -> std::io::Result<Self> {
+        let process = Self::spawn_command(Some(netns), &binary_path(binary), settings, &[]).await?;
+        wait_until_serving(process.addr, "", Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+
     /// Starts `binary` and returns once it listens, serving or not (a service waiting
     /// for its state store answers health NOT_SERVING).
     pub async fn spawn(binary: &str, settings: &str) -> std::io::Result<Self> {
@@ -75,6 +84,15 @@ impl ServiceProcess {
         settings: &str,
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
+        Self::spawn_command(None, path, settings, env).await
+    }
+
+    async fn spawn_command(
+        netns: Option<&str>,
+        path: &std::path::Path,
+        settings: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let binary = path
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
@@ -82,7 +100,15 @@ impl ServiceProcess {
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(settings.as_bytes())?;
         let path = path.to_path_buf();
-        let mut child = Command::new(&path)
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&path);
+                command
+            }
+            None => Command::new(&path),
+        };
+        let mut child = command
             .arg("--settings")
             .arg(file.path())
             .env("RUST_LOG", "warn")

@@ -18,8 +18,26 @@ pub struct RedisOptions {
     pub cluster_node: bool,
 }
 
+/// Where a server runs: the test's own namespace on loopback, or a test host.
+#[derive(Clone, Debug)]
+struct Place {
+    bind: std::net::Ipv4Addr,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's.
+    netns: Option<String>,
+}
+
+impl Default for Place {
+    fn default() -> Self {
+        Self {
+            bind: std::net::Ipv4Addr::LOCALHOST,
+            netns: None,
+        }
+    }
+}
+
 pub struct RedisServer {
     port: u16,
+    place: Place,
     options: RedisOptions,
     /// Serving TLS only, with these files: (certificate, key, CA).
     tls: Option<Box<[std::path::PathBuf; 3]>>,
@@ -37,7 +55,21 @@ impl RedisServer {
     /// Starts a server with `options`. A port taken between choosing and binding it is
     /// retried with another.
     pub async fn start_with(options: RedisOptions) -> std::io::Result<Self> {
-        Self::start_serving(options, None).await
+        Self::start_serving(options, None, Place::default()).await
+    }
+
+    /// Starts a server with `options` in the network namespace `netns` (a test host, as
+    /// `cascade_testkit::Host` makes), listening on its address `bind`.
+    pub async fn start_in(
+        netns: &str,
+        bind: std::net::Ipv4Addr,
+        options: RedisOptions,
+    ) -> std::io::Result<Self> {
+        let place = Place {
+            bind,
+            netns: Some(netns.to_string()),
+        };
+        Self::start_serving(options, None, place).await
     }
 
     /// Starts a standalone server that speaks TLS only (`rediss://`), with the
@@ -48,21 +80,32 @@ impl RedisServer {
             ca.server_key_file().to_path_buf(),
             ca.ca_file().to_path_buf(),
         ];
-        Self::start_serving(RedisOptions::default(), Some(Box::new(files))).await
+        Self::start_serving(
+            RedisOptions::default(),
+            Some(Box::new(files)),
+            Place::default(),
+        )
+        .await
     }
 
     async fn start_serving(
         options: RedisOptions,
         tls: Option<Box<[std::path::PathBuf; 3]>>,
+        place: Place,
     ) -> std::io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
-            let port = crate::free_loopback_port()?;
+            // A host of its own has every port free; loopback is shared.
+            let port = match place.netns {
+                Some(_) => 6379,
+                None => crate::free_loopback_port()?,
+            };
             let dir = tempfile::tempdir()?;
-            match spawn(port, options, tls.as_deref(), &dir).await {
+            match spawn(port, &place, options, tls.as_deref(), &dir).await {
                 Ok(child) => {
                     return Ok(Self {
                         port,
+                        place,
                         options,
                         tls,
                         child,
@@ -85,7 +128,7 @@ impl RedisServer {
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}:{}", self.place.bind, self.port)
     }
 
     /// The server's process id, for signals (SIGSTOP: a Redis that hangs).
@@ -113,7 +156,14 @@ impl RedisServer {
     /// with everything it acknowledged.
     pub async fn restart(&mut self) -> std::io::Result<()> {
         let _ = self.child.kill().await;
-        self.child = spawn(self.port, self.options, self.tls.as_deref(), &self.dir).await?;
+        self.child = spawn(
+            self.port,
+            &self.place,
+            self.options,
+            self.tls.as_deref(),
+            &self.dir,
+        )
+        .await?;
         Ok(())
     }
 
@@ -125,12 +175,20 @@ impl RedisServer {
 
 async fn spawn(
     port: u16,
+    place: &Place,
     options: RedisOptions,
     tls: Option<&[std::path::PathBuf; 3]>,
     dir: &tempfile::TempDir,
 ) -> std::io::Result<Child> {
     let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string());
-    let mut command = Command::new(&binary);
+    let mut command = match &place.netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, &binary]);
+            command
+        }
+        None => Command::new(&binary),
+    };
     match tls {
         None => command.args(["--port", &port.to_string()]),
         Some([cert, key, ca]) => command
@@ -144,7 +202,9 @@ async fn spawn(
             .args(["--tls-auth-clients", "no"]),
     };
     command
-        .args(["--bind", "127.0.0.1", "--save", ""])
+        .args(["--bind", &place.bind.to_string(), "--save", ""])
+        // Off loopback, a server without a password refuses every client unless told.
+        .args(["--protected-mode", "no"])
         .arg("--dir")
         .arg(dir.path());
     if options.durable {
@@ -182,8 +242,8 @@ async fn spawn(
         }
         // A TLS server is ready once it accepts connections; a plain one answers PING.
         let ready = match tls {
-            None => ping(port).await,
-            Some(_) => tokio::net::TcpStream::connect(("127.0.0.1", port))
+            None => ping(place.bind, port).await,
+            Some(_) => tokio::net::TcpStream::connect((place.bind, port))
                 .await
                 .is_ok(),
         };
@@ -270,8 +330,8 @@ impl RedisCluster {
     }
 }
 
-async fn ping(port: u16) -> bool {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+async fn ping(host: std::net::Ipv4Addr, port: u16) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect((host, port)).await else {
         return false;
     };
     if stream.write_all(b"PING\r\n").await.is_err() {

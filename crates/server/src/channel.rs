@@ -37,7 +37,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -506,6 +506,7 @@ impl Discovery {
                     addr: *addr,
                     channel: entry.channel.clone(),
                     failed: failed.clone(),
+                    races_lost: Arc::new(AtomicU32::new(0)),
                     discovery: Arc::downgrade(self),
                 };
                 self.send(Change::Insert(
@@ -601,13 +602,78 @@ async fn refresh_forever(discovery: Weak<Discovery>) {
 #[error("endpoint {0} failed; out of rotation until it answers its health check")]
 struct MemberFailed(SocketAddr);
 
-/// One address in the balancer. After a transport failure it refuses to be ready, which
-/// makes the balancer drop it; discovery puts a new member in once it is healthy again.
+/// Hedged calls to one member that in a row were cancelled because another copy
+/// answered first, after which it leaves the rotation until its health check passes. A
+/// stopped or blackholed instance answers nothing and loses every race; a healthy one
+/// answers nearly every call itself (only the slowest few are hedged), so three in a row
+/// without an answer between them is a sign, not chance.
+const RACES_LOST_TO_LEAVE: u32 = 3;
+
+/// Set on every copy of a hedged call once one of them has answered: a copy dropped
+/// then lost the race.
+#[derive(Clone, Debug, Default)]
+struct RaceLost(Arc<AtomicBool>);
+
+/// One address in the balancer. After a transport failure, or [`RACES_LOST_TO_LEAVE`]
+/// hedged races lost in a row, it refuses to be ready, which makes the balancer drop it;
+/// discovery puts a new member in once it is healthy again.
 struct Member {
     addr: SocketAddr,
     channel: Channel,
     failed: Arc<AtomicBool>,
+    races_lost: Arc<AtomicU32>,
     discovery: Weak<Discovery>,
+}
+
+/// Takes the member at `addr` out of the rotation (once) and has discovery probe it.
+fn leave_rotation(
+    discovery: &Weak<Discovery>,
+    failed: &AtomicBool,
+    addr: SocketAddr,
+    why: &dyn fmt::Display,
+) {
+    let discovery = discovery.upgrade();
+    // Counted before the member is marked, so that a refresh that sees it marked also
+    // sees it counted.
+    if let Some(discovery) = &discovery {
+        discovery.failures.fetch_add(1, Ordering::AcqRel);
+    }
+    if !failed.swap(true, Ordering::AcqRel)
+        && let Some(discovery) = discovery
+    {
+        tracing::warn!(target = %discovery.target, %addr, %why, "endpoint out of rotation until healthy");
+        metrics::counter!("cascade_client_endpoint_failures_total", "target" => discovery.target.to_string())
+            .increment(1);
+        discovery.wake.notify_one();
+    }
+}
+
+/// Counts, on drop, a call that ended without an answer because a copy elsewhere won.
+struct RaceWatch {
+    race: Option<RaceLost>,
+    answered: bool,
+    addr: SocketAddr,
+    races_lost: Arc<AtomicU32>,
+    failed: Arc<AtomicBool>,
+    discovery: Weak<Discovery>,
+}
+
+impl Drop for RaceWatch {
+    fn drop(&mut self) {
+        let lost = !self.answered
+            && self
+                .race
+                .as_ref()
+                .is_some_and(|race| race.0.load(Ordering::Acquire));
+        if !lost {
+            return;
+        }
+        let in_a_row = self.races_lost.fetch_add(1, Ordering::AcqRel) + 1;
+        if in_a_row >= RACES_LOST_TO_LEAVE {
+            let why = format!("lost {in_a_row} hedged calls in a row without answering");
+            leave_rotation(&self.discovery, &self.failed, self.addr, &why);
+        }
+    }
 }
 
 impl Service<http::Request<Body>> for Member {
@@ -623,29 +689,29 @@ impl Service<http::Request<Body>> for Member {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let mut watch = RaceWatch {
+            race: request.extensions().get::<RaceLost>().cloned(),
+            answered: false,
+            addr: self.addr,
+            races_lost: self.races_lost.clone(),
+            failed: self.failed.clone(),
+            discovery: self.discovery.clone(),
+        };
         let response = self.channel.call(request);
-        let addr = self.addr;
-        let failed = self.failed.clone();
-        let discovery = self.discovery.clone();
         Box::pin(async move {
-            response.await.map_err(|error| {
-                let error: BoxError = error.into();
-                let discovery = discovery.upgrade();
-                // Counted before the member is marked, so that a refresh that sees it
-                // marked also sees it counted.
-                if let Some(discovery) = &discovery {
-                    discovery.failures.fetch_add(1, Ordering::AcqRel);
+            let answer = response.await;
+            watch.answered = true;
+            match answer {
+                Ok(response) => {
+                    watch.races_lost.store(0, Ordering::Release);
+                    Ok(response)
                 }
-                if !failed.swap(true, Ordering::AcqRel)
-                    && let Some(discovery) = discovery
-                {
-                    tracing::warn!(target = %discovery.target, %addr, %error, "endpoint failed; out of rotation until healthy");
-                    metrics::counter!("cascade_client_endpoint_failures_total", "target" => discovery.target.to_string())
-                        .increment(1);
-                    discovery.wake.notify_one();
+                Err(error) => {
+                    let error: BoxError = error.into();
+                    leave_rotation(&watch.discovery, &watch.failed, watch.addr, &error);
+                    Err(error)
                 }
-                error
-            })
+            }
         })
     }
 }
@@ -726,7 +792,7 @@ const MAX_COPIES: usize = 3;
 /// [`MAX_COPIES`]. The first answer wins; the other copies are cancelled.
 async fn send_hedged(
     calls: Calls,
-    request: http::Request<Bytes>,
+    mut request: http::Request<Bytes>,
     hedging: &Hedging,
     target: &Target,
     timeout: Option<Duration>,
@@ -740,6 +806,8 @@ async fn send_hedged(
     let delay = timeout.map_or(delay, |timeout| {
         delay.min(timeout / (MAX_COPIES as u32 + 1))
     });
+    let race = RaceLost::default();
+    request.extensions_mut().insert(race.clone());
     let timed = |copy: http::Request<Bytes>| {
         let started = Instant::now();
         let call = send(calls.clone(), copy);
@@ -752,7 +820,11 @@ async fn send_hedged(
         let hedge_at = tokio::time::sleep(delay);
         tokio::select! {
             Some((started, answer)) = copies.next() => match answer {
-                Ok(response) => return answered(hedging, started, Ok(response)),
+                Ok(response) => {
+                    // The copies still out are dropped on return: they lost.
+                    race.0.store(true, Ordering::Release);
+                    return answered(hedging, started, Ok(response));
+                }
                 Err(error) if copies.is_empty() && made == MAX_COPIES => return Err(error),
                 // The connection broke under the copy (an instance killed): another
                 // goes now, to an instance still in rotation.

@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod grpcurl;
+pub mod host;
 pub mod otlp;
 
 pub use cascade_sandbox::{fake_network, nats, process, redis, tls};
@@ -14,4 +15,5 @@ pub use cascade_sandbox::{
     RedisCluster, RedisOptions, RedisServer, ServiceProcess, TestCa, wait_until_serving,
 };
 pub use dns::{FakeDns, LOOPBACK_HOSTS, port_free_on_every_loopback_host};
+pub use host::Host;
 pub use otlp::{OtlpCollector, ReceivedSpan};
