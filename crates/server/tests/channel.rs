@@ -2,11 +2,12 @@
 //! that does not resolve fails fast and clearly, a DNS server that never answers cannot
 //! hold a call past its deadline, calls prefer the instance with fewer in flight, a call
 //! that could not connect goes elsewhere, an address whose call failed is probed again
-//! at once, and instances that all say NOT_SERVING are still called.
+//! at once, instances that all say NOT_SERVING are still called, and a hedged channel
+//! gets past an instance that stopped answering and takes it out of the rotation.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_server::channel::{Resolver, ResolverSettings};
@@ -71,6 +72,8 @@ struct Instance {
     calls: Arc<AtomicUsize>,
     delay: Duration,
     probe_answer: ServingStatus,
+    /// Set: nothing is answered any more, probes included (a stopped process).
+    stopped: Arc<AtomicBool>,
 }
 
 #[tonic::async_trait]
@@ -79,6 +82,9 @@ impl Health for Instance {
         &self,
         request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        if self.stopped.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let status = if request.get_ref().service == "balanced" {
             self.calls.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(self.delay).await;
@@ -117,12 +123,23 @@ async fn serve(
     delay: Duration,
     probe_answer: ServingStatus,
 ) -> Arc<AtomicUsize> {
+    serve_stoppable(host, port, delay, probe_answer, Arc::default()).await
+}
+
+async fn serve_stoppable(
+    host: Ipv4Addr,
+    port: u16,
+    delay: Duration,
+    probe_answer: ServingStatus,
+    stopped: Arc<AtomicBool>,
+) -> Arc<AtomicUsize> {
     let calls = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind((host, port)).await.unwrap();
     let instance = Instance {
         calls: calls.clone(),
         delay,
         probe_answer,
+        stopped,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -243,4 +260,51 @@ async fn a_failed_address_is_probed_again_at_once_not_at_the_next_refresh() {
         started.elapsed()
     );
     assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_hedged_channel_gets_past_a_stopped_instance_and_drops_it() {
+    let port = port_free_on_every_loopback_host();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stopping = serve_stoppable(
+        HOSTS[0],
+        port,
+        Duration::ZERO,
+        ServingStatus::Serving,
+        stopped.clone(),
+    )
+    .await;
+    let other = healthy(HOSTS[1], port).await;
+    let dns = FakeDns::start().await.unwrap();
+    dns.set(NAME, &[HOSTS[0], HOSTS[1]]);
+    let channel = resolver(dns.addr()).hedged_channel(format!("{NAME}:{port}").parse().unwrap());
+    let mut client = HealthClient::new(channel);
+    // A second and more of latencies to hedge on.
+    let warm_until = Instant::now() + Duration::from_millis(1_200);
+    while Instant::now() < warm_until {
+        balanced_call(&mut client).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stopping.load(Ordering::Relaxed) > 0,
+        "both instances were called"
+    );
+
+    stopped.store(true, Ordering::Relaxed);
+    let reached_before = stopping.load(Ordering::Relaxed);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..40 {
+        let started = Instant::now();
+        client
+            .check(balanced_request(Duration::from_secs(2)))
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    // Each call sent to the stopped instance is hedged after a few milliseconds (a
+    // quarter of its deadline at most); three races lost in a row take it out.
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    let reached_after = stopping.load(Ordering::Relaxed) - reached_before;
+    assert!(reached_after <= 3, "{reached_after} calls reached it");
+    assert!(other.load(Ordering::Relaxed) >= 40);
 }
