@@ -160,13 +160,9 @@ async fn a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_de
     )
     .await
     .unwrap();
-    let client = BidIntakeClient::new(
-        Channel::from_shared(format!("http://{}", bid_intake.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let client = BidIntakeClient::connect(format!("http://{}", bid_intake.addr))
+        .await
+        .unwrap();
     // Both replicas in rotation and warm, and a second of latencies to hedge on.
     let warm = load(client.clone(), "warm", Duration::from_secs(2)).await;
     assert!(warm.errors.is_empty(), "{:?}", warm.errors);
@@ -250,13 +246,9 @@ async fn a_partition_from_redis_is_the_outage_policy() {
     )
     .await
     .unwrap();
-    let mut client = BidIntakeClient::new(
-        Channel::from_shared(format!("http://{}", bid_intake.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = BidIntakeClient::connect(format!("http://{}", bid_intake.addr))
+        .await
+        .unwrap();
     let warm = load(client.clone(), "warm", Duration::from_secs(1)).await;
     assert!(warm.errors.is_empty(), "{:?}", warm.errors);
 
