@@ -120,10 +120,16 @@ async fn calls_spread_over_every_instance_and_survive_one_killed() {
     );
 
     // Killed without warning: the call that finds it dead is retried on the other
-    // instance, which takes every call from then on; not one decision fails.
+    // instance, which takes every call from then on; not one decision fails. A call
+    // slower than the last second's p95 may also be hedged, to the one instance left
+    // (hedges are capped at a tenth of the calls).
     setup.instances.remove(1).kill().await.unwrap();
     setup.decide(30).await;
-    assert_eq!(evaluations(&setup.instances[0]).await, on_first + 30);
+    let taken = evaluations(&setup.instances[0]).await - on_first;
+    assert!(
+        (30..=33).contains(&taken),
+        "{taken} evaluations for 30 decisions"
+    );
 }
 
 #[tokio::test]

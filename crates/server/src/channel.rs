@@ -52,6 +52,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Code;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -923,15 +924,41 @@ impl Service<http::Request<Body>> for BalancedChannel {
             }
         };
         Box::pin(async move {
-            match timeout {
+            let answer = match timeout {
                 None => dispatch.await,
                 Some(timeout) => tokio::time::timeout(timeout, dispatch)
                     .await
                     .unwrap_or_else(|_| {
                         Err(tonic::Status::deadline_exceeded("deadline exceeded").into())
                     }),
-            }
+            };
+            answer.map_err(transport_status)
         })
+    }
+}
+
+/// The status of a call that failed under the channel. What the server answered comes
+/// back as a response, never as an error here: an error is ours (a `Status` the channel
+/// made, kept as it is) or the transport's — a connection refused, reset, or closed under
+/// the call by an instance that went away. tonic reports those as `UNKNOWN`, or as
+/// `CANCELLED` when hyper gives up the calls of a closed connection; gRPC's own clients
+/// report them `UNAVAILABLE`, which is what they are: the call may work on another
+/// instance, and the caller may retry (bid-intake tells its gateway the same).
+fn transport_status(error: BoxError) -> BoxError {
+    let error = match error.downcast::<tonic::Status>() {
+        Ok(status) => return status,
+        Err(error) => error,
+    };
+    match tonic::Status::try_from_error(error) {
+        Ok(status) if !matches!(status.code(), Code::Unknown | Code::Cancelled) => Box::new(status),
+        Ok(status) => Box::new(tonic::Status::unavailable(format!(
+            "the connection failed under the call: {}",
+            status.message()
+        ))),
+        Err(error) => Box::new(tonic::Status::unavailable(format!(
+            "the connection failed under the call: {}",
+            crate::status::chain(&*error)
+        ))),
     }
 }
 
@@ -977,5 +1004,27 @@ mod tests {
         assert!(never_sent(&*wrapped));
         let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!never_sent(&*reset));
+    }
+
+    #[test]
+    fn a_transport_failure_is_unavailable_and_our_own_statuses_stay() {
+        let code = |error: BoxError| {
+            transport_status(error)
+                .downcast::<tonic::Status>()
+                .expect("a status")
+                .code()
+        };
+        let reset = || Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(code(reset()), Code::Unavailable);
+        assert_eq!(
+            code(MemberFailed("127.0.0.1:1".parse().unwrap()).into()),
+            Code::Unavailable
+        );
+        let refused = tonic::ConnectError(reset());
+        assert_eq!(code(Box::new(refused)), Code::Unavailable);
+        let late: BoxError = tonic::Status::deadline_exceeded("deadline exceeded").into();
+        assert_eq!(code(late), Code::DeadlineExceeded);
+        let exhausted: BoxError = tonic::Status::resource_exhausted("shed").into();
+        assert_eq!(code(exhausted), Code::ResourceExhausted);
     }
 }

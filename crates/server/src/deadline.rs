@@ -4,15 +4,56 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
 
-/// The time this call has to be answered in: the caller's `grpc-timeout` less the margin
-/// by which [`EnforceDeadlineLayer`] answers ahead of it. A service that plans its work
-/// within this finishes before the layer cuts it off, and so answers what it decided
-/// rather than `DEADLINE_EXCEEDED`.
-pub fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+/// The time a call has to be answered in, read from its `grpc-timeout`: the caller's
+/// timeout less the margin by which [`EnforceDeadlineLayer`] answers ahead of it. A
+/// service that plans its work within this finishes before the layer cuts it off, and so
+/// answers what it decided rather than `DEADLINE_EXCEEDED`.
+fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     parse_grpc_timeout(value).map(ahead)
+}
+
+/// When a call arrived and, when its caller set a `grpc-timeout`, the deadline it must be
+/// answered by (see [`caller_timeout`]). [`EnforceDeadlineLayer`] records it in the
+/// request's extensions as the call arrives, before its body is read, so that every
+/// service plans with the same deadline the layer enforces, from the same instant,
+/// instead of parsing the header again once the request is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallTiming {
+    pub arrived: Instant,
+    pub deadline: Option<Deadline>,
+}
+
+impl CallTiming {
+    fn read(headers: &http::HeaderMap) -> Self {
+        let arrived = Instant::now();
+        CallTiming {
+            arrived,
+            deadline: caller_timeout(headers).map(|timeout| Deadline::after_from(arrived, timeout)),
+        }
+    }
+
+    /// The timing the layer recorded for `request`; for a call that did not pass through
+    /// the layer (a service called in process), read now from its metadata.
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        match request.extensions().get::<CallTiming>() {
+            Some(timing) => *timing,
+            None => Self::read(&request.metadata().clone().into_headers()),
+        }
+    }
+
+    /// The caller's deadline, or `fallback` from arrival when the caller set none.
+    pub fn deadline_or(&self, fallback: Duration) -> Deadline {
+        self.deadline
+            .unwrap_or_else(|| Deadline::after_from(self.arrived, fallback))
+    }
+
+    /// How long the caller gave the call, counted from its arrival.
+    pub fn caller_budget(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.instant().saturating_duration_since(self.arrived))
+    }
 }
 
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -34,7 +75,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 /// An absolute point in time by which a call must be answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(Instant);
 
 impl Deadline {
@@ -46,12 +87,6 @@ impl Deadline {
     /// counts against it, as it does for the caller).
     pub fn after_from(start: Instant, budget: Duration) -> Self {
         Deadline(start + budget)
-    }
-
-    /// The caller's deadline (less the enforcement margin, see [`caller_timeout`]), or
-    /// `fallback` from now when the caller set none.
-    pub fn from_metadata(metadata: &MetadataMap, fallback: Duration) -> Self {
-        Self::after(caller_timeout(metadata).unwrap_or(fallback))
     }
 
     pub fn remaining(&self) -> Duration {
@@ -149,21 +184,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let timeout = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout);
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let timing = CallTiming::read(request.headers());
+        request.extensions_mut().insert(timing);
         let call = self.inner.call(request);
         Box::pin(async move {
-            let Some(timeout) = timeout else {
+            let Some(deadline) = timing.deadline else {
                 return call.await;
             };
-            match tokio::time::timeout(ahead(timeout), call).await {
+            match tokio::time::timeout_at(deadline.instant(), call).await {
                 Ok(answer) => answer,
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "no answer within the caller's deadline of {timeout:?}"
+                    "no answer within the caller's deadline of {:?}",
+                    deadline.instant() - timing.arrived
                 ))
                 .into_http()),
             }
@@ -230,17 +263,47 @@ mod enforce_tests {
         assert_eq!(ahead(Duration::ZERO), Duration::ZERO);
     }
 
-    /// A service that takes the time `caller_timeout` gives it (less a millisecond, the
+    /// A service that works to the deadline the layer hands it (less a millisecond, the
     /// timer's grain) is answered, not cut off by the layer.
     #[tokio::test(start_paused = true)]
-    async fn a_service_using_its_whole_budget_answers_before_the_layer_fires() {
+    async fn a_service_working_to_its_recorded_deadline_answers_before_the_layer_fires() {
         for header in ["10m", "40m", "250m", "2S"] {
-            let mut metadata = MetadataMap::new();
-            metadata.insert("grpc-timeout", header.parse().unwrap());
-            let budget = caller_timeout(&metadata).unwrap();
-            let service = EnforceDeadlineLayer.layer(slow(budget - Duration::from_millis(1)));
+            let service = EnforceDeadlineLayer.layer(tower::service_fn(
+                |request: http::Request<()>| async move {
+                    let timing = *request.extensions().get::<CallTiming>().unwrap();
+                    let deadline = timing.deadline.unwrap();
+                    tokio::time::sleep_until(deadline.instant() - Duration::from_millis(1)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new("answered".to_string()))
+                },
+            ));
             let response = service.oneshot(request(Some(header))).await.unwrap();
             assert_eq!(response.body(), "answered", "{header}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_runs_from_arrival() {
+        let call = |header: Option<&str>| {
+            let mut request = tonic::Request::new(());
+            if let Some(header) = header {
+                request
+                    .metadata_mut()
+                    .insert("grpc-timeout", header.parse().unwrap());
+            }
+            request
+        };
+        let timing = CallTiming::of(&call(Some("200m")));
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert_eq!(timing.caller_budget(), Some(Duration::from_millis(195)));
+        assert_eq!(
+            timing.deadline_or(Duration::from_secs(9)).remaining(),
+            Duration::from_millis(165)
+        );
+        let unbounded = CallTiming::of(&call(None));
+        assert_eq!(unbounded.caller_budget(), None);
+        assert_eq!(
+            unbounded.deadline_or(Duration::from_millis(100)).instant(),
+            unbounded.arrived + Duration::from_millis(100)
+        );
     }
 }

@@ -40,7 +40,7 @@ use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluati
 use cascade_proto::targeting::v1::{EvaluateRequest, EvaluateResponse, ImpEvaluation};
 use cascade_server::admission::{Admission, Verdict};
 use cascade_server::channel::BalancedChannel;
-use cascade_server::deadline::{Deadline, caller_timeout};
+use cascade_server::deadline::{CallTiming, Deadline};
 use cascade_server::telemetry::Traced;
 use cascade_state::{
     Answer, AnswerKey, ReportRecorder, Selection, SelectionWriter, SnapshotCell, Store,
@@ -86,10 +86,9 @@ impl BidIntake for DecisionService {
         request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
         use tracing::Instrument as _;
-        // The caller's clock (and the deadline layer's) runs from here, not from when the
-        // request has been read and normalized.
-        let received = tokio::time::Instant::now();
-        let caller_timeout = caller_timeout(request.metadata());
+        // The caller's clock (and the deadline layer's) runs from the call's arrival, not
+        // from when the request has been read and normalized.
+        let timing = CallTiming::of(&request);
         let retry = is_retry(request.metadata());
         let mut request = request.into_inner();
         let openrtb_json = crate::normalize::openrtb_document(&mut request)?;
@@ -113,8 +112,8 @@ impl BidIntake for DecisionService {
                 request,
                 openrtb_json,
                 Asked {
-                    received,
-                    caller_timeout,
+                    received: timing.arrived,
+                    caller_budget: timing.caller_budget(),
                     degraded,
                     retry,
                 },
@@ -247,8 +246,8 @@ struct Slot {
 struct Asked {
     /// When the call arrived: its budget runs from then.
     received: tokio::time::Instant,
-    /// What the caller's `grpc-timeout` leaves (see `caller_timeout`).
-    caller_timeout: Option<Duration>,
+    /// What the caller's `grpc-timeout` leaves, from `received` (see `CallTiming`).
+    caller_budget: Option<Duration>,
     /// Under pressure: call no network.
     degraded: bool,
     /// A retry, which may get the first attempt's answer back.
@@ -264,7 +263,7 @@ impl DecisionService {
     ) -> Result<DecideResponse, DecideError> {
         let Asked {
             received,
-            caller_timeout,
+            caller_budget,
             degraded,
             retry,
         } = asked;
@@ -273,15 +272,12 @@ impl DecisionService {
         // Every price of this decision converts at the rates in force now.
         let rates = snapshot.rates().at(cascade_state::now_unix_seconds());
         let mut normalized = normalize(&request, &rates)?;
-        let budget = [
-            caller_timeout,
-            normalized.tmax_ms.map(Duration::from_millis),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(self.default_budget)
-        .min(self.max_budget);
+        let budget = [caller_budget, normalized.tmax_ms.map(Duration::from_millis)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.default_budget)
+            .min(self.max_budget);
         let deadline = Deadline::after_from(received, budget.saturating_sub(self.response_reserve));
         let answer_key = AnswerKey {
             publisher_id: publisher_id(&request).to_string(),

@@ -32,7 +32,7 @@ use cascade_proto::networkcaller::v1::{
     RunWaterfallRequest, RunWaterfallResponse, WaterfallImp, WaterfallResult,
 };
 use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
-use cascade_server::deadline::Deadline;
+use cascade_server::deadline::{CallTiming, Deadline};
 use cascade_server::settings::GrpcSettings;
 use cascade_server::wire::adjustment;
 use cascade_server::{GrpcServer, ServeError};
@@ -202,7 +202,7 @@ impl NetworkCaller for NetworkCallerService {
         &self,
         request: Request<CollectBidsRequest>,
     ) -> Result<Response<CollectBidsResponse>, Status> {
-        let deadline = Deadline::from_metadata(request.metadata(), self.default_budget);
+        let deadline = CallTiming::of(&request).deadline_or(self.default_budget);
         let request = request.into_inner();
         check_sizes(
             request.imps.iter().map(|imp| imp.asks.len()),
@@ -239,7 +239,7 @@ impl NetworkCaller for NetworkCallerService {
         &self,
         request: Request<RunWaterfallRequest>,
     ) -> Result<Response<RunWaterfallResponse>, Status> {
-        let deadline = Deadline::from_metadata(request.metadata(), self.default_budget);
+        let deadline = CallTiming::of(&request).deadline_or(self.default_budget);
         let request = request.into_inner();
         check_sizes(
             request.imps.iter().map(|imp| imp.ranked.len()),
