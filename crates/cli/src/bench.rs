@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use cascade_core::config::{MediatedBid, Network, SellingRule};
 use cascade_core::money::Micros;
 use cascade_core::targeting::{Filter, Targeting};
-use cascade_sandbox::{Behaviour, FakeNetworks, RedisServer, ServiceProcess};
+use cascade_sandbox::{Behaviour, FakeNetworks, RedisCluster, RedisServer, ServiceProcess};
 use cascade_state::Store;
 
 use crate::load::{LoadArgs, LoadResult, parse_duration};
@@ -310,6 +310,95 @@ async fn redis_outage(
     })
 }
 
+/// What the master-failover run saw.
+struct Failover {
+    rate: f64,
+    result: LoadResult,
+    /// From the kill to every surviving node saying the cluster is ok (a replica promoted).
+    promoted_after: Duration,
+    /// Most selections waiting in bid-intake's backlog.
+    peak: f64,
+    /// From the promotion to the backlog being empty.
+    emptied_after: Duration,
+}
+
+/// How long the failover run lasts: the kill comes after 1 s, the promotion 2–4 s later
+/// (the node timeout is 2 s), and the drain is watched under load after that.
+const FAILOVER_RUN: Duration = Duration::from_secs(12);
+
+/// Open loop at `rate` against a bid-intake whose state is `cluster` (three masters, a
+/// replica each): after 1 s one master is killed (SIGKILL), the cluster promotes its
+/// replica, and bid-intake's backlog is read every 50 ms until it is empty.
+async fn cluster_failover(
+    cluster: &mut RedisCluster,
+    bid_intake: &ServiceProcess,
+    load: &LoadArgs,
+    rate: f64,
+) -> anyhow::Result<Failover> {
+    let master = cluster.a_master().await?;
+    let args = LoadArgs {
+        rate: Some(rate.max(1.0) as u64),
+        deadline: Some(OVERLOAD_DEADLINE),
+        duration: FAILOVER_RUN,
+        target: format!("http://{}", bid_intake.addr),
+        ..load.clone()
+    };
+    let watch = async {
+        let backlog = || async {
+            let text = bid_intake.metrics().await.unwrap_or_default();
+            metric_value(&text, "cascade_selection_backlog").unwrap_or(0.0)
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.nodes[master].kill().await?;
+        let killed = tokio::time::Instant::now();
+        let survivors: Vec<&RedisServer> = (cluster.nodes.iter().enumerate())
+            .filter(|(index, _)| *index != master)
+            .map(|(_, node)| node)
+            .collect();
+        // The killed master is seen failed only after the node timeout; until then the
+        // others still say ok. Wait for the fail flag, then for every slot served again.
+        let mut peak: f64 = 0.0;
+        loop {
+            peak = peak.max(backlog().await);
+            let nodes = survivors[0].cli(&["cluster", "nodes"]).await?;
+            let failed = nodes.lines().any(|line| {
+                (line.split_whitespace().nth(2))
+                    .is_some_and(|flags| flags.split(',').any(|flag| flag == "fail"))
+            });
+            if failed {
+                break;
+            }
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(30),
+                "the cluster never marked the killed master failed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster
+            .wait_until_ok(&survivors, Duration::from_secs(30))
+            .await?;
+        let promoted = tokio::time::Instant::now();
+        loop {
+            let waiting = backlog().await;
+            peak = peak.max(waiting);
+            if waiting == 0.0 || promoted.elapsed() > Duration::from_secs(60) {
+                return anyhow::Ok((promoted - killed, peak, promoted.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let label = format!("decisions at {rate:.0}/s, a Redis Cluster master killed");
+    let (result, watched) = tokio::join!(measure(&label, &args), watch);
+    let (promoted_after, peak, emptied_after) = watched?;
+    Ok(Failover {
+        rate,
+        result: result?,
+        promoted_after,
+        peak,
+        emptied_after,
+    })
+}
+
 /// One open-loop run past the maximum.
 struct Overload {
     factor: u64,
@@ -390,10 +479,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         networks.set(&format!("bench-net-{k}"), behaviour);
     }
-    let configuration = configuration(&networks, args.rules, args.chain_depth)?;
-    let entities = configuration.selling_rules.len() + configuration.mediated_bids.len();
+    let bench_configuration = configuration(&networks, args.rules, args.chain_depth)?;
+    let entities =
+        bench_configuration.selling_rules.len() + bench_configuration.mediated_bids.len();
     cascade_state::RedisStore::connect(&redis.url())?
-        .apply_configuration(configuration, None)
+        .apply_configuration(bench_configuration.clone(), None)
         .await?;
 
     // A long poll interval: the figures count what decisions do, not what polls do.
@@ -411,10 +501,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ServiceProcess::start_binary(&network_caller_bin?, &format!("{state}{metrics}"), &quiet)
             .await?;
     let bid_intake_bin = bid_intake_bin?;
-    let bid_intake_settings = format!(
-        "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}{metrics}",
-        targeting.addr, auction.addr, network_caller.addr
-    );
+    let bid_intake_with = |state: &str| {
+        format!(
+            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\nnetwork_caller_addr = \"{}\"\n{state}{metrics}",
+            targeting.addr, auction.addr, network_caller.addr
+        )
+    };
+    let bid_intake_settings = bid_intake_with(&state);
     let bid_intake =
         ServiceProcess::start_binary(&bid_intake_bin, &bid_intake_settings, &quiet).await?;
     // A second bid-intake, the same in all but its decision log (segment files), for the
@@ -612,6 +705,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report_writes = delta("hincrby") + delta("expire");
 
     let outage = redis_outage(&redis, &bid_intake, &load, decide_max.throughput()).await?;
+    let failover = {
+        let mut cluster = RedisCluster::start_with_replicas(1)
+            .await
+            .context("starting a Redis Cluster with replicas")?;
+        cascade_state::RedisStore::connect_cluster(&cluster.urls())?
+            .apply_configuration(
+                configuration(&networks, args.rules, args.chain_depth)?,
+                None,
+            )
+            .await?;
+        let state = format!(
+            "[state]\nredis_cluster_nodes = {:?}\npoll_interval_ms = 60000\n",
+            cluster.urls()
+        );
+        let clustered =
+            ServiceProcess::start_binary(&bid_intake_bin, &bid_intake_with(&state), &quiet).await?;
+        cluster_failover(&mut cluster, &clustered, &load, decide_max.throughput()).await?
+    };
 
     println!();
     println!("| figure | decisions | echo chain | ratio | target |");
@@ -679,6 +790,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         outage.peak / outage.emptied_after.as_secs_f64().max(0.001),
         outage.result.errors.values().sum::<u64>(),
         outage.result.completed(),
+    );
+    println!(
+        "A Redis Cluster master killed (SIGKILL) under {:.0} decisions/s: its replica took over {:.1} s after, the selection backlog peaked at {:.0} and emptied {:.1} s after the takeover (draining {:.0} selections/s net of arrivals), {} decisions failed during the run ({} ok).",
+        failover.rate,
+        failover.promoted_after.as_secs_f64(),
+        failover.peak,
+        failover.emptied_after.as_secs_f64(),
+        failover.peak / failover.emptied_after.as_secs_f64().max(0.001),
+        failover.result.errors.values().sum::<u64>(),
+        failover.result.completed(),
     );
     println!();
     println!(

@@ -1,6 +1,6 @@
 //! Real `redis-server` processes for tests: each on a free loopback port with its own
-//! directory, stopped on drop; and a three-master Redis Cluster made of them with
-//! `redis-cli --cluster create`.
+//! directory, stopped on drop; and a three-master Redis Cluster (with replicas or not)
+//! made of them with `redis-cli --cluster create`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -282,32 +282,93 @@ async fn redis_cli(args: &[&str]) -> std::io::Result<String> {
     }
 }
 
-/// A Redis Cluster of three masters on loopback, created with
-/// `redis-cli --cluster create`, stopped on drop.
+/// A Redis Cluster of three masters on loopback, each with `replicas` replicas, created
+/// with `redis-cli --cluster create`, stopped on drop.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replica.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with_replicas(0).await
+    }
+
+    /// Three masters with `replicas` replicas each: a master killed is replaced by one of
+    /// its replicas once the others have missed it for the node timeout (2 s).
+    pub async fn start_with_replicas(replicas: usize) -> std::io::Result<Self> {
         let options = RedisOptions {
             durable: false,
             cluster_node: true,
         };
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             nodes.push(RedisServer::start_with(options).await?);
         }
         let addresses: Vec<String> = nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
+        let replicas = replicas.to_string();
         let mut args = vec!["--cluster", "create"];
         args.extend(addresses.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         redis_cli(&args).await?;
+        let cluster = Self { nodes };
+        cluster
+            .wait_until_ok(
+                &cluster.nodes.iter().collect::<Vec<_>>(),
+                Duration::from_secs(20),
+            )
+            .await?;
+        // A replica can take over only once it has synchronised with its master.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        for node in &nodes {
+        for node in &cluster.nodes {
+            loop {
+                let replication = node.cli(&["info", "replication"]).await?;
+                if replication.contains("role:master")
+                    || replication.contains("master_link_status:up")
+                {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(std::io::Error::other(format!(
+                        "a replica did not synchronise: {replication}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Every node's URL, as the seed list of a cluster client.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The index in [`RedisCluster::nodes`] of a node that is a master now.
+    pub async fn a_master(&self) -> std::io::Result<usize> {
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node
+                .cli(&["info", "replication"])
+                .await?
+                .contains("role:master")
+            {
+                return Ok(index);
+            }
+        }
+        Err(std::io::Error::other("the cluster has no master"))
+    }
+
+    /// Waits until every node of `nodes` says the cluster is ok (every slot served).
+    pub async fn wait_until_ok(
+        &self,
+        nodes: &[&RedisServer],
+        within: Duration,
+    ) -> std::io::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        for node in nodes {
             loop {
                 let info = node.cli(&["cluster", "info"]).await?;
                 if info.contains("cluster_state:ok") {
@@ -321,12 +382,7 @@ impl RedisCluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(Self { nodes })
-    }
-
-    /// Every node's URL, as the seed list of a cluster client.
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
+        Ok(())
     }
 }
 
