@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::support::{Cluster, banner_request, network_totals, run_cascade, sample, winner};
-use cascade_testkit::{OtlpCollector, ReceivedSpan};
+use cascade_testkit::{Attribute, OtlpCollector, ReceivedSpan, SpanStatus};
 use serde_json::json;
 
 const SERVICES: [&str; 4] = [
@@ -21,10 +21,9 @@ async fn decision_trace(collector: &OtlpCollector, request_id: &str) -> Vec<Rece
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let spans = collector.spans();
-        if let Some(decide) = spans
-            .iter()
-            .find(|s| s.name == "decide" && s.attribute("request.id") == Some(request_id))
-        {
+        if let Some(decide) = spans.iter().find(|s| {
+            s.name == "decide" && s.attribute("cascade.request.id").as_deref() == Some(request_id)
+        }) {
             let trace: Vec<ReceivedSpan> = spans
                 .iter()
                 .filter(|s| s.trace_id == decide.trace_id)
@@ -45,41 +44,59 @@ async fn decision_trace(collector: &OtlpCollector, request_id: &str) -> Vec<Rece
     }
 }
 
+/// A cluster of processes exporting to `collector` over `protocol`.
+async fn traced_cluster(collector: &OtlpCollector, protocol: &str) -> Cluster {
+    let endpoint = match protocol {
+        "grpc" => collector.grpc_endpoint(),
+        _ => collector.endpoint(),
+    };
+    // Telemetry is set up once per process from its environment: processes.
+    Cluster::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .start()
+        .await
+}
+
+fn server_span<'a>(trace: &'a [ReceivedSpan], service: &str) -> &'a ReceivedSpan {
+    trace
+        .iter()
+        .find(|s| s.service_name == service && s.kind == "server")
+        .unwrap_or_else(|| panic!("no server span of {service}: {trace:#?}"))
+}
+
 #[tokio::test]
 async fn one_decision_is_one_trace_across_the_four_services() {
     let collector = OtlpCollector::start().await.unwrap();
-    let endpoint = collector.endpoint();
-    // Telemetry is set up once per process from its environment: processes.
-    let cluster = Cluster::builder()
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .start()
-        .await;
+    let cluster = traced_cluster(&collector, "http/protobuf").await;
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "coolads");
 
     let trace = decision_trace(&collector, "req-1").await;
+    assert!(trace.iter().all(|s| s.transport == "http"));
     let by_id = |id: &[u8]| trace.iter().find(|s| s.span_id == id);
-    let server_span = |service: &str| {
-        trace
-            .iter()
-            .find(|s| s.service_name == service && s.attribute("rpc.system") == Some("grpc"))
-            .unwrap_or_else(|| panic!("no server span of {service}: {trace:#?}"))
-    };
 
     // bid-intake's server span is the root; the decision span is its child.
-    let root = server_span("bid-intake");
+    let root = server_span(&trace, "bid-intake");
     assert!(root.parent_span_id.is_empty(), "{root:?}");
     assert_eq!(
-        root.attribute("rpc.service"),
+        root.attribute("rpc.service").as_deref(),
         Some("cascade.decision.v1.BidIntake")
     );
     let decide = trace.iter().find(|s| s.name == "decide").unwrap();
     assert_eq!(decide.parent_span_id, root.span_id);
-    assert_eq!(decide.attribute("account.id"), Some("8953"));
-    assert_eq!(decide.attribute("winners"), Some("1"));
+    assert_eq!(
+        decide.attribute("cascade.account.id").as_deref(),
+        Some("8953")
+    );
+    assert_eq!(
+        decide.typed_attribute("cascade.winners"),
+        Some(&Attribute::Int(1))
+    );
 
-    // Every other service's server span is a child of the decision.
+    // Every other service's server span is the child of bid-intake's client span for
+    // the call, itself a child of the decision.
     for (service, rpc_service) in [
         (
             "targeting-evaluation",
@@ -88,19 +105,49 @@ async fn one_decision_is_one_trace_across_the_four_services() {
         ("auction", "cascade.auction.v1.Auction"),
         ("network-caller", "cascade.networkcaller.v1.NetworkCaller"),
     ] {
-        let span = server_span(service);
-        assert_eq!(span.attribute("rpc.service"), Some(rpc_service));
-        assert_eq!(span.parent_span_id, decide.span_id, "{service}: {span:?}");
+        let span = server_span(&trace, service);
+        assert_eq!(span.attribute("rpc.service").as_deref(), Some(rpc_service));
+        let client = by_id(&span.parent_span_id).expect("the caller's span is in the trace");
+        assert_eq!(client.kind, "client", "{service}: {client:?}");
+        assert_eq!(client.service_name, "bid-intake");
+        assert_eq!(
+            client.attribute("rpc.service").as_deref(),
+            Some(rpc_service)
+        );
+        assert_eq!(
+            client.parent_span_id, decide.span_id,
+            "{service}: {client:?}"
+        );
     }
 
     // The network attempt is a child of network-caller's span, with its outcome.
     let attempt = trace.iter().find(|s| s.name == "network.attempt").unwrap();
     let parent = by_id(&attempt.parent_span_id).expect("the attempt's parent is in the trace");
     assert_eq!(parent.service_name, "network-caller");
-    assert_eq!(attempt.attribute("network.id"), Some("coolads"));
-    assert_eq!(attempt.attribute("outcome"), Some("filled"));
+    assert_eq!(attempt.kind, "client");
+    assert_eq!(
+        attempt.attribute("cascade.network.id").as_deref(),
+        Some("coolads")
+    );
+    assert_eq!(
+        attempt.attribute("cascade.outcome").as_deref(),
+        Some("filled")
+    );
+    assert_eq!(
+        attempt.attribute("cascade.network.protocol").as_deref(),
+        Some("openrtb_http")
+    );
+    assert!(matches!(
+        attempt.typed_attribute("cascade.timeout_ms"),
+        Some(Attribute::Int(_))
+    ));
+    assert_eq!(
+        attempt.attribute("server.address").as_deref(),
+        Some("127.0.0.1")
+    );
 
-    // A custom network on the gRPC contract is called with the attempt as parent.
+    // A custom network on the gRPC contract is called with the attempt's client span
+    // (a child of the attempt) as parent.
     assert_eq!(cluster.networks.last_traceparent(), None);
     let mut custom = banner_request(json!([]));
     custom["request"]["id"] = json!("req-2");
@@ -114,12 +161,102 @@ async fn one_decision_is_one_trace_across_the_four_services() {
     let trace = decision_trace(&collector, "req-2").await;
     let attempt = trace
         .iter()
-        .find(|s| s.name == "network.attempt" && s.attribute("network.id") == Some("customnet"))
+        .find(|s| {
+            s.name == "network.attempt"
+                && s.attribute("cascade.network.id").as_deref() == Some("customnet")
+        })
         .unwrap();
+    let call = trace
+        .iter()
+        .find(|s| s.kind == "client" && s.parent_span_id == attempt.span_id)
+        .expect("the custom network's call has a client span");
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     assert_eq!(
         traceparent,
-        format!("00-{}-{}-01", hex(&attempt.trace_id), hex(&attempt.span_id))
+        format!("00-{}-{}-01", hex(&call.trace_id), hex(&call.span_id))
+    );
+}
+
+/// Over OTLP/gRPC, as most collectors are set up: every service's spans arrive, with
+/// the resource naming the version and the instance, statuses set by the RPC
+/// conventions, and no span for health checks.
+#[tokio::test]
+async fn spans_arrive_over_otlp_grpc_with_statuses_set() {
+    let collector = OtlpCollector::start().await.unwrap();
+    let cluster = traced_cluster(&collector, "grpc").await;
+    cluster.decide(&banner_request(json!([]))).await;
+    let trace = decision_trace(&collector, "req-1").await;
+    assert!(trace.iter().all(|s| s.transport == "grpc"));
+    for service in SERVICES {
+        let span = server_span(&trace, service);
+        assert_eq!(
+            span.typed_attribute("rpc.grpc.status_code"),
+            Some(&Attribute::Int(0)),
+            "{span:?}"
+        );
+        assert_eq!(span.status, SpanStatus::Unset);
+        assert_eq!(
+            span.resource_attribute("service.version"),
+            Some(&Attribute::String(env!("CARGO_PKG_VERSION").into()))
+        );
+        assert!(span.resource_attribute("service.instance.id").is_some());
+    }
+
+    // A malformed request: the server span says INVALID_ARGUMENT and stays unset (the
+    // caller's mistake, not the server's failure); the decision itself failed.
+    let mut malformed = banner_request(json!([]));
+    malformed["request"]["id"] = json!("req-bad");
+    malformed["request"]["imp"][0]["bidfloor"] = json!(-1);
+    cluster.decide_error(&malformed).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let spans = collector.spans();
+        if let Some(server) = spans.iter().find(|s| {
+            s.service_name == "bid-intake"
+                && s.kind == "server"
+                && s.typed_attribute("rpc.grpc.status_code") == Some(&Attribute::Int(3))
+        }) {
+            break server.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span of the refused call: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused.status, SpanStatus::Unset);
+    assert_eq!(refused.attribute("rpc.method").as_deref(), Some("Decide"));
+    let spans = collector.spans();
+    let failed = spans
+        .iter()
+        .find(|s| s.name == "decide" && s.parent_span_id == refused.span_id)
+        .expect("the refused call's decision span");
+    assert_eq!(failed.status, SpanStatus::Error);
+    assert!(failed.status_message.contains("bidfloor"), "{failed:?}");
+    assert!(
+        !spans.iter().any(|s| s
+            .attribute("rpc.service")
+            .is_some_and(|r| r.starts_with("grpc."))),
+        "health or reflection calls were traced"
+    );
+}
+
+/// A protocol the exporter cannot speak stops the service at start with the variable
+/// named, instead of exporting nothing without a word.
+#[tokio::test]
+async fn an_unknown_otlp_protocol_stops_the_service_at_start() {
+    let output = tokio::process::Command::new(cascade_testkit::process::binary_path("auction"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")
+        .env("CASCADE__GRPC__LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("thrift"),
+        "{stderr}"
     );
 }
 

@@ -57,8 +57,10 @@ async fn main() -> std::process::ExitCode {
         Command::Up(args) => {
             // One process for the four services: spans tell them apart by their
             // `rpc.service` attribute.
-            let _telemetry = cascade_server::telemetry::init("cascade");
-            up::run(args).await.map(|()| 0)
+            match cascade_server::telemetry::init("cascade") {
+                Ok(_telemetry) => up::run(args).await.map(|()| 0),
+                Err(error) => Err(error.into()),
+            }
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Report(args) => report::run(args).await,

@@ -39,7 +39,8 @@ impl GrpcNetworkAdapter {
         };
         // The call carries the attempt's trace context, so a network that traces joins
         // the decision's trace.
-        let mut client = CustomNetworkClient::new(cascade_server::telemetry::traced(channel))
+        let peer = cascade_server::telemetry::Peer::of_endpoint(call.endpoint);
+        let mut client = CustomNetworkClient::new(cascade_server::telemetry::traced(channel, peer))
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
         // The same request an OpenRTB network gets, in its typed form: members outside
         // OpenRTB 2.6 have no field there (ext objects do).

@@ -1,13 +1,22 @@
 //! Logs and traces. Logs go through `tracing` to stderr, filtered by `RUST_LOG` (default
 //! `info`), so stdout stays free for what a service prints for its operator.
 //!
-//! Traces are exported over OTLP (HTTP/protobuf) when the standard OpenTelemetry
-//! environment asks for it: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, `OTEL_SDK_DISABLED` not `true`,
-//! `OTEL_TRACES_EXPORTER` not `none`. The SDK reads the rest itself
-//! (`OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*` batch settings, `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`). Off, nothing is created per request: the gRPC layers
-//! below check [`exporting`] first.
+//! Traces are exported over OTLP when the standard OpenTelemetry environment asks for it:
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set,
+//! `OTEL_SDK_DISABLED` not `true`, `OTEL_TRACES_EXPORTER` not `none`. The protocol is
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (a
+//! collector's port 4317), `http/protobuf` (4318, the default, as the specification
+//! says) or `http/json`; any other value stops the service at start, never silently
+//! exports nothing. The SDK reads the rest itself (`OTEL_TRACES_SAMPLER[_ARG]`,
+//! `OTEL_BSP_*` batch settings, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`). Off,
+//! nothing is created per request: the gRPC layers below check [`exporting`] first.
+//!
+//! Spans follow OpenTelemetry's RPC conventions: a server span per incoming call and a
+//! client span per outgoing one (`rpc.system`, `rpc.service`, `rpc.method`,
+//! `rpc.grpc.status_code`, `server.address`, `server.port`), the status an error for the
+//! codes that are the server's failure (on server spans) or any failure (on client
+//! spans); health checks and reflection are not traced. Cascade's own attributes are
+//! under `cascade.*`, numbers as numbers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -54,19 +63,63 @@ fn export_requested() -> bool {
     endpoint_set && !env_is("OTEL_SDK_DISABLED", "true") && !env_is("OTEL_TRACES_EXPORTER", "none")
 }
 
+/// Why trace export could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("{variable}={value:?} is not an OTLP protocol: use grpc, http/protobuf or http/json")]
+    UnsupportedProtocol {
+        variable: &'static str,
+        value: String,
+    },
+    #[error("cannot build the OTLP trace exporter")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// The OTLP transport, as `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+/// The protocol the environment asks for: the traces variable first, then the general
+/// one, else `http/protobuf`.
+fn otlp_protocol(
+    read: impl Fn(&'static str) -> Option<String>,
+) -> Result<OtlpProtocol, TelemetryError> {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        let Some(value) = read(variable).filter(|value| !value.trim().is_empty()) else {
+            continue;
+        };
+        return match value.trim() {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            "http/json" => Ok(OtlpProtocol::HttpJson),
+            _ => Err(TelemetryError::UnsupportedProtocol { variable, value }),
+        };
+    }
+    Ok(OtlpProtocol::HttpProtobuf)
+}
+
 /// Installs logging, and trace export when the environment asks for it, for the process
 /// `service_name` (the resource's `service.name` unless `OTEL_SERVICE_NAME` is set). A
-/// second call in the same process changes nothing.
-pub fn init(service_name: &'static str) -> TelemetryGuard {
+/// second call in the same process changes nothing. Must run inside the Tokio runtime
+/// (the gRPC exporter's channel lives on it).
+pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     crate::metrics::install();
     let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(log_filter);
-    let provider = export_requested()
-        .then(|| build_provider(service_name))
-        .flatten();
+    let provider = match export_requested() {
+        true => Some(build_provider(service_name)?),
+        false => None,
+    };
     // Spans are exported at INFO whatever RUST_LOG says about logs.
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
@@ -79,7 +132,7 @@ pub fn init(service_name: &'static str) -> TelemetryGuard {
         .try_init()
         .is_ok();
     if !installed {
-        return TelemetryGuard(None);
+        return Ok(TelemetryGuard(None));
     }
     if provider.is_some() {
         opentelemetry::global::set_text_map_propagator(
@@ -88,30 +141,47 @@ pub fn init(service_name: &'static str) -> TelemetryGuard {
         EXPORTING.store(true, Ordering::Relaxed);
         tracing::info!(service_name, "exporting traces over OTLP");
     }
-    TelemetryGuard(provider)
+    Ok(TelemetryGuard(provider))
 }
 
-fn build_provider(service_name: &'static str) -> Option<SdkTracerProvider> {
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-    {
-        Ok(exporter) => exporter,
-        Err(error) => {
-            eprintln!("traces are not exported: cannot build the OTLP exporter: {error}");
-            return None;
-        }
-    };
+fn build_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match otlp_protocol(|name| std::env::var(name).ok())? {
+        OtlpProtocol::Grpc => builder.with_tonic().build(),
+        OtlpProtocol::HttpProtobuf => builder
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build(),
+        OtlpProtocol::HttpJson => builder
+            .with_http()
+            .with_protocol(Protocol::HttpJson)
+            .build(),
+    }
+    .map_err(TelemetryError::Exporter)?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(service_name);
     }
-    Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource.build())
-            .build(),
-    )
+    // What OTEL_RESOURCE_ATTRIBUTES says wins (a pod name as the instance id, say).
+    let named = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let names = |key: &str| named.split(',').any(|pair| pair.trim().starts_with(key));
+    if !names("service.version=") {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ));
+    }
+    if !names("service.instance.id=") {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            uuid::Uuid::new_v4().to_string(),
+        ));
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
 }
 
 /// Reads the W3C trace context from incoming HTTP/2 headers (gRPC metadata).
@@ -127,35 +197,53 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Writes the W3C trace context into outgoing gRPC metadata.
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+/// Writes the W3C trace context into outgoing HTTP/2 headers (gRPC metadata).
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
-impl Injector for MetadataInjector<'_> {
+impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            value.parse(),
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
         ) {
             self.0.insert(key, value);
         }
     }
 }
 
+/// Calls that are not the product's work: traced, they would fill the traces with
+/// probes (a kubelet or a balancer asks every few seconds) and grpcurl's lookups.
+fn is_untraced(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// `package.Service` and `Method` of a gRPC path (`/package.Service/Method`).
+fn rpc_names(path: &str) -> (&str, &str) {
+    let path = path.trim_start_matches('/');
+    path.split_once('/').unwrap_or((path, ""))
+}
+
 /// The span of one incoming gRPC call, a child of the caller's span when the call
-/// carries a W3C `traceparent`; disabled when traces are not exported.
+/// carries a W3C `traceparent`; disabled when traces are not exported and for health
+/// and reflection calls.
 pub fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
-    if !exporting() {
+    if !exporting() || is_untraced(request.uri().path()) {
         return tracing::Span::none();
     }
-    let path = request.uri().path().trim_start_matches('/');
-    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let path = request.uri().path();
+    let (service, method) = rpc_names(path);
+    let authority = request.uri().authority();
     let span = tracing::info_span!(
         "grpc.server",
-        otel.name = path,
+        otel.name = path.trim_start_matches('/'),
         otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = service,
         rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = authority.map(|a| a.host()),
+        server.port = authority.and_then(|a| a.port_u16()).map(i64::from),
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
@@ -164,34 +252,160 @@ pub fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
     span
 }
 
-/// A tonic client interceptor that sends the current span's context along, so the
-/// callee's spans join the caller's trace.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct InjectTraceContext;
+/// Whether a server span ends in error: per the RPC conventions, only for the codes that
+/// are the server's failure — a caller's mistake (`INVALID_ARGUMENT`, `NOT_FOUND`) or a
+/// shed call is the server doing its job.
+fn is_server_error(code: usize) -> bool {
+    use tonic::Code;
+    [
+        Code::Unknown,
+        Code::DeadlineExceeded,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+    ]
+    .iter()
+    .any(|failure| *failure as usize == code)
+}
 
-impl tonic::service::Interceptor for InjectTraceContext {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if exporting() {
-            let context = tracing::Span::current().context();
-            opentelemetry::global::get_text_map_propagator(|propagator| {
-                propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()))
-            });
-        }
-        Ok(request)
+/// Records a call's gRPC status on its span (server or client).
+fn record_status(span: &tracing::Span, code: usize, error: bool) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if error {
+        span.record("otel.status_code", "error");
+        span.record(
+            "otel.status_description",
+            GRPC_CODES.get(code).copied().unwrap_or("UNKNOWN"),
+        );
     }
 }
 
-/// A channel whose calls carry the trace context.
-pub type Traced<C> = tonic::service::interceptor::InterceptedService<C, InjectTraceContext>;
+/// Where a client's calls go, for its spans' `server.address` and `server.port`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    host: std::sync::Arc<str>,
+    port: Option<u16>,
+}
 
-/// A plain channel whose calls carry the trace context.
+impl Peer {
+    pub fn new(host: &str, port: Option<u16>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl Peer {
+    /// The host and port of an endpoint URL (`http://host:port/…`), the port implied by
+    /// the scheme when the URL has none.
+    pub fn of_endpoint(endpoint: &str) -> Self {
+        match endpoint.parse::<http::Uri>() {
+            Ok(uri) => {
+                let implied = match uri.scheme_str() {
+                    Some("https") => Some(443),
+                    Some("http") => Some(80),
+                    _ => None,
+                };
+                let host = uri.host().unwrap_or(endpoint);
+                Self::new(host, uri.port_u16().or(implied))
+            }
+            Err(_) => Self::new(endpoint, None),
+        }
+    }
+}
+
+impl From<&crate::channel::Target> for Peer {
+    fn from(target: &crate::channel::Target) -> Self {
+        Self::new(target.host(), Some(target.port()))
+    }
+}
+
+/// A channel whose calls each get a client span, carried to the callee as its W3C trace
+/// context, so that the callee's server span is the client span's child. Costs a branch
+/// when traces are not exported.
+#[derive(Clone, Debug)]
+pub struct Traced<C> {
+    inner: C,
+    peer: Peer,
+}
+
+/// A plain channel whose calls are traced.
 pub type TracedChannel = Traced<tonic::transport::Channel>;
 
-pub fn traced<C>(channel: C) -> Traced<C> {
-    tonic::service::interceptor::InterceptedService::new(channel, InjectTraceContext)
+pub fn traced<C>(channel: C, peer: Peer) -> Traced<C> {
+    Traced {
+        inner: channel,
+        peer,
+    }
+}
+
+impl<C, RB> tower::Service<http::Request<tonic::body::Body>> for Traced<C>
+where
+    C: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    RB: 'static,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        use tracing::Instrument as _;
+        if !exporting() {
+            let call = self.inner.call(request);
+            return Box::pin(async move { call.await.map_err(Into::into) });
+        }
+        let path = request.uri().path();
+        let (service, method) = rpc_names(path);
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = path.trim_start_matches('/'),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = &*self.peer.host,
+            server.port = self.peer.port.map(i64::from),
+        );
+        let context = span.context();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
+        });
+        let call = self.inner.call(request);
+        Box::pin(
+            async move {
+                let answer = call.await.map_err(Into::into);
+                // A unary failure comes as headers only, with its status there; a success
+                // has none in its headers (OK follows in the trailers).
+                // A failure under the channel is the transport's: UNAVAILABLE, as the
+                // balanced channel answers it.
+                let code = match &answer {
+                    Ok(response) => grpc_code_number(response.headers()),
+                    Err(error) => error
+                        .downcast_ref::<tonic::Status>()
+                        .map_or(tonic::Code::Unavailable, tonic::Status::code)
+                        as usize,
+                };
+                record_status(&tracing::Span::current(), code, code != 0);
+                answer
+            }
+            .instrument(span),
+        )
+    }
 }
 
 /// Puts every incoming gRPC call in its [`server_span`] and counts it, by method and
@@ -233,17 +447,16 @@ const GRPC_CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-/// The status of a response: a failure is sent as headers only (`grpc-status` there);
+/// The status code of a response: a failure is sent as headers only (`grpc-status` there);
 /// a success carries its status in trailers, after these headers.
-fn grpc_code(headers: &http::HeaderMap) -> &'static str {
+fn grpc_code_number(headers: &http::HeaderMap) -> usize {
     match headers.get("grpc-status") {
-        None => GRPC_CODES[0],
+        None => 0,
         Some(value) => value
             .to_str()
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
-            .and_then(|code| GRPC_CODES.get(code).copied())
-            .unwrap_or("UNKNOWN"),
+            .unwrap_or(tonic::Code::Unknown as usize),
     }
 }
 
@@ -269,8 +482,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         use tracing::Instrument as _;
         let span = server_span(&request);
-        let path = request.uri().path().trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let (service, method) = rpc_names(request.uri().path());
         // Shared, so that each metric's copy of the labels is a reference count.
         let (service, method): (std::sync::Arc<str>, std::sync::Arc<str>) =
             (service.into(), method.into());
@@ -280,11 +492,15 @@ where
             self.inner.call(request)
         };
         Box::pin(async move {
-            let response = response.instrument(span).await;
-            let code = match &response {
-                Ok(response) => grpc_code(response.headers()),
-                Err(_) => "UNKNOWN",
+            let response = response.instrument(span.clone()).await;
+            let number = match &response {
+                Ok(response) => grpc_code_number(response.headers()),
+                Err(_) => tonic::Code::Unknown as usize,
             };
+            if !span.is_disabled() {
+                record_status(&span, number, is_server_error(number));
+            }
+            let code = GRPC_CODES.get(number).copied().unwrap_or("UNKNOWN");
             let labels = [
                 metrics::Label::new("rpc_service", service),
                 metrics::Label::new("rpc_method", method),
@@ -298,5 +514,58 @@ where
             metrics::counter!("cascade_grpc_server_requests_total", labels.iter()).increment(1);
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protocol(vars: &[(&str, &str)]) -> Result<OtlpProtocol, TelemetryError> {
+        otlp_protocol(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    #[test]
+    fn the_traces_protocol_wins_over_the_general_one_and_http_protobuf_is_the_default() {
+        assert_eq!(protocol(&[]).unwrap(), OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            protocol(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap(),
+            OtlpProtocol::Grpc
+        );
+        assert_eq!(
+            protocol(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ])
+            .unwrap(),
+            OtlpProtocol::HttpJson
+        );
+        let error = protocol(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc/json")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"grpc/json\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn server_spans_fail_only_for_the_servers_own_failures() {
+        use tonic::Code;
+        for code in [Code::Internal, Code::Unavailable, Code::DeadlineExceeded] {
+            assert!(is_server_error(code as usize), "{code:?}");
+        }
+        for code in [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::ResourceExhausted,
+        ] {
+            assert!(!is_server_error(code as usize), "{code:?}");
+        }
     }
 }

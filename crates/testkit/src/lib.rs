@@ -16,4 +16,4 @@ pub use cascade_sandbox::{
 };
 pub use dns::{FakeDns, LOOPBACK_HOSTS, port_free_on_every_loopback_host};
 pub use host::Host;
-pub use otlp::{OtlpCollector, ReceivedSpan};
+pub use otlp::{Attribute, OtlpCollector, ReceivedSpan, SpanStatus};

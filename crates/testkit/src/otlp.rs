@@ -1,78 +1,162 @@
-//! A real OTLP trace receiver for tests: the OTLP/HTTP protobuf protocol
-//! (`POST /v1/traces`) on a free loopback port, keeping every span it receives.
+//! A real OTLP trace receiver for tests, speaking both transports a collector serves:
+//! OTLP/HTTP (`POST /v1/traces`, protobuf or JSON) and OTLP/gRPC
+//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`), each on a free
+//! loopback port, keeping every span it receives.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 
+/// An attribute's value, with its OTLP type kept: a number sent as a string is a bug.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attribute {
+    String(String),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    Other(String),
+}
+
+impl std::fmt::Display for Attribute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attribute::String(s) | Attribute::Other(s) => f.write_str(s),
+            Attribute::Int(i) => write!(f, "{i}"),
+            Attribute::Bool(b) => write!(f, "{b}"),
+            Attribute::Double(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// A span's status, as OTLP codes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanStatus {
+    Unset,
+    Ok,
+    Error,
+}
+
 /// One received span, flattened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ReceivedSpan {
     pub trace_id: Vec<u8>,
     pub span_id: Vec<u8>,
     /// Empty for a root span.
     pub parent_span_id: Vec<u8>,
     pub name: String,
+    /// `server`, `client`, `internal`, `producer`, `consumer` or `unspecified`.
+    pub kind: &'static str,
+    pub status: SpanStatus,
+    pub status_message: String,
     /// The `service.name` of the resource that sent it.
     pub service_name: String,
-    pub attributes: Vec<(String, String)>,
+    /// The resource's attributes.
+    pub resource: Vec<(String, Attribute)>,
+    pub attributes: Vec<(String, Attribute)>,
+    /// Which transport brought it: `http` or `grpc`.
+    pub transport: &'static str,
 }
 
 impl ReceivedSpan {
-    pub fn attribute(&self, key: &str) -> Option<&str> {
+    /// An attribute as text, whatever its type.
+    pub fn attribute(&self, key: &str) -> Option<String> {
+        self.typed_attribute(key).map(ToString::to_string)
+    }
+
+    pub fn typed_attribute(&self, key: &str) -> Option<&Attribute> {
         self.attributes
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
+    }
+
+    pub fn resource_attribute(&self, key: &str) -> Option<&Attribute> {
+        self.resource.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 }
 
+type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
+
 pub struct OtlpCollector {
-    addr: SocketAddr,
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    server: tokio::task::JoinHandle<()>,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    spans: Spans,
+    servers: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for OtlpCollector {
     fn drop(&mut self) {
-        self.server.abort();
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+struct GrpcReceiver(Spans);
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.0, request.into_inner(), "grpc");
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 impl OtlpCollector {
     pub async fn start() -> std::io::Result<Self> {
-        let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let spans: Spans = Arc::default();
         let received = spans.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
-            axum::routing::post(move |body: Bytes| {
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let received = received.clone();
-                async move { receive(&received, &body) }
+                async move { receive_http(&received, &headers, &body) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http_addr = http.local_addr()?;
+        let http_server = tokio::spawn(async move {
+            let _ = axum::serve(http, app).await;
+        });
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_addr = grpc.local_addr()?;
+        let receiver = TraceServiceServer::new(GrpcReceiver(spans.clone()));
+        let grpc_server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(receiver)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+                .await;
         });
         Ok(Self {
-            addr,
+            http_addr,
+            grpc_addr,
             spans,
-            server,
+            servers: [http_server, grpc_server],
         })
     }
 
-    /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say.
+    /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say for OTLP/HTTP.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.http_addr)
+    }
+
+    /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say for OTLP/gRPC.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
@@ -80,30 +164,80 @@ impl OtlpCollector {
     }
 }
 
-fn receive(spans: &Mutex<Vec<ReceivedSpan>>, body: &[u8]) -> axum::response::Response {
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+fn receive_http(spans: &Spans, headers: &HeaderMap, body: &[u8]) -> axum::response::Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let request = match json {
+        true => serde_json::from_slice::<ExportTraceServiceRequest>(body).ok(),
+        false => ExportTraceServiceRequest::decode(body).ok(),
+    };
+    let Some(request) = request else {
         return (StatusCode::BAD_REQUEST, "not an ExportTraceServiceRequest").into_response();
     };
+    keep(spans, request, "http");
+    match json {
+        true => (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}".to_string().into_bytes(),
+        )
+            .into_response(),
+        false => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        )
+            .into_response(),
+    }
+}
+
+fn keep(spans: &Spans, request: ExportTraceServiceRequest, transport: &'static str) {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode as Code;
     let mut received = Vec::new();
     for resource_spans in request.resource_spans {
-        let resource_attributes = resource_spans
+        let resource = resource_spans
             .resource
             .map(|r| flatten(r.attributes))
             .unwrap_or_default();
-        let service_name = resource_attributes
+        let service_name = resource
             .iter()
             .find(|(k, _)| k == "service.name")
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string())
             .unwrap_or_default();
         for scope_spans in resource_spans.scope_spans {
             for span in scope_spans.spans {
+                let kind = match SpanKind::try_from(span.kind) {
+                    Ok(SpanKind::Server) => "server",
+                    Ok(SpanKind::Client) => "client",
+                    Ok(SpanKind::Internal) => "internal",
+                    Ok(SpanKind::Producer) => "producer",
+                    Ok(SpanKind::Consumer) => "consumer",
+                    _ => "unspecified",
+                };
+                let (status, status_message) = match span.status {
+                    Some(status) => (
+                        match Code::try_from(status.code) {
+                            Ok(Code::Ok) => SpanStatus::Ok,
+                            Ok(Code::Error) => SpanStatus::Error,
+                            _ => SpanStatus::Unset,
+                        },
+                        status.message,
+                    ),
+                    None => (SpanStatus::Unset, String::new()),
+                };
                 received.push(ReceivedSpan {
                     trace_id: span.trace_id,
                     span_id: span.span_id,
                     parent_span_id: span.parent_span_id,
                     name: span.name,
+                    kind,
+                    status,
+                    status_message,
                     service_name: service_name.clone(),
+                    resource: resource.clone(),
                     attributes: flatten(span.attributes),
+                    transport,
                 });
             }
         }
@@ -112,26 +246,21 @@ fn receive(spans: &Mutex<Vec<ReceivedSpan>>, body: &[u8]) -> axum::response::Res
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .extend(received);
-    (
-        [(header::CONTENT_TYPE, "application/x-protobuf")],
-        ExportTraceServiceResponse::default().encode_to_vec(),
-    )
-        .into_response()
 }
 
 fn flatten(
     attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
-) -> Vec<(String, String)> {
+) -> Vec<(String, Attribute)> {
     attributes
         .into_iter()
         .map(|kv| {
             let value = match kv.value.and_then(|v| v.value) {
-                Some(AnyValue::StringValue(s)) => s,
-                Some(AnyValue::IntValue(i)) => i.to_string(),
-                Some(AnyValue::BoolValue(b)) => b.to_string(),
-                Some(AnyValue::DoubleValue(d)) => d.to_string(),
-                Some(other) => format!("{other:?}"),
-                None => String::new(),
+                Some(AnyValue::StringValue(s)) => Attribute::String(s),
+                Some(AnyValue::IntValue(i)) => Attribute::Int(i),
+                Some(AnyValue::BoolValue(b)) => Attribute::Bool(b),
+                Some(AnyValue::DoubleValue(d)) => Attribute::Double(d),
+                Some(other) => Attribute::Other(format!("{other:?}")),
+                None => Attribute::Other(String::new()),
             };
             (kv.key, value)
         })

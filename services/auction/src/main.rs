@@ -4,7 +4,7 @@ async fn main() -> anyhow::Result<()> {
         "auction",
         "auction: ranks every impression's candidates",
     )?;
-    let _telemetry = cascade_server::telemetry::init("auction");
+    let _telemetry = cascade_server::telemetry::init("auction")?;
     let listener = cascade_server::grpc::bind("auction", &settings.grpc).await?;
     cascade_auction::serve(settings, listener, cascade_server::shutdown::signal()).await?;
     Ok(())

@@ -157,17 +157,19 @@ fn decision_span(request: &DecideRequest) -> tracing::Span {
     }
     let bid_request = request.request.as_ref();
     let publisher = publisher_id(request);
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     tracing::info_span!(
         "decide",
-        request.id = bid_request.map(|r| r.id.as_str()).unwrap_or_default(),
-        account.id = publisher,
-        imps = bid_request.map_or(0, |r| r.imp.len()),
-        exchange_bids = request.exchange_bids.len(),
-        chained_selections = request.chained_selection_ids.len(),
-        config.version = tracing::field::Empty,
-        winners = tracing::field::Empty,
-        winning_sources = tracing::field::Empty,
-        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        cascade.request.id = bid_request.map(|r| r.id.as_str()).unwrap_or_default(),
+        cascade.account.id = publisher,
+        cascade.imps = count(bid_request.map_or(0, |r| r.imp.len())),
+        cascade.exchange_bids = count(request.exchange_bids.len()),
+        cascade.chained_selections = count(request.chained_selection_ids.len()),
+        cascade.config.version = tracing::field::Empty,
+        cascade.winners = tracing::field::Empty,
+        cascade.winning_sources = tracing::field::Empty,
     )
 }
 
@@ -213,12 +215,21 @@ fn record_outcome(span: &tracing::Span, response: &Result<DecideResponse, Decide
                 .filter_map(|d| d.winner.as_ref())
                 .map(|w| format!("{}:{}", w.source().as_str_name(), w.price_micros))
                 .collect();
-            span.record("config.version", response.config_version);
-            span.record("winners", winners.len());
-            span.record("winning_sources", winners.join(",").as_str());
+            span.record(
+                "cascade.config.version",
+                i64::try_from(response.config_version).unwrap_or(i64::MAX),
+            );
+            span.record(
+                "cascade.winners",
+                i64::try_from(winners.len()).unwrap_or(i64::MAX),
+            );
+            span.record("cascade.winning_sources", winners.join(",").as_str());
         }
+        // The decision failed, whoever's fault: an error of this operation (the server
+        // span's status follows the RPC conventions instead).
         Err(error) => {
-            span.record("error", error.to_string().as_str());
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", error.to_string().as_str());
         }
     }
 }

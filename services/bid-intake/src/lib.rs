@@ -204,10 +204,10 @@ pub async fn serve(
         log.clone(),
         billing_stopped,
     ));
-    let channel = |target: &Target| traced(resolver.channel(target.clone()));
+    let channel = |target: &Target| traced(resolver.channel(target.clone()), target.into());
     // Evaluate and Rank are pure functions of their request: a second copy to another
     // instance cannot do anything twice. RunWaterfall and CollectBids call networks.
-    let hedged = |target: &Target| traced(resolver.hedged_channel(target.clone()));
+    let hedged = |target: &Target| traced(resolver.hedged_channel(target.clone()), target.into());
     let admission = Admission::start(&settings.grpc.admission);
     let service = DecisionService {
         snapshot,

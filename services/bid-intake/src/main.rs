@@ -4,7 +4,7 @@ async fn main() -> anyhow::Result<()> {
         "bid-intake",
         "bid-intake: the decision API's front door",
     )?;
-    let _telemetry = cascade_server::telemetry::init("bid-intake");
+    let _telemetry = cascade_server::telemetry::init("bid-intake")?;
     let store = settings.state.open()?;
     let listener = cascade_server::grpc::bind("bid-intake", &settings.grpc).await?;
     cascade_bid_intake::serve(

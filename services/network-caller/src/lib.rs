@@ -13,8 +13,8 @@ use tracing::Instrument as _;
 
 use cascade_core::Micros;
 use cascade_core::ad_quality::{AdQuality, Creative};
-use cascade_core::config::Network;
 use cascade_core::config::NetworkMode;
+use cascade_core::config::{Network, NetworkProtocol};
 use cascade_core::money::Rates;
 use cascade_core::privacy::Signals;
 use cascade_core::report::{CallAnswer, ReportCell, call_counts};
@@ -494,8 +494,17 @@ impl NetworkCallerService {
             .await;
         let latency = started.elapsed();
         if !span.is_disabled() {
-            span.record("outcome", outcome.name());
-            span.record("latency_us", latency.as_micros() as u64);
+            span.record("cascade.outcome", outcome.name());
+            span.record(
+                "cascade.latency_us",
+                i64::try_from(latency.as_micros()).unwrap_or(i64::MAX),
+            );
+            // A network that failed (an error, a timeout) is an error of the call; no ad,
+            // or an ad the filters refuse, is an answer.
+            if matches!(outcome, AdOutcome::Error(_) | AdOutcome::Timeout) {
+                span.record("otel.status_code", "error");
+                span.record("otel.status_description", outcome.name());
+            }
         }
         record_call_metrics(&call.network.id, outcome.name(), Some(latency), &health);
         // A refused or cheap answer is still an answer: it never counts toward the breaker.
@@ -795,21 +804,33 @@ fn skip_code(skip: &HealthSkip) -> &'static str {
     }
 }
 
-/// The span of one network attempt; disabled when traces are not exported.
+/// The span of one network attempt; disabled when traces are not exported. An OpenRTB
+/// attempt is one HTTP POST: the span is its client span. A custom gRPC network's call
+/// gets a client span of its own under the attempt.
 fn attempt_span(call: &NetworkCall<'_>, timeout: Duration) -> tracing::Span {
     if !cascade_server::telemetry::exporting() {
         return tracing::Span::none();
     }
+    let (kind, protocol) = match call.network.protocol {
+        NetworkProtocol::OpenrtbHttp => ("client", "openrtb_http"),
+        NetworkProtocol::Grpc => ("internal", "grpc"),
+    };
+    let endpoint = call.network.endpoint.parse::<http::Uri>().ok();
+    let authority = endpoint.as_ref().and_then(http::Uri::authority);
     tracing::info_span!(
         "network.attempt",
-        otel.kind = "client",
-        network.id = call.network.id.as_str(),
-        network.protocol = ?call.network.protocol,
-        placement_id = call.placement_id,
-        impid = call.impid,
-        timeout_ms = timeout.as_millis() as u64,
-        outcome = tracing::field::Empty,
-        latency_us = tracing::field::Empty,
+        otel.kind = kind,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        server.address = authority.map(|a| a.host()),
+        server.port = authority.and_then(|a| a.port_u16()).map(i64::from),
+        cascade.network.id = call.network.id.as_str(),
+        cascade.network.protocol = protocol,
+        cascade.placement.id = call.placement_id,
+        cascade.imp.id = call.impid,
+        cascade.timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        cascade.outcome = tracing::field::Empty,
+        cascade.latency_us = tracing::field::Empty,
     )
 }
 

@@ -4,7 +4,7 @@ async fn main() -> anyhow::Result<()> {
         "network-caller",
         "network-caller: calls mediated networks, live bids and waterfalls",
     )?;
-    let _telemetry = cascade_server::telemetry::init("network-caller");
+    let _telemetry = cascade_server::telemetry::init("network-caller")?;
     let store = settings.state.open()?;
     let listener = cascade_server::grpc::bind("network-caller", &settings.grpc).await?;
     cascade_network_caller::serve(

@@ -5,7 +5,7 @@ async fn main() -> anyhow::Result<()> {
             "targeting-evaluation",
             "targeting-evaluation: selling rules and eligible demand per impression",
         )?;
-    let _telemetry = cascade_server::telemetry::init("targeting-evaluation");
+    let _telemetry = cascade_server::telemetry::init("targeting-evaluation")?;
     let store = settings.state.open()?;
     let listener = cascade_server::grpc::bind("targeting-evaluation", &settings.grpc).await?;
     cascade_targeting_evaluation::serve(
