@@ -262,8 +262,73 @@ async fn an_unknown_otlp_protocol_stops_the_service_at_start() {
 
 #[tokio::test]
 async fn every_service_serves_prometheus_metrics() {
-    // Metrics are per process: processes, each with its own.
-    let cluster = Cluster::builder().processes().start().await;
+    // Metrics are per process: processes, each with its own; on Redis, as deployed.
+    let redis = cascade_testkit::RedisServer::start().await.unwrap();
+    let cluster = Cluster::builder()
+        .on_redis(&redis.url())
+        .processes()
+        .start()
+        .await;
+
+    // Before any call: every family passes promtool's lint, and the series alerts use
+    // are there at zero, so that the first failure is an increase.
+    let processes = cluster.processes();
+    let every = std::iter::once(&processes.bid_intake).chain(processes.others.iter());
+    for service in every {
+        let text = service.metrics().await.unwrap();
+        promtool_check_metrics(&service.name, &text).await;
+        assert_eq!(
+            sample(
+                &text,
+                "cascade_build_info",
+                &[
+                    ("service", service.name.as_str()),
+                    ("version", env!("CARGO_PKG_VERSION"))
+                ]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            sample(&text, "process_resident_memory_bytes", &[]).is_some(),
+            "{text}"
+        );
+    }
+    let fresh = processes.bid_intake.metrics().await.unwrap();
+    for (name, labels) in [
+        ("cascade_decisions_total", &[("outcome", "failed")][..]),
+        ("cascade_decisions_total", &[("outcome", "shed")][..]),
+        (
+            "cascade_impressions_unfilled_total",
+            &[("reason", "deadline_exceeded")][..],
+        ),
+        (
+            "cascade_impressions_filled_total",
+            &[("source", "mediated_network")][..],
+        ),
+        ("cascade_redis_errors_total", &[][..]),
+        ("cascade_selection_backlog", &[][..]),
+        ("cascade_admission_shed_total", &[][..]),
+        (
+            "cascade_notices_total",
+            &[("kind", "billing"), ("outcome", "failed")][..],
+        ),
+        (
+            "cascade_grpc_server_requests_total",
+            &[
+                ("rpc_service", "cascade.decision.v1.BidIntake"),
+                ("rpc_method", "Decide"),
+                ("grpc_code", "UNAVAILABLE"),
+            ][..],
+        ),
+    ] {
+        assert_eq!(
+            sample(&fresh, name, labels),
+            Some(0.0),
+            "{name} {labels:?}: {fresh}"
+        );
+    }
+
     cluster.decide(&banner_request(json!([]))).await;
     cluster.decide(&banner_request(json!([]))).await;
     let mut malformed = banner_request(json!([]));
@@ -271,6 +336,32 @@ async fn every_service_serves_prometheus_metrics() {
     cluster.decide_error(&malformed).await;
 
     let bid_intake = cluster.processes().bid_intake.metrics().await.unwrap();
+    promtool_check_metrics("bid-intake", &bid_intake).await;
+    assert_eq!(
+        sample(
+            &bid_intake,
+            "cascade_decisions_total",
+            &[("outcome", "filled")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &bid_intake,
+            "cascade_decisions_total",
+            &[("outcome", "invalid")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &bid_intake,
+            "cascade_impressions_filled_total",
+            &[("source", "mediated_network")]
+        ),
+        Some(2.0),
+        "{bid_intake}"
+    );
     let decide = [
         ("rpc_service", "cascade.decision.v1.BidIntake"),
         ("rpc_method", "Decide"),
@@ -329,6 +420,31 @@ async fn every_service_serves_prometheus_metrics() {
         Some(1.0)
     );
     assert!(sample(&targeting, "cascade_snapshot_loaded_timestamp_seconds", &[]).is_some());
+}
+
+/// Runs `promtool check metrics` (from `$PROMTOOL`, which scripts/test sets) on what a
+/// service served: no family without HELP, no badly named counter, nothing malformed.
+async fn promtool_check_metrics(service: &str, text: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let promtool = std::env::var("PROMTOOL")
+        .expect("PROMTOOL is not set: run scripts/test, which installs promtool");
+    let mut child = tokio::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics on {service}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 const ADMIN_TOKEN: &str = "report-test-token";

@@ -37,6 +37,12 @@ impl Notifier {
     /// Notices go out through `client` (the networks' own, with their TLS roots), at
     /// most `max_in_flight` at once, each given `timeout`.
     pub fn new(client: reqwest::Client, max_in_flight: usize, timeout: Duration) -> Self {
+        for kind in [NoticeKind::Win, NoticeKind::Loss, NoticeKind::Billing] {
+            for outcome in ["fired", "failed", "dropped"] {
+                metrics::counter!("cascade_notices_total", "kind" => kind.name(), "outcome" => outcome)
+                    .absolute(0);
+            }
+        }
         Self {
             client,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),

@@ -95,6 +95,7 @@ impl GrpcServer {
         settings: &GrpcSettings,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        crate::metrics::register_calls(&self.service_names);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let health_names: Vec<&'static str> =
             self.service_names.iter().copied().chain([""]).collect();

@@ -110,7 +110,7 @@ fn otlp_protocol(
 /// second call in the same process changes nothing. Must run inside the Tokio runtime
 /// (the gRPC exporter's channel lives on it).
 pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
-    crate::metrics::install();
+    crate::metrics::install(service_name);
     let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer()

@@ -319,6 +319,7 @@ impl RedisStore {
     }
 
     fn new(target: Target, subscribers: Vec<redis::Client>) -> Self {
+        metrics::counter!("cascade_redis_errors_total").absolute(0);
         let changes = Arc::new(tokio::sync::watch::Sender::new(0));
         tokio::spawn(follow_announcements(subscribers, Arc::downgrade(&changes)));
         Self {

@@ -30,6 +30,7 @@ impl std::fmt::Debug for ReportRecorder {
 impl ReportRecorder {
     /// A recorder writing to `store` every `flush_interval`, until it is dropped.
     pub fn new(store: Arc<dyn Store>, flush_interval: Duration) -> Arc<Self> {
+        metrics::counter!("cascade_report_counts_dropped_total").absolute(0);
         let recorder = Arc::new(Self {
             store,
             pending: Mutex::default(),

@@ -51,6 +51,7 @@ impl SelectionWriter {
     /// `retry_interval`; a store that answers again is written to within that. The
     /// flushing task ends when the writer is dropped.
     pub fn new(store: Arc<dyn Store>, capacity: usize, retry_interval: Duration) -> Arc<Self> {
+        metrics::gauge!("cascade_selection_backlog").set(0.0);
         let writer = Arc::new(Self {
             store,
             backlog: Mutex::default(),

@@ -21,6 +21,7 @@ use cascade_proto::networkcaller::v1::{CollectBidsRequest, RunWaterfallRequest, 
 use cascade_proto::openrtb::v1::{BidRequest, SupplyChainNode};
 
 use crate::notices::{self, BidNotices, NoticeSettings};
+use crate::outcomes::{self, Outcome};
 use crate::plan;
 use crate::record::{self, Decided, ImpRecord};
 use cascade_log::DecisionLog;
@@ -91,10 +92,19 @@ impl BidIntake for DecisionService {
         let timing = CallTiming::of(&request);
         let retry = is_retry(request.metadata());
         let mut request = request.into_inner();
-        let openrtb_json = crate::normalize::openrtb_document(&mut request)?;
+        let openrtb_json = match crate::normalize::openrtb_document(&mut request) {
+            Ok(openrtb_json) => openrtb_json,
+            Err(error) => {
+                outcomes::count(Outcome::Invalid);
+                return Err(error.into());
+            }
+        };
         // Shed before any work; degraded, the decision calls no network.
         let degraded = match self.admission.verdict(publisher_id(&request)) {
-            Verdict::Shed => return Err(cascade_server::admission::overloaded()),
+            Verdict::Shed => {
+                outcomes::count(Outcome::Shed);
+                return Err(cascade_server::admission::overloaded());
+            }
             Verdict::Degrade => true,
             Verdict::Admit => false,
         };
@@ -122,9 +132,17 @@ impl BidIntake for DecisionService {
             .await;
         record_outcome(&span, &response);
         match response {
-            Ok(response) => Ok(Response::new(response)),
+            Ok(Answered::Decided(response)) => {
+                outcomes::count_answer(&response);
+                Ok(Response::new(response))
+            }
+            Ok(Answered::Replayed(response)) => {
+                outcomes::count(Outcome::Replayed);
+                Ok(Response::new(response))
+            }
             Err(error) => {
                 let status = Status::from(error);
+                outcomes::count(Outcome::of_refusal(status.code()));
                 if let Some((request_id, account_id)) = identity {
                     self.log.append(record::failed_decision_entry(
                         request_id, account_id, &status,
@@ -203,12 +221,12 @@ fn publisher_id(request: &DecideRequest) -> &str {
         .unwrap_or_default()
 }
 
-fn record_outcome(span: &tracing::Span, response: &Result<DecideResponse, DecideError>) {
+fn record_outcome(span: &tracing::Span, response: &Result<Answered, DecideError>) {
     if span.is_disabled() {
         return;
     }
     match response {
-        Ok(response) => {
+        Ok(Answered::Decided(response) | Answered::Replayed(response)) => {
             let winners: Vec<String> = response
                 .decisions
                 .iter()
@@ -253,6 +271,12 @@ struct Slot {
     logged_candidates: Vec<cascade_log::schema::Candidate>,
 }
 
+/// What a Decide answers: a decision made now, or a retry's first answer again.
+enum Answered {
+    Decided(DecideResponse),
+    Replayed(DecideResponse),
+}
+
 /// How a decision was asked for, beyond its request.
 struct Asked {
     /// When the call arrived: its budget runs from then.
@@ -271,7 +295,7 @@ impl DecisionService {
         mut request: DecideRequest,
         openrtb_json: Vec<u8>,
         asked: Asked,
-    ) -> Result<DecideResponse, DecideError> {
+    ) -> Result<Answered, DecideError> {
         let Asked {
             received,
             caller_budget,
@@ -307,7 +331,7 @@ impl DecisionService {
                 .await?;
             if let Some(first_answer) = first_answer {
                 match DecideResponse::decode(first_answer.as_slice()) {
-                    Ok(first_answer) => return Ok(first_answer),
+                    Ok(first_answer) => return Ok(Answered::Replayed(first_answer)),
                     Err(error) => {
                         tracing::warn!(%error, "a stored answer does not decode; deciding again")
                     }
@@ -514,7 +538,7 @@ impl DecisionService {
                 });
             self.log.append(record::decision_entry(decided, imps));
         }
-        Ok(response)
+        Ok(Answered::Decided(response))
     }
 
     /// Ranks every impression that has candidates, in one call to the auction.

@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod normalize;
 mod notices;
+mod outcomes;
 pub mod plan;
 mod record;
 
@@ -208,6 +209,7 @@ pub async fn serve(
     // Evaluate and Rank are pure functions of their request: a second copy to another
     // instance cannot do anything twice. RunWaterfall and CollectBids call networks.
     let hedged = |target: &Target| traced(resolver.hedged_channel(target.clone()), target.into());
+    outcomes::register();
     let admission = Admission::start(&settings.grpc.admission);
     let service = DecisionService {
         snapshot,

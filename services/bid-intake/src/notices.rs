@@ -255,6 +255,10 @@ pub async fn deliver_billing_notices(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
+    for outcome in ["delivered", "failed", "expired"] {
+        metrics::counter!("cascade_billing_notice_attempts_total", "outcome" => outcome)
+            .absolute(0);
+    }
     let poll = Duration::from_millis(settings.billing_poll_ms);
     loop {
         let now = cascade_state::now_unix_millis();

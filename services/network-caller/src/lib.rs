@@ -518,7 +518,14 @@ impl NetworkCallerService {
         attempt.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         tracing::debug!(network = %call.network.id, ?outcome, latency_us = attempt.latency_us, "network attempt");
         let answered = match outcome {
-            AdOutcome::Filled(ad) => Some(judge(&rates, *ad, call.floor, quality, attempt)),
+            AdOutcome::Filled(ad) => {
+                let judged = judge(&rates, *ad, call.floor, quality, attempt);
+                // What the network asked, whether or not the floor and filters took it:
+                // over its filled calls, the network's eCPM.
+                metrics::counter!("cascade_network_filled_price_micros_total", "network" => call.network.id.clone())
+                    .increment(u64::try_from(attempt.price_micros).unwrap_or(0));
+                Some(judged)
+            }
             AdOutcome::NoFill => {
                 attempt.outcome = AttemptOutcome::NoFill as i32;
                 None
