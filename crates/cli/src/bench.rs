@@ -205,6 +205,22 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// The seconds spent answering and the calls answered, over every method and code, of a
+/// service's `cascade_grpc_server_request_duration_seconds`.
+fn time_in_service(text: &str) -> (f64, f64) {
+    let total = |suffix: &str| -> f64 {
+        text.lines()
+            .filter(|line| {
+                line.starts_with(&format!(
+                    "cascade_grpc_server_request_duration_seconds_{suffix}{{"
+                )) && !line.contains("grpc.health")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (total("sum"), total("count"))
+}
+
 /// The `quantile` of bid-intake's own time to answer the calls it shed (its
 /// `cascade_grpc_server_request_duration_seconds` buckets for `RESOURCE_EXHAUSTED`), in
 /// seconds: the upper bound of the bucket it falls in.
@@ -541,6 +557,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         echo: false,
         deadline: None,
         quiet: false,
+        data_file: None,
+        output: crate::load::Output::Text,
     };
     println!(
         "cascade bench: {entities} selling rules and mediated bids, a chain of {} networks answering in {} ms, {} impression(s) x {} exchange bid(s), {} s per run",
@@ -624,11 +642,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             deadline: Some(OVERLOAD_DEADLINE),
             ..load.clone()
         };
+        let services = [&bid_intake, &targeting, &auction, &network_caller];
+        let mut time_before = Vec::new();
+        for service in services {
+            time_before.push(time_in_service(
+                &service.metrics().await.unwrap_or_default(),
+            ));
+        }
         let (measured, (queue_delay, shed_probability)) = tokio::join!(
             with_cpu(&service_pids, measure(&label, &overload_args)),
             midway
         );
         let (result, cpu) = measured?;
+        let mut time_in = Vec::new();
+        for (service, (seconds_before, calls_before)) in services.iter().zip(time_before) {
+            let (seconds, calls) = time_in_service(&service.metrics().await.unwrap_or_default());
+            time_in.push(format!(
+                "{} {:.1} ms",
+                service.name,
+                (seconds - seconds_before) * 1e3 / (calls - calls_before).max(1.0)
+            ));
+        }
+        println!(
+            "  mean time a call spent in each service: {}",
+            time_in.join(", ")
+        );
         println!(
             "  halfway: bid-intake's queueing delay {:.1} ms, shedding {:.0}%",
             queue_delay * 1e3,

@@ -21,11 +21,13 @@
 //! - Each call goes to the less loaded (fewer calls in flight) of two addresses picked at
 //!   random.
 //! - An address whose call fails at the transport level leaves the balancer at once and
-//!   wakes discovery, which probes it again. If the connection could not be made (the
+//!   wakes discovery, which probes it again — unless it is the last one in rotation: a
+//!   failure never leaves a service with no instance (the calls of a last instance that
+//!   is gone fail at once instead of waiting for one). If the connection could not be made (the
 //!   request never left), the call is retried once, on another address when there is
 //!   one: a killed pod costs no decision.
-//! - A hedged channel (for services whose calls are pure: targeting, auction) sends a
-//!   second copy of a call unanswered after the last second's 95th percentile latency,
+//! - A hedged channel (for services whose calls are pure: targeting, auction; with at
+//!   least two instances in rotation) sends a second copy of a call unanswered after the last second's 95th percentile latency,
 //!   and takes the first answer ([`crate::hedge`]): an instance that is stopped, not
 //!   gone, costs a few milliseconds instead of every call it was sent.
 //! - The buffer bounds the calls waiting for an address; the call's deadline covers that
@@ -37,7 +39,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -333,6 +335,7 @@ impl Resolver {
             resolution,
             wake: Arc::new(Notify::new()),
             failures: AtomicU64::new(0),
+            healthy: AtomicUsize::new(0),
         });
         let balance: Balance<_, http::Request<Body>> =
             Balance::new(UnboundedReceiverStream::new(discovered));
@@ -377,6 +380,9 @@ struct Discovery {
     /// How many members have failed so far: a refresh whose probes began before a
     /// failure must not put that member back on their word.
     failures: AtomicU64,
+    /// Members in the balancer not known to have failed: read (not locked) by every
+    /// hedged call, and before a member is taken out for losing races.
+    healthy: AtomicUsize,
 }
 
 /// A resolved address: its connection, and whether (and as which member) it is in the
@@ -521,6 +527,11 @@ impl Discovery {
             let in_rotation = serving.contains(addr);
             tracing::debug!(target = %self.target, %addr, in_rotation, "probed");
         }
+        let healthy = known
+            .values()
+            .filter(|entry| entry.is_healthy_member())
+            .count();
+        self.healthy.store(healthy, Ordering::Release);
         let target = self.target.to_string();
         metrics::gauge!("cascade_client_endpoints", "target" => target.clone(), "state" => "in_rotation")
             .set(serving.len() as f64);
@@ -626,27 +637,47 @@ struct Member {
     discovery: Weak<Discovery>,
 }
 
-/// Takes the member at `addr` out of the rotation (once) and has discovery probe it.
+/// Takes the member at `addr` out of the rotation (once) and has discovery probe it —
+/// unless it is the last healthy member. As with a health check that no instance passes
+/// (every resolved address stays in), a failure must never leave the service with no
+/// instance at all: an overloaded or briefly broken connection to the only instance there
+/// is would otherwise park every call in the buffer until its deadline (outlier
+/// ejection's "max ejection percent" of Envoy and gRPC). A last instance that is really
+/// gone fails its calls at once instead, which a caller can act on.
 fn leave_rotation(
     discovery: &Weak<Discovery>,
     failed: &AtomicBool,
     addr: SocketAddr,
     why: &dyn fmt::Display,
 ) {
-    let discovery = discovery.upgrade();
+    let Some(discovery) = discovery.upgrade() else {
+        return;
+    };
+    if failed.load(Ordering::Acquire) {
+        return;
+    }
+    let others_remain = discovery
+        .healthy
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n > 1).then(|| n - 1)
+        })
+        .is_ok();
+    if !others_remain {
+        tracing::debug!(target = %discovery.target, %addr, %why, "the last endpoint in rotation stays in");
+        return;
+    }
     // Counted before the member is marked, so that a refresh that sees it marked also
     // sees it counted.
-    if let Some(discovery) = &discovery {
-        discovery.failures.fetch_add(1, Ordering::AcqRel);
+    discovery.failures.fetch_add(1, Ordering::AcqRel);
+    if failed.swap(true, Ordering::AcqRel) {
+        // Another call marked it first and took its own count off.
+        discovery.healthy.fetch_add(1, Ordering::AcqRel);
+        return;
     }
-    if !failed.swap(true, Ordering::AcqRel)
-        && let Some(discovery) = discovery
-    {
-        tracing::warn!(target = %discovery.target, %addr, %why, "endpoint out of rotation until healthy");
-        metrics::counter!("cascade_client_endpoint_failures_total", "target" => discovery.target.to_string())
-            .increment(1);
-        discovery.wake.notify_one();
-    }
+    tracing::warn!(target = %discovery.target, %addr, %why, "endpoint out of rotation until healthy");
+    metrics::counter!("cascade_client_endpoint_failures_total", "target" => discovery.target.to_string())
+        .increment(1);
+    discovery.wake.notify_one();
 }
 
 /// Counts, on drop, a call that ended without an answer because a copy elsewhere won.
@@ -916,11 +947,13 @@ impl Service<http::Request<Body>> for BalancedChannel {
                 Err(status) => return Err(BoxError::from(status)),
             };
             let request = http::Request::from_parts(parts, body);
+            // A copy to the one instance there is would only double its work.
+            let others = discovery.healthy.load(Ordering::Acquire) > 1;
             match hedging {
-                Some(hedging) => {
+                Some(hedging) if others => {
                     send_hedged(calls, request, &hedging, &discovery.target, timeout).await
                 }
-                None => send(calls, request).await,
+                _ => send(calls, request).await,
             }
         };
         Box::pin(async move {
