@@ -4,6 +4,7 @@
 //! whole workspace instead of one per file.
 
 mod balancing;
+mod cli;
 mod decide;
 mod decision_log;
 mod deploy;

@@ -159,10 +159,15 @@ async fn check_apply(redis: Redis) {
     std::fs::write(file.path(), fast_ads_yaml(&cluster.networks)).unwrap();
     let path = file.path().to_str().unwrap();
     let diff = cascade_admin(&cluster, &["diff", "-f", path]).await;
+    // Each entity, then (indented) the fields it would bring.
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    let entities: Vec<&str> = shown.lines().filter(|l| !l.starts_with("    ")).collect();
     assert_eq!(
-        String::from_utf8_lossy(&diff.stdout),
-        "+ network fastads\n+ mediated_bid fastads-9.00\n"
+        entities,
+        ["+ network fastads", "+ mediated_bid fastads-9.00"],
+        "{shown}"
     );
+    assert!(shown.contains("    + cpm: \"9.00\""), "{shown}");
     assert_eq!(
         diff.status.code(),
         Some(1),

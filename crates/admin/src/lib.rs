@@ -3,6 +3,7 @@
 //! serves.
 
 pub mod convert;
+pub mod fields;
 mod reports;
 mod service;
 pub mod yaml;

@@ -33,12 +33,9 @@ const WRITE_ATTEMPTS: usize = 5;
 /// `cascade report`.
 #[derive(clap::Args)]
 pub struct ApiArgs {
-    /// The admin API: bid-intake's address.
-    #[arg(
-        long,
-        env = "CASCADE_ADMIN_TARGET",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    /// The admin API: bid-intake's address, `host:port` (TLS when `--ca-file` or
+    /// `--cert-file` is given) or a URL (`http://`, `https://`).
+    #[arg(long, env = "CASCADE_ADMIN_TARGET", default_value = "127.0.0.1:50051")]
     target: String,
     /// The admin bearer token (what bid-intake's admin_token is set to).
     #[arg(long, env = "CASCADE_ADMIN_TOKEN", hide_env_values = true)]
@@ -61,8 +58,10 @@ pub struct ApiArgs {
 impl ApiArgs {
     /// A channel to the admin API whose calls carry the token.
     pub async fn connect(&self) -> anyhow::Result<AuthorizedChannel> {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(self.target.clone())
-            .with_context(|| format!("--target {:?} is not a URL", self.target))?;
+        let tls = self.ca_file.is_some() || self.cert_file.is_some();
+        let target = crate::target::url(&self.target, tls);
+        let mut endpoint = tonic::transport::Endpoint::from_shared(target.clone())
+            .with_context(|| format!("--target {:?} is not host:port or a URL", self.target))?;
         let uri = endpoint.uri().clone();
         match uri.scheme_str() {
             Some("https") => {
@@ -90,7 +89,7 @@ impl ApiArgs {
         let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("cannot reach the admin API at {}", self.target))?;
+            .with_context(|| format!("cannot reach the admin API at {target}"))?;
         let token = format!("Bearer {}", self.token)
             .parse()
             .context("the admin token must be printable ASCII")?;
@@ -110,13 +109,17 @@ pub struct AdminArgs {
 
 #[derive(clap::Subcommand)]
 enum AdminCommand {
-    /// Print entities as YAML: all of them, one kind (`networks`), or one (`network coolads`).
+    /// Print entities: all of them, one kind (`networks`), or one (`network coolads`).
     Get {
         kind: Option<String>,
         id: Option<String>,
         /// Only this account's entities.
         #[arg(long)]
         account: Option<String>,
+        /// `yaml` (documents, the form `apply` reads) or `json` (an array of the same
+        /// objects, for jq).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
+        output: Format,
     },
     /// Create or replace every entity in the file, all or nothing.
     Apply {
@@ -126,7 +129,9 @@ enum AdminCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show what `apply` would change; exits 1 when something would.
+    /// Show what `apply` would change, entity by entity and field by field. Exits 0 when
+    /// nothing would change, 1 when something would, 2 or more on an error (as `kubectl
+    /// diff`).
     Diff {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
@@ -143,7 +148,16 @@ enum AdminCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
 type Client = AdminClient<AuthorizedChannel>;
+
+/// The exit code of `diff` when it could not tell (kubectl's: above 1).
+const DIFF_FAILED: u8 = 2;
 
 /// `localhost` or a loopback address: plaintext never leaves the machine.
 fn is_loopback(host: &str) -> bool {
@@ -172,11 +186,24 @@ impl tonic::service::Interceptor for Authorization {
 
 /// Runs `cascade admin`; returns the process exit code.
 pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
-    let mut client = AdminClient::new(args.api.connect().await?)
-        .max_decoding_message_size(cascade_admin::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(cascade_admin::MAX_MESSAGE_BYTES);
+    if let AdminCommand::Diff { file } = &args.command {
+        // 1 means "there are differences": an error must not look like one.
+        return Ok(match diff(&args.api, file).await {
+            Ok(differs) => u8::from(differs),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                DIFF_FAILED
+            }
+        });
+    }
+    let mut client = client(&args.api).await?;
     match args.command {
-        AdminCommand::Get { kind, id, account } => {
+        AdminCommand::Get {
+            kind,
+            id,
+            account,
+            output,
+        } => {
             let configuration = fetch(&mut client).await?;
             let kind = kind.as_deref().map(parse_kind).transpose()?;
             let entities: Vec<Entity> = configuration
@@ -189,7 +216,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
             if entities.is_empty() && id.is_some() {
                 bail!("not found");
             }
-            print!("{}", to_yaml(&entities)?);
+            match output {
+                Format::Yaml => print!("{}", to_yaml(&entities)?),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&entities)?),
+            }
             Ok(0)
         }
         AdminCommand::Apply { file, dry_run } => {
@@ -197,13 +227,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
             report(&response, dry_run);
             Ok(0)
         }
-        AdminCommand::Diff { file } => {
-            let response = apply_file(&mut client, &file, true).await?;
-            for change in &response.changes {
-                println!("{change}");
-            }
-            Ok(if response.changes.is_empty() { 0 } else { 1 })
-        }
+        AdminCommand::Diff { .. } => unreachable!("answered above"),
         AdminCommand::Delete {
             file,
             kind,
@@ -233,6 +257,45 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+async fn client(api: &ApiArgs) -> anyhow::Result<Client> {
+    Ok(AdminClient::new(api.connect().await?)
+        .max_decoding_message_size(cascade_admin::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cascade_admin::MAX_MESSAGE_BYTES))
+}
+
+/// Prints what applying `file` would change — each entity (`+`, `~`, `-`) and under it
+/// the fields that differ — after the server has validated it (a dry run); whether
+/// anything would.
+async fn diff(api: &ApiArgs, file: &Path) -> anyhow::Result<bool> {
+    let mut client = client(api).await?;
+    let entities = read_entities(file)?;
+    let before = fetch(&mut client).await?;
+    let mut after = before.clone();
+    for entity in &entities {
+        after.put_entity(entity.clone());
+    }
+    // The server checks the result as apply would (references, values).
+    let request = pb::ApplyConfigurationRequest {
+        configuration: Some(convert::configuration_to_proto(&after)),
+        expected_version: before.version,
+        dry_run: true,
+    };
+    client
+        .apply_configuration(request)
+        .await
+        .map_err(status_error)?;
+    let changes = cascade_core::entity::diff(&before, &after);
+    for change in &changes {
+        println!("{change}");
+        let old = before.entity(change.kind, &change.id);
+        let new = after.entity(change.kind, &change.id);
+        for field in cascade_admin::fields::field_changes(old.as_ref(), new.as_ref()) {
+            println!("    {field}");
+        }
+    }
+    Ok(!changes.is_empty())
 }
 
 /// Creates or replaces every entity of `file` in one write.

@@ -29,8 +29,9 @@ const REQUEST_POOL: u64 = 4_096;
 
 #[derive(clap::Args, Clone)]
 pub struct LoadArgs {
-    /// The gRPC address to load: bid-intake (or, with `--echo`, an echo chain).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The gRPC address to load, `host:port` or a URL: bid-intake (or, with `--echo`,
+    /// an echo chain).
+    #[arg(long, default_value = "127.0.0.1:50051")]
     pub target: String,
     /// How long to run (`30s`, `500ms`, `2m`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -65,6 +66,71 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Send this request (JSON) on every call instead of generated ones, its id suffixed
+    /// with the call's number: an OpenRTB bid request (an IAB example as it is), or a
+    /// Decide request in grpcurl's form (`{"request": {…}, "exchangeBids": […], …}`,
+    /// `openrtb` read as the bid request).
+    #[arg(short = 'D', long = "data-file", value_name = "FILE")]
+    pub data_file: Option<std::path::PathBuf>,
+    /// `text` for people, `json` for programs (one object: counts, rate, latency
+    /// percentiles, errors by code).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// A Decide request as a file gives it (grpcurl's JSON names or the proto's).
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RequestFile {
+    request: Option<cascade_proto::openrtb::v1::BidRequest>,
+    openrtb: Option<cascade_proto::openrtb::v1::BidRequest>,
+    #[serde(alias = "exchange_bids")]
+    exchange_bids: Vec<cascade_proto::openrtb::v1::BidResponse>,
+    #[serde(alias = "chained_selection_ids")]
+    chained_selection_ids: Vec<String>,
+    #[serde(alias = "key_values")]
+    key_values: std::collections::HashMap<String, String>,
+    debug: bool,
+}
+
+/// Reads `path` as one Decide request (see `--data-file`).
+pub fn read_request_file(path: &std::path::Path) -> anyhow::Result<DecideRequest> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let file: RequestFile = if document.get("imp").is_some() {
+        RequestFile {
+            request: Some(
+                serde_json::from_value(document)
+                    .with_context(|| format!("{}: not an OpenRTB bid request", path.display()))?,
+            ),
+            ..Default::default()
+        }
+    } else {
+        serde_json::from_value(document)
+            .with_context(|| format!("{}: not a Decide request", path.display()))?
+    };
+    let request = file.request.or(file.openrtb).with_context(|| {
+        format!(
+            "{}: neither an OpenRTB bid request (with imp) nor a Decide request with request",
+            path.display()
+        )
+    })?;
+    Ok(DecideRequest {
+        request: Some(request),
+        exchange_bids: file.exchange_bids,
+        chained_selection_ids: file.chained_selection_ids,
+        key_values: file.key_values,
+        debug: file.debug,
+        ..Default::default()
+    })
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -114,6 +180,27 @@ impl LoadResult {
     /// Every call answered, whatever the answer.
     pub fn answered(&self) -> u64 {
         self.completed() + self.errors.values().sum::<u64>()
+    }
+
+    /// The run as one JSON object, for programs.
+    pub fn to_json(&self, label: &str) -> serde_json::Value {
+        let quantiles = |histogram: &Histogram<u64>| {
+            let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
+            serde_json::json!({
+                "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99_9": ms(0.999),
+                "max": histogram.max() as f64 / 1_000.0,
+            })
+        };
+        serde_json::json!({
+            "label": label,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "ok": self.completed(),
+            "answered": self.answered(),
+            "throughput_per_s": self.throughput(),
+            "latency_ms": quantiles(&self.latencies),
+            "errors": self.errors,
+            "shed_latency_ms": (!self.shed_latencies.is_empty()).then(|| quantiles(&self.shed_latencies)),
+        })
     }
 
     pub fn print(&self, label: &str) {
@@ -192,7 +279,7 @@ pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
 async fn channels(target: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
-        let channel = tonic::transport::Endpoint::from_shared(target.to_string())
+        let channel = tonic::transport::Endpoint::from_shared(crate::target::url(target, false))
             .with_context(|| format!("--target {target:?} is not a URL"))?
             .tcp_nodelay(true)
             .connect()
@@ -227,15 +314,21 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         let clients: Vec<_> = channels.into_iter().map(BidIntakeClient::new).collect();
         // Made before the run, so that the generator's own cost does not cap the rate it
         // can send; every call still gets an id of its own.
-        let pool: Arc<Vec<DecideRequest>> =
-            Arc::new((0..REQUEST_POOL).map(|n| decide_request(args, n)).collect());
+        let pool: Arc<Vec<DecideRequest>> = Arc::new(match &args.data_file {
+            Some(path) => vec![read_request_file(path)?],
+            None => (0..REQUEST_POOL).map(|n| decide_request(args, n)).collect(),
+        });
+        let from_file = args.data_file.is_some();
         let deadline = args.deadline;
         Ok(drive(args, move || {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let mut client = clients[n as usize % clients.len()].clone();
             let mut request = pool[n as usize % pool.len()].clone();
             if let Some(bid_request) = request.request.as_mut() {
-                bid_request.id = format!("load-{n}");
+                bid_request.id = match from_file {
+                    true => format!("{}-{n}", bid_request.id),
+                    false => format!("load-{n}"),
+                };
             }
             let mut request = tonic::Request::new(request);
             if let Some(deadline) = deadline {
@@ -394,6 +487,31 @@ fn progress_bar(args: &LoadArgs, done: Arc<AtomicU64>) -> Option<tokio::task::Jo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_files_are_openrtb_or_decide_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let openrtb = dir.path().join("openrtb.json");
+        std::fs::write(
+            &openrtb,
+            r#"{"id": "r1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}], "site": {"publisher": {"id": "8953"}}}"#,
+        )
+        .unwrap();
+        let request = read_request_file(&openrtb).unwrap();
+        assert_eq!(request.request.unwrap().imp.len(), 1);
+        let decide = dir.path().join("decide.json");
+        std::fs::write(
+            &decide,
+            r#"{"request": {"id": "r2", "imp": [{"id": "1"}]}, "exchangeBids": [{"id": "r2", "seatbid": []}], "keyValues": {"section": "sport"}}"#,
+        )
+        .unwrap();
+        let request = read_request_file(&decide).unwrap();
+        assert_eq!(request.exchange_bids.len(), 1);
+        assert_eq!(request.key_values["section"], "sport");
+        let neither = dir.path().join("neither.json");
+        std::fs::write(&neither, r#"{"debug": true}"#).unwrap();
+        assert!(read_request_file(&neither).is_err());
+    }
 
     #[test]
     fn durations_parse_with_their_units() {

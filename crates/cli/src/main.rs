@@ -7,6 +7,7 @@ mod load;
 mod log;
 mod replay;
 mod report;
+mod target;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -67,7 +68,11 @@ async fn main() -> std::process::ExitCode {
         Command::Log(args) => log::run(args).await.map(|()| 0),
         Command::Replay(args) => replay::run(args).await.map(|()| 0),
         Command::Load(args) => load::run(&args).await.map(|result| {
-            result.print(if args.echo { "echo chain" } else { "decisions" });
+            let label = if args.echo { "echo chain" } else { "decisions" };
+            match args.output {
+                load::Output::Text => result.print(label),
+                load::Output::Json => println!("{}", result.to_json(label)),
+            }
             0
         }),
         Command::EchoChain(args) => echo::run(args).await.map(|()| 0),

@@ -24,8 +24,10 @@ pub struct UpArgs {
     /// is replaced by the demo network's address).
     #[arg(long)]
     configuration: Option<PathBuf>,
-    /// How a demo network answers: NAME=fill|no-fill|empty|error|malformed|slow.
-    /// Repeatable; networks not named fill.
+    /// How a demo network answers: NAME=fill|no-fill|empty|error|malformed|huge|reset|slow
+    /// (an ad; no bid; an empty seatbid; HTTP 500; a body that is not OpenRTB; a body over
+    /// the size limit; the connection reset mid-answer; an ad after 400 ms). Repeatable;
+    /// networks not named fill.
     #[arg(long = "demo-network", value_name = "NAME=BEHAVIOUR")]
     demo_networks: Vec<String>,
     /// Use Redis (`redis://HOST:PORT`) as the shared state instead of the embedded
@@ -73,7 +75,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .and_then(|(name, behaviour)| Some((name, Behaviour::parse(behaviour)?)))
             .with_context(|| {
                 format!(
-                    "--demo-network {spec:?}: expected NAME=fill|no-fill|empty|error|malformed|slow"
+                    "--demo-network {spec:?}: expected NAME={}",
+                    Behaviour::NAMES.join("|")
                 )
             })?;
         networks.set(name, behaviour);
@@ -228,4 +231,24 @@ fn print_banner(cluster: &InProcessCluster, demo_network: &str, admin_token: &st
     println!("cascade admin get networks");
     println!();
     println!("Stop with Ctrl-C.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_network_help_names_every_behaviour() {
+        let command = <UpArgs as clap::Args>::augment_args(clap::Command::new("up"));
+        let help = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "demo_networks")
+            .and_then(|arg| arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        for name in Behaviour::NAMES {
+            assert!(help.contains(name), "{name} missing from: {help}");
+            assert!(Behaviour::parse(name).is_some(), "{name}");
+        }
+    }
 }

@@ -72,6 +72,18 @@ pub enum Behaviour {
 impl Behaviour {
     /// Parses `fill`, `no-fill`, `empty`, `error`, `malformed`, `huge`, `reset` or `slow`
     /// (400 ms, then fill).
+    /// Every behaviour [`Behaviour::parse`] knows by name.
+    pub const NAMES: [&'static str; 8] = [
+        "fill",
+        "no-fill",
+        "empty",
+        "error",
+        "malformed",
+        "huge",
+        "reset",
+        "slow",
+    ];
+
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "fill" => Behaviour::Fill,
