@@ -113,7 +113,12 @@ async fn calls_spread_over_every_instance_and_survive_one_killed() {
     setup.decide(40).await;
     let (first, second) = (&setup.instances[0], &setup.instances[1]);
     let (on_first, on_second) = (evaluations(first).await, evaluations(second).await);
-    assert_eq!(on_first + on_second, 40);
+    // A call slower than the last second's p95 may be hedged to the other instance
+    // (hedges are capped at a tenth of the calls).
+    assert!(
+        (40..=44).contains(&(on_first + on_second)),
+        "{on_first} + {on_second} evaluations for 40 decisions"
+    );
     assert!(
         on_first >= 10 && on_second >= 10,
         "calls not spread: {on_first} and {on_second}"
