@@ -72,7 +72,7 @@ pub const FAMILIES: &[Family] = &[
     family(
         "cascade_impressions_filled_price_micros_total",
         Kind::Counter,
-        "What the impressions sold were sold at, in micros (CPM) of the decision's currency, by winning kind of demand and currency: divided by cascade_impressions_filled_total, the eCPM.",
+        "What the impressions sold were sold at, in USD micros (CPM; the auction's currency), by winning kind of demand: divided by cascade_impressions_filled_total, the eCPM.",
     ),
     family(
         "cascade_impressions_unfilled_total",

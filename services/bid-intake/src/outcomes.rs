@@ -100,17 +100,7 @@ fn reason_label(reason: NoFillReason) -> &'static str {
     }
 }
 
-/// An ISO 4217 code as a label; anything else is `other`, so that a caller cannot grow
-/// the label's values.
-fn currency_label(currency: &str) -> String {
-    match currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        true => currency.to_string(),
-        false => "other".to_string(),
-    }
-}
-
-/// Registers every series an alert may use at zero (prices appear with the first sale
-/// in their currency).
+/// Registers every series an alert may use at zero.
 pub(crate) fn register() {
     for outcome in OUTCOMES {
         metrics::counter!("cascade_decisions_total", "outcome" => outcome.name()).absolute(0);
@@ -118,6 +108,8 @@ pub(crate) fn register() {
     for source in SOURCES {
         let source = source_label(source);
         metrics::counter!("cascade_impressions_filled_total", "source" => source).absolute(0);
+        metrics::counter!("cascade_impressions_filled_price_micros_total", "source" => source)
+            .absolute(0);
     }
     for reason in REASONS {
         metrics::counter!("cascade_impressions_unfilled_total", "reason" => reason_label(reason))
@@ -139,12 +131,10 @@ pub(crate) fn count_answer(response: &DecideResponse) {
                 let source = source_label(winner.source());
                 metrics::counter!("cascade_impressions_filled_total", "source" => source)
                     .increment(1);
-                metrics::counter!(
-                    "cascade_impressions_filled_price_micros_total",
-                    "source" => source,
-                    "currency" => currency_label(&winner.cur),
-                )
-                .increment(u64::try_from(winner.price_micros).unwrap_or(0));
+                // Winners are priced in the auction's currency (USD), whatever their
+                // source bid in.
+                metrics::counter!("cascade_impressions_filled_price_micros_total", "source" => source)
+                    .increment(u64::try_from(winner.price_micros).unwrap_or(0));
             }
             // A client-mode decision hands its chain to the client: nothing is sold here
             // yet, and nothing is counted as unfilled either.
@@ -174,14 +164,6 @@ mod tests {
         assert_eq!(Outcome::of_refusal(Code::ResourceExhausted), Outcome::Shed);
         assert_eq!(Outcome::of_refusal(Code::DeadlineExceeded), Outcome::Failed);
         assert_eq!(Outcome::of_refusal(Code::Unavailable), Outcome::Failed);
-    }
-
-    #[test]
-    fn currencies_are_codes_or_other() {
-        assert_eq!(currency_label("EUR"), "EUR");
-        assert_eq!(currency_label("eur"), "other");
-        assert_eq!(currency_label("EURO"), "other");
-        assert_eq!(currency_label(""), "other");
     }
 
     #[test]
