@@ -350,8 +350,13 @@ where
 {
     type Response = C::Response;
     type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>,
+    /// The channel's own future when traces are off (no allocation per call), a boxed
+    /// traced one when they are on.
+    type Future = futures::future::Either<
+        futures::future::ErrInto<C::Future, Self::Error>,
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>,
+        >,
     >;
 
     fn poll_ready(
@@ -362,10 +367,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::TryFutureExt as _;
         use tracing::Instrument as _;
         if !exporting() {
-            let call = self.inner.call(request);
-            return Box::pin(async move { call.await.map_err(Into::into) });
+            return futures::future::Either::Left(self.inner.call(request).err_into());
         }
         let path = request.uri().path();
         let (service, method) = rpc_names(path);
@@ -386,7 +391,7 @@ where
             propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
         });
         let call = self.inner.call(request);
-        Box::pin(
+        futures::future::Either::Right(Box::pin(
             async move {
                 let answer = call.await.map_err(Into::into);
                 // A unary failure comes as headers only, with its status there; a success
@@ -404,7 +409,7 @@ where
                 answer
             }
             .instrument(span),
-        )
+        ))
     }
 }
 
