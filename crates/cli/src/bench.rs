@@ -255,6 +255,13 @@ fn shed_quantile(text: &str, quantile: f64) -> Option<f64> {
         })
 }
 
+/// The selections waiting in `bid_intake`'s backlog now (0 when its metrics cannot be
+/// read).
+async fn backlog_of(bid_intake: &ServiceProcess) -> f64 {
+    let text = bid_intake.metrics().await.unwrap_or_default();
+    metric_value(&text, "cascade_selection_backlog").unwrap_or(0.0)
+}
+
 /// How long Redis hangs in the outage run.
 const REDIS_OUTAGE: Duration = Duration::from_secs(3);
 
@@ -290,10 +297,7 @@ async fn redis_outage(
         ..load.clone()
     };
     let watch = async {
-        let backlog = || async {
-            let text = bid_intake.metrics().await.unwrap_or_default();
-            metric_value(&text, "cascade_selection_backlog").unwrap_or(0.0)
-        };
+        let backlog = || backlog_of(bid_intake);
         tokio::time::sleep(Duration::from_secs(1)).await;
         signal("-STOP");
         let resumed_at = tokio::time::Instant::now() + REDIS_OUTAGE;
@@ -360,10 +364,7 @@ async fn cluster_failover(
         ..load.clone()
     };
     let watch = async {
-        let backlog = || async {
-            let text = bid_intake.metrics().await.unwrap_or_default();
-            metric_value(&text, "cascade_selection_backlog").unwrap_or(0.0)
-        };
+        let backlog = || backlog_of(bid_intake);
         tokio::time::sleep(Duration::from_secs(1)).await;
         cluster.nodes[master].kill().await?;
         let killed = tokio::time::Instant::now();
