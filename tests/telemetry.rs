@@ -241,6 +241,20 @@ async fn spans_arrive_over_otlp_grpc_with_statuses_set() {
     );
 }
 
+/// OTLP/HTTP with JSON bodies, the third protocol the specification names.
+#[tokio::test]
+async fn spans_arrive_over_otlp_http_json() {
+    let collector = OtlpCollector::start().await.unwrap();
+    let cluster = traced_cluster(&collector, "http/json").await;
+    cluster.decide(&banner_request(json!([]))).await;
+    let trace = decision_trace(&collector, "req-1").await;
+    assert!(trace.iter().all(|s| s.transport == "http"));
+    assert_eq!(
+        server_span(&trace, "auction").typed_attribute("rpc.grpc.status_code"),
+        Some(&Attribute::Int(0))
+    );
+}
+
 /// A protocol the exporter cannot speak stops the service at start with the variable
 /// named, instead of exporting nothing without a word.
 #[tokio::test]
