@@ -740,7 +740,10 @@ impl Service<http::Request<Body>> for Member {
                 }
                 Err(error) => {
                     let error: BoxError = error.into();
-                    leave_rotation(&watch.discovery, &watch.failed, watch.addr, &error);
+                    // The call's own deadline ending says nothing of the instance.
+                    if !timed_out(&*error) {
+                        leave_rotation(&watch.discovery, &watch.failed, watch.addr, &error);
+                    }
                     Err(error)
                 }
             }
@@ -977,11 +980,19 @@ impl Service<http::Request<Body>> for BalancedChannel {
 /// `CANCELLED` when hyper gives up the calls of a closed connection; gRPC's own clients
 /// report them `UNAVAILABLE`, which is what they are: the call may work on another
 /// instance, and the caller may retry (bid-intake tells its gateway the same).
+///
+/// One exception: tonic's client enforces the request's own `grpc-timeout` and reports
+/// it expiring (`TimeoutExpired`) as `CANCELLED`. That is the deadline, not a lost
+/// connection, so it is `DEADLINE_EXCEEDED`: the caller ran out of time and must not
+/// read it as an instance to avoid or a call to retry.
 fn transport_status(error: BoxError) -> BoxError {
     let error = match error.downcast::<tonic::Status>() {
         Ok(status) => return status,
         Err(error) => error,
     };
+    if timed_out(&*error) {
+        return Box::new(tonic::Status::deadline_exceeded("deadline exceeded"));
+    }
     match tonic::Status::try_from_error(error) {
         Ok(status) if !matches!(status.code(), Code::Unknown | Code::Cancelled) => Box::new(status),
         Ok(status) => Box::new(tonic::Status::unavailable(format!(
@@ -993,6 +1004,17 @@ fn transport_status(error: BoxError) -> BoxError {
             crate::status::chain(&*error)
         ))),
     }
+}
+
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -1057,6 +1079,13 @@ mod tests {
         assert_eq!(code(Box::new(refused)), Code::Unavailable);
         let late: BoxError = tonic::Status::deadline_exceeded("deadline exceeded").into();
         assert_eq!(code(late), Code::DeadlineExceeded);
+        let expired: BoxError = Box::new(tonic::TimeoutExpired(()));
+        assert_eq!(code(expired), Code::DeadlineExceeded);
+        #[derive(Debug, thiserror::Error)]
+        #[error("the member's call failed")]
+        struct Wrapped(#[source] tonic::TimeoutExpired);
+        let expired_inside: BoxError = Box::new(Wrapped(tonic::TimeoutExpired(())));
+        assert_eq!(code(expired_inside), Code::DeadlineExceeded);
         let exhausted: BoxError = tonic::Status::resource_exhausted("shed").into();
         assert_eq!(code(exhausted), Code::ResourceExhausted);
     }

@@ -3,7 +3,8 @@
 //! hold a call past its deadline, calls prefer the instance with fewer in flight, a call
 //! that could not connect goes elsewhere, an address whose call failed is probed again
 //! at once, instances that all say NOT_SERVING are still called, and a hedged channel
-//! gets past an instance that stopped answering and takes it out of the rotation.
+//! gets past an instance that stopped answering and takes it out of the rotation; a call
+//! that runs out of time says so (`DEADLINE_EXCEEDED`), not that the instance is gone.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -307,4 +308,30 @@ async fn a_hedged_channel_gets_past_a_stopped_instance_and_drops_it() {
     let reached_after = stopping.load(Ordering::Relaxed) - reached_before;
     assert!(reached_after <= 3, "{reached_after} calls reached it");
     assert!(other.load(Ordering::Relaxed) >= 40);
+}
+
+#[tokio::test]
+async fn a_call_that_runs_out_of_time_is_deadline_exceeded_not_unavailable() {
+    let port = port_free_on_every_loopback_host();
+    let slow = serve(
+        HOSTS[0],
+        port,
+        Duration::from_millis(300),
+        ServingStatus::Serving,
+    )
+    .await;
+    let dns = FakeDns::start().await.unwrap();
+    dns.set(NAME, &[HOSTS[0]]);
+    let mut client = client_of(&dns, port).await;
+    // The connection is open before the short calls, so they fail on their deadline alone.
+    balanced_call(&mut client).await;
+    for _ in 0..3 {
+        let status = client
+            .check(balanced_request(Duration::from_millis(40)))
+            .await
+            .unwrap_err();
+        // The caller ran out of time: not an instance to avoid, not a call to retry.
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    }
+    assert_eq!(slow.load(Ordering::Relaxed), 4);
 }
