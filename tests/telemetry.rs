@@ -1,5 +1,6 @@
 //! Observability end to end: the four service binaries export their spans over OTLP to
-//! a real receiver, and one decision is one trace across all of them.
+//! a real receiver, one decision is one trace across all of them, and with sampling a
+//! decision outside the ratio is dropped unless it failed.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -29,7 +30,12 @@ async fn decision_trace(collector: &OtlpCollector, request_id: &str) -> Vec<Rece
                 .filter(|s| s.trace_id == decide.trace_id)
                 .cloned()
                 .collect();
-            let services: BTreeSet<&str> = trace.iter().map(|s| s.service_name.as_str()).collect();
+            // A service's spans may come in more than one batch: its server span ends last.
+            let services: BTreeSet<&str> = trace
+                .iter()
+                .filter(|s| s.kind == "server")
+                .map(|s| s.service_name.as_str())
+                .collect();
             let attempted = trace.iter().any(|s| s.name == "network.attempt");
             if SERVICES.iter().all(|s| services.contains(s)) && attempted {
                 return trace;
@@ -55,6 +61,8 @@ async fn traced_cluster(collector: &OtlpCollector, protocol: &str) -> Cluster {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        // Every trace: these tests read whole decisions (the default keeps 1%).
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
         .start()
         .await
 }
@@ -609,4 +617,60 @@ async fn the_network_report_adds_up_to_a_scripted_run() {
         table.contains("66.6%") && table.contains("1.666666"),
         "{table}"
     );
+}
+
+/// The default policy with a ratio of 0: a decision that went well is not exported, a
+/// decision that failed is, whole in the service where it failed, its root saying why.
+#[tokio::test]
+async fn outside_the_sampling_ratio_only_failures_are_exported() {
+    let collector = OtlpCollector::start().await.unwrap();
+    let cluster = Cluster::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("OTEL_TRACES_SAMPLER_ARG", "0")
+        .start()
+        .await;
+    cluster.decide(&banner_request(json!([]))).await;
+    let mut malformed = banner_request(json!([]));
+    malformed["request"]["id"] = json!("req-bad");
+    malformed["request"]["imp"][0]["bidfloor"] = json!(-1);
+    cluster.decide_error(&malformed).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let root = loop {
+        let spans = collector.spans();
+        if let Some(root) = spans
+            .iter()
+            .find(|s| s.service_name == "bid-intake" && s.kind == "server")
+        {
+            break root.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed decision was not kept: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        root.typed_attribute("cascade.trace.kept"),
+        Some(&Attribute::String("error".into()))
+    );
+    // A few batch delays for anything else to arrive: the decision that went well was
+    // exported by no service (bid-intake's batches go out in order, so its spans would
+    // have come first).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans = collector.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id == root.trace_id),
+        "spans outside the failed decision: {spans:#?}"
+    );
+    let decide = spans
+        .iter()
+        .find(|s| s.name == "decide")
+        .expect("the failed decision's span");
+    assert_eq!(
+        decide.attribute("cascade.request.id").as_deref(),
+        Some("req-bad")
+    );
+    assert_eq!(decide.status, SpanStatus::Error);
 }

@@ -7,6 +7,7 @@ pub mod deadline;
 pub mod grpc;
 pub mod hedge;
 pub mod metrics;
+pub mod sampling;
 pub mod settings;
 pub mod shutdown;
 pub mod status;

@@ -7,8 +7,10 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (a
 //! collector's port 4317), `http/protobuf` (4318, the default, as the specification
 //! says) or `http/json`; any other value stops the service at start, never silently
-//! exports nothing. The SDK reads the rest itself (`OTEL_TRACES_SAMPLER[_ARG]`,
-//! `OTEL_BSP_*` batch settings, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`). Off,
+//! exports nothing. Which traces go out is [`crate::sampling`]'s (a ratio, 1% unless
+//! `OTEL_TRACES_SAMPLER[_ARG]` say otherwise, plus every error and every decision over
+//! its budget). The SDK reads the rest itself (`OTEL_BSP_*` batch settings,
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`). Off,
 //! nothing is created per request: the gRPC layers below check [`exporting`] first.
 //!
 //! Spans follow OpenTelemetry's RPC conventions: a server span per incoming call and a
@@ -22,8 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::sampling::{KeepUnsampled, Policy, TailKeep};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -73,6 +77,8 @@ pub enum TelemetryError {
     },
     #[error("cannot build the OTLP trace exporter")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error(transparent)]
+    Sampling(#[from] crate::sampling::PolicyError),
 }
 
 /// The OTLP transport, as `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` names it.
@@ -178,10 +184,18 @@ fn build_provider(service_name: &'static str) -> Result<SdkTracerProvider, Telem
             uuid::Uuid::new_v4().to_string(),
         ));
     }
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build())
+    let policy = Policy::from_env(|name| std::env::var(name).ok())?;
+    let batch = BatchSpanProcessor::builder(exporter).build();
+    let provider = SdkTracerProvider::builder().with_resource(resource.build());
+    Ok(match policy.keep_errors_and_slow {
+        true => provider
+            .with_sampler(KeepUnsampled(policy.sampler()))
+            .with_span_processor(TailKeep::new(batch)),
+        false => provider
+            .with_sampler(policy.sampler())
+            .with_span_processor(batch),
+    }
+    .build())
 }
 
 /// Reads the W3C trace context from incoming HTTP/2 headers (gRPC metadata).

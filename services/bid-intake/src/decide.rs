@@ -186,6 +186,7 @@ fn decision_span(request: &DecideRequest) -> tracing::Span {
         cascade.exchange_bids = count(request.exchange_bids.len()),
         cascade.chained_selections = count(request.chained_selection_ids.len()),
         cascade.config.version = tracing::field::Empty,
+        cascade.budget_ms = tracing::field::Empty,
         cascade.winners = tracing::field::Empty,
         cascade.winning_sources = tracing::field::Empty,
     )
@@ -314,6 +315,13 @@ impl DecisionService {
             .unwrap_or(self.default_budget)
             .min(self.max_budget);
         let deadline = Deadline::after_from(received, budget.saturating_sub(self.response_reserve));
+        if cascade_server::telemetry::exporting() {
+            // A decision that ran past its budget is kept whatever the sampling ratio.
+            tracing::Span::current().record(
+                cascade_server::sampling::BUDGET_ATTRIBUTE,
+                i64::try_from(budget.as_millis()).unwrap_or(i64::MAX),
+            );
+        }
         let answer_key = AnswerKey {
             publisher_id: publisher_id(&request).to_string(),
             request_id: request
