@@ -365,7 +365,9 @@ fn warm_p50(case: &Case) -> f64 {
 }
 
 fn summary(cases: &[Case]) {
-    println!("\nTargeting evaluation per impression (rules + mediated bids), impressions in sequence, same run:");
+    println!(
+        "\nTargeting evaluation per impression (rules + mediated bids), impressions in sequence, same run:"
+    );
     println!(
         "{:>6} {:>11} {:>11} {:>11} {:>11} {:>11} {:>13} {:>15} {:>8}",
         "size",
@@ -402,7 +404,10 @@ fn summary(cases: &[Case]) {
     }
     println!("(warm: each impression 50 times in a row, caches hot; not how traffic arrives)");
     if let [_, ten_k, hundred_k] = index_p50[..] {
-        println!("index p50 in sequence at 100k / at 10k: {:.2}x", hundred_k / ten_k);
+        println!(
+            "index p50 in sequence at 100k / at 10k: {:.2}x",
+            hundred_k / ten_k
+        );
     }
 }
 
