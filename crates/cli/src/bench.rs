@@ -20,7 +20,7 @@ use cascade_core::targeting::{Filter, Targeting};
 use cascade_sandbox::{Behaviour, FakeNetworks, RedisCluster, RedisServer, ServiceProcess};
 use cascade_state::Store;
 
-use crate::load::{LoadArgs, LoadResult, parse_duration};
+use crate::load::{LoadArgs, LoadResult, Workload, parse_duration};
 
 const DEMO_CONFIGURATION: &str = include_str!("../../../examples/demo.toml");
 /// The ad unit the load targets: its mediated chain is the benchmark's.
@@ -57,6 +57,12 @@ pub struct BenchArgs {
     /// Calls in flight while looking for the maximum throughput.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// `toy`: small requests, networks as `--network-latency-ms` says, then overload,
+    /// Redis outage and failover runs. `realistic`: 3–8 KB requests (see `cascade load
+    /// --workload`), networks answering in 50–300 ms with some timing out, the maximum
+    /// and half of it only (run it with `--concurrency 2000`: thousands in flight).
+    #[arg(long, value_enum, default_value_t = Workload::Toy)]
+    workload: Workload,
 }
 
 /// The service binaries next to the running `cascade`.
@@ -203,6 +209,15 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// The sum of the series of `name` whose labels include `label` (`outcome="filled"`).
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter(|rest| rest.contains(label))
+        .filter_map(|rest| rest.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// The seconds spent answering and the calls answered, over every method and code, of a
@@ -490,11 +505,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             Behaviour::Fill
         };
-        let behaviour = match args.network_latency_ms {
-            0 => answer,
-            ms => Behaviour::Slow(Duration::from_millis(ms), Box::new(answer)),
+        let behaviour = match (args.workload, args.network_latency_ms) {
+            // The chain's networks time out (200 ms) on a fifth of the last one's calls.
+            (Workload::Realistic, _) if k + 1 < depth => slow_between(50, 150, answer),
+            (Workload::Realistic, _) => slow_between(50, 250, answer),
+            (Workload::Toy, 0) => answer,
+            (Workload::Toy, ms) => Behaviour::Slow(Duration::from_millis(ms), Box::new(answer)),
         };
         networks.set(&format!("bench-net-{k}"), behaviour);
+    }
+    if args.workload == Workload::Realistic {
+        // The network of the generated placements' mediated bids.
+        networks.set("coolads", slow_between(50, 300, Behaviour::Fill));
     }
     let bench_configuration = configuration(&networks, args.rules, args.chain_depth)?;
     let entities =
@@ -560,15 +582,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         quiet: false,
         data_file: None,
         output: crate::load::Output::Text,
+        workload: args.workload,
     };
-    println!(
-        "cascade bench: {entities} selling rules and mediated bids, a chain of {} networks answering in {} ms, {} impression(s) x {} exchange bid(s), {} s per run",
-        args.chain_depth,
-        args.network_latency_ms,
-        args.imps,
-        args.exchange_bids,
-        args.duration.as_secs()
-    );
+    match args.workload {
+        Workload::Toy => println!(
+            "cascade bench: {entities} selling rules and mediated bids, a chain of {} networks answering in {} ms, {} impression(s) x {} exchange bid(s), {} s per run",
+            args.chain_depth,
+            args.network_latency_ms,
+            args.imps,
+            args.exchange_bids,
+            args.duration.as_secs()
+        ),
+        Workload::Realistic => println!(
+            "cascade bench, realistic workload: {entities} selling rules and mediated bids, a chain of {} networks answering in 50-150 ms (the last 50-250 ms, 200 ms timeout), 3-8 KB requests of 1-4 impressions with 1-3 exchange bids each, {} in flight, {} s per run",
+            args.chain_depth,
+            args.concurrency,
+            args.duration.as_secs()
+        ),
+    }
     let echo_pids: Vec<u32> = echo.child.id().into_iter().collect();
     let (echo_runs, echo_cpu) = with_cpu(
         &echo_pids,
@@ -618,6 +649,62 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let [_, decide_max, decide_half] = decide_runs;
     let cpu_per_decision = decide_cpu.as_secs_f64() / decisions.max(1.0);
     let cpu_per_echo = echo_cpu.as_secs_f64() / (echo_calls as f64).max(1.0);
+    let headline = Headline {
+        concurrency: args.concurrency,
+        decide_max: &decide_max,
+        decide_half: &decide_half,
+        echo_max: &echo_max,
+        echo_half: &echo_half,
+        cpu_per_decision,
+        cpu_per_echo,
+    };
+    if args.workload == Workload::Realistic {
+        // At the maximum most calls are shed, cheaply; the figure to compare commits by
+        // is what a decision served costs, measured where none is shed.
+        let half_rate = (decide_max.throughput() / 2.0).max(1.0) as u64;
+        let (served, served_cpu) = with_cpu(
+            &service_pids,
+            measure(
+                &format!("decisions, open loop at {half_rate}/s, CPU measured"),
+                &LoadArgs {
+                    rate: Some(half_rate),
+                    ..load.clone()
+                },
+            ),
+        )
+        .await?;
+        let per_served = served_cpu.as_secs_f64() / (served.completed() as f64).max(1.0);
+        println!();
+        headline.print();
+        println!(
+            "CPU per decision served at half the max (open loop, {} ok, {} errors): {:.0} µs, {:.2}x the echo chain's per call",
+            served.completed(),
+            served.errors.values().sum::<u64>(),
+            per_served * 1e6,
+            per_served / cpu_per_echo.max(f64::EPSILON)
+        );
+        let network_text = network_caller.metrics().await.unwrap_or_default();
+        println!(
+            "network calls during the runs: {:.0} filled, {:.0} no fill, {:.0} timed out; bid-intake shed {:.0}",
+            metric_sum(
+                &network_text,
+                "cascade_network_calls_total",
+                "outcome=\"filled\""
+            ),
+            metric_sum(
+                &network_text,
+                "cascade_network_calls_total",
+                "outcome=\"no_fill\""
+            ),
+            metric_sum(
+                &network_text,
+                "cascade_network_calls_total",
+                "outcome=\"timeout\""
+            ),
+            metric_value(&admitted_text, "cascade_admission_shed_total").unwrap_or(0.0),
+        );
+        return Ok(());
+    }
     // Past the maximum, open loop, with the deadline a gateway sets; then back to half
     // the maximum, to see it recover.
     let mut overloads = Vec::new();
@@ -764,29 +851,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     println!();
-    println!("| figure | decisions | echo chain | ratio | target |");
-    println!("|---|---:|---:|---:|---|");
-    println!(
-        "| max throughput (closed loop, {} in flight) | {:.0}/s | {:.0}/s | {:.2} | >= 0.40 |",
-        args.concurrency,
-        decide_max.throughput(),
-        echo_max.throughput(),
-        decide_max.throughput() / echo_max.throughput()
-    );
-    for (name, quantile, target) in [("p50", 0.5, "<= 1.5"), ("p99", 0.99, "<= 2.0")] {
-        println!(
-            "| {name} at half the max (open loop) | {:.3} ms | {:.3} ms | {:.2} | {target} |",
-            decide_half.latency_ms(quantile),
-            echo_half.latency_ms(quantile),
-            decide_half.latency_ms(quantile) / echo_half.latency_ms(quantile)
-        );
-    }
-    println!(
-        "| CPU per call, four services / echo chain | {:.0} µs | {:.0} µs | {:.2} | |",
-        cpu_per_decision * 1e6,
-        cpu_per_echo * 1e6,
-        cpu_per_decision / cpu_per_echo.max(f64::EPSILON)
-    );
+    headline.print();
     println!();
     println!(
         "| overload ({} ms deadline) | offered | goodput | goodput / max | shed | shed p99 | deadline exceeded | other errors | CPU per shed call |",
@@ -887,6 +952,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The figures every workload reports, each against the echo chain's.
+struct Headline<'a> {
+    concurrency: usize,
+    decide_max: &'a LoadResult,
+    decide_half: &'a LoadResult,
+    echo_max: &'a LoadResult,
+    echo_half: &'a LoadResult,
+    cpu_per_decision: f64,
+    cpu_per_echo: f64,
+}
+
+impl Headline<'_> {
+    fn print(&self) {
+        println!("| figure | decisions | echo chain | ratio | target |");
+        println!("|---|---:|---:|---:|---|");
+        println!(
+            "| max throughput (closed loop, {} in flight) | {:.0}/s | {:.0}/s | {:.2} | >= 0.40 |",
+            self.concurrency,
+            self.decide_max.throughput(),
+            self.echo_max.throughput(),
+            self.decide_max.throughput() / self.echo_max.throughput()
+        );
+        for (name, quantile, target) in [("p50", 0.5, "<= 1.5"), ("p99", 0.99, "<= 2.0")] {
+            println!(
+                "| {name} at half the max (open loop) | {:.3} ms | {:.3} ms | {:.2} | {target} |",
+                self.decide_half.latency_ms(quantile),
+                self.echo_half.latency_ms(quantile),
+                self.decide_half.latency_ms(quantile) / self.echo_half.latency_ms(quantile)
+            );
+        }
+        println!(
+            "| CPU per call, four services / echo chain | {:.0} µs | {:.0} µs | {:.2} | |",
+            self.cpu_per_decision * 1e6,
+            self.cpu_per_echo * 1e6,
+            self.cpu_per_decision / self.cpu_per_echo.max(f64::EPSILON)
+        );
+    }
+}
+
+fn slow_between(shortest_ms: u64, longest_ms: u64, then: Behaviour) -> Behaviour {
+    Behaviour::SlowBetween(
+        Duration::from_millis(shortest_ms),
+        Duration::from_millis(longest_ms),
+        Box::new(then),
+    )
 }
 
 /// `cascade echo-chain` as a child process of this one.

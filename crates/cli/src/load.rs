@@ -76,6 +76,19 @@ pub struct LoadArgs {
     /// percentiles, errors by code).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// The generated requests: `toy` (small, `--imps` and `--exchange-bids` as given) or
+    /// `realistic` (3–8 KB as a header-bidding SSP receives them: 1–4 impressions, supply
+    /// chain, extended ids, consent, `ext`, 1–3 exchange bids each; `--imps` and
+    /// `--exchange-bids` unused).
+    #[arg(long, value_enum, default_value_t = Workload::Toy)]
+    pub workload: Workload,
+}
+
+/// What the generated requests look like.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Toy,
+    Realistic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -234,6 +247,17 @@ impl LoadResult {
 /// user and a device of its own, and privacy signals as traffic mixes them: a third with
 /// none, a third opted out of sale (`us_privacy`), a third limiting ad tracking (`lmt`).
 pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
+    if args.workload == Workload::Realistic {
+        let (request, exchange_bids) = crate::workload::realistic(n, &args.tagid, &args.publisher);
+        return DecideRequest {
+            request: serde_json::from_value(request).ok(),
+            exchange_bids: exchange_bids
+                .into_iter()
+                .filter_map(|b| serde_json::from_value(b).ok())
+                .collect(),
+            ..Default::default()
+        };
+    }
     let imps: Vec<serde_json::Value> = (0..args.imps)
         .map(|i| {
             serde_json::json!({"id": (i + 1).to_string(), "tagid": args.tagid, "banner": {"w": 300, "h": 250}})

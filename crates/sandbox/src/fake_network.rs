@@ -64,6 +64,9 @@ pub enum Behaviour {
     Huge,
     /// Waits, then behaves as the inner behaviour.
     Slow(Duration, Box<Behaviour>),
+    /// Waits a time drawn evenly between the two, anew for each call, then behaves as the
+    /// inner behaviour: a network whose latency varies, as real ones do.
+    SlowBetween(Duration, Duration, Box<Behaviour>),
     /// Starts an answer (status and the first bytes of the body), then drops the
     /// connection, as a network whose server crashes mid-answer.
     Reset,
@@ -313,10 +316,7 @@ async fn respond_grpc(
     request: AdRequest,
     mut behaviour: Behaviour,
 ) -> Result<tonic::Response<AdResponse>, tonic::Status> {
-    while let Behaviour::Slow(delay, then) = behaviour {
-        tokio::time::sleep(delay).await;
-        behaviour = *then;
-    }
+    behaviour = wait_out(behaviour).await;
     let fill = |price_micros: i64| AdResponse {
         filled: true,
         price_micros,
@@ -406,10 +406,7 @@ async fn respond(
     mut behaviour: Behaviour,
     notice_base: Option<&str>,
 ) -> Response {
-    while let Behaviour::Slow(delay, then) = behaviour {
-        tokio::time::sleep(delay).await;
-        behaviour = *then;
-    }
+    behaviour = wait_out(behaviour).await;
     let imp = &request["imp"][0];
     let price = match &behaviour {
         Behaviour::FillAt(price)
@@ -461,6 +458,30 @@ async fn respond(
             ]);
             Response::new(axum::body::Body::from_stream(cut_short))
         }
-        Behaviour::Slow(..) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Behaviour::Slow(..) | Behaviour::SlowBetween(..) => {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Waits as the slow behaviours say; the behaviour to answer with after.
+async fn wait_out(mut behaviour: Behaviour) -> Behaviour {
+    loop {
+        behaviour = match behaviour {
+            Behaviour::Slow(delay, then) => {
+                tokio::time::sleep(delay).await;
+                *then
+            }
+            Behaviour::SlowBetween(shortest, longest, then) => {
+                use std::hash::BuildHasher as _;
+                // Each RandomState has keys of its own: a fresh draw per call.
+                let draw = std::collections::hash_map::RandomState::new().hash_one(0_u8);
+                let spread = longest.saturating_sub(shortest).as_micros() as u64;
+                let delay = shortest + Duration::from_micros(draw % spread.max(1));
+                tokio::time::sleep(delay).await;
+                *then
+            }
+            other => return other,
+        }
     }
 }
