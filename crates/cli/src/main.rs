@@ -1,5 +1,10 @@
 //! The `cascade` command.
 
+/// The allocator the services use (see services/bid-intake/src/main.rs): `cascade up`
+/// runs them in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod bench;
 mod echo;
@@ -9,6 +14,7 @@ mod replay;
 mod report;
 mod target;
 mod up;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
