@@ -114,7 +114,12 @@ fn process_cpu() -> Duration {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are the 14th and 15th fields; `rest` starts at the 3rd.
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
@@ -177,7 +182,10 @@ fn main() {
     let mut variants = [
         variant("traces off", None),
         variant("1% ratio, the rest dropped", Some(ratio(false))),
-        variant("1% ratio, errors and slow kept (default)", Some(ratio(true))),
+        variant(
+            "1% ratio, errors and slow kept (default)",
+            Some(ratio(true)),
+        ),
         variant(
             "every trace (always_on)",
             Some(Policy {
@@ -203,8 +211,12 @@ fn main() {
             }
             // The first round warms up and is not counted.
             if round > 0 {
-                variant.wall.push(started.elapsed() / DECISIONS_PER_ROUND as u32);
-                variant.cpu.push((process_cpu() - cpu_before) / DECISIONS_PER_ROUND as u32);
+                variant
+                    .wall
+                    .push(started.elapsed() / DECISIONS_PER_ROUND as u32);
+                variant
+                    .cpu
+                    .push((process_cpu() - cpu_before) / DECISIONS_PER_ROUND as u32);
             }
         }
     }
