@@ -330,7 +330,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
                     .echo(EchoMessage { payload })
                     .await
                     .map(|_| ())
-                    .map_err(|s| s.code())
+                    .map_err(|s| code_of(&s))
             }
         })
         .await)
@@ -363,10 +363,22 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
                     .decide(request)
                     .await
                     .map(|_| ())
-                    .map_err(|s| s.code())
+                    .map_err(|s| code_of(&s))
             }
         })
         .await)
+    }
+}
+
+/// The code of a failed call. tonic's client ends a call at its own `grpc-timeout` with
+/// `CANCELLED` ("Timeout expired"); that is the deadline passing, counted as
+/// `DEADLINE_EXCEEDED` with the server's own.
+fn code_of(status: &tonic::Status) -> tonic::Code {
+    let expired = status.code() == tonic::Code::Cancelled
+        && status.message() == tonic::TimeoutExpired(()).to_string();
+    match expired {
+        true => tonic::Code::DeadlineExceeded,
+        false => status.code(),
     }
 }
 
@@ -511,6 +523,21 @@ fn progress_bar(args: &LoadArgs, done: Arc<AtomicU64>) -> Option<tokio::task::Jo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_past_its_own_deadline_counts_as_deadline_exceeded() {
+        let expired = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(expired.code(), tonic::Code::Cancelled);
+        assert_eq!(code_of(&expired), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            code_of(&tonic::Status::cancelled("the client went away")),
+            tonic::Code::Cancelled
+        );
+        assert_eq!(
+            code_of(&tonic::Status::resource_exhausted("shed")),
+            tonic::Code::ResourceExhausted
+        );
+    }
 
     #[test]
     fn request_files_are_openrtb_or_decide_requests() {
