@@ -4,7 +4,8 @@
 //! that could not connect goes elsewhere, an address whose call failed is probed again
 //! at once, instances that all say NOT_SERVING are still called, and a hedged channel
 //! gets past an instance that stopped answering and takes it out of the rotation; a call
-//! that runs out of time says so (`DEADLINE_EXCEEDED`), not that the instance is gone.
+//! that runs out of time says so (`DEADLINE_EXCEEDED`), not that the instance is gone;
+//! a broken connection never takes the last instance out of the rotation.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -75,6 +76,8 @@ struct Instance {
     probe_answer: ServingStatus,
     /// Set: nothing is answered any more, probes included (a stopped process).
     stopped: Arc<AtomicBool>,
+    /// How long a probe waits for its answer.
+    probe_delay: Duration,
 }
 
 #[tonic::async_trait]
@@ -91,6 +94,7 @@ impl Health for Instance {
             tokio::time::sleep(self.delay).await;
             ServingStatus::Serving
         } else {
+            tokio::time::sleep(self.probe_delay).await;
             self.probe_answer
         };
         Ok(tonic::Response::new(HealthCheckResponse {
@@ -141,6 +145,7 @@ async fn serve_stoppable(
         delay,
         probe_answer,
         stopped,
+        probe_delay: Duration::ZERO,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -334,4 +339,91 @@ async fn a_call_that_runs_out_of_time_is_deadline_exceeded_not_unavailable() {
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     }
     assert_eq!(slow.load(Ordering::Relaxed), 4);
+}
+
+/// A TCP proxy that can cut every connection through it at once, as an instance's
+/// connections break under overload while the instance itself lives on.
+struct CuttingProxy {
+    connections: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CuttingProxy {
+    async fn start(listen: (Ipv4Addr, u16), upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let connections: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let held = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().push(connection);
+            }
+        });
+        CuttingProxy { connections }
+    }
+
+    fn cut(&self) {
+        for connection in self.connections.lock().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+/// The one instance of a service whose connection breaks under a call stays in the
+/// rotation: taken out, every call would wait for its probe (slow here, as under the
+/// overload that broke the connection) and fail on its deadline, though the instance
+/// answers at once.
+#[tokio::test]
+async fn a_broken_connection_never_takes_the_last_instance_out_of_rotation() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let instance = Instance {
+        calls: calls.clone(),
+        delay: Duration::from_millis(300),
+        probe_answer: ServingStatus::Serving,
+        stopped: Arc::default(),
+        probe_delay: Duration::from_secs(3),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(instance))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(upstream)),
+    );
+    let port = port_free_on_every_loopback_host();
+    let proxy = CuttingProxy::start((HOSTS[0], port), upstream_addr).await;
+    let dns = FakeDns::start().await.unwrap();
+    dns.set(NAME, &[HOSTS[0]]);
+    let mut client = client_of(&dns, port).await;
+
+    // The connection breaks under a call in flight.
+    let mut in_flight = client.clone();
+    let broken = tokio::spawn(async move {
+        in_flight
+            .check(balanced_request(Duration::from_secs(2)))
+            .await
+    });
+    while calls.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.cut();
+    let status = broken.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // The next calls reach the instance over a new connection at once.
+    let started = Instant::now();
+    for _ in 0..3 {
+        client
+            .check(balanced_request(Duration::from_secs(1)))
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
 }
