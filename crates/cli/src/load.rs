@@ -249,14 +249,7 @@ impl LoadResult {
 pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
     if args.workload == Workload::Realistic {
         let (request, exchange_bids) = crate::workload::realistic(n, &args.tagid, &args.publisher);
-        return DecideRequest {
-            request: serde_json::from_value(request).ok(),
-            exchange_bids: exchange_bids
-                .into_iter()
-                .filter_map(|b| serde_json::from_value(b).ok())
-                .collect(),
-            ..Default::default()
-        };
+        return decide_request_of(request, exchange_bids);
     }
     let imps: Vec<serde_json::Value> = (0..args.imps)
         .map(|i| {
@@ -290,6 +283,14 @@ pub fn decide_request(args: &LoadArgs, n: u64) -> DecideRequest {
     } else {
         vec![serde_json::json!({"cur": "USD", "seatbid": [{"seat": "dsp-1", "bid": bids}]})]
     };
+    decide_request_of(request, exchange_bids)
+}
+
+/// A Decide request of an OpenRTB bid request and exchange bid responses, as JSON.
+fn decide_request_of(
+    request: serde_json::Value,
+    exchange_bids: Vec<serde_json::Value>,
+) -> DecideRequest {
     DecideRequest {
         request: serde_json::from_value(request).ok(),
         exchange_bids: exchange_bids

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_server::sampling::{BUDGET_ATTRIBUTE, HeadSampler, KeepUnsampled, Policy, TailKeep};
+use cascade_server::sampling::{BUDGET_ATTRIBUTE, HeadSampler, Policy};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
@@ -146,16 +146,7 @@ fn variant(name: &'static str, policy: Option<Policy>) -> Variant {
         };
     };
     let batch = BatchSpanProcessor::builder(exported.clone()).build();
-    let builder = SdkTracerProvider::builder();
-    let provider = match policy.keep_errors_and_slow {
-        true => builder
-            .with_sampler(KeepUnsampled(policy.sampler()))
-            .with_span_processor(TailKeep::new(batch)),
-        false => builder
-            .with_sampler(policy.sampler())
-            .with_span_processor(batch),
-    }
-    .build();
+    let provider = policy.apply(SdkTracerProvider::builder(), batch).build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     Variant {

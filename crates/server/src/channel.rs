@@ -792,14 +792,7 @@ fn copy_request(request: &http::Request<Bytes>) -> http::Request<Bytes> {
 
 /// Whether the request failed before it could be sent: the connection was never made.
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+    caused_by::<tonic::ConnectError>(error)
 }
 
 type Calls = Retry<
@@ -1006,10 +999,16 @@ fn transport_status(error: BoxError) -> BoxError {
     }
 }
 
+/// Whether the call's own `grpc-timeout` ended it.
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<tonic::TimeoutExpired>(error)
+}
+
+/// Whether `error` or one of its sources is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
-        if error.is::<tonic::TimeoutExpired>() {
+        if error.is::<T>() {
             return true;
         }
         source = error.source();

@@ -31,7 +31,9 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, ShouldSample, Span, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, ShouldSample, Span, SpanData, SpanProcessor, TracerProviderBuilder,
+};
 use parking_lot::Mutex;
 
 /// Traces held at once per shard, waiting for their root span.
@@ -115,6 +117,22 @@ impl Policy {
         })
     }
 
+    /// `builder` sampling as the policy says, its spans going through `batch`.
+    pub fn apply(
+        &self,
+        builder: TracerProviderBuilder,
+        batch: BatchSpanProcessor,
+    ) -> TracerProviderBuilder {
+        match self.keep_errors_and_slow {
+            true => builder
+                .with_sampler(KeepUnsampled(self.sampler()))
+                .with_span_processor(TailKeep::new(batch)),
+            false => builder
+                .with_sampler(self.sampler())
+                .with_span_processor(batch),
+        }
+    }
+
     /// The SDK sampler making the head decision.
     pub fn sampler(&self) -> Sampler {
         match self.head {
@@ -190,15 +208,12 @@ pub fn worth_keeping(span: &SpanData) -> Option<Kept> {
 #[derive(Debug)]
 pub struct TailKeep<P> {
     inner: P,
-    shards: Box<[Mutex<HashMap<TraceId, PendingSpans>>]>,
+    shards: Box<[Mutex<HashMap<TraceId, Pending>>]>,
 }
 
-/// A trace's spans held, with when the first arrived.
+/// A trace's spans held, since when the first arrived, and whether one keeps them.
 #[derive(Debug)]
-pub struct PendingSpans(Box<PendingInner>);
-
-#[derive(Debug)]
-struct PendingInner {
+struct Pending {
     since: Instant,
     spans: Vec<SpanData>,
     kept: Option<Kept>,
@@ -212,7 +227,7 @@ impl<P: SpanProcessor> TailKeep<P> {
         }
     }
 
-    fn shard(&self, trace_id: TraceId) -> &Mutex<HashMap<TraceId, PendingSpans>> {
+    fn shard(&self, trace_id: TraceId) -> &Mutex<HashMap<TraceId, Pending>> {
         let index = u128::from_be_bytes(trace_id.to_bytes()) as usize % SHARDS;
         &self.shards[index]
     }
@@ -256,7 +271,7 @@ impl<P: SpanProcessor> SpanProcessor for TailKeep<P> {
             let held = shard.remove(&trace_id);
             drop(shard);
             let (mut spans, held_kept) = match held {
-                Some(PendingSpans(held)) => (held.spans, held.kept),
+                Some(held) => (held.spans, held.kept),
                 None => (Vec::new(), None),
             };
             if let Some(kept) = kept.or(held_kept) {
@@ -267,21 +282,19 @@ impl<P: SpanProcessor> SpanProcessor for TailKeep<P> {
         }
         if !shard.contains_key(&trace_id) && shard.len() >= MAX_PENDING_TRACES {
             let now = Instant::now();
-            shard.retain(|_, held| now.duration_since(held.0.since) < PENDING_FOR_AT_MOST);
+            shard.retain(|_, held| now.duration_since(held.since) < PENDING_FOR_AT_MOST);
             if shard.len() >= MAX_PENDING_TRACES {
                 return;
             }
         }
-        let held = shard.entry(trace_id).or_insert_with(|| {
-            PendingSpans(Box::new(PendingInner {
-                since: Instant::now(),
-                spans: Vec::new(),
-                kept: None,
-            }))
+        let held = shard.entry(trace_id).or_insert_with(|| Pending {
+            since: Instant::now(),
+            spans: Vec::new(),
+            kept: None,
         });
-        if held.0.spans.len() < MAX_SPANS_PER_TRACE {
-            held.0.kept = held.0.kept.or(kept);
-            held.0.spans.push(span);
+        if held.spans.len() < MAX_SPANS_PER_TRACE {
+            held.kept = held.kept.or(kept);
+            held.spans.push(span);
         }
     }
 
@@ -458,7 +471,7 @@ mod tests {
             assert!(
                 shard
                     .values()
-                    .all(|held| held.0.spans.len() <= MAX_SPANS_PER_TRACE)
+                    .all(|held| held.spans.len() <= MAX_SPANS_PER_TRACE)
             );
         }
     }

@@ -27,7 +27,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::sampling::{KeepUnsampled, Policy, TailKeep};
+use crate::sampling::Policy;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -187,15 +187,7 @@ fn build_provider(service_name: &'static str) -> Result<SdkTracerProvider, Telem
     let policy = Policy::from_env(|name| std::env::var(name).ok())?;
     let batch = BatchSpanProcessor::builder(exporter).build();
     let provider = SdkTracerProvider::builder().with_resource(resource.build());
-    Ok(match policy.keep_errors_and_slow {
-        true => provider
-            .with_sampler(KeepUnsampled(policy.sampler()))
-            .with_span_processor(TailKeep::new(batch)),
-        false => provider
-            .with_sampler(policy.sampler())
-            .with_span_processor(batch),
-    }
-    .build())
+    Ok(policy.apply(provider, batch).build())
 }
 
 /// Reads the W3C trace context from incoming HTTP/2 headers (gRPC metadata).
