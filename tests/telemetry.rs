@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::support::{Cluster, banner_request, network_totals, run_cascade, sample, winner};
-use cascade_testkit::{Attribute, OtlpCollector, ReceivedSpan, SpanStatus};
+use cascade_testkit::{Attribute, OtlpCollector, ReceivedSpan, SpanStatus, TestCa};
 use serde_json::json;
 
 const SERVICES: [&str; 4] = [
@@ -673,4 +673,42 @@ async fn outside_the_sampling_ratio_only_failures_are_exported() {
         Some("req-bad")
     );
     assert_eq!(decide.status, SpanStatus::Error);
+}
+
+/// To a collector over TLS, as the specification's variables set it up: OTLP/gRPC with
+/// mutual TLS (the collector's CA, a client certificate and key), then OTLP/HTTP over
+/// HTTPS with the CA alone; a whole decision's trace arrives each time.
+#[tokio::test]
+async fn spans_reach_a_collector_over_tls() {
+    let ca = TestCa::new();
+    let collector = OtlpCollector::start_tls(&ca).await.unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
+    for protocol in ["grpc", "http/protobuf"] {
+        let mut builder = Cluster::builder()
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &path(ca.ca_file()));
+        builder = match protocol {
+            "grpc" => builder
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.grpc_endpoint())
+                .env(
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    &path(ca.server_cert_file()),
+                )
+                .env("OTEL_EXPORTER_OTLP_CLIENT_KEY", &path(ca.server_key_file())),
+            _ => builder.env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint()),
+        };
+        let cluster = builder.start().await;
+        let mut request = banner_request(json!([]));
+        let id = format!("req-tls-{}", protocol.replace('/', "-"));
+        request["request"]["id"] = json!(id);
+        cluster.decide(&request).await;
+        let trace = decision_trace(&collector, &id).await;
+        let transport = match protocol {
+            "grpc" => "grpc",
+            _ => "http",
+        };
+        assert!(trace.iter().all(|s| s.transport == transport), "{protocol}");
+    }
 }

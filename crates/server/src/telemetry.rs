@@ -7,7 +7,10 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (a
 //! collector's port 4317), `http/protobuf` (4318, the default, as the specification
 //! says) or `http/json`; any other value stops the service at start, never silently
-//! exports nothing. Which traces go out is [`crate::sampling`]'s (a ratio, 1% unless
+//! exports nothing. TLS to the collector follows the specification's variables: an
+//! `https://` endpoint, `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` (the CA, else the
+//! system's roots), `…_CLIENT_CERTIFICATE` and `…_CLIENT_KEY` (mutual TLS; both or
+//! neither); an unreadable file stops the service. Which traces go out is [`crate::sampling`]'s (a ratio, 1% unless
 //! `OTEL_TRACES_SAMPLER[_ARG]` say otherwise, plus every error and every decision over
 //! its budget). The SDK reads the rest itself (`OTEL_BSP_*` batch settings,
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`). Off,
@@ -20,6 +23,7 @@
 //! spans); health checks and reflection are not traced. Cascade's own attributes are
 //! under `cascade.*`, numbers as numbers.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector};
@@ -79,6 +83,16 @@ pub enum TelemetryError {
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error(transparent)]
     Sampling(#[from] crate::sampling::PolicyError),
+    #[error("TLS to the collector")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_KEY go together: set both or neither"
+    )]
+    HalfAClientIdentity,
+    #[error("the collector's CA or the client certificate is not usable PEM")]
+    Http(#[from] reqwest::Error),
+    #[error("the thread building the OTLP/HTTP client panicked")]
+    HttpClientThread,
 }
 
 /// The OTLP transport, as `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` names it.
@@ -150,19 +164,136 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     Ok(TelemetryGuard(provider))
 }
 
+/// The value of an OTLP exporter setting: the traces variable
+/// (`OTEL_EXPORTER_OTLP_TRACES_<name>`), else the general one (`OTEL_EXPORTER_OTLP_<name>`).
+fn exporter_setting(
+    read: &impl Fn(&'static str) -> Option<String>,
+    [traces, general]: [&'static str; 2],
+) -> Option<(&'static str, String)> {
+    [traces, general].into_iter().find_map(|variable| {
+        read(variable)
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| (variable, value.trim().to_string()))
+    })
+}
+
+/// TLS to the collector, as the specification's variables say: the CA its certificate
+/// chains to (`…_CERTIFICATE`, else the system's roots) and the certificate and key
+/// this service presents (`…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`, both or neither).
+struct CollectorTls {
+    ca_file: Option<PathBuf>,
+    identity_files: Option<(PathBuf, PathBuf)>,
+    /// The endpoint is `https://`.
+    https: bool,
+}
+
+impl CollectorTls {
+    fn from_env(read: impl Fn(&'static str) -> Option<String>) -> Result<Self, TelemetryError> {
+        let file = |names| exporter_setting(&read, names).map(|(_, path)| PathBuf::from(path));
+        let ca_file = file([
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ]);
+        let cert = file([
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ]);
+        let key = file([
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ]);
+        let identity_files = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(TelemetryError::HalfAClientIdentity),
+        };
+        let https = exporter_setting(
+            &read,
+            [
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ],
+        )
+        .is_some_and(|(_, endpoint)| endpoint.to_ascii_lowercase().starts_with("https://"));
+        Ok(CollectorTls {
+            ca_file,
+            identity_files,
+            https,
+        })
+    }
+
+    /// Whether the connection needs more than the exporter's defaults.
+    fn configured(&self) -> bool {
+        self.ca_file.is_some() || self.identity_files.is_some()
+    }
+
+    fn grpc(&self) -> Result<tonic::transport::ClientTlsConfig, TelemetryError> {
+        let identity = self
+            .identity_files
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        Ok(crate::tls::client(self.ca_file.as_deref(), identity)?)
+    }
+
+    /// A blocking HTTP client trusting the CA and presenting the identity. Built on a
+    /// thread of its own: reqwest's blocking client must not be made inside the runtime.
+    fn http(&self) -> Result<reqwest::blocking::Client, TelemetryError> {
+        let ca = match &self.ca_file {
+            Some(path) => Some(reqwest::Certificate::from_pem(&crate::tls::read(
+                "CA", path,
+            )?)?),
+            None => None,
+        };
+        let identity = match &self.identity_files {
+            Some((cert, key)) => {
+                let mut pem = crate::tls::read("certificate", cert)?;
+                pem.extend(crate::tls::read("key", key)?);
+                Some(reqwest::Identity::from_pem(&pem)?)
+            }
+            None => None,
+        };
+        std::thread::spawn(move || {
+            let mut builder = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+            if let Some(ca) = ca {
+                builder = builder.add_root_certificate(ca);
+            }
+            if let Some(identity) = identity {
+                builder = builder.identity(identity);
+            }
+            builder.build()
+        })
+        .join()
+        .map_err(|_| TelemetryError::HttpClientThread)?
+        .map_err(TelemetryError::Http)
+    }
+}
+
+/// How long one export may take (the specification's default).
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn build_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    use opentelemetry_otlp::{
+        Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+    };
+    let read = |name: &'static str| std::env::var(name).ok();
+    let tls = CollectorTls::from_env(read)?;
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match otlp_protocol(|name| std::env::var(name).ok())? {
-        OtlpProtocol::Grpc => builder.with_tonic().build(),
-        OtlpProtocol::HttpProtobuf => builder
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .build(),
-        OtlpProtocol::HttpJson => builder
-            .with_http()
-            .with_protocol(Protocol::HttpJson)
-            .build(),
+    let exporter = match otlp_protocol(read)? {
+        OtlpProtocol::Grpc => match tls.https || tls.configured() {
+            true => builder.with_tonic().with_tls_config(tls.grpc()?).build(),
+            false => builder.with_tonic().build(),
+        },
+        OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+            let protocol = match otlp_protocol(read)? {
+                OtlpProtocol::HttpJson => Protocol::HttpJson,
+                _ => Protocol::HttpBinary,
+            };
+            let http = builder.with_http().with_protocol(protocol);
+            match tls.configured() {
+                true => http.with_http_client(tls.http()?).build(),
+                false => http.build(),
+            }
+        }
     }
     .map_err(TelemetryError::Exporter)?;
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -531,6 +662,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn collector_tls(vars: &[(&str, &str)]) -> Result<CollectorTls, TelemetryError> {
+        CollectorTls::from_env(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn collector_tls_follows_the_specification_variables() {
+        let plain =
+            collector_tls(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap();
+        assert!(!plain.https && !plain.configured());
+        let https =
+            collector_tls(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "HTTPS://collector:4317")]).unwrap();
+        assert!(https.https && !https.configured());
+        let mutual = collector_tls(&[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/general/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/tls/cert.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/tls/key.pem"),
+        ])
+        .unwrap();
+        assert_eq!(mutual.ca_file, Some(PathBuf::from("/traces/ca.pem")));
+        assert_eq!(
+            mutual.identity_files,
+            Some((
+                PathBuf::from("/tls/cert.pem"),
+                PathBuf::from("/tls/key.pem")
+            ))
+        );
+        assert!(matches!(
+            collector_tls(&[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/tls/cert.pem")]),
+            Err(TelemetryError::HalfAClientIdentity)
+        ));
+        // A file that cannot be read stops the service, naming it.
+        let missing =
+            collector_tls(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")]).unwrap();
+        let error = missing.grpc().unwrap_err();
+        assert!(
+            format!("{:?}", error).contains("/nonexistent/ca.pem"),
+            "{error:?}"
+        );
+    }
 
     fn protocol(vars: &[(&str, &str)]) -> Result<OtlpProtocol, TelemetryError> {
         otlp_protocol(|name| {

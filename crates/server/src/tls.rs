@@ -16,7 +16,7 @@ pub struct TlsError {
     source: std::io::Error,
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError {
         what,
         path: path.to_path_buf(),

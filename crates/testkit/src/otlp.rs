@@ -1,7 +1,8 @@
 //! A real OTLP trace receiver for tests, speaking both transports a collector serves:
 //! OTLP/HTTP (`POST /v1/traces`, protobuf or JSON) and OTLP/gRPC
 //! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`), each on a free
-//! loopback port, keeping every span it receives.
+//! loopback port, over TLS when asked (HTTPS, and gRPC with client certificates),
+//! keeping every span it receives.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use cascade_sandbox::TestCa;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -91,6 +93,8 @@ type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
 pub struct OtlpCollector {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    /// `http`, or `https` over TLS.
+    scheme: &'static str,
     spans: Spans,
     servers: [tokio::task::JoinHandle<()>; 2],
 }
@@ -105,6 +109,32 @@ impl Drop for OtlpCollector {
 
 struct GrpcReceiver(Spans);
 
+/// Accepts TLS connections for the HTTP receiver; a failed handshake is skipped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for GrpcReceiver {
     async fn export(
@@ -117,7 +147,18 @@ impl TraceService for GrpcReceiver {
 }
 
 impl OtlpCollector {
+    /// A receiver over plain HTTP and gRPC.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// A receiver over TLS with a certificate `ca` issued for 127.0.0.1: HTTPS, and gRPC
+    /// that also requires a client certificate `ca` issued (mutual TLS).
+    pub async fn start_tls(ca: &TestCa) -> std::io::Result<Self> {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(tls: Option<&TestCa>) -> std::io::Result<Self> {
         let spans: Spans = Arc::default();
         let received = spans.clone();
         let app = axum::Router::new().route(
@@ -129,14 +170,40 @@ impl OtlpCollector {
         );
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let http_addr = http.local_addr()?;
-        let http_server = tokio::spawn(async move {
-            let _ = axum::serve(http, app).await;
-        });
+        let http_server = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(http, app).await;
+            }),
+            Some(ca) => {
+                let listener = TlsListener {
+                    tcp: http,
+                    acceptor: ca.acceptor(),
+                };
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                })
+            }
+        };
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc.local_addr()?;
         let receiver = TraceServiceServer::new(GrpcReceiver(spans.clone()));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(ca) = tls {
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(ca.server_cert_file())?,
+                std::fs::read(ca.server_key_file())?,
+            );
+            let client_ca = tonic::transport::Certificate::from_pem(std::fs::read(ca.ca_file())?);
+            server = server
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(identity)
+                        .client_ca_root(client_ca),
+                )
+                .map_err(std::io::Error::other)?;
+        }
         let grpc_server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(receiver)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
                 .await;
@@ -144,6 +211,7 @@ impl OtlpCollector {
         Ok(Self {
             http_addr,
             grpc_addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
             spans,
             servers: [http_server, grpc_server],
         })
@@ -151,12 +219,12 @@ impl OtlpCollector {
 
     /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say for OTLP/HTTP.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say for OTLP/gRPC.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme, self.grpc_addr)
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
