@@ -614,12 +614,17 @@ async fn refresh_forever(discovery: Weak<Discovery>) {
 #[error("endpoint {0} failed; out of rotation until it answers its health check")]
 struct MemberFailed(SocketAddr);
 
-/// Hedged calls to one member that in a row were cancelled because another copy
-/// answered first, after which it leaves the rotation until its health check passes. A
-/// stopped or blackholed instance answers nothing and loses every race; a healthy one
-/// answers nearly every call itself (only the slowest few are hedged), so three in a row
-/// without an answer between them is a sign, not chance.
+/// Calls to one member that in a row ended without its answer — cancelled because a
+/// hedged copy answered first, or run out of their own deadline — after which it leaves
+/// the rotation until its health check passes (Envoy's consecutive gateway failures,
+/// which count timeouts). A stopped or blackholed instance answers nothing; a healthy
+/// one answers nearly every call itself, in time (only the slowest few are hedged or
+/// late), so three in a row without an answer between them is a sign, not chance. One
+/// late call alone says nothing of the instance: its caller may have had little time.
 const RACES_LOST_TO_LEAVE: u32 = 3;
+
+/// How close to its deadline a call dropped unanswered counts as having run out of it.
+const DEADLINE_SLACK: Duration = Duration::from_millis(5);
 
 /// Set on every copy of a hedged call once one of them has answered: a copy dropped
 /// then lost the race.
@@ -627,7 +632,7 @@ const RACES_LOST_TO_LEAVE: u32 = 3;
 struct RaceLost(Arc<AtomicBool>);
 
 /// One address in the balancer. After a transport failure, or [`RACES_LOST_TO_LEAVE`]
-/// hedged races lost in a row, it refuses to be ready, which makes the balancer drop it;
+/// calls in a row without its answer, it refuses to be ready, which makes the balancer drop it;
 /// discovery puts a new member in once it is healthy again.
 struct Member {
     addr: SocketAddr,
@@ -680,9 +685,12 @@ fn leave_rotation(
     discovery.wake.notify_one();
 }
 
-/// Counts, on drop, a call that ended without an answer because a copy elsewhere won.
+/// Counts, on drop, a call that ended without an answer because a copy elsewhere won or
+/// because its deadline passed (the caller's own timer, or the channel's, dropped it).
 struct RaceWatch {
     race: Option<RaceLost>,
+    /// When the call's `grpc-timeout` runs out.
+    deadline: Option<Instant>,
     answered: bool,
     addr: SocketAddr,
     races_lost: Arc<AtomicU32>,
@@ -692,19 +700,46 @@ struct RaceWatch {
 
 impl Drop for RaceWatch {
     fn drop(&mut self) {
-        let lost = !self.answered
-            && self
-                .race
-                .as_ref()
-                .is_some_and(|race| race.0.load(Ordering::Acquire));
-        if !lost {
+        if self.answered {
             return;
         }
-        let in_a_row = self.races_lost.fetch_add(1, Ordering::AcqRel) + 1;
-        if in_a_row >= RACES_LOST_TO_LEAVE {
-            let why = format!("lost {in_a_row} hedged calls in a row without answering");
-            leave_rotation(&self.discovery, &self.failed, self.addr, &why);
-        }
+        let lost = self
+            .race
+            .as_ref()
+            .is_some_and(|race| race.0.load(Ordering::Acquire));
+        // A few milliseconds of slack: the timer that dropped the call may run a little
+        // ahead of the deadline read here.
+        let late = self
+            .deadline
+            .is_some_and(|deadline| Instant::now() + DEADLINE_SLACK >= deadline);
+        let what = match (lost, late) {
+            (true, _) => "hedged calls lost",
+            (false, true) => "calls past their deadline",
+            (false, false) => return,
+        };
+        unanswered(
+            &self.races_lost,
+            &self.discovery,
+            &self.failed,
+            self.addr,
+            what,
+        );
+    }
+}
+
+/// Counts one more call in a row that `addr` did not answer (`what` they were), and takes
+/// it out of the rotation at [`RACES_LOST_TO_LEAVE`].
+fn unanswered(
+    in_a_row: &AtomicU32,
+    discovery: &Weak<Discovery>,
+    failed: &AtomicBool,
+    addr: SocketAddr,
+    what: &str,
+) {
+    let count = in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
+    if count >= RACES_LOST_TO_LEAVE {
+        let why = format!("{count} calls in a row without its answer ({what})");
+        leave_rotation(discovery, failed, addr, &why);
     }
 }
 
@@ -721,8 +756,15 @@ impl Service<http::Request<Body>> for Member {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout)
+            .map(|timeout| Instant::now() + timeout);
         let mut watch = RaceWatch {
             race: request.extensions().get::<RaceLost>().cloned(),
+            deadline,
             answered: false,
             addr: self.addr,
             races_lost: self.races_lost.clone(),
@@ -740,9 +782,17 @@ impl Service<http::Request<Body>> for Member {
                 }
                 Err(error) => {
                     let error: BoxError = error.into();
-                    // The call's own deadline ending says nothing of the instance.
-                    if !timed_out(&*error) {
-                        leave_rotation(&watch.discovery, &watch.failed, watch.addr, &error);
+                    match timed_out(&*error) {
+                        true => unanswered(
+                            &watch.races_lost,
+                            &watch.discovery,
+                            &watch.failed,
+                            watch.addr,
+                            "calls past their deadline",
+                        ),
+                        false => {
+                            leave_rotation(&watch.discovery, &watch.failed, watch.addr, &error)
+                        }
                     }
                     Err(error)
                 }
