@@ -180,6 +180,16 @@ pub const FAMILIES: &[Family] = &[
         "Calls to an instance that failed at the transport and took it out of rotation, by target.",
     ),
     family(
+        "cascade_traces_kept_total",
+        Kind::Counter,
+        "Traces the sampling ratio left out but kept whole in this service, by reason: error (a span failed) or over_budget (a decision ran past its budget).",
+    ),
+    family(
+        "cascade_trace_spans_dropped_total",
+        Kind::Counter,
+        "Unsampled spans let go without being judged: their trace held too many, too many traces were held, or their trace's root never ended here.",
+    ),
+    family(
         "cascade_client_hedges_total",
         Kind::Counter,
         "Second copies of slow idempotent calls sent to another instance, by target.",

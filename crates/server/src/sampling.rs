@@ -20,7 +20,9 @@
 //! exported or not — is measured by `cargo bench -p cascade-server --bench sampling`
 //! (BENCHMARKS.md). Bounds: at most [`MAX_PENDING_TRACES`] traces and
 //! [`MAX_SPANS_PER_TRACE`] spans each are held per shard; a span past them, or one
-//! ending after its root (a task the decision spawned), is dropped.
+//! ending after its root (a task the decision spawned), is dropped; both are counted
+//! (`cascade_trace_spans_dropped_total`), as are the traces kept
+//! (`cascade_traces_kept_total{reason}`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -221,6 +223,10 @@ struct Pending {
 
 impl<P: SpanProcessor> TailKeep<P> {
     pub fn new(inner: P) -> Self {
+        for kept in [Kept::Error, Kept::OverBudget] {
+            metrics::counter!("cascade_traces_kept_total", "reason" => kept.name()).absolute(0);
+        }
+        metrics::counter!("cascade_trace_spans_dropped_total").absolute(0);
         TailKeep {
             inner,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -233,6 +239,7 @@ impl<P: SpanProcessor> TailKeep<P> {
     }
 
     fn export(&self, mut spans: Vec<SpanData>, kept: Kept) {
+        metrics::counter!("cascade_traces_kept_total", "reason" => kept.name()).increment(1);
         for span in &mut spans {
             let context = &span.span_context;
             span.span_context = SpanContext::new(
@@ -282,7 +289,20 @@ impl<P: SpanProcessor> SpanProcessor for TailKeep<P> {
         }
         if !shard.contains_key(&trace_id) && shard.len() >= MAX_PENDING_TRACES {
             let now = Instant::now();
-            shard.retain(|_, held| now.duration_since(held.since) < PENDING_FOR_AT_MOST);
+            let mut given_up = 0;
+            shard.retain(|_, held| {
+                let keep = now.duration_since(held.since) < PENDING_FOR_AT_MOST;
+                if !keep {
+                    given_up += held.spans.len() as u64;
+                }
+                keep
+            });
+            if shard.len() >= MAX_PENDING_TRACES {
+                given_up += 1;
+            }
+            if given_up > 0 {
+                metrics::counter!("cascade_trace_spans_dropped_total").increment(given_up);
+            }
             if shard.len() >= MAX_PENDING_TRACES {
                 return;
             }
@@ -292,9 +312,10 @@ impl<P: SpanProcessor> SpanProcessor for TailKeep<P> {
             spans: Vec::new(),
             kept: None,
         });
-        if held.spans.len() < MAX_SPANS_PER_TRACE {
-            held.kept = held.kept.or(kept);
-            held.spans.push(span);
+        held.kept = held.kept.or(kept);
+        match held.spans.len() < MAX_SPANS_PER_TRACE {
+            true => held.spans.push(span),
+            false => metrics::counter!("cascade_trace_spans_dropped_total").increment(1),
         }
     }
 
