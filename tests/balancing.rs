@@ -114,9 +114,9 @@ async fn calls_spread_over_every_instance_and_survive_one_killed() {
     let (first, second) = (&setup.instances[0], &setup.instances[1]);
     let (on_first, on_second) = (evaluations(first).await, evaluations(second).await);
     // A call slower than the last second's p95 may be hedged to the other instance
-    // (hedges are capped at a tenth of the calls).
+    // (hedges are capped at a fifth of the calls).
     assert!(
-        (40..=44).contains(&(on_first + on_second)),
+        (40..=48).contains(&(on_first + on_second)),
         "{on_first} + {on_second} evaluations for 40 decisions"
     );
     assert!(
@@ -127,12 +127,12 @@ async fn calls_spread_over_every_instance_and_survive_one_killed() {
     // Killed without warning: the call that finds it dead is retried on the other
     // instance, which takes every call from then on; not one decision fails. A call
     // slower than the last second's p95 may also be hedged, to the one instance left
-    // (hedges are capped at a tenth of the calls).
+    // (hedges are capped at a fifth of the calls).
     setup.instances.remove(1).kill().await.unwrap();
     setup.decide(30).await;
     let taken = evaluations(&setup.instances[0]).await - on_first;
     assert!(
-        (30..=33).contains(&taken),
+        (30..=36).contains(&taken),
         "{taken} evaluations for 30 decisions"
     );
 }

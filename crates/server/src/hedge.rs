@@ -8,9 +8,13 @@
 //! one extra call in twenty when all is well and turns those lost calls into answers a
 //! few milliseconds late ("The Tail at Scale", Dean and Barroso).
 //!
-//! Hedges are capped at a tenth of the calls of the last two windows, so that a service that
-//! is slow for everyone is not sent its load twice; without a second's worth of samples
-//! (a fresh client, little traffic) nothing is hedged.
+//! Hedges are capped at a fifth of the calls of the last two windows, so that a service
+//! that is slow for everyone is not sent its load twice; without a second's worth of
+//! samples (a fresh client, little traffic) nothing is hedged. A fifth, not a tenth: the
+//! p95 hedges of a healthy service already spend a twentieth, and with a tenth the
+//! headroom left when an instance vanished was sometimes too small to hedge the calls
+//! stuck on it before it left the rotation (the fault test between hosts lost a decision
+//! in one run of four; none in sixteen with a fifth).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +28,7 @@ const QUANTILE: f64 = 0.95;
 /// Fewer samples in a window than this say too little to hedge on.
 const MIN_SAMPLES: u64 = 20;
 /// Hedges allowed per call of the current window.
-const MAX_HEDGE_SHARE: f64 = 0.1;
+const MAX_HEDGE_SHARE: f64 = 0.2;
 /// The least delay: below it, a hedge would race the first copy of nearly every call.
 const MIN_DELAY: Duration = Duration::from_millis(1);
 /// Latencies are recorded in microseconds, up to this (longer ones count as this).
@@ -175,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn hedges_stay_under_a_tenth_of_calls() {
+    fn hedges_stay_under_a_fifth_of_calls() {
         let start = Instant::now();
         let hedging = Hedging::new(start);
         fill(&hedging, start, 100);
@@ -186,8 +190,8 @@ mod tests {
                 hedged += 1;
             }
         }
-        // The 100 calls of the window before count: 30 of the 300.
-        assert_eq!(hedged, 30);
+        // The 100 calls of the window before count: 60 of the 300.
+        assert_eq!(hedged, 60);
     }
 
     #[test]
