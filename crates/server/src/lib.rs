@@ -16,3 +16,13 @@ pub mod tls;
 pub mod wire;
 
 pub use grpc::{GrpcServer, STATE_HEALTH_NAME, ServeError};
+
+/// An environment of `vars` for the functions that read settings through a closure.
+#[cfg(test)]
+pub(crate) fn env_of<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    |name| {
+        vars.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+    }
+}

@@ -498,11 +498,7 @@ mod tests {
     }
 
     fn policy(vars: &[(&str, &str)]) -> Result<Policy, PolicyError> {
-        Policy::from_env(|name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-        })
+        Policy::from_env(crate::env_of(vars))
     }
 
     #[test]

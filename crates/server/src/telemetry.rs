@@ -89,7 +89,7 @@ pub enum TelemetryError {
         "OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_KEY go together: set both or neither"
     )]
     HalfAClientIdentity,
-    #[error("the collector's CA or the client certificate is not usable PEM")]
+    #[error("cannot set up the OTLP/HTTP client with the collector's CA or the client certificate")]
     Http(#[from] reqwest::Error),
     #[error("the thread building the OTLP/HTTP client panicked")]
     HttpClientThread,
@@ -108,21 +108,20 @@ enum OtlpProtocol {
 fn otlp_protocol(
     read: impl Fn(&'static str) -> Option<String>,
 ) -> Result<OtlpProtocol, TelemetryError> {
-    for variable in [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
-        let Some(value) = read(variable).filter(|value| !value.trim().is_empty()) else {
-            continue;
-        };
-        return match value.trim() {
-            "grpc" => Ok(OtlpProtocol::Grpc),
-            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
-            "http/json" => Ok(OtlpProtocol::HttpJson),
-            _ => Err(TelemetryError::UnsupportedProtocol { variable, value }),
-        };
+    let setting = exporter_setting(
+        &read,
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ],
+    );
+    match setting {
+        None => Ok(OtlpProtocol::HttpProtobuf),
+        Some((_, value)) if value == "grpc" => Ok(OtlpProtocol::Grpc),
+        Some((_, value)) if value == "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        Some((_, value)) if value == "http/json" => Ok(OtlpProtocol::HttpJson),
+        Some((variable, value)) => Err(TelemetryError::UnsupportedProtocol { variable, value }),
     }
-    Ok(OtlpProtocol::HttpProtobuf)
 }
 
 /// Installs logging, and trace export when the environment asks for it, for the process
@@ -278,22 +277,20 @@ fn build_provider(service_name: &'static str) -> Result<SdkTracerProvider, Telem
     let read = |name: &'static str| std::env::var(name).ok();
     let tls = CollectorTls::from_env(read)?;
     let builder = opentelemetry_otlp::SpanExporter::builder();
+    let http = |protocol| {
+        let http = builder.clone().with_http().with_protocol(protocol);
+        Ok::<_, TelemetryError>(match tls.configured() {
+            true => http.with_http_client(tls.http()?).build(),
+            false => http.build(),
+        })
+    };
     let exporter = match otlp_protocol(read)? {
         OtlpProtocol::Grpc => match tls.https || tls.configured() {
             true => builder.with_tonic().with_tls_config(tls.grpc()?).build(),
             false => builder.with_tonic().build(),
         },
-        OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-            let protocol = match otlp_protocol(read)? {
-                OtlpProtocol::HttpJson => Protocol::HttpJson,
-                _ => Protocol::HttpBinary,
-            };
-            let http = builder.with_http().with_protocol(protocol);
-            match tls.configured() {
-                true => http.with_http_client(tls.http()?).build(),
-                false => http.build(),
-            }
-        }
+        OtlpProtocol::HttpProtobuf => http(Protocol::HttpBinary)?,
+        OtlpProtocol::HttpJson => http(Protocol::HttpJson)?,
     }
     .map_err(TelemetryError::Exporter)?;
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -664,11 +661,7 @@ mod tests {
     use super::*;
 
     fn collector_tls(vars: &[(&str, &str)]) -> Result<CollectorTls, TelemetryError> {
-        CollectorTls::from_env(|name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-        })
+        CollectorTls::from_env(crate::env_of(vars))
     }
 
     #[test]
@@ -709,11 +702,7 @@ mod tests {
     }
 
     fn protocol(vars: &[(&str, &str)]) -> Result<OtlpProtocol, TelemetryError> {
-        otlp_protocol(|name| {
-            vars.iter()
-                .find(|(key, _)| *key == name)
-                .map(|(_, value)| value.to_string())
-        })
+        otlp_protocol(crate::env_of(vars))
     }
 
     #[test]
