@@ -102,6 +102,11 @@ async fn one_decision_is_one_trace_across_the_four_services() {
         decide.typed_attribute("cascade.winners"),
         Some(&Attribute::Int(1))
     );
+    // The budget the sampling policy judges "slower than its budget" by.
+    assert!(
+        matches!(decide.typed_attribute("cascade.budget_ms"), Some(Attribute::Int(ms)) if *ms > 0),
+        "{decide:?}"
+    );
 
     // Every other service's server span is the child of bid-intake's client span for
     // the call, itself a child of the decision.
