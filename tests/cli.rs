@@ -85,6 +85,10 @@ async fn load_sends_a_request_file_and_summarises_as_json() {
             "50",
             "--duration",
             "1s",
+            // A generous deadline: this checks the generator, not how fast a debug build
+            // decides on a loaded machine (the default budget is 300 ms).
+            "--deadline",
+            "5s",
             "--quiet",
             "--output",
             "json",

@@ -142,7 +142,11 @@ async fn the_services_run_on_their_kubernetes_settings() {
     .await;
 
     let response = decide_at(bid_intake.addr, &banner_request(json!([]))).await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_MEDIATED_NETWORK");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_MEDIATED_NETWORK",
+        "{response}"
+    );
     // The admin API takes the token from the Secret.
     let admin = grpcurl::call(
         bid_intake.addr,

@@ -59,7 +59,11 @@ async fn up_serves_the_decision_its_banner_prints(extra: &[&str]) {
     let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
 
     let response = decide_at(addr, &request).await;
-    assert_eq!(winner(&response)["source"], "SOURCE_KIND_MEDIATED_NETWORK");
+    assert_eq!(
+        winner(&response)["source"],
+        "SOURCE_KIND_MEDIATED_NETWORK",
+        "{response}"
+    );
 
     let pid = up.id().unwrap().to_string();
     std::process::Command::new("kill")

@@ -199,7 +199,7 @@ async fn a_live_bid_below_its_mediated_cpm_never_wins() {
         "SOURCE_KIND_EXCHANGE",
         "{response}"
     );
-    assert_eq!(winner(&response)["priceMicros"], "600000");
+    assert_eq!(winner(&response)["priceMicros"], "600000", "{response}");
     assert_eq!(
         attempts(&response)[0],
         attempt("bidding:bidwise-1.00", "NO_FILL", "below_floor")
@@ -215,7 +215,7 @@ async fn a_live_bid_below_its_mediated_cpm_never_wins() {
         "SOURCE_KIND_BIDDING_NETWORK",
         "{response}"
     );
-    assert_eq!(winner(&response)["priceMicros"], "1045000");
+    assert_eq!(winner(&response)["priceMicros"], "1045000", "{response}");
 }
 
 /// An exchange bid on one of the impression's deals.
@@ -251,8 +251,8 @@ async fn deal_floors_seats_and_private_auctions_hold() {
     )
     .await;
     assert_eq!(winner(&response)["bidId"], "on-deal", "{response}");
-    assert_eq!(winner(&response)["dealid"], "AB-Agency1-0001");
-    assert_eq!(winner(&response)["priceMicros"], "2600000");
+    assert_eq!(winner(&response)["dealid"], "AB-Agency1-0001", "{response}");
+    assert_eq!(winner(&response)["priceMicros"], "2600000", "{response}");
     let reasons: Vec<(String, String)> = dropped(&response);
     for expected in [
         ("exchange_bids[0].seatbid[0].bid[0]", "below_floor"),
@@ -277,7 +277,7 @@ async fn deal_floors_seats_and_private_auctions_hold() {
     )
     .await;
     assert_eq!(winner(&response)["bidId"], "xy", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "2600000");
+    assert_eq!(winner(&response)["priceMicros"], "2600000", "{response}");
 
     // The deal floor takes precedence over the imp floor; at = 3 is a fixed price.
     let mut open = bid_request.clone();
@@ -293,7 +293,7 @@ async fn deal_floors_seats_and_private_auctions_hold() {
     )
     .await;
     assert_eq!(winner(&response)["bidId"], "on-deal", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "2500000");
+    assert_eq!(winner(&response)["priceMicros"], "2500000", "{response}");
     assert!(dropped(&response).contains(&(
         "exchange_bids[1].seatbid[0].bid[0]".to_string(),
         "below_floor".to_string()
@@ -333,7 +333,7 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
     cluster.networks.set("coolads", Behaviour::FillAt(0.01));
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "betaads", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "1200000");
+    assert_eq!(winner(&response)["priceMicros"], "1200000", "{response}");
     assert_eq!(
         attempts(&response)[0],
         attempt("mediated:coolads-2.00", "NO_FILL", "below_floor")
@@ -349,7 +349,7 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
     cluster.networks.set("coolads", Behaviour::FillAt(2.40));
     let response = cluster.decide(&banner_request(json!([]))).await;
     assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "2400000");
+    assert_eq!(winner(&response)["priceMicros"], "2400000", "{response}");
 
     // CHF 3.00 = USD 3.75 at the rate in force, 1.25: it ranks first, is asked in CHF
     // and answers in CHF; the winner says what it converted from, and at what rate.
@@ -357,10 +357,10 @@ async fn a_waterfall_network_is_held_to_its_floor_and_booked_at_its_price() {
         .decide(&request_of("8953", "euro-slot", json!([])))
         .await;
     assert_eq!(winner(&response)["networkId"], "euroads", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "3750000");
-    assert_eq!(winner(&response)["cur"], "USD");
-    assert_eq!(winner(&response)["originalCur"], "CHF");
-    assert_eq!(winner(&response)["rateMicros"], "1250000");
+    assert_eq!(winner(&response)["priceMicros"], "3750000", "{response}");
+    assert_eq!(winner(&response)["cur"], "USD", "{response}");
+    assert_eq!(winner(&response)["originalCur"], "CHF", "{response}");
+    assert_eq!(winner(&response)["rateMicros"], "1250000", "{response}");
     let sent = cluster.networks.last_request("euroads").unwrap();
     assert_eq!(
         (
@@ -393,7 +393,7 @@ async fn a_mediated_winner_is_never_second_priced() {
     let request = request_of("sp-pub", "home-top", exchange_bid(1.5, "shoes.example"));
     let response = cluster.decide(&request).await;
     assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
-    assert_eq!(winner(&response)["priceMicros"], "2000000");
+    assert_eq!(winner(&response)["priceMicros"], "2000000", "{response}");
 
     // With both networks empty the exchange bid wins; BetaAds' $1.20 CPM below it is
     // not a bid, so it pays the floor.
@@ -405,7 +405,7 @@ async fn a_mediated_winner_is_never_second_priced() {
         "SOURCE_KIND_EXCHANGE",
         "{response}"
     );
-    assert_eq!(winner(&response)["priceMicros"], "500000");
+    assert_eq!(winner(&response)["priceMicros"], "500000", "{response}");
 }
 
 /// Case 6: a short deadline or a network-caller that cannot answer never costs the
@@ -431,7 +431,7 @@ async fn a_short_deadline_or_a_lost_network_caller_serves_the_demand_in_hand() {
             "SOURCE_KIND_EXCHANGE",
             "tmax {tmax}: {response}"
         );
-        assert_eq!(winner(&response)["priceMicros"], "1500000");
+        assert_eq!(winner(&response)["priceMicros"], "1500000", "{response}");
         // network-caller gave up on CoolAds in time (a timeout), or — on a loaded
         // machine — its answer itself came after bid-intake's deadline, which then
         // served the demand in hand without it. Either way the hanging network cost
@@ -496,7 +496,11 @@ async fn chained_outcomes_are_filtered_again_and_must_have_filled() {
         earlier.as_str(),
         "{response}"
     );
-    assert_eq!(winner(&response)["adm"], "<div>exchange</div>");
+    assert_eq!(
+        winner(&response)["adm"],
+        "<div>exchange</div>",
+        "{response}"
+    );
     assert_eq!(winner(&response)["adomain"], json!(["shoes.example"]));
 
     // CLIENT mode: the client reports CoolAds' node as no fill and BetaAds' as filled.
@@ -535,7 +539,7 @@ async fn chained_outcomes_are_filtered_again_and_must_have_filled() {
         "{response}"
     );
     assert_eq!(winner(&response)["selectionId"], betaads_node.as_str());
-    assert_eq!(winner(&response)["priceMicros"], "1200000");
+    assert_eq!(winner(&response)["priceMicros"], "1200000", "{response}");
     assert_eq!(
         dropped(&response),
         [(

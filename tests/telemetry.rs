@@ -79,7 +79,7 @@ async fn one_decision_is_one_trace_across_the_four_services() {
     let collector = OtlpCollector::start().await.unwrap();
     let cluster = traced_cluster(&collector, "http/protobuf").await;
     let response = cluster.decide(&banner_request(json!([]))).await;
-    assert_eq!(winner(&response)["networkId"], "coolads");
+    assert_eq!(winner(&response)["networkId"], "coolads", "{response}");
 
     let trace = decision_trace(&collector, "req-1").await;
     assert!(trace.iter().all(|s| s.transport == "http"));

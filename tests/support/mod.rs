@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cascade_state::StateSettings;
 use cascade_testkit::{ClusterSettings, FakeNetworks, InProcessCluster, ServiceProcess, grpcurl};
@@ -47,6 +48,17 @@ pub async fn demo_state() -> (FakeNetworks, String, tempfile::NamedTempFile) {
 /// The demo configuration pointing at `networks`, plus a network nobody listens for (the
 /// connection-refused path) and `extra` TOML, as a file.
 pub fn demo_configuration_file(networks: &FakeNetworks, extra: &str) -> tempfile::NamedTempFile {
+    demo_configuration_file_with_timeouts(networks, extra, &[])
+}
+
+/// [`demo_configuration_file`], with the timeout of each network named in `timeouts`
+/// replaced: for a test whose network is slow on purpose and must still answer in time
+/// on a loaded machine.
+fn demo_configuration_file_with_timeouts(
+    networks: &FakeNetworks,
+    extra: &str,
+    timeouts: &[(String, Duration)],
+) -> tempfile::NamedTempFile {
     let demo = std::fs::read_to_string(workspace_file("examples/demo.toml")).unwrap();
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -59,15 +71,23 @@ pub fn demo_configuration_file(networks: &FakeNetworks, extra: &str) -> tempfile
          network_id = \"deadnet\"\ncpm = \"9.00\"\n\
          targeting = {{ ad_units = [\"dead-end\"] }}\n"
     );
+    let mut text = format!("{demo}\n{dead_network}\n{extra}")
+        .replace("${DEMO_NETWORK}", &networks.addr().to_string())
+        .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string());
+    if !timeouts.is_empty() {
+        let mut table: toml::Table = text.parse().unwrap();
+        let declared = table["networks"].as_array_mut().unwrap();
+        for (id, timeout) in timeouts {
+            let network = declared
+                .iter_mut()
+                .find(|network| network["id"].as_str() == Some(id))
+                .unwrap_or_else(|| panic!("no network {id} in the demo configuration"));
+            network["timeout_ms"] = toml::Value::Integer(timeout.as_millis() as i64);
+        }
+        text = toml::to_string(&table).unwrap();
+    }
     let mut configuration = tempfile::NamedTempFile::new().unwrap();
-    configuration
-        .write_all(
-            format!("{demo}\n{dead_network}\n{extra}")
-                .replace("${DEMO_NETWORK}", &networks.addr().to_string())
-                .replace("${DEMO_GRPC_NETWORK}", &networks.grpc_addr().to_string())
-                .as_bytes(),
-        )
-        .unwrap();
+    configuration.write_all(text.as_bytes()).unwrap();
     configuration
 }
 
@@ -122,12 +142,20 @@ pub struct ClusterBuilder {
     env: Vec<(String, String)>,
     /// Admission control on (off unless asked for).
     admission: bool,
+    network_timeouts: Vec<(String, Duration)>,
 }
 
 impl ClusterBuilder {
     /// Admission control as in production: degrade and shed under overload.
     pub fn admission(mut self) -> Self {
         self.admission = true;
+        self
+    }
+
+    /// The demo network `id` with `timeout` instead of its own (not with `state()` or
+    /// `on_redis()`).
+    pub fn network_timeout(mut self, id: &str, timeout: Duration) -> Self {
+        self.network_timeouts.push((id.to_string(), timeout));
         self
     }
 
@@ -193,9 +221,9 @@ impl ClusterBuilder {
             None => FakeNetworks::start().await.unwrap(),
         };
         assert!(
-            self.extra_configuration.is_empty()
+            (self.extra_configuration.is_empty() && self.network_timeouts.is_empty())
                 || (self.state.is_none() && self.redis_url.is_none()),
-            "configuration() extends the demo configuration file: not with state() or on_redis()"
+            "configuration() and network_timeout() edit the demo configuration file: not with state() or on_redis()"
         );
         let (state, configuration) = match (self.state.take(), &self.redis_url) {
             (Some(state), _) => (state, None),
@@ -214,7 +242,11 @@ impl ClusterBuilder {
                 (state, None)
             }
             (None, None) => {
-                let file = demo_configuration_file(&networks, &self.extra_configuration);
+                let file = demo_configuration_file_with_timeouts(
+                    &networks,
+                    &self.extra_configuration,
+                    &self.network_timeouts,
+                );
                 let state = StateSettings {
                     configuration_file: Some(file.path().to_path_buf()),
                     ..Default::default()
@@ -387,7 +419,7 @@ impl Cluster {
 
 /// Polls `check` every 20 ms until it holds; after `timeout` the test fails saying what
 /// it waited for. The one wait of the tests where no readiness signal exists.
-pub async fn eventually<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
