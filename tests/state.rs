@@ -414,3 +414,38 @@ async fn a_service_started_before_redis_turns_serving_once_redis_is_up() {
         .await
         .unwrap();
 }
+
+/// bid-intake stopped (SIGTERM) while Redis is down: before it exits it waits for Redis
+/// to take the selections it sold meanwhile, so none is lost with the process.
+#[tokio::test]
+async fn a_stop_during_a_redis_outage_stores_the_backlog_first() {
+    let mut redis = RedisServer::start_with(RedisOptions {
+        durable: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cluster = Cluster::builder()
+        .on_redis(&redis.url())
+        .processes()
+        .start()
+        .await;
+    redis.kill().await.unwrap();
+    let response = cluster.decide(&banner_request(json!([]))).await;
+    let sold = winner(&response)["selectionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{response}"))
+        .to_string();
+    let back_later = async {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        redis.restart().await.unwrap();
+    };
+    let (status, ()) = tokio::join!(cluster.terminate_bid_intake(), back_later);
+    assert!(status.success(), "bid-intake exited with {status}");
+    let stored = cascade_state::RedisStore::connect(&redis.url())
+        .unwrap()
+        .get_selections(std::slice::from_ref(&sold))
+        .await
+        .unwrap();
+    assert!(stored[0].is_some(), "selection {sold} lost with bid-intake");
+}

@@ -49,6 +49,9 @@ pub enum StateError {
     /// The store is down and the selections waiting for it fill the backlog.
     #[error("the store is down and the selection backlog is full ({capacity} selections)")]
     BacklogFull { capacity: usize },
+    /// The selection was sold here but still waits in the backlog for the store.
+    #[error("selection {id:?} is not stored yet")]
+    NotYetStored { id: String },
     /// A value the store holds cannot be read: written by another version or by hand.
     #[error("a stored {what} cannot be read")]
     Corrupt {
@@ -76,6 +79,7 @@ impl StateError {
             self,
             StateError::Unavailable(_)
                 | StateError::BacklogFull { .. }
+                | StateError::NotYetStored { .. }
                 | StateError::Emptied { .. }
         )
     }

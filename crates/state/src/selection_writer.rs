@@ -3,8 +3,14 @@
 //! to the store in batches as soon as it answers again, and once the backlog is full,
 //! writes are refused (the decision fails UNAVAILABLE) rather than silently dropped.
 //!
-//! A selection waiting in the backlog is not in the store yet: an event reported for
-//! it, or a later request chaining it, finds it unknown until the backlog drains.
+//! The same backlog writes behind when asked (a zero wait): decisions answer at once and
+//! the flushing task stores their selections, many decisions' in one round trip, so that
+//! a store far away costs decisions nothing — at the price of the few selections in
+//! flight when the process is killed.
+//!
+//! A selection waiting in the backlog is not in the store yet: [`SelectionWriter::waiting`]
+//! finds it for a request chaining it on this replica, and [`SelectionWriter::stored`]
+//! lets an event reported for it wait for it; other replicas find it once it is flushed.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -19,6 +25,9 @@ const FLUSH_BATCH: usize = 512;
 
 /// The wait after a first failed flush; it doubles with every failure in a row.
 const FIRST_RETRY: Duration = Duration::from_millis(10);
+
+/// How often a wait for the backlog looks again.
+const POLL: Duration = Duration::from_millis(5);
 
 /// Where a write went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +72,8 @@ impl SelectionWriter {
     }
 
     /// Stores `selections` within `timeout`, or keeps them in the backlog when the store
-    /// is down, slow, or already behind. Fails only when the backlog has no room.
+    /// is down, slow, or already behind; a zero `timeout` writes behind, through the
+    /// backlog. Fails only when the backlog has no room.
     pub async fn write(
         &self,
         selections: Vec<Selection>,
@@ -71,7 +81,7 @@ impl SelectionWriter {
     ) -> Result<Written, StateError> {
         // While a backlog waits, the store is known to be in trouble: do not spend the
         // decision's time on it, and keep the order of writes.
-        if self.backlog_len() == 0 {
+        if !timeout.is_zero() && self.backlog_len() == 0 {
             match tokio::time::timeout(timeout, self.store.put_selections(&selections)).await {
                 Ok(Ok(())) => return Ok(Written::Stored),
                 Ok(Err(error)) => tracing::warn!(%error, "selections go to the backlog"),
@@ -99,6 +109,51 @@ impl SelectionWriter {
     /// Selections waiting for the store.
     pub fn backlog_len(&self) -> usize {
         self.backlog.lock().len()
+    }
+
+    /// Each of `ids` still waiting in the backlog, or `None`: what this replica sold
+    /// moments ago (writing behind) or while the store was down.
+    pub fn waiting(&self, ids: &[String]) -> Vec<Option<Selection>> {
+        let backlog = self.backlog.lock();
+        if backlog.is_empty() {
+            return vec![None; ids.len()];
+        }
+        ids.iter()
+            .map(|id| backlog.iter().find(|waiting| &waiting.id == id).cloned())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for the selection `id` to leave the backlog for the store;
+    /// whether it did (or never waited).
+    pub async fn stored(&self, id: &str, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let waits = self.backlog.lock().iter().any(|waiting| waiting.id == id);
+            if !waits {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits up to `timeout` for the backlog to be flushed, before the process stops:
+    /// how many selections it could not store (lost with the process).
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.backlog_len();
+            if left == 0 || tokio::time::Instant::now() >= until {
+                if left > 0 {
+                    tracing::error!(left, "stopping with selections the store never took");
+                }
+                return left;
+            }
+            self.flush.notify_one();
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Writes the oldest batch of the backlog.
@@ -213,17 +268,63 @@ mod tests {
         assert!(store.get_selections(&["x".into()]).await.unwrap()[0].is_some());
     }
 
-    #[tokio::test]
-    async fn the_backlog_is_bounded_and_refuses_beyond_it() {
-        // Nothing listens on this port: the store is down.
+    /// A store nothing listens for.
+    fn down_store() -> Arc<dyn Store> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let store =
-            Arc::new(crate::RedisStore::connect(&format!("redis://127.0.0.1:{port}")).unwrap());
-        let writer = SelectionWriter::new(store, 3, Duration::from_millis(5));
+        Arc::new(crate::RedisStore::connect(&format!("redis://127.0.0.1:{port}")).unwrap())
+    }
+
+    #[tokio::test]
+    async fn writing_behind_answers_at_once_and_the_flush_stores() {
+        let store = Arc::new(MemoryStore::default());
+        let writer = SelectionWriter::new(store.clone(), 10, Duration::from_millis(5));
+        let written = writer
+            .write(vec![selection("x")], Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(written, Written::Buffered);
+        assert!(writer.stored("x", Duration::from_secs(5)).await);
+        assert!(store.get_selections(&["x".into()]).await.unwrap()[0].is_some());
+        assert_eq!(writer.waiting(&["x".into()]), vec![None]);
+    }
+
+    #[tokio::test]
+    async fn what_waits_for_a_down_store_is_found_here_and_counted_at_a_stop() {
+        let writer = SelectionWriter::new(down_store(), 10, Duration::from_millis(5));
+        writer
+            .write(vec![selection("a"), selection("b")], Duration::ZERO)
+            .await
+            .unwrap();
+        let found = writer.waiting(&["b".into(), "nope".into()]);
+        assert_eq!(found[0].as_ref().map(|s| s.id.as_str()), Some("b"));
+        assert!(found[1].is_none());
+        assert!(!writer.stored("a", Duration::from_millis(30)).await);
+        assert_eq!(writer.drain(Duration::from_millis(30)).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_backlog_to_reach_the_store() {
+        let store = Arc::new(MemoryStore::default());
+        let writer = SelectionWriter::new(store.clone(), 100, Duration::from_millis(5));
+        writer
+            .write(vec![selection("a"), selection("b")], Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(writer.drain(Duration::from_secs(5)).await, 0);
+        let stored = store
+            .get_selections(&["a".into(), "b".into()])
+            .await
+            .unwrap();
+        assert!(stored.iter().all(Option::is_some));
+    }
+
+    #[tokio::test]
+    async fn the_backlog_is_bounded_and_refuses_beyond_it() {
+        let writer = SelectionWriter::new(down_store(), 3, Duration::from_millis(5));
         let timeout = Duration::from_millis(200);
         assert_eq!(
             writer

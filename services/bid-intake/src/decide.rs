@@ -159,6 +159,7 @@ impl BidIntake for DecisionService {
     ) -> Result<Response<ReportEventResponse>, Status> {
         let response = crate::events::report_event(
             self.store.as_ref(),
+            &self.selections,
             &self.report,
             &self.log,
             request.into_inner(),
@@ -998,10 +999,19 @@ impl DecisionService {
         if ids.is_empty() {
             return Ok(per_imp);
         }
-        let selections = match read_already {
+        let mut selections = match read_already {
             Some(selections) => selections,
             None => self.store.get_selections(ids).await?,
         };
+        // Sold here moments ago (writing behind) or while the store is down: not stored
+        // yet, but known.
+        if selections.iter().any(Option::is_none) {
+            for (read, waiting) in selections.iter_mut().zip(self.selections.waiting(ids)) {
+                if read.is_none() {
+                    *read = waiting;
+                }
+            }
+        }
         for (i, selection) in selections.into_iter().enumerate() {
             let field = format!("chained_selection_ids[{i}]");
             let Some(selection) = selection else {

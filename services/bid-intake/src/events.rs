@@ -5,7 +5,11 @@ use cascade_core::report::node_result_counts;
 use cascade_proto::decision::v1::{
     AttemptOutcome, EventType, ReportEventRequest, ReportEventResponse,
 };
-use cascade_state::{Event, EventKind, EventRecorded, ReportRecorder, Selection, Store};
+use std::time::Duration;
+
+use cascade_state::{
+    Event, EventKind, EventRecorded, ReportRecorder, Selection, SelectionWriter, StateError, Store,
+};
 
 use cascade_log::DecisionLog;
 use cascade_log::schema::{self, LogEntry};
@@ -13,8 +17,12 @@ use cascade_log::schema::{self, LogEntry};
 use crate::error::DecideError;
 use crate::normalize::MAX_ID_LEN;
 
+/// Longest an event for a selection sold here waits for it to leave the backlog.
+const WAIT_FOR_SELECTION: Duration = Duration::from_secs(1);
+
 pub async fn report_event(
     store: &dyn Store,
+    selections: &SelectionWriter,
     report: &ReportRecorder,
     log: &DecisionLog,
     request: ReportEventRequest,
@@ -56,7 +64,23 @@ pub async fn report_event(
         kind,
         detail: detail.to_string(),
     };
-    match store.record_event(&event).await? {
+    let mut recorded = store.record_event(&event).await?;
+    if recorded == EventRecorded::UnknownSelection
+        && selections.waiting(std::slice::from_ref(&event.selection_id))[0].is_some()
+    {
+        // Sold here, still on its way to the store: the event waits for it.
+        if !selections
+            .stored(&event.selection_id, WAIT_FOR_SELECTION)
+            .await
+        {
+            return Err(StateError::NotYetStored {
+                id: event.selection_id,
+            }
+            .into());
+        }
+        recorded = store.record_event(&event).await?;
+    }
+    match recorded {
         EventRecorded::New(selection) => {
             if event.kind == EventKind::NodeResult {
                 count_node_result(report, &selection, &event.detail, request.node_latency_ms);

@@ -79,7 +79,9 @@ pub struct Settings {
     pub selection_backlog_capacity: usize,
     /// Longest a decision waits for its selections to be stored; a store slower than
     /// that (hung, or far away) gets them from the backlog instead, and the decision
-    /// answers without waiting for it.
+    /// answers without waiting for it. 0 writes behind: no decision waits for the store
+    /// (one far away costs nothing), and the selections of the last moments before a
+    /// kill -9 are lost with the process.
     pub selection_write_wait_ms: u64,
     /// The decision log: one entry per decision and event.
     pub log: LogSettings,
@@ -140,7 +142,6 @@ impl Validate for Settings {
             },
         )?;
         at_least("selection_ttl_secs", self.selection_ttl_secs, 1)?;
-        at_least("selection_write_wait_ms", self.selection_write_wait_ms, 1)?;
         require(
             self.max_selection_ttl_secs >= self.selection_ttl_secs,
             "max_selection_ttl_secs",
@@ -173,6 +174,9 @@ pub enum Error {
 
 /// The longest wait between two failed flushes of the selection backlog.
 const SELECTION_RETRY_CAP: Duration = Duration::from_secs(1);
+
+/// How long a stopping bid-intake waits for the selections it sold to be stored.
+const BACKLOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a stopping bid-intake waits for the decision log to write what it queued.
 const LOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -211,17 +215,18 @@ pub async fn serve(
     let hedged = |target: &Target| traced(resolver.hedged_channel(target.clone()), target.into());
     outcomes::register();
     let admission = Admission::start(&settings.grpc.admission);
+    let selections = SelectionWriter::new(
+        store.clone(),
+        settings.selection_backlog_capacity,
+        // However rarely the configuration is polled, a store that is back is
+        // written to within a second.
+        settings.state.poll_interval().min(SELECTION_RETRY_CAP),
+    );
     let service = DecisionService {
         snapshot,
         store: store.clone(),
         report: report.clone(),
-        selections: SelectionWriter::new(
-            store.clone(),
-            settings.selection_backlog_capacity,
-            // However rarely the configuration is polled, a store that is back is
-            // written to within a second.
-            settings.state.poll_interval().min(SELECTION_RETRY_CAP),
-        ),
+        selections: selections.clone(),
         targeting: cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient::new(
             hedged(&settings.targeting_evaluation_addr),
         ),
@@ -264,6 +269,7 @@ pub async fn serve(
     .await;
     let _ = stop_billing.send(true);
     let _ = billing.await;
+    selections.drain(BACKLOG_DRAIN_TIMEOUT).await;
     report.flush().await;
     log.close(LOG_CLOSE_TIMEOUT).await;
     served?;
