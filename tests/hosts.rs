@@ -134,54 +134,88 @@ async fn in_rotation(bid_intake: &ServiceProcess, target: &str) -> Option<f64> {
         .find_map(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
+/// Two auction replicas behind one name, one of them on a host of its own, and the rest
+/// of a cluster on loopback, warm: both replicas in rotation.
+struct AuctionAway {
+    host: Host,
+    auction_name: String,
+    bid_intake: ServiceProcess,
+    client: BidIntakeClient<Channel>,
+    _running: (FakeNetworks, RedisServer, FakeDns, [ServiceProcess; 4]),
+}
+
+impl AuctionAway {
+    async fn start() -> AuctionAway {
+        let networks = FakeNetworks::start().await.unwrap();
+        let redis = RedisServer::start().await.unwrap();
+        configure(&redis.url(), &networks).await;
+        let host = Host::create().unwrap();
+        let dns = FakeDns::start().await.unwrap();
+        let port = port_free_on_every_loopback_host();
+        let auction_name = format!("auction.cascade.test:{port}");
+        dns.set("auction.cascade.test", &[host.addr, Ipv4Addr::LOCALHOST]);
+
+        let away = settings(&format!("{}:{port}", host.addr), None);
+        let local = settings(&format!("127.0.0.1:{port}"), None);
+        let stateful = settings("127.0.0.1:0", Some(&redis.url()));
+        let (away, local, targeting, network_caller) = tokio::join!(
+            ServiceProcess::start_in(host.netns(), "auction", &away),
+            ServiceProcess::start("auction", &local),
+            ServiceProcess::start("targeting-evaluation", &stateful),
+            ServiceProcess::start("network-caller", &stateful),
+        );
+        let (away, local) = (away.unwrap(), local.unwrap());
+        let (targeting, network_caller) = (targeting.unwrap(), network_caller.unwrap());
+        // The default refresh (5 s): a replica must leave on what the connection shows
+        // (TCP_USER_TIMEOUT, the HTTP/2 ping, a connect timeout), not on the next probe.
+        let bid_intake = ServiceProcess::start(
+            "bid-intake",
+            &format!(
+                "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{auction_name}\"\n\
+                 network_caller_addr = \"{}\"\nresolver.nameserver = \"{}\"\n{}",
+                targeting.addr,
+                network_caller.addr,
+                dns.addr(),
+                settings("127.0.0.1:0", Some(&redis.url())),
+            ),
+        )
+        .await
+        .unwrap();
+        let client = BidIntakeClient::connect(format!("http://{}", bid_intake.addr))
+            .await
+            .unwrap();
+        // Both replicas in rotation and warm, and a second of latencies to hedge on.
+        let warm = load(client.clone(), "warm", Duration::from_secs(2)).await;
+        assert!(warm.errors.is_empty(), "{:?}", warm.errors);
+        assert_eq!(in_rotation(&bid_intake, &auction_name).await, Some(2.0));
+        AuctionAway {
+            host,
+            auction_name,
+            bid_intake,
+            client,
+            _running: (
+                networks,
+                redis,
+                dns,
+                [away, local, targeting, network_caller],
+            ),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures lateness, so scripts/test runs it alone after the other tests"]
 async fn a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_decision() {
     if !hosts_available("a_replica_whose_packets_vanish") {
         return;
     }
-    let networks = FakeNetworks::start().await.unwrap();
-    let redis = RedisServer::start().await.unwrap();
-    configure(&redis.url(), &networks).await;
-    let host = Host::create().unwrap();
-    let dns = FakeDns::start().await.unwrap();
-    let port = port_free_on_every_loopback_host();
-    let auction_name = format!("auction.cascade.test:{port}");
-    dns.set("auction.cascade.test", &[host.addr, Ipv4Addr::LOCALHOST]);
-
-    let away = settings(&format!("{}:{port}", host.addr), None);
-    let local = settings(&format!("127.0.0.1:{port}"), None);
-    let stateful = settings("127.0.0.1:0", Some(&redis.url()));
-    let (away, local, targeting, network_caller) = tokio::join!(
-        ServiceProcess::start_in(host.netns(), "auction", &away),
-        ServiceProcess::start("auction", &local),
-        ServiceProcess::start("targeting-evaluation", &stateful),
-        ServiceProcess::start("network-caller", &stateful),
-    );
-    let (_away, _local) = (away.unwrap(), local.unwrap());
-    let (targeting, network_caller) = (targeting.unwrap(), network_caller.unwrap());
-    // The default refresh (5 s): the replica must leave on what the connection shows
-    // (TCP_USER_TIMEOUT, the HTTP/2 ping, a connect timeout), not on the next probe.
-    let bid_intake = ServiceProcess::start(
-        "bid-intake",
-        &format!(
-            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{auction_name}\"\n\
-             network_caller_addr = \"{}\"\nresolver.nameserver = \"{}\"\n{}",
-            targeting.addr,
-            network_caller.addr,
-            dns.addr(),
-            settings("127.0.0.1:0", Some(&redis.url())),
-        ),
-    )
-    .await
-    .unwrap();
-    let client = BidIntakeClient::connect(format!("http://{}", bid_intake.addr))
-        .await
-        .unwrap();
-    // Both replicas in rotation and warm, and a second of latencies to hedge on.
-    let warm = load(client.clone(), "warm", Duration::from_secs(2)).await;
-    assert!(warm.errors.is_empty(), "{:?}", warm.errors);
-    assert_eq!(in_rotation(&bid_intake, &auction_name).await, Some(2.0));
+    let AuctionAway {
+        host,
+        auction_name,
+        bid_intake,
+        client,
+        _running,
+    } = AuctionAway::start().await;
 
     let strike_at = Duration::from_secs(1);
     let under_load = tokio::spawn(load(client.clone(), "blackhole", Duration::from_secs(5)));
@@ -214,6 +248,44 @@ async fn a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_de
         left_after < Duration::from_millis(3_500),
         "out of rotation only after {left_after:?}"
     );
+}
+
+/// A lossy link to one auction replica (5% of its packets dropped each way): TCP's
+/// retransmissions slow the calls that lose a packet by its 200 ms minimum timeout, and
+/// hedging sends them to the other replica meanwhile; no decision is late or fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures lateness, so scripts/test runs it alone after the other tests"]
+async fn a_lossy_link_to_a_replica_costs_no_decision() {
+    if !hosts_available("a_lossy_link_to_a_replica") {
+        return;
+    }
+    if let Some(reason) = Host::loss_unavailable() {
+        println!("a_lossy_link_to_a_replica: skipped: {reason}");
+        return;
+    }
+    let away = AuctionAway::start().await;
+    away.host.lose(5).unwrap();
+    let lossy = load(away.client.clone(), "lossy", Duration::from_secs(4)).await;
+    away.host.heal().unwrap();
+    let mut latencies = lossy.latencies.clone();
+    latencies.sort();
+    let p99 = latencies
+        .get(latencies.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    println!(
+        "5% loss to an auction replica: {} calls, p50 {:.1} ms, p99 {:.1} ms, {} errors, {} late, {} replicas in rotation after",
+        lossy.sent,
+        median(&lossy.latencies).as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        lossy.errors.len(),
+        lossy.late.len(),
+        in_rotation(&away.bid_intake, &away.auction_name)
+            .await
+            .unwrap_or(0.0),
+    );
+    assert!(lossy.errors.is_empty(), "{:?}", lossy.errors);
+    assert!(lossy.late.is_empty(), "{:?}", lossy.late);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

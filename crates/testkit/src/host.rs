@@ -110,11 +110,80 @@ impl Host {
         ip(&["-n", &self.netns, "link", "set", &self.inner, "down"])
     }
 
-    /// Undoes [`Host::blackhole`].
+    /// Undoes [`Host::blackhole`] and [`Host::lose`].
     pub fn heal(&self) -> std::io::Result<()> {
+        let _ = self.nft(&["delete", "table", "inet", LOSS_TABLE]);
         ip(&["-n", &self.netns, "link", "set", &self.inner, "up"])
     }
+
+    /// Why loss cannot be made here (no `nft`), or `None`.
+    pub fn loss_unavailable() -> Option<String> {
+        match Command::new("nft").arg("--version").output() {
+            Ok(output) if output.status.success() => None,
+            _ => Some("no nft (Debian's nftables) to drop packets with".to_string()),
+        }
+    }
+
+    /// Each packet the host sends or receives is dropped with probability `percent`/100
+    /// (an nftables rule in its namespace: `numgen random`), as a lossy link does; TCP
+    /// retransmits what is lost.
+    pub fn lose(&self, percent: u8) -> std::io::Result<()> {
+        let _ = self.nft(&["delete", "table", "inet", LOSS_TABLE]);
+        self.nft(&["add", "table", "inet", LOSS_TABLE])?;
+        // Only the link to the test's namespace loses: the host's own loopback does not.
+        for (chain, hook, interface) in [
+            ("incoming", "input", "iifname"),
+            ("outgoing", "output", "oifname"),
+        ] {
+            self.nft(&[
+                "add",
+                "chain",
+                "inet",
+                LOSS_TABLE,
+                chain,
+                &format!("{{ type filter hook {hook} priority 0 ; }}"),
+            ])?;
+            self.nft(&[
+                "add",
+                "rule",
+                "inet",
+                LOSS_TABLE,
+                chain,
+                "meta",
+                interface,
+                "!=",
+                "lo",
+                "numgen",
+                "random",
+                "mod",
+                "100",
+                "<",
+                &percent.to_string(),
+                "drop",
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn nft(&self, args: &[&str]) -> std::io::Result<()> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "nft"])
+            .args(args)
+            .output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "nft {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
 }
+
+/// The nftables table [`Host::lose`] puts its rules in.
+const LOSS_TABLE: &str = "cascade_loss";
 
 impl Drop for Host {
     fn drop(&mut self) {
