@@ -75,17 +75,21 @@ impl RedisServer {
     /// Starts a standalone server that speaks TLS only (`rediss://`), with the
     /// certificate `ca` issued for `127.0.0.1`.
     pub async fn start_tls(ca: &crate::TestCa) -> std::io::Result<Self> {
+        Self::start_tls_with(ca, RedisOptions::default()).await
+    }
+
+    /// As [`RedisServer::start_tls`], with `options`; a cluster node speaks TLS on its
+    /// cluster bus and to its replicas too.
+    pub async fn start_tls_with(
+        ca: &crate::TestCa,
+        options: RedisOptions,
+    ) -> std::io::Result<Self> {
         let files = [
             ca.server_cert_file().to_path_buf(),
             ca.server_key_file().to_path_buf(),
             ca.ca_file().to_path_buf(),
         ];
-        Self::start_serving(
-            RedisOptions::default(),
-            Some(Box::new(files)),
-            Place::default(),
-        )
-        .await
+        Self::start_serving(options, Some(Box::new(files)), Place::default()).await
     }
 
     async fn start_serving(
@@ -167,9 +171,22 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Runs `redis-cli -p PORT args…` against this server and returns its output.
+    /// Runs `redis-cli -p PORT args…` against this server (over TLS if it speaks it)
+    /// and returns its output.
     pub async fn cli(&self, args: &[&str]) -> std::io::Result<String> {
-        redis_cli(&[&["-p", &self.port.to_string()], args].concat()).await
+        let port = self.port.to_string();
+        let mut all = vec!["-p", &port];
+        all.extend(self.cli_tls());
+        all.extend(args);
+        redis_cli(&all).await
+    }
+
+    /// What `redis-cli` needs to speak TLS to this server, if it does.
+    fn cli_tls(&self) -> Vec<&str> {
+        match &self.tls {
+            Some(files) => vec!["--tls", "--cacert", files[2].to_str().unwrap_or_default()],
+            None => Vec::new(),
+        }
     }
 }
 
@@ -211,6 +228,9 @@ async fn spawn(
         command.args(["--appendonly", "yes", "--appendfsync", "always"]);
     } else {
         command.args(["--appendonly", "no"]);
+    }
+    if options.cluster_node && tls.is_some() {
+        command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
     }
     if options.cluster_node {
         command.args([
@@ -297,20 +317,34 @@ impl RedisCluster {
     /// Three masters with `replicas` replicas each: a master killed is replaced by one of
     /// its replicas once the others have missed it for the node timeout (2 s).
     pub async fn start_with_replicas(replicas: usize) -> std::io::Result<Self> {
+        Self::start_nodes(replicas, None).await
+    }
+
+    /// Three masters speaking TLS only (`rediss://`, the cluster bus too), with the
+    /// certificate `ca` issued for `127.0.0.1`.
+    pub async fn start_tls(ca: &crate::TestCa) -> std::io::Result<Self> {
+        Self::start_nodes(0, Some(ca)).await
+    }
+
+    async fn start_nodes(replicas: usize, tls: Option<&crate::TestCa>) -> std::io::Result<Self> {
         let options = RedisOptions {
             durable: false,
             cluster_node: true,
         };
         let mut nodes = Vec::new();
         for _ in 0..3 * (1 + replicas) {
-            nodes.push(RedisServer::start_with(options).await?);
+            nodes.push(match tls {
+                Some(ca) => RedisServer::start_tls_with(ca, options).await?,
+                None => RedisServer::start_with(options).await?,
+            });
         }
         let addresses: Vec<String> = nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
         let replicas = replicas.to_string();
-        let mut args = vec!["--cluster", "create"];
+        let mut args = nodes[0].cli_tls();
+        args.extend(["--cluster", "create"]);
         args.extend(addresses.iter().map(String::as_str));
         args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         redis_cli(&args).await?;

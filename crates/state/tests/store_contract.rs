@@ -607,3 +607,22 @@ async fn a_redis_cluster_store_announces_new_versions() {
     ))
     .await;
 }
+
+#[tokio::test]
+async fn a_redis_cluster_over_tls_keeps_the_contract() {
+    let ca = cascade_testkit::TestCa::new();
+    let cluster = RedisCluster::start_tls(&ca).await.unwrap();
+    assert!(
+        cluster
+            .urls()
+            .iter()
+            .all(|url| url.starts_with("rediss://"))
+    );
+    let settings = cascade_state::StateSettings {
+        redis_cluster_nodes: cluster.urls(),
+        redis_ca_file: Some(ca.ca_file().to_path_buf()),
+        ..Default::default()
+    };
+    let store = settings.open().unwrap();
+    check_contract(store.as_ref()).await;
+}
