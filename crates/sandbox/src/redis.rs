@@ -16,6 +16,9 @@ pub struct RedisOptions {
     pub durable: bool,
     /// Run as a Redis Cluster node.
     pub cluster_node: bool,
+    /// Over TLS, refuse a client that presents no certificate of the CA
+    /// (`tls-auth-clients yes`).
+    pub client_certificates: bool,
 }
 
 /// Where a server runs: the test's own namespace on loopback, or a test host.
@@ -216,7 +219,14 @@ async fn spawn(
             .arg(key)
             .arg("--tls-ca-cert-file")
             .arg(ca)
-            .args(["--tls-auth-clients", "no"]),
+            .args([
+                "--tls-auth-clients",
+                if options.client_certificates {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ]),
     };
     command
         .args(["--bind", &place.bind.to_string(), "--save", ""])
@@ -328,8 +338,8 @@ impl RedisCluster {
 
     async fn start_nodes(replicas: usize, tls: Option<&crate::TestCa>) -> std::io::Result<Self> {
         let options = RedisOptions {
-            durable: false,
             cluster_node: true,
+            ..Default::default()
         };
         let mut nodes = Vec::new();
         for _ in 0..3 * (1 + replicas) {

@@ -626,3 +626,40 @@ async fn a_redis_cluster_over_tls_keeps_the_contract() {
     let store = settings.open().unwrap();
     check_contract(store.as_ref()).await;
 }
+
+#[tokio::test]
+async fn a_redis_asking_for_client_certificates_takes_ours_and_refuses_none() {
+    let ca = cascade_testkit::TestCa::new();
+    let redis = RedisServer::start_tls_with(
+        &ca,
+        RedisOptions {
+            client_certificates: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The test CA's certificate has no extended key usage: it serves as a client's too.
+    let settings = cascade_state::StateSettings {
+        redis_url: Some(redis.url()),
+        redis_ca_file: Some(ca.ca_file().to_path_buf()),
+        redis_client_cert_file: Some(ca.server_cert_file().to_path_buf()),
+        redis_client_key_file: Some(ca.server_key_file().to_path_buf()),
+        ..Default::default()
+    };
+    check_contract(settings.open().unwrap().as_ref()).await;
+    let without_certificate = cascade_state::StateSettings {
+        redis_client_cert_file: None,
+        redis_client_key_file: None,
+        ..settings
+    };
+    let refused = without_certificate
+        .open()
+        .unwrap()
+        .configuration_version()
+        .await;
+    assert!(
+        matches!(refused, Err(cascade_state::StateError::Unavailable(_))),
+        "{refused:?}"
+    );
+}
