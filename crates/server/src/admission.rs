@@ -101,6 +101,9 @@ pub struct Admission {
 
 struct Inner {
     enabled: bool,
+    /// The least time a call to a service that only computes waited in this probe
+    /// interval, in microseconds (`u64::MAX`: none answered).
+    downstream_waited_micros: AtomicU64,
     degraded: AtomicBool,
     /// The overall shed probability, as `f64` bits.
     shed_probability: AtomicU64,
@@ -140,12 +143,35 @@ impl Admission {
         Self {
             inner: Arc::new(Inner {
                 enabled: settings.enabled,
+                downstream_waited_micros: AtomicU64::new(u64::MAX),
                 degraded: AtomicBool::new(false),
                 shed_probability: AtomicU64::new(0f64.to_bits()),
                 fair: Mutex::new(FairShedding::new(settings.tracked_publishers)),
                 random: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             }),
         }
+    }
+
+    /// Counts a call this service made to one that does nothing but compute (bid-intake
+    /// to targeting-evaluation and auction), `took` long, answered with `metadata`: the
+    /// part of it not spent serving it (see [`tell_served`]) waited in a queue — on the
+    /// connection, in the other service's runtime, for CPU — and the least such wait of
+    /// an interval counts as this service's own queueing delay. Shedding at the front
+    /// door is what empties a queue behind it; the other service's own probe cannot see
+    /// calls waiting for a stream on the connection.
+    pub fn downstream_took(&self, took: Duration, metadata: &tonic::metadata::MetadataMap) {
+        if !self.inner.enabled {
+            return;
+        }
+        let served = metadata
+            .get(SERVED_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|micros| micros.parse::<u64>().ok())
+            .map_or(Duration::ZERO, Duration::from_micros);
+        let waited = u64::try_from(took.saturating_sub(served).as_micros()).unwrap_or(u64::MAX - 1);
+        self.inner
+            .downstream_waited_micros
+            .fetch_min(waited, Ordering::Relaxed);
     }
 
     /// Admits everything.
@@ -252,12 +278,31 @@ async fn probe(admission: Weak<Inner>, mut controller: Controller) {
         let late = woke
             .saturating_duration_since(due)
             .saturating_sub(TIMER_GRANULARITY);
-        let pressure = controller.observe(now - woke + late, now - last);
+        let own = now - woke + late;
+        let downstream = match inner
+            .downstream_waited_micros
+            .swap(u64::MAX, Ordering::Relaxed)
+        {
+            u64::MAX => Duration::ZERO,
+            micros => Duration::from_micros(micros),
+        };
+        let pressure = controller.observe(own.max(downstream), now - last);
         metrics::gauge!("cascade_admission_queue_delay_seconds")
             .set(controller.queue_delay().as_secs_f64());
         Admission { inner }.apply(pressure, now - last);
         last = now;
     }
+}
+
+/// The response header in which every service says how long it spent on a call, in
+/// microseconds, from taking it up to answering (as `Server-Timing` does for HTTP): what
+/// its caller waited beyond that was queueing.
+pub const SERVED_HEADER: &str = "cascade-served-us";
+
+/// Says in `headers` that the call was served in `served`.
+pub fn tell_served(headers: &mut http::HeaderMap, served: Duration) {
+    let micros = u64::try_from(served.as_micros()).unwrap_or(u64::MAX);
+    headers.insert(SERVED_HEADER, http::HeaderValue::from(micros));
 }
 
 /// tokio's timers fire on millisecond ticks: a timer up to this late is on time.
@@ -377,6 +422,58 @@ mod tests {
             .count();
         assert!((4_500..=5_500).contains(&shed), "{shed}");
         assert_eq!(Admission::disabled().uniform_verdict(), Verdict::Admit);
+    }
+
+    #[test]
+    fn a_call_downstream_counts_what_it_waited_beyond_being_served() {
+        let admission = Admission::new(&AdmissionSettings::default());
+        let waited = || {
+            admission
+                .inner
+                .downstream_waited_micros
+                .load(Ordering::Relaxed)
+        };
+        assert_eq!(waited(), u64::MAX);
+        let mut headers = http::HeaderMap::new();
+        tell_served(&mut headers, Duration::from_millis(2));
+        let served = tonic::metadata::MetadataMap::from_headers(headers);
+        admission.downstream_took(Duration::from_millis(30), &served);
+        assert_eq!(waited(), 28_000);
+        // The least wait of the interval is the standing queue.
+        admission.downstream_took(Duration::from_millis(50), &served);
+        admission.downstream_took(Duration::from_millis(12), &served);
+        assert_eq!(waited(), 10_000);
+        // Without the header (a call that failed before it was served) all of it waited.
+        admission.downstream_took(
+            Duration::from_millis(3),
+            &tonic::metadata::MetadataMap::new(),
+        );
+        assert_eq!(waited(), 3_000);
+        // Admission off: nothing is counted.
+        let off = Admission::disabled();
+        off.downstream_took(Duration::from_millis(1), &served);
+        assert_eq!(
+            off.inner.downstream_waited_micros.load(Ordering::Relaxed),
+            u64::MAX
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_waiting_downstream_make_the_front_door_degrade_then_shed() {
+        let admission = Admission::start(&AdmissionSettings::default());
+        let served = tonic::metadata::MetadataMap::new();
+        for _ in 0..20 {
+            admission.downstream_took(Duration::from_millis(40), &served);
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        assert!(admission.inner.degraded.load(Ordering::Relaxed));
+        assert!(admission.shed_probability() > 0.0, "{admission:?}");
+        // Once the calls downstream stop waiting, the pressure goes.
+        for _ in 0..200 {
+            admission.downstream_took(Duration::from_micros(300), &served);
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        assert_eq!(admission.uniform_verdict(), Verdict::Admit);
     }
 
     #[test]

@@ -631,7 +631,10 @@ where
             self.inner.call(request)
         };
         Box::pin(async move {
-            let response = response.instrument(span.clone()).await;
+            let mut response = response.instrument(span.clone()).await;
+            if let Ok(response) = &mut response {
+                crate::admission::tell_served(response.headers_mut(), started.elapsed());
+            }
             let number = match &response {
                 Ok(response) => grpc_code_number(response.headers()),
                 Err(_) => tonic::Code::Unknown as usize,

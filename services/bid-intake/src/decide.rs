@@ -292,6 +292,21 @@ struct Asked {
 }
 
 impl DecisionService {
+    /// Counts a call to targeting-evaluation or auction, asked at `asked`, for admission:
+    /// they only compute, so what the call took beyond what they say they spent on it
+    /// waited in a queue. A call that failed waited all it took.
+    fn count_downstream<T>(
+        &self,
+        asked: std::time::Instant,
+        answer: &Result<tonic::Response<T>, Status>,
+    ) {
+        let metadata = match answer {
+            Ok(response) => response.metadata(),
+            Err(status) => status.metadata(),
+        };
+        self.admission.downstream_took(asked.elapsed(), metadata);
+    }
+
     async fn decide(
         &self,
         mut request: DecideRequest,
@@ -374,7 +389,8 @@ impl DecisionService {
                 }),
         };
 
-        let evaluation = self
+        let asked = std::time::Instant::now();
+        let evaluated = self
             .targeting
             .clone()
             .evaluate(deadline.request(EvaluateRequest {
@@ -383,7 +399,9 @@ impl DecisionService {
                 context: Some(std::mem::take(&mut normalized.context)),
                 debug,
             }))
-            .await
+            .await;
+        self.count_downstream(asked, &evaluated);
+        let evaluation = evaluated
             .map_err(|status| DecideError::downstream("targeting-evaluation", status))?
             .into_inner();
 
@@ -561,11 +579,14 @@ impl DecisionService {
         if auction_imps.is_empty() {
             return Ok(());
         }
-        let ranking = self
+        let asked = std::time::Instant::now();
+        let ranked = self
             .auction
             .clone()
             .rank(deadline.request(RankRequest { imps: auction_imps }))
-            .await
+            .await;
+        self.count_downstream(asked, &ranked);
+        let ranking = ranked
             .map_err(|status| DecideError::downstream("auction", status))?
             .into_inner();
         for (slot_index, ranked_imp) in auction_slots.into_iter().zip(ranking.imps) {
