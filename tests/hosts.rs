@@ -26,6 +26,23 @@ const RATE: u32 = 80;
 const DEADLINE: Duration = Duration::from_millis(250);
 const LATE_AFTER: Duration = Duration::from_millis(300);
 
+/// Runs `test` once more if it fails, as the fault matrix does with a row: these tests
+/// measure lateness on a machine others share, and a fault is taken as not absorbed only
+/// when it fails twice in a row (both runs print what they measured).
+async fn once_more_if_failing<F, Fut>(name: &str, test: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if tokio::spawn(test()).await.is_ok() {
+        return;
+    }
+    println!("{name}: failed; running it once more");
+    if let Err(failed) = tokio::spawn(test()).await {
+        std::panic::resume_unwind(failed.into_panic());
+    }
+}
+
 /// Whether the test can run here; prints why not.
 fn hosts_available(test: &str) -> bool {
     match Host::unavailable() {
@@ -59,6 +76,43 @@ async fn configure(redis_url: &str, networks: &FakeNetworks) {
         .apply_configuration(demo_configuration(networks), None)
         .await
         .unwrap();
+}
+
+/// targeting-evaluation, auction and network-caller on loopback, on one Redis.
+struct Backends {
+    targeting: ServiceProcess,
+    auction: ServiceProcess,
+    network_caller: ServiceProcess,
+}
+
+impl Backends {
+    async fn start(redis_url: &str) -> Backends {
+        let stateful = settings("127.0.0.1:0", Some(redis_url));
+        let stateless = settings("127.0.0.1:0", None);
+        let (targeting, auction, network_caller) = tokio::join!(
+            ServiceProcess::start("targeting-evaluation", &stateful),
+            ServiceProcess::start("auction", &stateless),
+            ServiceProcess::start("network-caller", &stateful),
+        );
+        Backends {
+            targeting: targeting.unwrap(),
+            auction: auction.unwrap(),
+            network_caller: network_caller.unwrap(),
+        }
+    }
+
+    /// The settings of a bid-intake calling them, on `redis_url`, with `extra` (top-level
+    /// keys).
+    fn bid_intake(&self, redis_url: &str, extra: &str) -> String {
+        format!(
+            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\n\
+             network_caller_addr = \"{}\"\n{extra}{}",
+            self.targeting.addr,
+            self.auction.addr,
+            self.network_caller.addr,
+            settings("127.0.0.1:0", Some(redis_url)),
+        )
+    }
 }
 
 /// What a steady load came to.
@@ -206,6 +260,14 @@ impl AuctionAway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures lateness, so scripts/test runs it alone after the other tests"]
 async fn a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_decision() {
+    once_more_if_failing(
+        "a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_decision",
+        a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_decision_once,
+    )
+    .await;
+}
+
+async fn a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_decision_once() {
     if !hosts_available("a_replica_whose_packets_vanish") {
         return;
     }
@@ -256,6 +318,14 @@ async fn a_replica_whose_packets_vanish_leaves_the_rotation_without_costing_a_de
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures lateness, so scripts/test runs it alone after the other tests"]
 async fn a_lossy_link_to_a_replica_costs_no_decision() {
+    once_more_if_failing(
+        "a_lossy_link_to_a_replica_costs_no_decision",
+        a_lossy_link_to_a_replica_costs_no_decision_once,
+    )
+    .await;
+}
+
+async fn a_lossy_link_to_a_replica_costs_no_decision_once() {
     if !hosts_available("a_lossy_link_to_a_replica") {
         return;
     }
@@ -291,6 +361,14 @@ async fn a_lossy_link_to_a_replica_costs_no_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures lateness, so scripts/test runs it alone after the other tests"]
 async fn a_partition_from_redis_is_the_outage_policy() {
+    once_more_if_failing(
+        "a_partition_from_redis_is_the_outage_policy",
+        a_partition_from_redis_is_the_outage_policy_once,
+    )
+    .await;
+}
+
+async fn a_partition_from_redis_is_the_outage_policy_once() {
     if !hosts_available("a_partition_from_redis") {
         return;
     }
@@ -308,31 +386,10 @@ async fn a_partition_from_redis_is_the_outage_policy() {
     .unwrap();
     let url = redis.url();
     configure(&url, &networks).await;
-    let stateful = settings("127.0.0.1:0", Some(&url));
-    let stateless = settings("127.0.0.1:0", None);
-    let (targeting, auction, network_caller) = tokio::join!(
-        ServiceProcess::start("targeting-evaluation", &stateful),
-        ServiceProcess::start("auction", &stateless),
-        ServiceProcess::start("network-caller", &stateful),
-    );
-    let (targeting, auction, network_caller) = (
-        targeting.unwrap(),
-        auction.unwrap(),
-        network_caller.unwrap(),
-    );
-    let bid_intake = ServiceProcess::start(
-        "bid-intake",
-        &format!(
-            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\n\
-             network_caller_addr = \"{}\"\n{}",
-            targeting.addr,
-            auction.addr,
-            network_caller.addr,
-            settings("127.0.0.1:0", Some(&url)),
-        ),
-    )
-    .await
-    .unwrap();
+    let backends = Backends::start(&url).await;
+    let bid_intake = ServiceProcess::start("bid-intake", &backends.bid_intake(&url, ""))
+        .await
+        .unwrap();
     let mut client = BidIntakeClient::connect(format!("http://{}", bid_intake.addr))
         .await
         .unwrap();
@@ -407,6 +464,14 @@ fn median(latencies: &[Duration]) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures lateness, so scripts/test runs it alone after the other tests"]
 async fn latency_to_redis_costs_a_decision_one_round_trip_at_most() {
+    once_more_if_failing(
+        "latency_to_redis_costs_a_decision_one_round_trip_at_most",
+        latency_to_redis_costs_a_decision_one_round_trip_at_most_once,
+    )
+    .await;
+}
+
+async fn latency_to_redis_costs_a_decision_one_round_trip_at_most_once() {
     const ONE_WAY: Duration = Duration::from_millis(20);
     let networks = FakeNetworks::start().await.unwrap();
     let redis = RedisServer::start_with(RedisOptions {
@@ -420,29 +485,11 @@ async fn latency_to_redis_costs_a_decision_one_round_trip_at_most() {
         .await
         .unwrap();
     let url = format!("redis://{}", far.addr);
-    let stateful = settings("127.0.0.1:0", Some(&url));
-    let stateless = settings("127.0.0.1:0", None);
-    let (targeting, auction, network_caller) = tokio::join!(
-        ServiceProcess::start("targeting-evaluation", &stateful),
-        ServiceProcess::start("auction", &stateless),
-        ServiceProcess::start("network-caller", &stateful),
+    let backends = Backends::start(&url).await;
+    let (durable_settings, behind_settings) = (
+        backends.bid_intake(&url, "selection_write_wait_ms = 50\n"),
+        backends.bid_intake(&url, "selection_write_wait_ms = 0\n"),
     );
-    let (targeting, auction, network_caller) = (
-        targeting.unwrap(),
-        auction.unwrap(),
-        network_caller.unwrap(),
-    );
-    let bid_intake = |write_wait_ms: u64| {
-        format!(
-            "targeting_evaluation_addr = \"{}\"\nauction_addr = \"{}\"\n\
-             network_caller_addr = \"{}\"\nselection_write_wait_ms = {write_wait_ms}\n{}",
-            targeting.addr,
-            auction.addr,
-            network_caller.addr,
-            settings("127.0.0.1:0", Some(&url)),
-        )
-    };
-    let (durable_settings, behind_settings) = (bid_intake(50), bid_intake(0));
     let (durable, behind) = tokio::join!(
         ServiceProcess::start("bid-intake", &durable_settings),
         ServiceProcess::start("bid-intake", &behind_settings),

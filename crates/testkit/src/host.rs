@@ -25,12 +25,19 @@ pub struct Host {
 }
 
 fn ip(args: &[&str]) -> std::io::Result<()> {
-    let output = Command::new("ip").args(args).output()?;
+    let mut command = Command::new("ip");
+    command.args(args);
+    succeeded(command, "ip", args)
+}
+
+/// Runs `command` (`name args`), an error saying what it printed if it failed.
+fn succeeded(mut command: Command, name: &str, args: &[&str]) -> std::io::Result<()> {
+    let output = command.output()?;
     if output.status.success() {
         Ok(())
     } else {
         Err(std::io::Error::other(format!(
-            "ip {}: {}",
+            "{name} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         )))
@@ -166,19 +173,11 @@ impl Host {
     }
 
     fn nft(&self, args: &[&str]) -> std::io::Result<()> {
-        let output = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.netns, "nft"])
-            .args(args)
-            .output()?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "nft {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            )))
-        }
+            .args(args);
+        succeeded(command, "nft", args)
     }
 }
 
