@@ -63,6 +63,54 @@ pub struct BenchArgs {
     /// and half of it only (run it with `--concurrency 2000`: thousands in flight).
     #[arg(long, value_enum, default_value_t = Workload::Toy)]
     workload: Workload,
+    /// The cluster (services, Redis, the echo chain) on the first CPU, this generator and
+    /// the fake networks on the others (`taskset`; at least 2 CPUs): the generator cannot
+    /// starve the cluster, so overload figures are about the cluster alone, on one core.
+    #[arg(long)]
+    pin: bool,
+}
+
+/// `--pin`: the cluster on [`Pinning::CLUSTER_CPUS`], this generator on the other CPUs.
+struct Pinning;
+
+impl Pinning {
+    const CLUSTER_CPUS: &str = "0";
+
+    /// Whether to pin, with this process (the generator) pinned already when asked.
+    fn start(asked: bool) -> anyhow::Result<Option<Pinning>> {
+        if !asked {
+            return Ok(None);
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        anyhow::ensure!(
+            cpus >= 2,
+            "--pin needs at least 2 CPUs, this machine has {cpus}"
+        );
+        taskset(std::process::id(), &format!("1-{}", cpus - 1))?;
+        Ok(Some(Pinning))
+    }
+
+    /// Every thread of process `pid` onto the cluster's CPU, when pinning.
+    fn cluster(pinning: &Option<Pinning>, pid: Option<u32>) -> anyhow::Result<()> {
+        match (pinning, pid) {
+            (Some(Pinning), Some(pid)) => taskset(pid, Self::CLUSTER_CPUS),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every thread of process `pid` onto the CPUs `cpus` (a `taskset` list).
+fn taskset(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux) for --pin")?;
+    anyhow::ensure!(
+        status.success(),
+        "taskset could not pin process {pid} to CPUs {cpus}"
+    );
+    Ok(())
 }
 
 /// The service binaries next to the running `cascade`.
@@ -494,9 +542,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         network_caller_bin,
         bid_intake_bin,
     ] = binaries;
+    let pinning = Pinning::start(args.pin)?;
     let redis = RedisServer::start()
         .await
         .context("starting redis-server")?;
+    Pinning::cluster(&pinning, redis.pid())?;
     let networks = FakeNetworks::start().await?;
     let depth = args.chain_depth.max(1);
     for k in 0..depth {
@@ -566,6 +616,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     let hops = DECISION_HOPS_WITHOUT_NETWORKS + args.chain_depth.max(1);
     let echo = EchoChain::start(hops).await?;
+    for process in [
+        &targeting,
+        &auction,
+        &network_caller,
+        &bid_intake,
+        &logged_bid_intake,
+    ] {
+        Pinning::cluster(&pinning, process.pid())?;
+    }
+    Pinning::cluster(&pinning, echo.child.id())?;
 
     let load = LoadArgs {
         target: format!("http://{}", bid_intake.addr),
@@ -845,8 +905,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "[state]\nredis_cluster_nodes = {:?}\npoll_interval_ms = 60000\n",
             cluster.urls()
         );
+        for node in &cluster.nodes {
+            Pinning::cluster(&pinning, node.pid())?;
+        }
         let clustered =
             ServiceProcess::start_binary(&bid_intake_bin, &bid_intake_with(&state), &quiet).await?;
+        Pinning::cluster(&pinning, clustered.pid())?;
         cluster_failover(&mut cluster, &clustered, &load, decide_max.throughput()).await?
     };
 
