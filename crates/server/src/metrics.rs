@@ -115,6 +115,11 @@ pub const FAMILIES: &[Family] = &[
         "Redis commands that failed (refused, timed out, connection lost).",
     ),
     family(
+        "cascade_redis_cluster_renewals_total",
+        Kind::Counter,
+        "Times the Redis Cluster connection was made again from the seed nodes because its commands kept failing (a stale view of the cluster after a failover).",
+    ),
+    family(
         "cascade_selection_backlog",
         Kind::Gauge,
         "Selections decided but not yet written to the state store (it is slow or down).",

@@ -27,6 +27,8 @@ use cascade_core::report::ReportCell;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+use crate::cluster_link::{ClusterLink, LinkHealth};
+
 use crate::{
     BillingNotice, Event, EventCounter, EventKind, EventRecorded, Selection, StateError, Store,
 };
@@ -116,11 +118,24 @@ const RECORD_EVENT_SCRIPT: &str = include_str!("lua/record_event.lua");
 /// dropped from the due set.
 const CLAIM_BILLING_SCRIPT: &str = include_str!("lua/claim_billing.lua");
 
-/// A connection to a single Redis or to a Redis Cluster; commands are the same.
+/// Each slot group of a pipelined call: the indexes of its items, and its replies or
+/// its error.
+type SlotOutcomes<R> = Vec<(Vec<usize>, redis::RedisResult<Vec<R>>)>;
+
+/// One key to `SET` with a TTL, in the slot of `shard`.
+struct KeyWrite {
+    shard: u32,
+    key: String,
+    value: Vec<u8>,
+    ttl_ms: u64,
+}
+
+/// A connection to a single Redis or to a Redis Cluster; commands are the same. A
+/// cluster command's outcome is reported to the health of its link.
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Arc<LinkHealth>),
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -130,7 +145,11 @@ impl redis::aio::ConnectionLike for Connection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c, health) => Box::pin(async move {
+                let result = c.req_packed_command(cmd).await;
+                health.observe(&result);
+                result
+            }),
         }
     }
 
@@ -142,28 +161,30 @@ impl redis::aio::ConnectionLike for Connection {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c, health) => Box::pin(async move {
+                let result = c.req_packed_commands(pipeline, offset, count).await;
+                health.observe(&result);
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
+            Connection::Cluster(c, _) => c.get_db(),
         }
     }
 }
 
 /// How the store reaches Redis: a single node's self-reconnecting connection, or a
-/// cluster client whose connection is made on first use (so a service can start while
-/// the cluster is down) and then reconnects to nodes on its own.
+/// cluster link whose connection is made on first use (so a service can start while
+/// the cluster is down), reconnects to nodes on its own and rediscovers the cluster
+/// when its commands keep failing.
 #[derive(Clone)]
 enum Target {
     Single(ConnectionManager),
-    Cluster {
-        client: Arc<redis::cluster::ClusterClient>,
-        connection: Arc<tokio::sync::OnceCell<ClusterConnection>>,
-    },
+    Cluster(Arc<ClusterLink>),
 }
 
 /// The shared state in Redis. Reconnects on its own; a command during an outage fails
@@ -311,10 +332,7 @@ impl RedisStore {
             .iter()
             .map(|url| open_client(url, tls))
             .collect::<Result<Vec<_>, _>>()?;
-        let target = Target::Cluster {
-            client: Arc::new(client),
-            connection: Arc::default(),
-        };
+        let target = Target::Cluster(Arc::new(ClusterLink::new(client)));
         Ok(Self::new(target, subscribers))
     }
 
@@ -334,10 +352,10 @@ impl RedisStore {
     async fn connection(&self) -> Result<Connection, StateError> {
         match &self.target {
             Target::Single(connection) => Ok(Connection::Single(connection.clone())),
-            Target::Cluster { client, connection } => connection
-                .get_or_try_init(|| client.get_async_connection())
+            Target::Cluster(link) => link
+                .connection()
                 .await
-                .map(|c| Connection::Cluster(c.clone()))
+                .map(|(connection, health)| Connection::Cluster(connection, health))
                 .map_err(unavailable),
         }
     }
@@ -350,30 +368,9 @@ impl RedisStore {
         shard_of: impl Fn(&T) -> u32,
         add: impl Fn(&mut redis::Pipeline, &T),
     ) -> Result<Vec<R>, StateError> {
-        let connection = self.connection().await?;
-        let groups: Vec<Vec<usize>> = match connection {
-            Connection::Single(_) => vec![(0..items.len()).collect()],
-            Connection::Cluster(_) => {
-                let mut by_shard = std::collections::BTreeMap::<u32, Vec<usize>>::new();
-                for (i, item) in items.iter().enumerate() {
-                    by_shard.entry(shard_of(item)).or_default().push(i);
-                }
-                by_shard.into_values().collect()
-            }
-        };
-        let replies = futures::future::try_join_all(groups.iter().map(|group| {
-            let mut pipeline = redis::pipe();
-            for &i in group {
-                add(&mut pipeline, &items[i]);
-            }
-            let mut connection = connection.clone();
-            async move { pipeline.query_async::<Vec<R>>(&mut connection).await }
-        }))
-        .await
-        .map_err(unavailable)?;
         let mut ordered: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
-        for (group, replies) in groups.iter().zip(replies) {
-            for (&i, reply) in group.iter().zip(replies) {
+        for (group, replies) in self.pipelined_by_slot(items, shard_of, add).await? {
+            for (i, reply) in group.into_iter().zip(replies.map_err(unavailable)?) {
                 ordered[i] = Some(reply);
             }
         }
@@ -381,6 +378,105 @@ impl RedisStore {
             .into_iter()
             .map(|reply| reply.ok_or(StateError::Protocol("a pipeline reply is missing")))
             .collect()
+    }
+
+    /// As [`RedisStore::pipelined`], with each slot group's outcome on its own.
+    async fn pipelined_by_slot<T, R: redis::FromRedisValue>(
+        &self,
+        items: &[T],
+        shard_of: impl Fn(&T) -> u32,
+        add: impl Fn(&mut redis::Pipeline, &T),
+    ) -> Result<SlotOutcomes<R>, StateError> {
+        let connection = self.connection().await?;
+        let groups: Vec<Vec<usize>> = match connection {
+            Connection::Single(_) => vec![(0..items.len()).collect()],
+            Connection::Cluster(..) => {
+                let mut by_shard = std::collections::BTreeMap::<u32, Vec<usize>>::new();
+                for (i, item) in items.iter().enumerate() {
+                    by_shard.entry(shard_of(item)).or_default().push(i);
+                }
+                by_shard.into_values().collect()
+            }
+        };
+        let replies = futures::future::join_all(groups.iter().map(|group| {
+            let mut pipeline = redis::pipe();
+            for &i in group {
+                add(&mut pipeline, &items[i]);
+            }
+            let mut connection = connection.clone();
+            async move { pipeline.query_async::<Vec<R>>(&mut connection).await }
+        }))
+        .await;
+        Ok(groups.into_iter().zip(replies).collect())
+    }
+
+    /// The keys one selection is written to (itself, and the answer it carries for a
+    /// retried decision), each with its shard, value and TTL.
+    fn selection_writes(selection: &Selection) -> Result<Vec<KeyWrite>, StateError> {
+        let value = serde_json::to_vec(selection).map_err(|source| StateError::Encode {
+            what: "a selection",
+            source,
+        })?;
+        let ttl_ms = u64::try_from(selection.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut writes = vec![KeyWrite {
+            shard: keys::shard(&selection.id),
+            key: keys::selection(&selection.id),
+            value,
+            ttl_ms,
+        }];
+        if let Some(answer) = &selection.answer {
+            writes.push(KeyWrite {
+                shard: keys::shard(&answer.key.request_id),
+                key: keys::answer(&answer.key),
+                value: answer.response.clone(),
+                ttl_ms,
+            });
+        }
+        Ok(writes)
+    }
+
+    /// Writes every selection of `selections` in one pipeline per slot: for each
+    /// selection, whether all of its keys were written, and the first error met.
+    async fn write_selections(
+        &self,
+        selections: &[Selection],
+    ) -> Result<(Vec<bool>, Option<redis::RedisError>), StateError> {
+        // Every key to write, with the index of the selection it belongs to.
+        let mut writes = Vec::with_capacity(selections.len());
+        for (owner, selection) in selections.iter().enumerate() {
+            writes.extend(
+                Self::selection_writes(selection)?
+                    .into_iter()
+                    .map(|write| (owner, write)),
+            );
+        }
+        let outcomes = self
+            .pipelined_by_slot::<_, redis::Value>(
+                &writes,
+                |(_, write)| write.shard,
+                |pipeline, (_, write)| {
+                    pipeline
+                        .cmd("SET")
+                        .arg(&write.key)
+                        .arg(&write.value)
+                        .arg("PX")
+                        .arg(write.ttl_ms);
+                },
+            )
+            .await?;
+        let mut stored = vec![true; selections.len()];
+        let mut first_error = None;
+        for (group, replies) in outcomes {
+            if let Err(error) = replies {
+                for i in group {
+                    stored[writes[i].0] = false;
+                }
+                first_error.get_or_insert(error);
+            }
+        }
+        Ok((stored, first_error))
     }
 }
 
@@ -451,45 +547,24 @@ impl Store for RedisStore {
     }
 
     async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
-        let mut values = Vec::with_capacity(selections.len());
-        for selection in selections {
-            let value = serde_json::to_vec(selection).map_err(|source| StateError::Encode {
-                what: "a selection",
-                source,
-            })?;
-            let ttl_ms = u64::try_from(selection.ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            values.push((
-                keys::shard(&selection.id),
-                keys::selection(&selection.id),
-                value,
-                ttl_ms,
-            ));
-            if let Some(answer) = &selection.answer {
-                values.push((
-                    keys::shard(&answer.key.request_id),
-                    keys::answer(&answer.key),
-                    answer.response.clone(),
-                    ttl_ms,
-                ));
-            }
+        match self.write_selections(selections).await? {
+            (_, Some(error)) => Err(unavailable(error)),
+            (_, None) => Ok(()),
         }
-        let _: Vec<redis::Value> = self
-            .pipelined(
-                &values,
-                |(shard, _, _, _)| *shard,
-                |pipeline, (_, key, value, ttl_ms)| {
-                    pipeline
-                        .cmd("SET")
-                        .arg(key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(ttl_ms);
-                },
-            )
-            .await?;
-        Ok(())
+    }
+
+    async fn put_selections_partly(
+        &self,
+        selections: &[Selection],
+    ) -> Result<Vec<bool>, StateError> {
+        match self.write_selections(selections).await? {
+            (stored, Some(error)) if !stored.contains(&true) => Err(unavailable(error)),
+            (stored, Some(error)) => {
+                unavailable(error);
+                Ok(stored)
+            }
+            (stored, None) => Ok(stored),
+        }
     }
 
     async fn recall(

@@ -81,9 +81,15 @@ impl SelectionWriter {
     ) -> Result<Written, StateError> {
         // While a backlog waits, the store is known to be in trouble: do not spend the
         // decision's time on it, and keep the order of writes.
+        let mut selections = selections;
         if !timeout.is_zero() && self.backlog_len() == 0 {
-            match tokio::time::timeout(timeout, self.store.put_selections(&selections)).await {
-                Ok(Ok(())) => return Ok(Written::Stored),
+            let written = self.store.put_selections_partly(&selections);
+            match tokio::time::timeout(timeout, written).await {
+                Ok(Ok(stored)) if !stored.contains(&false) => return Ok(Written::Stored),
+                Ok(Ok(stored)) => {
+                    tracing::warn!("part of the store is down: its selections go to the backlog");
+                    selections = unstored(selections, &stored);
+                }
                 Ok(Err(error)) => tracing::warn!(%error, "selections go to the backlog"),
                 Err(_) => tracing::warn!("the store is slow: selections go to the backlog"),
             }
@@ -168,11 +174,15 @@ impl SelectionWriter {
         if batch.is_empty() {
             return Flushed::Drained;
         }
-        match self.store.put_selections(&batch).await {
-            Ok(()) => {
+        match self.store.put_selections_partly(&batch).await {
+            Ok(stored) => {
                 let mut backlog = self.backlog.lock();
-                let flushed = batch.len().min(backlog.len());
-                backlog.drain(..flushed);
+                // Only this task takes from the front: the batch is still there.
+                let taken = batch.len().min(backlog.len());
+                let flushed: Vec<Selection> = backlog.drain(..taken).collect();
+                // The selections of a part of the store that did not answer (a master
+                // failing over) go to the back, so that the next batch is the others'.
+                backlog.extend(unstored(flushed, &stored));
                 metrics::gauge!("cascade_selection_backlog").set(backlog.len() as f64);
                 if backlog.is_empty() {
                     tracing::info!("selection backlog flushed");
@@ -187,6 +197,16 @@ impl SelectionWriter {
             }
         }
     }
+}
+
+/// The selections of `selections` not `stored`.
+fn unstored(selections: Vec<Selection>, stored: &[bool]) -> Vec<Selection> {
+    selections
+        .into_iter()
+        .zip(stored)
+        .filter(|(_, stored)| !**stored)
+        .map(|(selection, _)| selection)
+        .collect()
 }
 
 /// What one flush came to.
