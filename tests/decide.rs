@@ -1140,4 +1140,25 @@ async fn under_overload_networks_are_given_up_and_the_demand_in_hand_serves() {
         "{response}"
     );
     assert_eq!(cluster.networks.calls("coolads"), called);
+
+    // A gateway naming the publisher in the metadata is judged in front, before the
+    // request is read, to the same verdict.
+    let output = grpcurl::call(
+        cluster.bid_intake,
+        DECIDE,
+        &request,
+        &["-H", "cascade-publisher: pub-1"],
+    )
+    .await
+    .unwrap();
+    assert!(output.success, "{}", output.stderr);
+    let named = output.json();
+    assert_eq!(winner(&named)["source"], "SOURCE_KIND_EXCHANGE", "{named}");
+    assert!(
+        attempt_details(&named)
+            .iter()
+            .any(|(_, detail)| detail.contains("overload")),
+        "{named}"
+    );
+    assert_eq!(cluster.networks.calls("coolads"), called);
 }

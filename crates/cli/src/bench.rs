@@ -284,12 +284,11 @@ fn time_in_service(text: &str) -> (f64, f64) {
     (total("sum"), total("count"))
 }
 
-/// The `quantile` of bid-intake's own time to answer the calls it shed (its
-/// `cascade_grpc_server_request_duration_seconds` buckets for `RESOURCE_EXHAUSTED`), in
-/// seconds: the upper bound of the bucket it falls in.
-fn shed_quantile(text: &str, quantile: f64) -> Option<f64> {
-    let buckets: Vec<(f64, f64)> = text
-        .lines()
+/// bid-intake's own time to answer the calls it shed, as the cumulative buckets (upper
+/// bound in seconds, count) of its `cascade_grpc_server_request_duration_seconds` for
+/// `RESOURCE_EXHAUSTED`.
+fn shed_buckets(text: &str) -> Vec<(f64, f64)> {
+    text.lines()
         .filter(|line| {
             line.starts_with("cascade_grpc_server_request_duration_seconds_bucket{")
                 && line.contains("rpc_method=\"Decide\"")
@@ -303,6 +302,20 @@ fn shed_quantile(text: &str, quantile: f64) -> Option<f64> {
                 le.parse().ok()?
             };
             Some((le, line.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `quantile` of the calls bid-intake shed between two readings of
+/// [`shed_buckets`], in seconds: the upper bound of the bucket it falls in.
+fn shed_quantile(before: &[(f64, f64)], after: &[(f64, f64)], quantile: f64) -> Option<f64> {
+    let buckets: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, count)| {
+            let earlier = (before.iter())
+                .find(|(bound, _)| bound == le)
+                .map_or(0.0, |(_, count)| *count);
+            (*le, count - earlier)
         })
         .collect();
     let total = buckets.iter().map(|(_, count)| *count).fold(0.0, f64::max);
@@ -482,6 +495,10 @@ async fn cluster_failover(
 /// One open-loop run past the maximum.
 struct Overload {
     factor: u64,
+    /// The calls did not name their publisher in the metadata.
+    unnamed: bool,
+    /// bid-intake's own p99 for the calls it shed in this run (a histogram bucket).
+    shed_p99_inside: Option<f64>,
     result: LoadResult,
     cpu: Duration,
 }
@@ -643,6 +660,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         data_file: None,
         output: crate::load::Output::Text,
         workload: args.workload,
+        unnamed_publisher: false,
     };
     match args.workload {
         Workload::Toy => println!(
@@ -768,8 +786,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Past the maximum, open loop, with the deadline a gateway sets; then back to half
     // the maximum, to see it recover.
     let mut overloads = Vec::new();
-    for factor in [3, 10] {
+    // 3x twice: calls naming their publisher in the metadata (judged before they are
+    // read), then not (judged once read).
+    for (factor, unnamed) in [(3, false), (3, true), (10, false)] {
         let rate = (decide_max.throughput() * factor as f64).max(1.0) as u64;
+        let shed_before = shed_buckets(&bid_intake.metrics().await.unwrap_or_default());
         let generator_before = cpu_time(&[std::process::id()]);
         // bid-intake's view halfway through: how long work waits, how much it sheds.
         let midway = {
@@ -784,10 +805,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )
             }
         };
-        let label = format!("decisions, open loop at {factor}x the max ({rate}/s)");
+        let named = if unnamed {
+            ", publishers not named in the metadata"
+        } else {
+            ""
+        };
+        let label = format!("decisions, open loop at {factor}x the max ({rate}/s){named}");
         let overload_args = LoadArgs {
             rate: Some(rate),
             deadline: Some(OVERLOAD_DEADLINE),
+            unnamed_publisher: unnamed,
             ..load.clone()
         };
         let services = [&bid_intake, &targeting, &auction, &network_caller];
@@ -820,14 +847,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             queue_delay * 1e3,
             shed_probability * 100.0
         );
-        if let Some(p99) = bid_intake
-            .metrics()
-            .await
-            .ok()
-            .and_then(|text| shed_quantile(&text, 0.99))
-        {
+        let shed_after = shed_buckets(&bid_intake.metrics().await.unwrap_or_default());
+        let shed_p99_inside = shed_quantile(&shed_before, &shed_after, 0.99);
+        if let Some(p99) = shed_p99_inside {
             println!(
-                "  bid-intake answered the calls it shed (since it started) within {:.2} ms, p99",
+                "  bid-intake answered the calls it shed in this run within {:.2} ms, p99",
                 p99 * 1e3
             );
         }
@@ -851,6 +875,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         overloads.push(Overload {
             factor,
+            unnamed,
+            shed_p99_inside,
             result,
             cpu,
         });
@@ -918,10 +944,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     headline.print();
     println!();
     println!(
-        "| overload ({} ms deadline) | offered | goodput | goodput / max | shed | shed p99 | deadline exceeded | other errors | CPU per shed call |",
+        "| overload ({} ms deadline) | offered | goodput | goodput / max | shed | shed p99 | shed p99 in bid-intake | deadline exceeded | other errors | CPU per shed call |",
         OVERLOAD_DEADLINE.as_millis()
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for overload in &overloads {
         let result = &overload.result;
         let shed = result.errors.get("ResourceExhausted").copied().unwrap_or(0);
@@ -932,9 +958,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let shed_cpu = (overload.cpu.as_secs_f64() - result.completed() as f64 * cpu_per_decision)
             .max(0.0)
             / (shed as f64).max(1.0);
+        let inside = overload
+            .shed_p99_inside
+            .map_or("-".to_string(), |p99| format!("<= {:.0} ms", p99 * 1e3));
         println!(
-            "| {}x the max | {:.0}/s | {:.0}/s | {:.2} | {shed} | {:.3} ms | {late} | {other} | {:.1} µs |",
+            "| {}x the max{} | {:.0}/s | {:.0}/s | {:.2} | {shed} | {:.3} ms | {inside} | {late} | {other} | {:.1} µs |",
             overload.factor,
+            if overload.unnamed {
+                ", publisher not named"
+            } else {
+                ""
+            },
             result.answered() as f64 / result.elapsed.as_secs_f64().max(f64::EPSILON),
             result.throughput(),
             result.throughput() / decide_max.throughput(),

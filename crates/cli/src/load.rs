@@ -16,6 +16,7 @@ use cascade_proto::bench::v1::EchoMessage;
 use cascade_proto::bench::v1::echo_client::EchoClient;
 use cascade_proto::decision::v1::DecideRequest;
 use cascade_proto::decision::v1::bid_intake_client::BidIntakeClient;
+use cascade_server::admission::PUBLISHER_HEADER;
 use hdrhistogram::Histogram;
 use prost::Message;
 use tokio::time::Instant;
@@ -57,6 +58,11 @@ pub struct LoadArgs {
     /// The publisher id of every request.
     #[arg(long, default_value = "8953")]
     pub publisher: String,
+    /// Do not name each request's publisher in the `cascade-publisher` metadata, as a
+    /// gateway may: bid-intake then judges a call under overload only once it has read
+    /// the request, instead of before.
+    #[arg(long)]
+    pub unnamed_publisher: bool,
     /// Load an echo chain (the baseline) with payloads as large as the decision requests.
     #[arg(long)]
     pub echo: bool,
@@ -345,6 +351,16 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         });
         let from_file = args.data_file.is_some();
         let deadline = args.deadline;
+        // The publisher each pooled request names, as metadata, made once.
+        let named: Arc<Vec<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>> =
+            Arc::new(
+                pool.iter()
+                    .map(|request| {
+                        let publisher = publisher_of(request)?;
+                        (!args.unnamed_publisher).then(|| publisher.parse().ok())?
+                    })
+                    .collect(),
+            );
         Ok(drive(args, move || {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let mut client = clients[n as usize % clients.len()].clone();
@@ -359,6 +375,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
             if let Some(deadline) = deadline {
                 request.set_timeout(deadline);
             }
+            if let Some(publisher) = &named[n as usize % named.len()] {
+                (request.metadata_mut()).insert(PUBLISHER_HEADER, publisher.clone());
+            }
             async move {
                 client
                     .decide(request)
@@ -369,6 +388,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         })
         .await)
     }
+}
+
+/// The publisher id a Decide request's bid request names (site's, else app's).
+fn publisher_of(request: &DecideRequest) -> Option<&str> {
+    let bid_request = request.request.as_ref()?;
+    let publisher = (bid_request.site.as_ref().and_then(|s| s.publisher.as_ref()))
+        .or_else(|| bid_request.app.as_ref().and_then(|a| a.publisher.as_ref()))?;
+    Some(publisher.id.as_str()).filter(|id| !id.is_empty())
 }
 
 /// The code of a failed call. tonic's client ends a call at its own `grpc-timeout` with

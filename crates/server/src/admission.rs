@@ -104,6 +104,10 @@ struct Inner {
     /// The least time a call to a service that only computes waited in this probe
     /// interval, in microseconds (`u64::MAX`: none answered).
     downstream_waited_micros: AtomicU64,
+    /// The least time a call that waited on nothing but CPU (see
+    /// [`Admission::unhindered_call_took`]) took in this probe interval, in microseconds
+    /// (`u64::MAX`: none).
+    unhindered_micros: AtomicU64,
     degraded: AtomicBool,
     /// The overall shed probability, as `f64` bits.
     shed_probability: AtomicU64,
@@ -144,6 +148,7 @@ impl Admission {
             inner: Arc::new(Inner {
                 enabled: settings.enabled,
                 downstream_waited_micros: AtomicU64::new(u64::MAX),
+                unhindered_micros: AtomicU64::new(u64::MAX),
                 degraded: AtomicBool::new(false),
                 shed_probability: AtomicU64::new(0f64.to_bits()),
                 fair: Mutex::new(FairShedding::new(settings.tracked_publishers)),
@@ -172,6 +177,23 @@ impl Admission {
         self.inner
             .downstream_waited_micros
             .fetch_min(waited, Ordering::Relaxed);
+    }
+
+    /// Counts a call that took `took` from its arrival while waiting on nothing but CPU
+    /// — this service's and the pure services' behind it: bid-intake's degraded decisions,
+    /// which call no network, up to the moment they are decided (before their selections
+    /// are stored). Such a call's time beyond the least any such call takes unpressed is
+    /// queueing, wherever it queued: on this runtime, on a connection, in another process
+    /// waiting for the same CPU. The least of an interval counts, as for the calls
+    /// downstream; it is how shedding learns of queues no probe of this process sees.
+    pub fn unhindered_call_took(&self, took: Duration) {
+        if !self.inner.enabled {
+            return;
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX - 1);
+        self.inner
+            .unhindered_micros
+            .fetch_min(micros, Ordering::Relaxed);
     }
 
     /// Admits everything.
@@ -266,6 +288,7 @@ impl Admission {
 /// process the OS gives no CPU shows there).
 async fn probe(admission: Weak<Inner>, mut controller: Controller) {
     let mut last = Instant::now();
+    let mut unpressed = UnpressedTime::default();
     loop {
         let due = last + PROBE_INTERVAL;
         tokio::time::sleep_until(due).await;
@@ -286,11 +309,44 @@ async fn probe(admission: Weak<Inner>, mut controller: Controller) {
             u64::MAX => Duration::ZERO,
             micros => Duration::from_micros(micros),
         };
-        let pressure = controller.observe(own.max(downstream), now - last);
+        let unhindered = match inner.unhindered_micros.swap(u64::MAX, Ordering::Relaxed) {
+            u64::MAX => Duration::ZERO,
+            micros => unpressed.excess(Duration::from_micros(micros), now),
+        };
+        let pressure = controller.observe(own.max(downstream).max(unhindered), now - last);
         metrics::gauge!("cascade_admission_queue_delay_seconds")
             .set(controller.queue_delay().as_secs_f64());
         Admission { inner }.apply(pressure, now - last);
         last = now;
+    }
+}
+
+/// How long an unhindered call (see [`Admission::unhindered_call_took`]) takes when
+/// nothing is queued: the least seen over the last one to two windows, so that it follows
+/// a change of configuration or machine within a minute.
+#[derive(Debug, Default)]
+struct UnpressedTime {
+    window_started: Option<Instant>,
+    least_this_window: Option<Duration>,
+    least_last_window: Option<Duration>,
+}
+
+/// How long each window of [`UnpressedTime`] lasts.
+const UNPRESSED_WINDOW: Duration = Duration::from_secs(30);
+
+impl UnpressedTime {
+    /// Counts the least time of an interval, `least`, and returns how far it is above
+    /// the unpressed time: the queueing it met.
+    fn excess(&mut self, least: Duration, now: Instant) -> Duration {
+        let started = *self.window_started.get_or_insert(now);
+        if now.duration_since(started) >= UNPRESSED_WINDOW {
+            self.least_last_window = self.least_this_window.take();
+            self.window_started = Some(now);
+        }
+        let this = self.least_this_window.get_or_insert(least);
+        *this = (*this).min(least);
+        let unpressed = self.least_last_window.map_or(*this, |last| last.min(*this));
+        least.saturating_sub(unpressed)
     }
 }
 
@@ -326,23 +382,69 @@ pub fn overloaded() -> Status {
     status
 }
 
-/// Sheds calls to the given services, in front of them, at the service's overall shed
-/// probability; every other path (health, reflection, what the service sheds itself) is
-/// passed through.
+/// The request metadata in which a gateway may name the publisher of a call (the
+/// OpenRTB `site.publisher.id` or `app.publisher.id` of its request), so that the call
+/// is judged for its publisher's fair share before its body is read — a shed call then
+/// costs no decoding and waits for nothing. Used for admission only: the decision reads
+/// the publisher from the request itself.
+pub const PUBLISHER_HEADER: &str = "cascade-publisher";
+
+/// Longest publisher id [`PUBLISHER_HEADER`] is read from; a longer one (or one that is
+/// not visible ASCII) is ignored, and the call is judged once its body is read.
+const MAX_PUBLISHER_HEADER: usize = 256;
+
+/// The verdict given to a call in front of its handler, as a request extension: the
+/// handler must not judge (and count) the call again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judged(pub Verdict);
+
+/// Sheds calls in front of their handlers: to the `uniform` services at the service's
+/// overall shed probability; to the `by_publisher` ones for the fair share of the
+/// publisher named in [`PUBLISHER_HEADER`], when the call names one (the others reach
+/// their handler, which judges them once it knows their publisher). Every other path
+/// (health, reflection) is passed through.
 #[derive(Clone, Debug)]
 pub struct AdmissionLayer {
     admission: Admission,
-    /// `/package.Service/` of every service shed here.
-    prefixes: Arc<[String]>,
+    /// `/package.Service/` of every service shed here at the overall share.
+    uniform: Arc<[String]>,
+    /// `/package.Service/` of every service judged here by the publisher's share.
+    by_publisher: Arc<[String]>,
+    /// Called for every call shed by its publisher's share (the service counts it).
+    on_publisher_shed: fn(),
 }
 
 impl AdmissionLayer {
-    pub fn new(admission: Admission, services: &[&str]) -> Self {
+    pub fn new(admission: Admission, uniform: &[&str]) -> Self {
         Self {
             admission,
-            prefixes: services.iter().map(|name| format!("/{name}/")).collect(),
+            uniform: prefixes(uniform),
+            by_publisher: prefixes(&[]),
+            on_publisher_shed: || {},
         }
     }
+
+    /// Judges the calls to `services` that name their publisher by its share, in front;
+    /// `on_shed` is called for each one shed.
+    pub fn by_publisher(mut self, services: &[&str], on_shed: fn()) -> Self {
+        self.by_publisher = prefixes(services);
+        self.on_publisher_shed = on_shed;
+        self
+    }
+}
+
+fn prefixes(services: &[&str]) -> Arc<[String]> {
+    services.iter().map(|name| format!("/{name}/")).collect()
+}
+
+/// The publisher a call names in [`PUBLISHER_HEADER`], if it names a usable one.
+fn named_publisher<B>(request: &http::Request<B>) -> Option<&str> {
+    let value = request.headers().get(PUBLISHER_HEADER)?;
+    let publisher = value.to_str().ok()?;
+    let usable = !publisher.is_empty()
+        && publisher.len() <= MAX_PUBLISHER_HEADER
+        && publisher.bytes().all(|b| b.is_ascii_graphic());
+    usable.then_some(publisher)
 }
 
 impl<S> tower::Layer<S> for AdmissionLayer {
@@ -382,13 +484,26 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let shed =
+            || futures::future::Either::Right(std::future::ready(Ok(overloaded().into_http())));
         let path = request.uri().path();
-        let sheddable = self.layer.prefixes.iter().any(|p| path.starts_with(p));
-        if sheddable && self.layer.admission.shed_uniformly() {
-            return futures::future::Either::Right(std::future::ready(
-                Ok(overloaded().into_http()),
-            ));
+        let guards = |prefixes: &[String]| prefixes.iter().any(|p| path.starts_with(p));
+        if guards(&self.layer.uniform) && self.layer.admission.shed_uniformly() {
+            return shed();
+        }
+        if guards(&self.layer.by_publisher)
+            && let Some(publisher) = named_publisher(&request)
+        {
+            match self.layer.admission.verdict(publisher) {
+                Verdict::Shed => {
+                    (self.layer.on_publisher_shed)();
+                    return shed();
+                }
+                verdict => {
+                    request.extensions_mut().insert(Judged(verdict));
+                }
+            }
         }
         futures::future::Either::Left(self.inner.call(request))
     }
@@ -477,6 +592,45 @@ mod tests {
     }
 
     #[test]
+    fn an_unhindered_call_counts_what_it_took_beyond_the_unpressed_time() {
+        let mut unpressed = UnpressedTime::default();
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        // The first calls set the unpressed time; a later, slower least is queueing.
+        assert_eq!(unpressed.excess(ms(3), start), Duration::ZERO);
+        assert_eq!(unpressed.excess(ms(2), start + ms(10)), Duration::ZERO);
+        assert_eq!(unpressed.excess(ms(40), start + ms(20)), ms(38));
+        // A window later the old least still counts; two windows later it is forgotten,
+        // so a machine that became slower for good is not read as pressed for ever.
+        let later = start + UNPRESSED_WINDOW;
+        assert_eq!(unpressed.excess(ms(5), later), ms(3));
+        let much_later = later + UNPRESSED_WINDOW;
+        assert_eq!(unpressed.excess(ms(6), much_later), ms(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_unhindered_calls_make_the_service_degrade_then_shed() {
+        let admission = Admission::start(&AdmissionSettings::default());
+        // Unpressed, such a call takes 2 ms.
+        for _ in 0..5 {
+            admission.unhindered_call_took(Duration::from_millis(2));
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        assert_eq!(admission.uniform_verdict(), Verdict::Admit);
+        // Then every one takes 80 ms: a queue somewhere, whoever holds the CPU.
+        for _ in 0..30 {
+            admission.unhindered_call_took(Duration::from_millis(80));
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        assert!(admission.shed_probability() > 0.0, "{admission:?}");
+        for _ in 0..200 {
+            admission.unhindered_call_took(Duration::from_millis(2));
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        assert_eq!(admission.uniform_verdict(), Verdict::Admit);
+    }
+
+    #[test]
     fn a_shed_call_says_overloaded_and_when_to_retry() {
         let status = overloaded();
         assert_eq!(status.code(), Code::ResourceExhausted);
@@ -514,6 +668,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(health.body(), "answered");
+    }
+
+    #[tokio::test]
+    async fn a_call_naming_its_publisher_is_judged_in_front_by_its_share() {
+        static SHED_COUNTED: std::sync::atomic::AtomicUsize =
+            std::sync::atomic::AtomicUsize::new(0);
+        // The handler answers with the verdict it was handed, if any.
+        let handler = tower::service_fn(|request: http::Request<()>| async move {
+            let judged = request.extensions().get::<Judged>().copied();
+            Ok::<_, std::convert::Infallible>(http::Response::new(format!("{judged:?}")))
+        });
+        let decide = |publisher: Option<&str>| {
+            let mut request = http::Request::builder()
+                .uri("http://x/cascade.decision.v1.BidIntake/Decide")
+                .body(())
+                .unwrap();
+            if let Some(publisher) = publisher {
+                let value = http::HeaderValue::from_str(publisher).unwrap();
+                request.headers_mut().insert(PUBLISHER_HEADER, value);
+            }
+            request
+        };
+        let layer = |admission: Admission| {
+            AdmissionLayer::new(admission, &[]).by_publisher(
+                &["cascade.decision.v1.BidIntake"],
+                || {
+                    SHED_COUNTED.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+        };
+
+        // Shedding everything: a named publisher is shed in front, and counted.
+        let shedding = layer(pressed(1.0, true));
+        let shed = (shedding.layer(handler))
+            .oneshot(decide(Some("pub-1")))
+            .await
+            .unwrap();
+        assert_eq!(shed.headers()["grpc-status"], "8");
+        assert_eq!(SHED_COUNTED.load(Ordering::Relaxed), 1);
+        // Without a name (or with one that cannot be an id) the handler judges it.
+        for unnamed in [None, Some(""), Some("pub 1"), Some(&*"p".repeat(300))] {
+            let passed = (shedding.layer(handler))
+                .oneshot(decide(unnamed))
+                .await
+                .unwrap();
+            assert_eq!(passed.body(), "None", "{unnamed:?}");
+        }
+        // Pressed but not shedding: the verdict travels with the call, judged once.
+        let degraded = (layer(pressed(0.0, true)).layer(handler))
+            .oneshot(decide(Some("pub-1")))
+            .await
+            .unwrap();
+        assert_eq!(degraded.body(), "Some(Judged(Degrade))");
+        let admitted = (layer(pressed(0.0, false)).layer(handler))
+            .oneshot(decide(Some("pub-1")))
+            .await
+            .unwrap();
+        assert_eq!(admitted.body(), "Some(Judged(Admit))");
+        assert_eq!(SHED_COUNTED.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ pub struct GrpcServer {
     /// The admission state and the services shed in front of their handlers; unset: one
     /// made from the settings, shedding all of the server's own services.
     admission: Option<(Admission, Vec<&'static str>)>,
+    /// The services whose calls are judged in front by the publisher they name, and what
+    /// counts one shed there.
+    by_publisher: (Vec<&'static str>, fn()),
 }
 
 /// The health-check name that reports whether a service's configuration snapshot is
@@ -62,6 +65,7 @@ impl GrpcServer {
             staleness: None,
             readiness: None,
             admission: None,
+            by_publisher: (Vec::new(), || {}),
         }
     }
 
@@ -76,6 +80,15 @@ impl GrpcServer {
     /// too) and sheds only the calls to `shed_in_front` before they reach their handler.
     pub fn admitting(mut self, admission: Admission, shed_in_front: &[&'static str]) -> Self {
         self.admission = Some((admission, shed_in_front.to_vec()));
+        self
+    }
+
+    /// Judges the calls to `services` that name their publisher in
+    /// [`crate::admission::PUBLISHER_HEADER`] in front of their handler, by the
+    /// publisher's fair share (see [`crate::admission::AdmissionLayer::by_publisher`]);
+    /// `on_shed` counts each one shed there.
+    pub fn judging_by_publisher(mut self, services: &[&'static str], on_shed: fn()) -> Self {
+        self.by_publisher = (services.to_vec(), on_shed);
         self
     }
 
@@ -180,7 +193,10 @@ impl GrpcServer {
         let server = builder
             .layer(crate::telemetry::ServerObserveLayer)
             .layer(crate::deadline::EnforceDeadlineLayer)
-            .layer(AdmissionLayer::new(admission, &shed_in_front))
+            .layer(
+                AdmissionLayer::new(admission, &shed_in_front)
+                    .by_publisher(&self.by_publisher.0, self.by_publisher.1),
+            )
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_accepting_rx.await;

@@ -39,7 +39,7 @@ struct NetworkEdge {
 use cascade_proto::prost::Message as _;
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
 use cascade_proto::targeting::v1::{EvaluateRequest, EvaluateResponse, ImpEvaluation};
-use cascade_server::admission::{Admission, Verdict};
+use cascade_server::admission::{Admission, Judged, Verdict};
 use cascade_server::channel::BalancedChannel;
 use cascade_server::deadline::{CallTiming, Deadline};
 use cascade_server::telemetry::Traced;
@@ -91,6 +91,7 @@ impl BidIntake for DecisionService {
         // from when the request has been read and normalized.
         let timing = CallTiming::of(&request);
         let retry = is_retry(request.metadata());
+        let judged = request.extensions().get::<Judged>().copied();
         let mut request = request.into_inner();
         let openrtb_json = match crate::normalize::openrtb_document(&mut request) {
             Ok(openrtb_json) => openrtb_json,
@@ -99,8 +100,13 @@ impl BidIntake for DecisionService {
                 return Err(error.into());
             }
         };
-        // Shed before any work; degraded, the decision calls no network.
-        let degraded = match self.admission.verdict(publisher_id(&request)) {
+        // Shed before any work (unless judged in front already, by the publisher the
+        // gateway named); degraded, the decision calls no network.
+        let verdict = match judged {
+            Some(Judged(verdict)) => verdict,
+            None => self.admission.verdict(publisher_id(&request)),
+        };
+        let degraded = match verdict {
             Verdict::Shed => {
                 outcomes::count(Outcome::Shed);
                 return Err(cascade_server::admission::overloaded());
@@ -526,6 +532,10 @@ impl DecisionService {
                 .collect(),
             config_version: evaluation.config_version,
         };
+        if degraded && !retry && request.chained_selection_ids.is_empty() {
+            // Decided without a network or a read of the store: all it waited for was CPU.
+            self.admission.unhindered_call_took(received.elapsed());
+        }
         if let Some(first) = selections.first_mut() {
             // What sold is what a retry must get back, not a second sale.
             first.answer = Some(Answer {

@@ -260,9 +260,13 @@ pub async fn serve(
             ReportsServer::<ReportService>::NAME,
         ],
     )
-    // Decisions are shed by their handler, which knows their publisher; impression reports
-    // and the admin API never are.
+    // Decisions are judged by their publisher's share: in front when the gateway names the
+    // publisher in the metadata, else by their handler once the request is read.
+    // Impression reports and the admin API are never shed.
     .admitting(admission, &[])
+    .judging_by_publisher(&[BidIntakeServer::<DecisionService>::NAME], || {
+        outcomes::count(outcomes::Outcome::Shed)
+    })
     .reporting_staleness(watch.staleness())
     .ready_when(watch.readiness())
     .serve(listener, &settings.grpc, shutdown)
