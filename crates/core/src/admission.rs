@@ -105,7 +105,10 @@ impl Controller {
         } else {
             0
         };
-        if self.above >= DEGRADE_AFTER {
+        // A standing queue above the shed target is no burst: it persisted through every
+        // sample of the estimator, so waiting out the degrade's patience only lets it grow.
+        let standing_above_shed = self.standing_secs > self.policy.shed_above.as_secs_f64();
+        if self.above >= DEGRADE_AFTER || standing_above_shed {
             self.degraded_for = self.policy.degrade_hold;
         } else {
             self.degraded_for = self.degraded_for.saturating_sub(since_last);
@@ -426,6 +429,31 @@ mod tests {
         let (goodput, _, highest) = overload(800.0, 1_600.0, 10, |tick| 0.02 * noise(tick));
         assert!(goodput > 0.49, "{goodput}");
         assert_eq!(highest, 0.0);
+    }
+
+    #[test]
+    fn a_spike_from_idle_is_brought_under_control_at_once() {
+        // Three times the capacity from one tick to the next: each tick without shedding
+        // adds 20 ms of queue. Waiting out the degrade's patience (50 ms of samples)
+        // let the queue reach 132 ms before the shedding caught up.
+        let mut controller = Controller::new(AdmissionPolicy {
+            degrade_above: Duration::from_millis(5),
+            shed_above: Duration::from_millis(10),
+            degrade_hold: Duration::from_millis(250),
+        });
+        let (arriving, capacity) = (6_600.0, 2_200.0);
+        let per_tick = TICK.as_secs_f64();
+        let (mut backlog, mut worst) = (0.0_f64, 0.0_f64);
+        for _ in 0..300 {
+            let p = controller.pressure().shed_probability;
+            let admitted = arriving * (1.0 - p) * per_tick;
+            backlog += admitted - (backlog + admitted).min(capacity * per_tick);
+            let delay = backlog / capacity;
+            worst = worst.max(delay);
+            controller.observe(Duration::from_secs_f64(delay), TICK);
+        }
+        assert!(worst < 0.1, "the queue reached {:.0} ms", worst * 1e3);
+        assert!(controller.queue_delay() < Duration::from_millis(15));
     }
 
     #[test]
