@@ -30,6 +30,8 @@ pub(crate) struct ClusterLink {
     /// Held while the first connection is made: callers before it wait for it.
     first: tokio::sync::Mutex<()>,
     health: Arc<LinkHealth>,
+    /// Fresh connections that replaced the current one.
+    renewals: AtomicU64,
 }
 
 impl ClusterLink {
@@ -40,31 +42,23 @@ impl ClusterLink {
             current: ArcSwapOption::empty(),
             first: tokio::sync::Mutex::new(()),
             health: Arc::new(LinkHealth::new()),
+            renewals: AtomicU64::new(0),
         }
     }
 
-    /// The connection to use now, with the health its commands report to.
+    /// The connection to use now, with the health its commands report to. When the
+    /// link is stale a fresh one is made in the background: no caller waits for a
+    /// discovery of the cluster, and the next callers get the fresh connection once it
+    /// is up.
     pub(crate) async fn connection(
-        &self,
+        self: &Arc<Self>,
     ) -> Result<(ClusterConnection, Arc<LinkHealth>), RedisError> {
         let current = match self.current.load_full() {
             Some(current) => current,
             None => self.first_connection().await?,
         };
         if self.health.claim_renewal() {
-            match self.client.get_async_connection().await {
-                Ok(fresh) => {
-                    tracing::warn!(
-                        "redis cluster commands kept failing: rediscovered the cluster from its seed nodes"
-                    );
-                    metrics::counter!("cascade_redis_cluster_renewals_total").increment(1);
-                    self.current.store(Some(Arc::new(fresh.clone())));
-                    return Ok((fresh, self.health.clone()));
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "the redis cluster cannot be rediscovered yet");
-                }
-            }
+            tokio::spawn(Arc::clone(self).renew());
         }
         Ok(((*current).clone(), self.health.clone()))
     }
@@ -78,6 +72,22 @@ impl ClusterLink {
         self.health.renewed_now();
         self.current.store(Some(connection.clone()));
         Ok(connection)
+    }
+
+    /// Rediscovers the cluster from its seed nodes and replaces the current connection.
+    async fn renew(self: Arc<Self>) {
+        match self.client.get_async_connection().await {
+            Ok(fresh) => {
+                tracing::warn!(
+                    "redis cluster commands kept failing: rediscovered the cluster from its seed nodes"
+                );
+                self.current.store(Some(Arc::new(fresh)));
+                self.renewals.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cascade_redis_cluster_renewals_total").increment(1);
+            }
+            // Claimed again once the commands have failed for another while.
+            Err(error) => tracing::debug!(%error, "the redis cluster cannot be rediscovered yet"),
+        }
     }
 }
 
@@ -196,6 +206,47 @@ mod tests {
         (health.failing_since_ms).store(NOW - ms(failing_for), Ordering::Relaxed);
         (health.renewed_at_ms).store(NOW - ms(renewed_ago), Ordering::Relaxed);
         health
+    }
+
+    #[tokio::test]
+    async fn a_stale_link_is_replaced_by_a_fresh_connection_to_the_same_cluster() {
+        let cluster = cascade_testkit::RedisCluster::start().await.unwrap();
+        let client = redis::cluster::ClusterClientBuilder::new(cluster.urls())
+            .build()
+            .unwrap();
+        let link = Arc::new(ClusterLink::new(client));
+        let ping = |link: Arc<ClusterLink>| async move {
+            let (mut connection, health) = link.connection().await.unwrap();
+            let answer = redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await;
+            health.observe(&answer);
+            answer
+        };
+        assert_eq!(ping(link.clone()).await.unwrap(), "PONG");
+        let first = link.current.load_full().unwrap();
+
+        // A command that could not reach its node, and none answered for a second.
+        link.health.observe(&Err::<(), _>(refused()));
+        tokio::time::sleep(STALE_AFTER + Duration::from_millis(100)).await;
+        // The caller that notices is served at once, by the connection it had.
+        link.connection().await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while link.renewals.load(Ordering::Relaxed) == 0 {
+            assert!(tokio::time::Instant::now() < until, "never renewed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let fresh = link.current.load_full().unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &fresh),
+            "the connection was not replaced"
+        );
+        assert_eq!(ping(link.clone()).await.unwrap(), "PONG");
+        // Commands that succeed renew nothing more.
+        tokio::time::sleep(STALE_AFTER + Duration::from_millis(100)).await;
+        assert_eq!(ping(link.clone()).await.unwrap(), "PONG");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(link.renewals.load(Ordering::Relaxed), 1);
     }
 
     #[test]

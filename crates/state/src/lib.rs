@@ -103,22 +103,12 @@ pub trait Store: Send + Sync + 'static {
         expected_version: Option<u64>,
     ) -> Result<u64, StateError>;
 
-    /// Stores selections (with their TTL) in one round trip (one per master of a
-    /// Redis Cluster).
-    async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError>;
-
-    /// As [`Store::put_selections`], storing what it can when only part of the store
-    /// answers (a Redis Cluster with a master down): for each selection, whether it is
-    /// stored. Fails only when none is. The backlog is flushed with it, so that the
-    /// selections of the masters that answer leave it while another fails over.
-    async fn put_selections_partly(
-        &self,
-        selections: &[Selection],
-    ) -> Result<Vec<bool>, StateError> {
-        self.put_selections(selections)
-            .await
-            .map(|()| vec![true; selections.len()])
-    }
+    /// Stores selections (with their TTL) in one round trip (one per master of a Redis
+    /// Cluster), as many as the store takes: for each selection, whether it is stored.
+    /// A Redis Cluster with a master down still stores the selections of the other
+    /// masters' slots, so that they leave the backlog while it fails over. Fails only
+    /// when none is stored.
+    async fn put_selections(&self, selections: &[Selection]) -> Result<Vec<bool>, StateError>;
 
     /// Looks selections up in one round trip; `None` for unknown or expired ids.
     async fn get_selections(&self, ids: &[String]) -> Result<Vec<Option<Selection>>, StateError>;

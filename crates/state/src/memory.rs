@@ -106,7 +106,7 @@ impl Store for MemoryStore {
         Ok(current.version)
     }
 
-    async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
+    async fn put_selections(&self, selections: &[Selection]) -> Result<Vec<bool>, StateError> {
         let now = Instant::now();
         let mut stored = self.selections.lock();
         if stored.len() >= SELECTION_SWEEP_THRESHOLD {
@@ -126,7 +126,7 @@ impl Store for MemoryStore {
                 (selection.clone(), now + selection.ttl),
             );
         }
-        Ok(())
+        Ok(vec![true; selections.len()])
     }
 
     async fn recall(

@@ -283,8 +283,12 @@ fn open_client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client, State
 }
 
 fn unavailable(error: redis::RedisError) -> StateError {
-    metrics::counter!("cascade_redis_errors_total").increment(1);
+    count_error();
     StateError::Unavailable(error)
+}
+
+fn count_error() {
+    metrics::counter!("cascade_redis_errors_total").increment(1);
 }
 
 impl RedisStore {
@@ -410,9 +414,13 @@ impl RedisStore {
         Ok(groups.into_iter().zip(replies).collect())
     }
 
-    /// The keys one selection is written to (itself, and the answer it carries for a
-    /// retried decision), each with its shard, value and TTL.
-    fn selection_writes(selection: &Selection) -> Result<Vec<KeyWrite>, StateError> {
+    /// Adds the keys selection number `owner` is written to (itself, and the answer it
+    /// carries for a retried decision) to `writes`.
+    fn add_selection_writes(
+        owner: usize,
+        selection: &Selection,
+        writes: &mut Vec<(usize, KeyWrite)>,
+    ) -> Result<(), StateError> {
         let value = serde_json::to_vec(selection).map_err(|source| StateError::Encode {
             what: "a selection",
             source,
@@ -420,63 +428,23 @@ impl RedisStore {
         let ttl_ms = u64::try_from(selection.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut writes = vec![KeyWrite {
+        let write = KeyWrite {
             shard: keys::shard(&selection.id),
             key: keys::selection(&selection.id),
             value,
             ttl_ms,
-        }];
+        };
+        writes.push((owner, write));
         if let Some(answer) = &selection.answer {
-            writes.push(KeyWrite {
+            let write = KeyWrite {
                 shard: keys::shard(&answer.key.request_id),
                 key: keys::answer(&answer.key),
                 value: answer.response.clone(),
                 ttl_ms,
-            });
+            };
+            writes.push((owner, write));
         }
-        Ok(writes)
-    }
-
-    /// Writes every selection of `selections` in one pipeline per slot: for each
-    /// selection, whether all of its keys were written, and the first error met.
-    async fn write_selections(
-        &self,
-        selections: &[Selection],
-    ) -> Result<(Vec<bool>, Option<redis::RedisError>), StateError> {
-        // Every key to write, with the index of the selection it belongs to.
-        let mut writes = Vec::with_capacity(selections.len());
-        for (owner, selection) in selections.iter().enumerate() {
-            writes.extend(
-                Self::selection_writes(selection)?
-                    .into_iter()
-                    .map(|write| (owner, write)),
-            );
-        }
-        let outcomes = self
-            .pipelined_by_slot::<_, redis::Value>(
-                &writes,
-                |(_, write)| write.shard,
-                |pipeline, (_, write)| {
-                    pipeline
-                        .cmd("SET")
-                        .arg(&write.key)
-                        .arg(&write.value)
-                        .arg("PX")
-                        .arg(write.ttl_ms);
-                },
-            )
-            .await?;
-        let mut stored = vec![true; selections.len()];
-        let mut first_error = None;
-        for (group, replies) in outcomes {
-            if let Err(error) = replies {
-                for i in group {
-                    stored[writes[i].0] = false;
-                }
-                first_error.get_or_insert(error);
-            }
-        }
-        Ok((stored, first_error))
+        Ok(())
     }
 }
 
@@ -546,24 +514,46 @@ impl Store for RedisStore {
         }
     }
 
-    async fn put_selections(&self, selections: &[Selection]) -> Result<(), StateError> {
-        match self.write_selections(selections).await? {
-            (_, Some(error)) => Err(unavailable(error)),
-            (_, None) => Ok(()),
+    async fn put_selections(&self, selections: &[Selection]) -> Result<Vec<bool>, StateError> {
+        // Every key to write, with the index of the selection it belongs to.
+        let mut writes = Vec::with_capacity(selections.len() + 1);
+        for (owner, selection) in selections.iter().enumerate() {
+            Self::add_selection_writes(owner, selection, &mut writes)?;
         }
-    }
-
-    async fn put_selections_partly(
-        &self,
-        selections: &[Selection],
-    ) -> Result<Vec<bool>, StateError> {
-        match self.write_selections(selections).await? {
-            (stored, Some(error)) if !stored.contains(&true) => Err(unavailable(error)),
-            (stored, Some(error)) => {
-                unavailable(error);
+        let outcomes = self
+            .pipelined_by_slot::<_, redis::Value>(
+                &writes,
+                |(_, write)| write.shard,
+                |pipeline, (_, write)| {
+                    pipeline
+                        .cmd("SET")
+                        .arg(&write.key)
+                        .arg(&write.value)
+                        .arg("PX")
+                        .arg(write.ttl_ms);
+                },
+            )
+            .await?;
+        let mut stored = vec![true; selections.len()];
+        let mut first_error = None;
+        for (group, replies) in outcomes {
+            if let Err(error) = replies {
+                for i in group {
+                    stored[writes[i].0] = false;
+                }
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) if !stored.contains(&true) => Err(unavailable(error)),
+            Some(error) => {
+                // Part of the cluster is down: what it refused waits in the caller's
+                // backlog, and the failure is counted like any other.
+                tracing::debug!(%error, "part of the cluster refused selections");
+                count_error();
                 Ok(stored)
             }
-            (stored, None) => Ok(stored),
+            None => Ok(stored),
         }
     }
 

@@ -76,14 +76,13 @@ impl SelectionWriter {
     /// backlog. Fails only when the backlog has no room.
     pub async fn write(
         &self,
-        selections: Vec<Selection>,
+        mut selections: Vec<Selection>,
         timeout: Duration,
     ) -> Result<Written, StateError> {
         // While a backlog waits, the store is known to be in trouble: do not spend the
         // decision's time on it, and keep the order of writes.
-        let mut selections = selections;
         if !timeout.is_zero() && self.backlog_len() == 0 {
-            let written = self.store.put_selections_partly(&selections);
+            let written = self.store.put_selections(&selections);
             match tokio::time::timeout(timeout, written).await {
                 Ok(Ok(stored)) if !stored.contains(&false) => return Ok(Written::Stored),
                 Ok(Ok(stored)) => {
@@ -174,7 +173,7 @@ impl SelectionWriter {
         if batch.is_empty() {
             return Flushed::Drained;
         }
-        match self.store.put_selections_partly(&batch).await {
+        match self.store.put_selections(&batch).await {
             Ok(stored) => {
                 let mut backlog = self.backlog.lock();
                 // Only this task takes from the front: the batch is still there.
