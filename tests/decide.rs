@@ -1141,8 +1141,9 @@ async fn under_overload_networks_are_given_up_and_the_demand_in_hand_serves() {
     );
     assert_eq!(cluster.networks.calls("coolads"), called);
 
-    // A gateway naming the publisher in the metadata is judged in front, before the
-    // request is read, to the same verdict.
+    // A call naming its publisher in the metadata gets the same verdict end to end (which
+    // verdict the layer in front gives, and that the handler does not judge again, is
+    // tested with the layer in crates/server).
     let output = grpcurl::call(
         cluster.bid_intake,
         DECIDE,

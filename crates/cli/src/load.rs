@@ -20,6 +20,7 @@ use cascade_server::admission::PUBLISHER_HEADER;
 use hdrhistogram::Histogram;
 use prost::Message;
 use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 /// Most calls in flight in open loop; beyond it a due call is counted as dropped.
@@ -352,15 +353,16 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         let from_file = args.data_file.is_some();
         let deadline = args.deadline;
         // The publisher each pooled request names, as metadata, made once.
-        let named: Arc<Vec<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>> =
-            Arc::new(
-                pool.iter()
-                    .map(|request| {
-                        let publisher = publisher_of(request)?;
-                        (!args.unnamed_publisher).then(|| publisher.parse().ok())?
-                    })
-                    .collect(),
-            );
+        let named: Arc<Vec<Option<AsciiMetadataValue>>> = Arc::new(
+            pool.iter()
+                .map(|request| {
+                    let bid_request = request.request.as_ref()?;
+                    let publisher = cascade_proto::openrtb_json::publisher_id(bid_request);
+                    let name = !args.unnamed_publisher && !publisher.is_empty();
+                    name.then(|| publisher.parse().ok()).flatten()
+                })
+                .collect(),
+        );
         Ok(drive(args, move || {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let mut client = clients[n as usize % clients.len()].clone();
@@ -388,14 +390,6 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadResult> {
         })
         .await)
     }
-}
-
-/// The publisher id a Decide request's bid request names (site's, else app's).
-fn publisher_of(request: &DecideRequest) -> Option<&str> {
-    let bid_request = request.request.as_ref()?;
-    let publisher = (bid_request.site.as_ref().and_then(|s| s.publisher.as_ref()))
-        .or_else(|| bid_request.app.as_ref().and_then(|a| a.publisher.as_ref()))?;
-    Some(publisher.id.as_str()).filter(|id| !id.is_empty())
 }
 
 /// The code of a failed call. tonic's client ends a call at its own `grpc-timeout` with

@@ -89,6 +89,14 @@ pub fn declares_dsa(bid: &crate::openrtb::v1::Bid) -> bool {
     )
 }
 
+/// The publisher account a bid request names, as sent: its site's `publisher.id`, else
+/// its app's; empty when it names none.
+pub fn publisher_id(request: &crate::openrtb::v1::BidRequest) -> &str {
+    let site = request.site.as_ref().and_then(|s| s.publisher.as_ref());
+    let app = request.app.as_ref().and_then(|a| a.publisher.as_ref());
+    site.or(app).map_or("", |publisher| publisher.id.as_str())
+}
+
 /// Whether a request requires DSA transparency of every ad:
 /// `regs.ext.dsa.dsarequired` is 2 (required) or 3 (required, the publisher is an online
 /// platform).

@@ -216,17 +216,7 @@ pub const RETRY_HEADER: &str = "cascade-retry";
 
 /// The publisher account a request names (site or app `publisher.id`), as sent.
 fn publisher_id(request: &DecideRequest) -> &str {
-    request
-        .request
-        .as_ref()
-        .and_then(|r| {
-            r.site
-                .as_ref()
-                .and_then(|s| s.publisher.as_ref())
-                .or_else(|| r.app.as_ref().and_then(|a| a.publisher.as_ref()))
-        })
-        .map(|p| p.id.as_str())
-        .unwrap_or_default()
+    (request.request.as_ref()).map_or("", cascade_proto::openrtb_json::publisher_id)
 }
 
 fn record_outcome(span: &tracing::Span, response: &Result<Answered, DecideError>) {
