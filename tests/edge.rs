@@ -100,6 +100,7 @@ fn full_consent() -> TcContent {
         special_features: vec![1],
         vendor_consents: vec![VENDOR],
         vendor_legitimate_interests: vec![VENDOR],
+        ..Default::default()
     }
 }
 

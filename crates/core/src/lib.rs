@@ -16,6 +16,7 @@ pub mod report;
 pub mod settings;
 pub mod snapshot;
 pub mod targeting;
+pub mod tcf;
 pub mod waterfall;
 
 pub use money::Micros;

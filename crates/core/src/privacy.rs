@@ -9,7 +9,8 @@
 //!   IAB Global Vendor List id; a network without one gets nothing under GDPR. Calling it
 //!   needs purpose 2 (basic ads) by consent or legitimate interest, user ids purpose 1
 //!   (storage and access) consent, user data purpose 4 (personalised ads) consent (each
-//!   with the vendor's consent), precise geolocation special feature 1.
+//!   with the vendor's consent), precise geolocation special feature 1. The publisher's
+//!   restrictions in the string apply on top (see [`crate::tcf::TcString::basis`]).
 //! - **US opt-outs**: `regs.us_privacy` with opt-out of sale `Y`, or a US section of
 //!   `regs.gpp` (national or state) opted out of sale, sharing or targeted advertising:
 //!   the network is still called (a contextual ad) but gets no ids, user data or precise
@@ -18,27 +19,37 @@
 //!   reduced to country and region and the IP address truncated.
 //! - **`device.lmt = 1` or `device.dnt = 1`**: no advertising id.
 //!
-//! A signal that is present but cannot be decoded counts as no consent (or as an
-//! opt-out). Publisher restrictions of a TC string and the GVL's declared purposes of a
-//! vendor are not evaluated: the vendor's consent bits stand for what it asked.
+//! A signal that is present but cannot be decoded (or is longer than its limit,
+//! [`crate::tcf::MAX_TC_STRING_BYTES`] and [`MAX_GPP_BYTES`]) counts as no consent (or as
+//! an opt-out). The GVL's declared purposes of a vendor are not evaluated: the vendor's
+//! consent bits stand for what it asked.
+//!
+//! What is withheld is decided by an allow list ([`withhold`]): under a restriction only
+//! the members of `user`, `device` and their `ext` that identify no one are kept.
 
 use std::str::FromStr;
 
 use iab_gpp::sections::Section;
-use iab_gpp::sections::tcfeuv2::{Core as TcfCore, TcfEuV2};
+use iab_gpp::sections::SectionId;
 use iab_gpp::sections::us_common::OptOut;
 use iab_gpp::v1::GPPString;
 use serde_json::{Map, Value};
+
+use crate::tcf::{Basis, Bits, TcString};
+
+/// The longest GPP string read: a TCF EU section of at most
+/// [`crate::tcf::MAX_TC_STRING_BYTES`] plus the US sections (tens of bytes each).
+pub const MAX_GPP_BYTES: usize = 16 * 1024;
 
 /// GPP section id of the TCF EU v2 section.
 const GPP_SECTION_TCF_EU_V2: i32 = 2;
 /// GPP section id of the (deprecated) US Privacy string.
 const GPP_SECTION_USP_V1: i32 = 6;
 /// TCF purposes and special features the rules read.
-const PURPOSE_STORAGE: u16 = 1;
-const PURPOSE_BASIC_ADS: u16 = 2;
-const PURPOSE_PERSONALISED_ADS: u16 = 4;
-const SPECIAL_FEATURE_PRECISE_GEO: u16 = 1;
+const PURPOSE_STORAGE: u8 = 1;
+const PURPOSE_BASIC_ADS: u8 = 2;
+const PURPOSE_PERSONALISED_ADS: u8 = 4;
+const SPECIAL_FEATURE_PRECISE_GEO: u8 = 1;
 
 /// The privacy signals of one request, as OpenRTB 2.6 carries them.
 #[derive(Clone, Copy, Debug, Default)]
@@ -67,7 +78,7 @@ pub struct Signals {
 #[derive(Debug)]
 enum Gdpr {
     NotApplicable,
-    Consent(Box<TcfCore>),
+    Consent(Box<TcString>),
     /// GDPR applies and no TC string could be decoded: the reason.
     NoConsent(String),
 }
@@ -121,21 +132,26 @@ impl Verdict {
 
 impl Signals {
     pub fn read(request: &RequestSignals<'_>) -> Signals {
-        let gpp = (!request.gpp.is_empty()).then(|| GPPString::from_str(request.gpp));
+        let gpp = (!request.gpp.is_empty()).then(|| read_gpp(request.gpp));
         let gpp_lists = |sid: i32| request.gpp_sid.contains(&sid);
         let gdpr_applies = request.gdpr == Some(1) || gpp_lists(GPP_SECTION_TCF_EU_V2);
         let gdpr = if !gdpr_applies {
             Gdpr::NotApplicable
         } else if !request.consent.is_empty() {
-            match TcfEuV2::from_str(request.consent) {
-                Ok(tcf) => Gdpr::Consent(Box::new(tcf.core)),
+            match TcString::decode(request.consent) {
+                Ok(tcf) => Gdpr::Consent(Box::new(tcf)),
                 Err(error) => Gdpr::NoConsent(format!("user.consent cannot be decoded ({error})")),
             }
         } else {
             match &gpp {
-                Some(Ok(gpp)) => match gpp.decode::<TcfEuV2>() {
-                    Ok(tcf) => Gdpr::Consent(Box::new(tcf.core)),
-                    Err(error) => Gdpr::NoConsent(format!("no TCF section in regs.gpp ({error})")),
+                Some(Ok(gpp)) => match gpp.section(SectionId::TcfEuV2) {
+                    Some(section) => match TcString::decode(section) {
+                        Ok(tcf) => Gdpr::Consent(Box::new(tcf)),
+                        Err(error) => Gdpr::NoConsent(format!(
+                            "the TCF section of regs.gpp cannot be decoded ({error})"
+                        )),
+                    },
+                    None => Gdpr::NoConsent("no TCF section in regs.gpp".to_string()),
                 },
                 Some(Err(error)) => {
                     Gdpr::NoConsent(format!("regs.gpp cannot be decoded ({error})"))
@@ -174,40 +190,35 @@ impl Signals {
                     reasons.push("not called: GDPR applies and the network has no GVL id".into());
                 }
                 Some(vendor) => {
-                    let consent = |purpose: u16| {
-                        tcf.purpose_consents.contains(&purpose)
-                            && tcf.vendor_consents.contains(&vendor)
-                    };
-                    let interest = |purpose: u16| {
-                        tcf.purpose_legitimate_interests.contains(&purpose)
-                            && tcf.vendor_legitimate_interests.contains(&vendor)
-                    };
-                    if !(consent(PURPOSE_BASIC_ADS) || interest(PURPOSE_BASIC_ADS)) {
+                    let basis =
+                        |purpose: u8| tcf.basis(vendor, purpose, purpose == PURPOSE_BASIC_ADS);
+                    let consent = |purpose: u8| basis(purpose) == Some(Basis::Consent);
+                    if basis(PURPOSE_BASIC_ADS).is_none() {
                         permissions = Permissions {
                             call: false,
                             ..deny_personal(permissions)
                         };
                         reasons.push(format!(
-                            "not called: no TCF consent or legitimate interest of vendor {vendor} for purpose 2"
+                            "not called: no TCF consent or legitimate interest of vendor {vendor} for purpose 2{}",
+                            restricted(tcf, vendor, PURPOSE_BASIC_ADS)
                         ));
                     } else {
                         if !consent(PURPOSE_STORAGE) {
                             permissions.user_ids = false;
                             permissions.advertising_id = false;
                             reasons.push(format!(
-                                "user ids: no TCF consent of vendor {vendor} for purpose 1"
+                                "user ids: no TCF consent of vendor {vendor} for purpose 1{}",
+                                restricted(tcf, vendor, PURPOSE_STORAGE)
                             ));
                         }
                         if !consent(PURPOSE_PERSONALISED_ADS) {
                             permissions.user_data = false;
                             reasons.push(format!(
-                                "user data: no TCF consent of vendor {vendor} for purpose 4"
+                                "user data: no TCF consent of vendor {vendor} for purpose 4{}",
+                                restricted(tcf, vendor, PURPOSE_PERSONALISED_ADS)
                             ));
                         }
-                        if !tcf
-                            .special_feature_optins
-                            .contains(&SPECIAL_FEATURE_PRECISE_GEO)
-                        {
+                        if !tcf.special_feature(SPECIAL_FEATURE_PRECISE_GEO) {
                             permissions.precise_geo = false;
                             reasons.push("precise geo: no TCF opt-in to special feature 1".into());
                         }
@@ -239,6 +250,88 @@ impl Signals {
     }
 }
 
+/// ", restricted by the publisher (…)" when a publisher restriction of the string names
+/// `vendor` for `purpose`; empty otherwise.
+fn restricted(tcf: &TcString, vendor: u16, purpose: u8) -> String {
+    tcf.restrictions
+        .iter()
+        .find(|r| r.purpose == purpose && r.vendors.contains(vendor))
+        .map(|r| format!(", restricted by the publisher ({})", r.kind))
+        .unwrap_or_default()
+}
+
+/// Reads a GPP string, its header first with a bounded reader of ours: the header's
+/// section ids are range-encoded, and a reader that expands them before counting could
+/// be made to build millions of ids from a few KB. A header that lists more ids than the
+/// string has sections is refused before `iab_gpp` reads it.
+fn read_gpp(gpp: &str) -> Result<GPPString, String> {
+    if gpp.len() > MAX_GPP_BYTES {
+        return Err(format!(
+            "{} bytes, over the {MAX_GPP_BYTES}-byte limit",
+            gpp.len()
+        ));
+    }
+    let mut parts = gpp.split('~');
+    let header = parts.next().unwrap_or_default();
+    let sections = parts.count() as u64;
+    let listed = gpp_header_id_count(header, sections).map_err(|e| e.to_string())?;
+    if listed != sections {
+        return Err(format!(
+            "the header lists {listed} sections and {sections} follow"
+        ));
+    }
+    GPPString::from_str(gpp).map_err(|e| e.to_string())
+}
+
+/// How many section ids a GPP header lists, counted without expanding its ranges;
+/// refused as soon as the count passes `most`.
+fn gpp_header_id_count(header: &str, most: u64) -> Result<u64, crate::tcf::TcfError> {
+    use crate::tcf::TcfError;
+    const FIELD: &str = "the GPP header";
+    let mut bits = Bits::new(header, 0)?;
+    let (kind, version) = (bits.read(6, FIELD)?, bits.read(6, FIELD)?);
+    if (kind, version) != (3, 1) {
+        return Err(TcfError::Version(version));
+    }
+    let entries = bits.read(12, FIELD)?;
+    let mut count = 0u64;
+    for _ in 0..entries {
+        if bits.read(1, FIELD)? == 1 {
+            read_fibonacci(&mut bits)?;
+            count += read_fibonacci(&mut bits)? + 1;
+        } else {
+            read_fibonacci(&mut bits)?;
+            count += 1;
+        }
+        if count > most {
+            return Ok(count);
+        }
+    }
+    Ok(count)
+}
+
+/// A Fibonacci-coded integer (the code ends with two 1 bits); values past what a
+/// section id can be are refused.
+fn read_fibonacci(bits: &mut Bits<'_>) -> Result<u64, crate::tcf::TcfError> {
+    const FIELD: &str = "a GPP header range";
+    let (mut current, mut next) = (1u64, 2u64);
+    let (mut total, mut last_one) = (0u64, false);
+    loop {
+        let one = bits.read(1, FIELD)? == 1;
+        if one && last_one {
+            return Ok(total);
+        }
+        if one {
+            total += current;
+        }
+        last_one = one;
+        (current, next) = (next, current + next);
+        if total > u64::from(u16::MAX) || current > 1 << 40 {
+            return Err(crate::tcf::TcfError::Truncated(FIELD));
+        }
+    }
+}
+
 fn deny_personal(permissions: Permissions) -> Permissions {
     Permissions {
         user_ids: false,
@@ -251,7 +344,7 @@ fn deny_personal(permissions: Permissions) -> Permissions {
 
 fn us_choice(
     us_privacy: &str,
-    gpp: Option<&Result<GPPString, iab_gpp::v1::GPPDecodeError>>,
+    gpp: Option<&Result<GPPString, String>>,
     gpp_sid: &[i32],
 ) -> UsChoice {
     if !us_privacy.is_empty() {
@@ -379,35 +472,70 @@ fn us_section_opt_out(section: &Section) -> Option<&'static str> {
 
 /// Removes from an OpenRTB request document (JSON) everything `permissions` withholds;
 /// returns the names of what it removed or coarsened.
+///
+/// An allow list, not a deny list: when user ids or user data are withheld, `user` keeps
+/// only [`USER_ALLOWED`] (and the ids or data still permitted), its `ext` only
+/// [`USER_EXT_ALLOWED`]; when user ids or the advertising id are withheld, `device` keeps
+/// only [`DEVICE_ALLOWED`], its `ext` only [`DEVICE_EXT_ALLOWED`]; when precise geolocation
+/// is withheld, a `geo` keeps only [`GEO_ALLOWED`] (coordinates rounded). A member a
+/// gateway adds that no list names, in the object or in its `ext`, never leaves under a
+/// restriction.
 pub fn withhold(document: &mut Value, permissions: &Permissions) -> Vec<&'static str> {
     let mut withheld = Vec::new();
+    let mut note = |what: &'static str| {
+        if !withheld.contains(&what) {
+            withheld.push(what);
+        }
+    };
     let Some(request) = document.as_object_mut() else {
         return withheld;
     };
     if (!permissions.user_ids || !permissions.advertising_id)
         && let Some(device) = member(request, "device")
-        && remove_all(device, DEVICE_IDS)
     {
-        withheld.push("device ids");
-    }
-    if let Some(user) = member(request, "user") {
-        if !permissions.user_ids {
-            let mut removed = remove_all(user, USER_IDS);
-            if let Some(ext) = member(user, "ext") {
-                removed |= ext.remove("eids").is_some();
-            }
-            if removed {
-                withheld.push("user ids");
-            }
+        let removed = keep_only(device, |name| DEVICE_ALLOWED.contains(&name))
+            | keep_only_in_ext(device, DEVICE_EXT_ALLOWED);
+        if removed {
+            note("device ids");
         }
-        if !permissions.user_data {
-            let mut removed = remove_all(user, USER_DATA);
-            if let Some(ext) = member(user, "ext") {
-                removed |= ext.remove("data").is_some();
+    }
+    if (!permissions.user_ids || !permissions.user_data)
+        && let Some(user) = member(request, "user")
+    {
+        let mut ids_removed = false;
+        let mut data_removed = false;
+        user.retain(|name, _| {
+            let allowed = USER_ALLOWED.contains(&name.as_str())
+                || (permissions.user_ids && USER_IDS.contains(&name.as_str()))
+                || (permissions.user_data && USER_DATA.contains(&name.as_str()));
+            if !allowed {
+                if USER_IDS.contains(&name.as_str()) {
+                    ids_removed = true;
+                } else {
+                    data_removed = true;
+                }
             }
-            if removed {
-                withheld.push("user data");
-            }
+            allowed
+        });
+        if let Some(ext) = member(user, "ext") {
+            ext.retain(|name, _| {
+                let allowed = USER_EXT_ALLOWED.contains(&name.as_str());
+                if !allowed {
+                    if name == "eids" {
+                        ids_removed = true;
+                    } else {
+                        data_removed = true;
+                    }
+                }
+                allowed
+            });
+        }
+        remove_if_empty(user, "ext");
+        if ids_removed {
+            note("user ids");
+        }
+        if data_removed {
+            note("user data");
         }
     }
     if !permissions.precise_geo || permissions.child_directed {
@@ -422,7 +550,7 @@ pub fn withhold(document: &mut Value, permissions: &Permissions) -> Vec<&'static
             coarsened |= truncate_ip(device, "ipv6", truncate_ipv6);
         }
         if coarsened {
-            withheld.push("precise geo");
+            note("precise geo");
         }
     }
     withheld
@@ -447,13 +575,71 @@ pub fn filter_eids(document: &mut Value, allowed: impl Fn(&str) -> bool) -> bool
     removed
 }
 
-const DEVICE_IDS: &[&str] = &[
-    "ifa", "didsha1", "didmd5", "dpidsha1", "dpidmd5", "macsha1", "macmd5",
+/// The members of `device` that identify no one (OpenRTB 2.6 §3.2.18 without `ifa`, the
+/// hashed device ids and `ext`), kept when ids are withheld; `ip` and `geo` are coarsened
+/// separately when precise geolocation is.
+pub const DEVICE_ALLOWED: &[&str] = &[
+    "geo",
+    "dnt",
+    "lmt",
+    "ua",
+    "sua",
+    "ip",
+    "ipv6",
+    "devicetype",
+    "make",
+    "model",
+    "os",
+    "osv",
+    "hwv",
+    "h",
+    "w",
+    "ppi",
+    "pxratio",
+    "js",
+    "geofetch",
+    "flashver",
+    "language",
+    "langb",
+    "carrier",
+    "mccmnc",
+    "connectiontype",
+    "ext",
 ];
-const USER_IDS: &[&str] = &["id", "buyeruid", "eids"];
-const USER_DATA: &[&str] = &["data", "yob", "gender", "keywords", "kwarray", "customdata"];
-/// What COPPA removes of a geolocation beyond the coordinates.
-const GEO_FINE_PARTS: &[&str] = &["metro", "city", "zip", "accuracy", "lastfix"];
+/// Of `device.ext`: the App Tracking Transparency status (a permission, not an id).
+pub const DEVICE_EXT_ALLOWED: &[&str] = &["atts"];
+/// The members of `user` kept whatever is withheld: the consent signal and a geolocation
+/// (coarsened when precise geolocation is withheld).
+pub const USER_ALLOWED: &[&str] = &["consent", "geo", "ext"];
+/// Of `user.ext`: consent signals only (TCF in the 2.5 place, Google's Additional
+/// Consent).
+pub const USER_EXT_ALLOWED: &[&str] = &[
+    "consent",
+    "ConsentedProvidersSettings",
+    "consented_providers_settings",
+];
+/// The members of `user` that are ids, kept when user ids are permitted.
+const USER_IDS: &[&str] = &["id", "buyeruid", "eids", "customdata"];
+/// The members of `user` that are data about the user, kept when user data is permitted.
+const USER_DATA: &[&str] = &["data", "yob", "gender", "keywords", "kwarray"];
+/// The members of a `geo` kept when precise geolocation is withheld (coordinates rounded
+/// to about 1 km); a child-directed request keeps only [`GEO_CHILD_ALLOWED`].
+pub const GEO_ALLOWED: &[&str] = &[
+    "lat",
+    "lon",
+    "type",
+    "accuracy",
+    "lastfix",
+    "ipservice",
+    "country",
+    "region",
+    "regionfips104",
+    "metro",
+    "city",
+    "zip",
+    "utcoffset",
+];
+pub const GEO_CHILD_ALLOWED: &[&str] = &["type", "ipservice", "country", "region", "utcoffset"];
 
 fn member<'a>(
     object: &'a mut Map<String, Value>,
@@ -462,19 +648,45 @@ fn member<'a>(
     object.get_mut(name).and_then(Value::as_object_mut)
 }
 
-fn remove_all(object: &mut Map<String, Value>, names: &[&str]) -> bool {
-    names.iter().fold(false, |removed, name| {
-        object.remove(*name).is_some() | removed
-    })
+/// Keeps in `object` only the members `allowed` names; true when one was removed.
+fn keep_only(object: &mut Map<String, Value>, allowed: impl Fn(&str) -> bool) -> bool {
+    let before = object.len();
+    object.retain(|name, _| allowed(name));
+    object.len() != before
+}
+
+/// Keeps in `object.ext` only the members `allowed` lists (removing `ext` when nothing is
+/// left); true when one was removed.
+fn keep_only_in_ext(object: &mut Map<String, Value>, allowed: &[&str]) -> bool {
+    let removed = match object.get_mut("ext") {
+        Some(Value::Object(ext)) => keep_only(ext, |name| allowed.contains(&name)),
+        Some(_) => {
+            object.remove("ext");
+            true
+        }
+        None => false,
+    };
+    remove_if_empty(object, "ext");
+    removed
+}
+
+fn remove_if_empty(object: &mut Map<String, Value>, name: &str) {
+    if object
+        .get(name)
+        .and_then(Value::as_object)
+        .is_some_and(Map::is_empty)
+    {
+        object.remove(name);
+    }
 }
 
 /// Coordinates rounded to two decimals (about 1 km), or removed with the city-level
 /// parts when the request is child-directed. True when something changed.
 fn coarsen_geo(geo: &mut Map<String, Value>, child_directed: bool) -> bool {
     if child_directed {
-        return remove_all(geo, &["lat", "lon"]) | remove_all(geo, GEO_FINE_PARTS);
+        return keep_only(geo, |name| GEO_CHILD_ALLOWED.contains(&name));
     }
-    let mut changed = false;
+    let mut changed = keep_only(geo, |name| GEO_ALLOWED.contains(&name));
     for axis in ["lat", "lon"] {
         if let Some(value) = geo.get_mut(axis)
             && let Some(coordinate) = value.as_f64()
@@ -525,7 +737,8 @@ fn truncate_ipv6(address: &str) -> Option<String> {
 }
 
 /// Encoders of real TC and GPP strings, for tests that need a consent string with known
-/// contents: the decoder they are checked against is `iab_gpp`'s, not ours.
+/// contents. They are checked against the TC string reader of [`crate::tcf`], which is
+/// checked against the IAB's own test vectors, and against `iab_gpp` for GPP.
 #[doc(hidden)]
 pub mod testing {
     /// The contents of a TC string's core segment that the rules read.
@@ -536,6 +749,9 @@ pub mod testing {
         pub special_features: Vec<u16>,
         pub vendor_consents: Vec<u16>,
         pub vendor_legitimate_interests: Vec<u16>,
+        /// Publisher restrictions: purpose, restriction type (0 not allowed, 1 require
+        /// consent, 2 require legitimate interest) and the vendors it names.
+        pub restrictions: Vec<(u8, u8, Vec<u16>)>,
     }
 
     /// A TCF v2.2 TC string (core segment only), as a CMP would write it.
@@ -566,7 +782,16 @@ pub mod testing {
             bits.push(0, 1); // bit field, not ranges
             bits.push_set(vendors, usize::from(max));
         }
-        bits.push(0, 12); // no publisher restrictions
+        bits.push(content.restrictions.len() as u64, 12);
+        for (purpose, kind, vendors) in &content.restrictions {
+            bits.push(u64::from(*purpose), 6);
+            bits.push(u64::from(*kind), 2);
+            bits.push(vendors.len() as u64, 12);
+            for vendor in vendors {
+                bits.push(0, 1); // one id, not a range
+                bits.push(u64::from(*vendor), 16);
+            }
+        }
         bits.base64url()
     }
 
@@ -590,6 +815,15 @@ pub mod testing {
         bits.push(0, 2);
         // The header "DBABLA" lists section 7 alone.
         format!("DBABLA~{}", bits.base64url())
+    }
+
+    /// Base64url of a string of '0' and '1' (whitespace ignored), padded with 0 bits.
+    pub fn base64url_of_bits(bits: &str) -> String {
+        let mut encoded = Bits::default();
+        for bit in bits.bytes().filter(|b| !b.is_ascii_whitespace()) {
+            encoded.0.push(bit == b'1');
+        }
+        encoded.base64url()
     }
 
     /// A GPP string whose only section is the TCF EU v2 section `tc_string`.
@@ -653,6 +887,7 @@ mod tests {
             special_features: vec![1],
             vendor_consents: vec![VENDOR, 755],
             vendor_legitimate_interests: vec![VENDOR],
+            restrictions: vec![],
         }
     }
 
@@ -668,7 +903,7 @@ mod tests {
         json!({
             "id": "r",
             "device": {"ifa": "aaaa-bbbb", "ip": "81.2.69.142", "ipv6": "2001:db8:85a3:8d3:1319:8a2e:370:7348",
-                       "dpidsha1": "x", "ua": "Mozilla", "geo": {"lat": 52.520008, "lon": 13.404954, "city": "Berlin", "country": "DEU", "zip": "10117"}},
+                       "dpidsha1": "x", "ua": "Mozilla", "ext": {"ifv": "vendor-id", "atts": 3}, "geo": {"lat": 52.520008, "lon": 13.404954, "city": "Berlin", "country": "DEU", "zip": "10117"}},
             "user": {"id": "u1", "buyeruid": "b1", "yob": 1980, "gender": "F", "keywords": "cars",
                      "data": [{"id": "d"}], "eids": [{"source": "liveramp.com", "uids": [{"id": "x"}]},
                                                      {"source": "id5-sync.com", "uids": [{"id": "y"}]}],
@@ -678,10 +913,10 @@ mod tests {
 
     #[test]
     fn the_test_encoder_writes_strings_the_iab_decoder_reads() {
-        let tc = TcfEuV2::from_str(&tc_string(&full_consent())).unwrap();
-        assert!(tc.core.vendor_consents.contains(&VENDOR));
-        assert!(tc.core.purpose_consents.contains(&4));
-        assert!(tc.core.special_feature_optins.contains(&1));
+        let tc = TcString::decode(&tc_string(&full_consent())).unwrap();
+        assert!(tc.vendor_consents.contains(VENDOR));
+        assert!(tc.purpose_consent(4));
+        assert!(tc.special_feature(1));
         let gpp = GPPString::from_str(&gpp_us_national(true, false)).unwrap();
         assert!(matches!(
             gpp.decode_section(gpp.section_ids().next().copied().unwrap()),
@@ -733,6 +968,7 @@ mod tests {
             special_features: vec![],
             vendor_consents: vec![],
             vendor_legitimate_interests: vec![VENDOR],
+            restrictions: vec![],
         };
         let verdict = gdpr(&tc_string(&content)).permissions(Some(VENDOR));
         let p = verdict.permissions;
@@ -767,6 +1003,95 @@ mod tests {
                 verdict.describe()
             );
         }
+    }
+
+    #[test]
+    fn publisher_restrictions_are_enforced_per_purpose_and_vendor() {
+        let with = |restrictions: Vec<(u8, u8, Vec<u16>)>, interest_only: bool| {
+            let mut content = TcContent {
+                restrictions,
+                ..full_consent()
+            };
+            if interest_only {
+                content.vendor_consents.clear();
+            }
+            gdpr(&tc_string(&content)).permissions(Some(VENDOR))
+        };
+        let not_allowed = with(vec![(2, 0, vec![VENDOR])], false);
+        assert!(!not_allowed.permissions.call);
+        assert!(
+            not_allowed
+                .describe()
+                .contains("restricted by the publisher (not allowed)"),
+            "{}",
+            not_allowed.describe()
+        );
+        assert!(
+            with(vec![(2, 0, vec![VENDOR + 1])], false).permissions.call,
+            "a restriction names its vendors only"
+        );
+        // Consent required: legitimate interest alone no longer calls the network.
+        assert!(with(vec![], true).permissions.call);
+        assert!(!with(vec![(2, 1, vec![VENDOR])], true).permissions.call);
+        assert!(with(vec![(2, 1, vec![VENDOR])], false).permissions.call);
+        // Legitimate interest required: consent alone does not count.
+        let content = TcContent {
+            vendor_legitimate_interests: vec![],
+            restrictions: vec![(2, 2, vec![VENDOR])],
+            ..full_consent()
+        };
+        assert!(
+            !gdpr(&tc_string(&content))
+                .permissions(Some(VENDOR))
+                .permissions
+                .call
+        );
+        // Storage not allowed: called, without ids.
+        let p = with(vec![(1, 0, vec![VENDOR])], false).permissions;
+        assert!(p.call && !p.user_ids && p.user_data);
+    }
+
+    #[test]
+    fn a_hostile_gpp_header_is_refused_unexpanded() {
+        // 4,095 header ranges each spanning a wide run of section ids, as a few KB.
+        let mut bits = String::from("000011000001");
+        bits.push_str("111111111111");
+        for _ in 0..4095 {
+            // a range ("1"): start offset 1 ("11"), count 233 (Fibonacci code of 233)
+            bits.push_str("1110000000000011");
+        }
+        let header = base64url_of_bits(&bits);
+        let gpp = format!("{header}~1YYN");
+        let started = std::time::Instant::now();
+        let signals = Signals::read(&RequestSignals {
+            gpp: &gpp,
+            gpp_sid: &[6],
+            ..Default::default()
+        });
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+        let verdict = signals.permissions(None);
+        assert!(
+            !verdict.permissions.user_ids,
+            "undecodable US signal: opted out"
+        );
+        assert!(
+            verdict.describe().contains("regs.gpp"),
+            "{}",
+            verdict.describe()
+        );
+        let too_long = "A".repeat(MAX_GPP_BYTES + 1);
+        let verdict = Signals::read(&RequestSignals {
+            gdpr: Some(1),
+            gpp: &too_long,
+            ..Default::default()
+        })
+        .permissions(Some(VENDOR));
+        assert!(!verdict.permissions.call);
+        assert!(
+            verdict.describe().contains("limit"),
+            "{}",
+            verdict.describe()
+        );
     }
 
     #[test]
@@ -885,6 +1210,11 @@ mod tests {
         assert!(
             document["device"].get("ifa").is_none() && document["device"].get("dpidsha1").is_none()
         );
+        assert_eq!(
+            document["device"]["ext"],
+            json!({"atts": 3}),
+            "ids in ext go too"
+        );
         assert_eq!(document["user"]["id"], "u1");
 
         let mut document = rich_request();
@@ -895,8 +1225,16 @@ mod tests {
             advertising_id: false,
             ..Permissions::ALL
         };
-        withhold(&mut document, &none);
-        assert_eq!(document["user"], json!({"ext": {"other": true}}));
+        let withheld = withhold(&mut document, &none);
+        assert_eq!(
+            withheld,
+            ["device ids", "user ids", "user data", "precise geo"]
+        );
+        assert_eq!(
+            document["user"],
+            json!({}),
+            "nothing outside the allow list is left"
+        );
         assert_eq!(
             document["device"]["geo"],
             json!({"lat": 52.52, "lon": 13.4, "city": "Berlin", "country": "DEU", "zip": "10117"})
@@ -948,6 +1286,7 @@ mod tests {
                 special_features: if special { vec![1] } else { vec![] },
                 vendor_consents: vendors.clone(),
                 vendor_legitimate_interests: vendors,
+                restrictions: vec![],
             });
             let signals = Signals::read(&RequestSignals {
                 gdpr, consent: &consent, us_privacy: if us_out { "1YYN" } else { "1YNN" },
