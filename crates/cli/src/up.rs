@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cascade_network_caller::OutboundSettings;
 use cascade_sandbox::{Behaviour, ClusterSettings, FakeNetworks, InProcessCluster};
 use cascade_server::settings::GrpcSettings;
 use cascade_state::{MemoryStore, StateError, StateSettings, Store};
@@ -144,6 +145,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         network_caller: cascade_network_caller::Settings {
             grpc: grpc.clone(),
             state: state.clone(),
+            // The demo networks answer on loopback.
+            outbound: OutboundSettings::allowing_loopback(),
             ..Default::default()
         },
         bid_intake: cascade_bid_intake::Settings {
@@ -155,6 +158,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             state,
             admin_token: Some(admin_token.clone()),
             log: log_settings(&args),
+            outbound: OutboundSettings::allowing_loopback(),
             ..Default::default()
         },
     };

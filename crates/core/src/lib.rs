@@ -3,6 +3,7 @@
 //! [`auction::Bidder`] for them) and keep every business rule here.
 
 pub mod ad_quality;
+pub mod address;
 pub mod admission;
 pub mod auction;
 pub mod config;

@@ -9,25 +9,57 @@ use serde::Deserialize as _;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::guard::OutboundGuard;
 use crate::{Ad, AdCall, AdOutcome, MAX_RESPONSE_BYTES};
 
 /// Custom networks over our gRPC contract (`cascade.customnetwork.v1.CustomNetwork`).
-/// One HTTP/2 channel per endpoint, opened lazily and kept.
+/// One HTTP/2 channel per endpoint, opened lazily and kept; its connections go only to
+/// addresses the guard permits.
 #[derive(Debug, Default)]
 pub struct GrpcNetworkAdapter {
     channels: Mutex<HashMap<String, Channel>>,
+    guard: OutboundGuard,
 }
 
 impl GrpcNetworkAdapter {
-    fn channel(&self, endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn new(guard: &OutboundGuard) -> Self {
+        GrpcNetworkAdapter {
+            channels: Mutex::default(),
+            guard: guard.clone(),
+        }
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())?
-            .tcp_nodelay(true)
+        self.guard
+            .check_url(endpoint)
+            .map_err(|error| format!("endpoint refused: {error}"))?;
+        let guard = self.guard.clone();
+        // Every connection resolves the host through the guard, so a name re-bound to
+        // an internal address is refused when the channel reconnects.
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let guard = guard.clone();
+            async move {
+                let host = uri.host().unwrap_or_default();
+                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                let addrs = guard.resolve(host, port).await.map_err(|error| {
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, error)
+                })?;
+                let stream = tokio::net::TcpStream::connect(addrs.as_slice()).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|error| format!("invalid endpoint: {error}"))?
             .connect_timeout(std::time::Duration::from_secs(1))
-            .connect_lazy();
+            .connect_with_connector_lazy(connector);
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(channel)
     }
@@ -35,7 +67,7 @@ impl GrpcNetworkAdapter {
     pub async fn request_ad(&self, call: &AdCall<'_>) -> AdOutcome {
         let channel = match self.channel(call.endpoint) {
             Ok(channel) => channel,
-            Err(error) => return AdOutcome::Error(format!("invalid endpoint: {error}")),
+            Err(error) => return AdOutcome::Error(error),
         };
         // The call carries the attempt's trace context, so a network that traces joins
         // the decision's trace.
@@ -178,7 +210,11 @@ mod tests {
     #[tokio::test]
     async fn speaks_the_custom_network_contract() {
         let endpoint = serve().await;
-        let adapter = GrpcNetworkAdapter::default();
+        let adapter = GrpcNetworkAdapter::new(
+            &crate::guard::OutboundSettings::allowing_loopback()
+                .guard()
+                .unwrap(),
+        );
         let AdOutcome::Filled(ad) = call(&adapter, &endpoint, "fill").await else {
             panic!("expected a fill");
         };

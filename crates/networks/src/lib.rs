@@ -3,6 +3,7 @@
 //! never an error of the decision.
 
 pub mod grpc;
+pub mod guard;
 pub mod health;
 pub mod notices;
 pub mod openrtb_http;
@@ -25,6 +26,14 @@ pub struct Adapters {
 }
 
 impl Adapters {
+    /// Adapters whose every call goes only where `guard` lets it.
+    pub fn new(guard: &guard::OutboundGuard) -> Self {
+        Adapters {
+            openrtb: OpenRtbHttpAdapter::new(guard),
+            grpc: GrpcNetworkAdapter::new(guard),
+        }
+    }
+
     pub async fn request_ad(&self, protocol: NetworkProtocol, call: &AdCall<'_>) -> AdOutcome {
         match protocol {
             NetworkProtocol::OpenrtbHttp => self.openrtb.request_ad(call).await,

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::OpenRtbHttpAdapter;
+use crate::guard::OutboundGuard;
+
 /// What a notice says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -29,14 +32,16 @@ impl NoticeKind {
 #[derive(Clone, Debug)]
 pub struct Notifier {
     client: reqwest::Client,
+    guard: OutboundGuard,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
 }
 
 impl Notifier {
-    /// Notices go out through `client` (the networks' own, with their TLS roots), at
-    /// most `max_in_flight` at once, each given `timeout`.
-    pub fn new(client: reqwest::Client, max_in_flight: usize, timeout: Duration) -> Self {
+    /// Notices go out through `adapter`'s client (the networks' own, with their TLS
+    /// roots and its outbound guard), at most `max_in_flight` at once, each given
+    /// `timeout`.
+    pub fn new(adapter: &OpenRtbHttpAdapter, max_in_flight: usize, timeout: Duration) -> Self {
         for kind in [NoticeKind::Win, NoticeKind::Loss, NoticeKind::Billing] {
             for outcome in ["fired", "failed", "dropped"] {
                 metrics::counter!("cascade_notices_total", "kind" => kind.name(), "outcome" => outcome)
@@ -44,7 +49,8 @@ impl Notifier {
             }
         }
         Self {
-            client,
+            client: adapter.client().clone(),
+            guard: adapter.guard().clone(),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             timeout,
         }
@@ -89,6 +95,10 @@ impl Notifier {
 
     /// One attempt at a notice: `Ok` when the receiver answered 2xx.
     pub async fn deliver(&self, url: &str) -> Result<(), String> {
+        let url = self
+            .guard
+            .check_url(url)
+            .map_err(|error| format!("refused: {error}"))?;
         let response = self
             .client
             .get(url)
@@ -135,7 +145,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        let notifier = Notifier::new(reqwest::Client::new(), 4, Duration::from_secs(1));
+        let adapter = OpenRtbHttpAdapter::new(
+            &crate::guard::OutboundSettings::allowing_loopback()
+                .guard()
+                .unwrap(),
+        );
+        let notifier = Notifier::new(&adapter, 4, Duration::from_secs(1));
         notifier.fire(NoticeKind::Win, format!("http://{addr}/ok"));
         assert_eq!(
             notifier.deliver(&format!("http://{addr}/fail")).await,

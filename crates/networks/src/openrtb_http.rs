@@ -4,6 +4,7 @@ use cascade_core::Micros;
 use cascade_core::notice::{AuctionFacts, substitute};
 use cascade_proto::openrtb::v1::BidResponse;
 
+use crate::guard::OutboundGuard;
 use crate::{Ad, AdCall, AdOutcome};
 
 /// Largest response body accepted from a network; a bigger one is that network's error.
@@ -14,19 +15,23 @@ pub const MAX_RESPONSE_BYTES: usize = 512 * 1024;
 #[derive(Clone, Debug)]
 pub struct OpenRtbHttpAdapter {
     client: reqwest::Client,
+    guard: OutboundGuard,
 }
 
 impl Default for OpenRtbHttpAdapter {
+    /// Public addresses only.
     fn default() -> Self {
-        Self::new()
+        Self::new(&OutboundGuard::default())
     }
 }
 
 impl OpenRtbHttpAdapter {
     /// HTTPS by rustls, trusting the platform's roots, Mozilla's, and those of the file
-    /// `SSL_CERT_FILE` names (the usual convention, so a private CA can be added).
-    pub fn new() -> Self {
-        let mut builder = reqwest::Client::builder()
+    /// `SSL_CERT_FILE` names (the usual convention, so a private CA can be added); every
+    /// request (and its redirects) only where `guard` lets it go.
+    pub fn new(guard: &OutboundGuard) -> Self {
+        let mut builder = guard
+            .client_builder()
             .user_agent(concat!("cascade/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
@@ -36,15 +41,26 @@ impl OpenRtbHttpAdapter {
             builder = builder.add_root_certificate(root);
         }
         let client = builder.build().unwrap_or_else(|error| {
-            tracing::error!(%error, "cannot build the tuned HTTP client; using defaults");
-            reqwest::Client::new()
+            tracing::error!(%error, "cannot build the tuned HTTP client; using a guarded default");
+            guard
+                .client_builder()
+                .build()
+                .expect("a client with no TLS roots of ours builds")
         });
-        Self { client }
+        Self {
+            client,
+            guard: guard.clone(),
+        }
     }
 
-    /// The HTTP client, shared with the notices sent to the same networks.
+    /// The HTTP client, shared with the notices sent to the same networks (it resolves
+    /// through the same guard).
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    pub fn guard(&self) -> &OutboundGuard {
+        &self.guard
     }
 
     pub async fn request_ad(&self, call: &AdCall<'_>) -> AdOutcome {
@@ -59,9 +75,13 @@ impl OpenRtbHttpAdapter {
     }
 
     async fn exchange(&self, call: &AdCall<'_>, body: Vec<u8>) -> AdOutcome {
+        let endpoint = match self.guard.check_url(call.endpoint) {
+            Ok(endpoint) => endpoint,
+            Err(error) => return AdOutcome::Error(format!("endpoint refused: {error}")),
+        };
         let response = self
             .client
-            .post(call.endpoint)
+            .post(endpoint)
             .header("content-type", "application/json")
             .header("x-openrtb-version", "2.6")
             .body(body)
@@ -102,6 +122,10 @@ impl OpenRtbHttpAdapter {
     }
 
     async fn fetch_markup(&self, url: &str) -> Result<String, String> {
+        let url = self
+            .guard
+            .check_url(url)
+            .map_err(|error| format!("refused: {error}"))?;
         let response = self
             .client
             .get(url)
@@ -351,18 +375,22 @@ mod tests {
 
     async fn call_with(endpoint: &str, timeout_ms: u64, markup_from_nurl: bool) -> AdOutcome {
         let request = request();
-        OpenRtbHttpAdapter::new()
-            .request_ad(&AdCall {
-                endpoint,
-                placement_id: "net-placement",
-                floor: Micros(2_000_000),
-                currency: "",
-                request: &request,
-                impid: "1",
-                timeout: Duration::from_millis(timeout_ms),
-                markup_from_nurl,
-            })
-            .await
+        OpenRtbHttpAdapter::new(
+            &crate::guard::OutboundSettings::allowing_loopback()
+                .guard()
+                .unwrap(),
+        )
+        .request_ad(&AdCall {
+            endpoint,
+            placement_id: "net-placement",
+            floor: Micros(2_000_000),
+            currency: "",
+            request: &request,
+            impid: "1",
+            timeout: Duration::from_millis(timeout_ms),
+            markup_from_nurl,
+        })
+        .await
     }
 
     #[tokio::test]

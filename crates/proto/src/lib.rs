@@ -3,6 +3,7 @@
 //! the code was generated for.
 
 pub mod log_json;
+pub mod openrtb25;
 pub mod openrtb_json;
 
 pub use prost;

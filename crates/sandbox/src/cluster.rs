@@ -17,12 +17,32 @@ const READY_WITHIN: Duration = Duration::from_secs(15);
 
 /// What each service runs with. Where bid-intake finds the others is set by
 /// [`InProcessCluster::start`] to the ports they got.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClusterSettings {
     pub targeting_evaluation: cascade_targeting_evaluation::Settings,
     pub auction: cascade_auction::Settings,
     pub network_caller: cascade_network_caller::Settings,
     pub bid_intake: cascade_bid_intake::Settings,
+}
+
+impl Default for ClusterSettings {
+    /// Each service's defaults, but for the outbound guard: a cluster on one machine
+    /// talks to networks (and takes notices) on loopback, so loopback is allowed.
+    fn default() -> Self {
+        let outbound = cascade_network_caller::OutboundSettings::allowing_loopback();
+        ClusterSettings {
+            targeting_evaluation: Default::default(),
+            auction: Default::default(),
+            network_caller: cascade_network_caller::Settings {
+                outbound: outbound.clone(),
+                ..Default::default()
+            },
+            bid_intake: cascade_bid_intake::Settings {
+                outbound,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// The environment variable of the `outbound.allow_private` setting.
+const OUTBOUND_ALLOW_PRIVATE: &str = "CASCADE__OUTBOUND__ALLOW_PRIVATE";
+
 /// A running service binary.
 pub struct ServiceProcess {
     pub name: String,
@@ -108,6 +111,14 @@ impl ServiceProcess {
             }
             None => Command::new(&path),
         };
+        // The services that send requests out (network calls, notices) talk to fake
+        // networks on loopback here, as in `cascade up`: loopback is allowed unless the
+        // caller says otherwise.
+        if matches!(binary.as_str(), "network-caller" | "bid-intake")
+            && !env.iter().any(|(key, _)| *key == OUTBOUND_ALLOW_PRIVATE)
+        {
+            command.env(OUTBOUND_ALLOW_PRIVATE, "127.0.0.0/8,::1/128");
+        }
         let mut child = command
             .arg("--settings")
             .arg(file.path())

@@ -197,6 +197,9 @@ impl GrpcServer {
                 AdmissionLayer::new(admission, &shed_in_front)
                     .by_publisher(&self.by_publisher.0, self.by_publisher.1),
             )
+            .layer(tower::util::MapResponseLayer::new(
+                crate::status::oversized_as_resource_exhausted::<tonic::body::Body> as fn(_) -> _,
+            ))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_accepting_rx.await;

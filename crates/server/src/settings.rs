@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub const ENV_PREFIX: &str = "CASCADE";
 
 /// The settings that are lists, as their environment variables give them: comma-separated.
-const LIST_KEYS: &[&str] = &["state.redis_cluster_nodes"];
+const LIST_KEYS: &[&str] = &["state.redis_cluster_nodes", "outbound.allow_private"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {

@@ -41,6 +41,26 @@ pub fn unavailable(public_message: &str, error: &dyn Error) -> Status {
     Status::unavailable(public_message.to_string())
 }
 
+/// A call whose message is over the server's size limit answers `RESOURCE_EXHAUSTED`
+/// (the gRPC convention for a message too large), not the `OUT_OF_RANGE` tonic's codec
+/// reports; the message, which states the size and the limit, is kept. Every other
+/// response passes unchanged.
+pub fn oversized_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let oversized = Status::from_header_map(response.headers()).filter(|status| {
+        status.code() == Code::OutOfRange
+            && status
+                .message()
+                .contains("decoded message length too large")
+    });
+    if let Some(status) = oversized {
+        let replaced = Status::resource_exhausted(status.message().to_string());
+        if replaced.add_header(response.headers_mut()).is_err() {
+            tracing::warn!("cannot rewrite the status of an oversized message");
+        }
+    }
+    response
+}
+
 /// An error and every source under it, on one line.
 pub fn chain(error: &dyn Error) -> String {
     let mut text = error.to_string();

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
+use cascade_networks::guard::OutboundSettings;
 pub use decide::DecisionService;
 pub use error::DecideError;
 pub use normalize::{Normalized, normalize, openrtb_document};
@@ -85,6 +86,8 @@ pub struct Settings {
     pub selection_write_wait_ms: u64,
     /// The decision log: one entry per decision and event.
     pub log: LogSettings,
+    /// Where notices (win, loss, billing) may go.
+    pub outbound: OutboundSettings,
 }
 
 impl Default for Settings {
@@ -109,6 +112,7 @@ impl Default for Settings {
             selection_backlog_capacity: 100_000,
             selection_write_wait_ms: 50,
             log: LogSettings::default(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -120,6 +124,7 @@ impl Validate for Settings {
         self.resolver.validate_under("resolver")?;
         self.notices.validate_under("notices")?;
         self.log.validate_under("log")?;
+        self.outbound.validate_under("outbound")?;
         at_least("default_budget_ms", self.default_budget_ms, 1)?;
         let within_max = |key: &str, value: u64| {
             require(value <= self.max_budget_ms, key, || {
@@ -170,6 +175,8 @@ pub enum Error {
     Resolver(#[from] ResolverError),
     #[error("cannot open the decision log: {0}")]
     Log(#[from] cascade_log::LogError),
+    #[error(transparent)]
+    Settings(cascade_core::settings::InvalidSetting),
 }
 
 /// The longest wait between two failed flushes of the selection backlog.
@@ -196,8 +203,9 @@ pub async fn serve(
     let report = ReportRecorder::new(store.clone(), settings.state.report_flush_interval());
     let resolver = Resolver::new(&settings.resolver)?;
     // Notices go out with the networks' HTTP client: the same TLS roots and User-Agent.
+    let guard = settings.outbound.guard().map_err(Error::Settings)?;
     let notifier = Notifier::new(
-        cascade_networks::OpenRtbHttpAdapter::new().client().clone(),
+        &cascade_networks::OpenRtbHttpAdapter::new(&guard),
         settings.notices.max_in_flight,
         Duration::from_millis(settings.notices.timeout_ms),
     );

@@ -31,6 +31,17 @@ pub const MAX_CHAINED_SELECTIONS: usize = 16;
 pub const MAX_LIST_PER_BID: usize = 100;
 /// Most seats or advertiser domains one deal allows (`wseat`, `wadomain`).
 pub const MAX_LIST_PER_DEAL: usize = 100;
+/// Most extended-id sources (`user.eids`) and ids per source (`uids`): Prebid's user-id
+/// module knows about 60 sources, each with one or two ids.
+pub const MAX_EIDS: usize = 64;
+pub const MAX_UIDS_PER_EID: usize = 16;
+/// Most GPP section ids `regs.gpp_sid` lists (about 25 sections exist).
+pub const MAX_GPP_SIDS: usize = 64;
+/// Largest `ext` object of the request, its impressions, `site`/`app`, `device`, `user`,
+/// `regs` and `source`, in encoded bytes, and its deepest nesting: exts are copied into
+/// every network call, so their size is paid once per network.
+pub const MAX_EXT_BYTES: usize = 64 * 1024;
+pub const MAX_EXT_DEPTH: usize = 16;
 
 /// A request that passed validation.
 #[derive(Debug)]
@@ -78,9 +89,19 @@ pub fn openrtb_document(request: &mut DecideRequest) -> Result<Vec<u8>, DecideEr
                 "required: the OpenRTB bid request",
             ));
         }
-        (Some(_), None) => return Ok(Vec::new()),
+        (Some(_), None) => {
+            let typed = request.request.as_mut().expect("matched Some");
+            cascade_proto::openrtb25::upgrade_typed(typed).map_err(|error| {
+                DecideError::invalid(format!("request.{}", error.field), error.problem)
+            })?;
+            return Ok(Vec::new());
+        }
         (None, Some(document)) => {
-            let document = serde_json::Value::Object(struct_to_json(&document));
+            let mut document = struct_to_json(&document);
+            cascade_proto::openrtb25::upgrade(&mut document).map_err(|error| {
+                DecideError::invalid(format!("openrtb.{}", error.field), error.problem)
+            })?;
+            let document = serde_json::Value::Object(document);
             let typed: BidRequest =
                 serde_path_to_error::deserialize(&document).map_err(|error| {
                     DecideError::invalid(
@@ -123,6 +144,7 @@ pub fn normalize(request: &DecideRequest, rates: &Rates<'_>) -> Result<Normalize
     check_list_len("request.bcat", bid_request.bcat.len(), MAX_BLOCKLIST_LEN)?;
     check_list_len("request.badv", bid_request.badv.len(), MAX_BLOCKLIST_LEN)?;
     check_list_len("request.bseat", bid_request.bseat.len(), MAX_BLOCKLIST_LEN)?;
+    check_bounded_members(bid_request)?;
     let account_id = publisher_id(bid_request)?;
 
     if bid_request.imp.is_empty() {
@@ -520,6 +542,107 @@ pub fn original_currency(rates: &Rates<'_>, currency: &str) -> (String, i64) {
     )
 }
 
+/// The members whose cost grows with their size and that no other check bounds: the
+/// extended ids, the GPP section list and every `ext` a network call copies. (Consent
+/// and GPP strings over their limits are not refused: they read as undecodable, which
+/// is no consent, see `cascade_core::privacy`.)
+fn check_bounded_members(request: &BidRequest) -> Result<(), DecideError> {
+    if let Some(user) = &request.user {
+        check_list_len("request.user.eids", user.eids.len(), MAX_EIDS)?;
+        for (i, eid) in user.eids.iter().enumerate() {
+            check_list_len(
+                &format!("request.user.eids[{i}].uids"),
+                eid.uids.len(),
+                MAX_UIDS_PER_EID,
+            )?;
+        }
+    }
+    if let Some(regs) = &request.regs {
+        check_list_len("request.regs.gpp_sid", regs.gpp_sid.len(), MAX_GPP_SIDS)?;
+    }
+    let mut exts: Vec<(String, Option<&cascade_proto::prost_types::Struct>)> = vec![
+        ("request.ext".into(), request.ext.as_ref()),
+        (
+            "request.site.ext".into(),
+            request.site.as_ref().and_then(|s| s.ext.as_ref()),
+        ),
+        (
+            "request.app.ext".into(),
+            request.app.as_ref().and_then(|a| a.ext.as_ref()),
+        ),
+        (
+            "request.device.ext".into(),
+            request.device.as_ref().and_then(|d| d.ext.as_ref()),
+        ),
+        (
+            "request.user.ext".into(),
+            request.user.as_ref().and_then(|u| u.ext.as_ref()),
+        ),
+        (
+            "request.regs.ext".into(),
+            request.regs.as_ref().and_then(|r| r.ext.as_ref()),
+        ),
+        (
+            "request.source.ext".into(),
+            request.source.as_ref().and_then(|s| s.ext.as_ref()),
+        ),
+    ];
+    exts.extend(
+        request
+            .imp
+            .iter()
+            .enumerate()
+            .map(|(i, imp)| (format!("request.imp[{i}].ext"), imp.ext.as_ref())),
+    );
+    for (field, ext) in exts {
+        let Some(ext) = ext else { continue };
+        let bytes = cascade_proto::prost::Message::encoded_len(ext);
+        if bytes > MAX_EXT_BYTES {
+            return Err(DecideError::invalid(
+                field,
+                format!("at most {MAX_EXT_BYTES} bytes encoded, got {bytes}"),
+            ));
+        }
+        if struct_depth(ext, MAX_EXT_DEPTH + 1) > MAX_EXT_DEPTH {
+            return Err(DecideError::invalid(
+                field,
+                format!("nested at most {MAX_EXT_DEPTH} deep"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How deep `object` nests objects and lists (1 for a flat object), counted no further
+/// than `stop`.
+fn struct_depth(object: &cascade_proto::prost_types::Struct, stop: usize) -> usize {
+    use cascade_proto::prost_types::value::Kind;
+    fn value_depth(value: &cascade_proto::prost_types::Value, stop: usize) -> usize {
+        match &value.kind {
+            Some(Kind::StructValue(inner)) => struct_depth(inner, stop),
+            Some(Kind::ListValue(list)) if stop > 1 => {
+                1 + list
+                    .values
+                    .iter()
+                    .map(|v| value_depth(v, stop - 1))
+                    .max()
+                    .unwrap_or(0)
+            }
+            Some(Kind::ListValue(_)) => 1,
+            _ => 0,
+        }
+    }
+    if stop <= 1 {
+        return 1;
+    }
+    1 + object
+        .fields
+        .values()
+        .map(|value| value_depth(value, stop - 1))
+        .max()
+        .unwrap_or(0)
+}
+
 fn check_id(field: &str, id: &str) -> Result<(), DecideError> {
     if id.is_empty() {
         return Err(DecideError::invalid(field, "required"));
@@ -839,6 +962,115 @@ mod tests {
         let error = openrtb_document(&mut wrong).unwrap_err().to_string();
         assert!(error.contains("openrtb.imp[0].banner.w"), "{error}");
         assert!(openrtb_document(&mut DecideRequest::default()).is_err());
+    }
+
+    #[test]
+    fn members_whose_cost_grows_with_their_size_are_bounded() {
+        use cascade_proto::openrtb::v1::{Eid, Uid, User};
+        use cascade_proto::openrtb_json::json_to_struct;
+        let with_user = |user: User| {
+            let mut request = request();
+            request.request.as_mut().unwrap().user = Some(user);
+            normalize(&request, &rates().at(0))
+        };
+        let eids = |sources: usize, uids: usize| User {
+            eids: vec![
+                Eid {
+                    source: "a.com".into(),
+                    uids: vec![Uid::default(); uids],
+                    ..Default::default()
+                };
+                sources
+            ],
+            ..Default::default()
+        };
+        assert!(with_user(eids(MAX_EIDS, MAX_UIDS_PER_EID)).is_ok());
+        assert_eq!(
+            field_of(with_user(eids(MAX_EIDS + 1, 1)).unwrap_err()),
+            "request.user.eids"
+        );
+        assert_eq!(
+            field_of(with_user(eids(1, MAX_UIDS_PER_EID + 1)).unwrap_err()),
+            "request.user.eids[0].uids"
+        );
+        let mut deep = serde_json::json!({"leaf": 1});
+        for _ in 0..MAX_EXT_DEPTH {
+            deep = serde_json::json!({ "nested": deep });
+        }
+        let ext =
+            |value: serde_json::Value| Some(json_to_struct(value.as_object().cloned().unwrap()));
+        assert_eq!(
+            field_of(
+                with_user(User {
+                    ext: ext(deep),
+                    ..Default::default()
+                })
+                .unwrap_err()
+            ),
+            "request.user.ext"
+        );
+        let big = serde_json::json!({"blob": "x".repeat(MAX_EXT_BYTES)});
+        let mut request = request();
+        request.request.as_mut().unwrap().imp[0].ext = ext(big);
+        assert_eq!(
+            field_of(normalize(&request, &rates().at(0)).unwrap_err()),
+            "request.imp[0].ext"
+        );
+    }
+
+    #[test]
+    fn openrtb_25_places_are_read_in_their_26_places() {
+        use cascade_proto::openrtb_json::json_to_struct;
+        let mut from_json = DecideRequest {
+            openrtb: Some(json_to_struct(
+                serde_json::json!({
+                    "id": "r", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
+                    "site": {"publisher": {"id": "pub"}},
+                    "regs": {"ext": {"gdpr": 1, "us_privacy": "1YYN"}},
+                    "user": {"ext": {"consent": "CO-tc", "eids": [{"source": "a.com", "uids": [{"id": "x"}]}]}},
+                    "source": {"ext": {"schain": {"ver": "1.0", "complete": 1, "nodes": [{"asi": "x.com", "sid": "1", "hp": 1}]}}}
+                })
+                .as_object()
+                .cloned()
+                .unwrap(),
+            )),
+            ..Default::default()
+        };
+        let json = openrtb_document(&mut from_json).unwrap();
+        let document: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            document["regs"],
+            serde_json::json!({"gdpr": 1, "us_privacy": "1YYN"})
+        );
+        assert_eq!(document["user"]["consent"], "CO-tc");
+        assert!(document["user"].get("ext").is_none());
+        let typed = from_json.request.as_ref().unwrap();
+        assert_eq!(typed.regs.as_ref().unwrap().gdpr, Some(1));
+        assert_eq!(typed.user.as_ref().unwrap().eids.len(), 1);
+        assert_eq!(
+            typed
+                .source
+                .as_ref()
+                .unwrap()
+                .schain
+                .as_ref()
+                .unwrap()
+                .nodes[0]
+                .asi,
+            "x.com"
+        );
+
+        let mut wrong = DecideRequest {
+            openrtb: Some(json_to_struct(
+                serde_json::json!({"id": "r", "regs": {"ext": {"gdpr": "yes"}}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            )),
+            ..Default::default()
+        };
+        let error = openrtb_document(&mut wrong).unwrap_err().to_string();
+        assert!(error.contains("openrtb.regs.ext.gdpr"), "{error}");
     }
 
     #[test]

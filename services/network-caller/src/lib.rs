@@ -21,6 +21,7 @@ use cascade_core::report::{CallAnswer, ReportCell, call_counts};
 use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_core::snapshot::Snapshot;
 use cascade_core::waterfall::{self, Answer, Node, SkipReason, Step, Verdict, Walk, WalkLimits};
+pub use cascade_networks::guard::OutboundSettings;
 use cascade_networks::health::{BreakerPolicy, NetworkHealth, Skip as HealthSkip};
 use cascade_networks::outbound::{self, Rewrites};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
@@ -68,6 +69,8 @@ pub struct Settings {
     pub answer_reserve_ms: u64,
     /// A network call that could wait less than this is skipped (`deadline`).
     pub min_call_ms: u64,
+    /// Where network calls and the markup fetched from `nurl` may go.
+    pub outbound: OutboundSettings,
 }
 
 impl Default for Settings {
@@ -81,6 +84,7 @@ impl Default for Settings {
             breaker_open_ms: 5_000,
             answer_reserve_ms: 5,
             min_call_ms: 5,
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -89,6 +93,7 @@ impl Validate for Settings {
     fn validate(&self) -> Result<(), InvalidSetting> {
         self.grpc.validate_under("grpc")?;
         self.state.validate_under("state")?;
+        self.outbound.validate_under("outbound")?;
         at_least("default_budget_ms", self.default_budget_ms, 1)?;
         at_least(
             "max_network_calls_per_waterfall",
@@ -120,6 +125,8 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Settings(InvalidSetting),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,10 +164,11 @@ pub async fn serve(
     let watch = watch_snapshot(store.clone(), settings.state.poll_interval()).await;
     let snapshot = watch.cell();
     let report = ReportRecorder::new(store, settings.state.report_flush_interval());
+    let guard = settings.outbound.guard().map_err(Error::Settings)?;
     let service = NetworkCallerService {
         snapshot,
         report: report.clone(),
-        adapters: Adapters::default(),
+        adapters: Adapters::new(&guard),
         default_budget: Duration::from_millis(settings.default_budget_ms),
         limits: WalkLimits {
             max_calls: settings.max_network_calls_per_waterfall as usize,

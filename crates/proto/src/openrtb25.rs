@@ -1,0 +1,211 @@
+//! OpenRTB 2.5 places of the privacy signals, ids and supply chain, moved to their 2.6
+//! places on intake (as Prebid Server up-converts), so that every rule, every network
+//! and the log see one model:
+//!
+//! | 2.5 (`ext`)              | 2.6               |
+//! |--------------------------|-------------------|
+//! | `regs.ext.gdpr`          | `regs.gdpr`       |
+//! | `regs.ext.us_privacy`    | `regs.us_privacy` |
+//! | `user.ext.consent`       | `user.consent`    |
+//! | `user.ext.eids`          | `user.eids`       |
+//! | `source.ext.schain`      | `source.schain`   |
+//!
+//! When both places are set the 2.6 one wins; the 2.5 copy is removed either way (and an
+//! `ext` left empty with it), so no network is sent two answers to one question.
+
+use prost_types::Struct;
+use serde_json::{Map, Value};
+
+use crate::openrtb::v1::BidRequest;
+
+/// The places moved: (object, member of its `ext`, 2.6 member).
+pub const MOVES: &[(&str, &str, &str)] = &[
+    ("regs", "gdpr", "gdpr"),
+    ("regs", "us_privacy", "us_privacy"),
+    ("user", "consent", "consent"),
+    ("user", "eids", "eids"),
+    ("source", "schain", "schain"),
+];
+
+/// A 2.5 member whose value cannot stand in its 2.6 place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct UpgradeError {
+    /// The member's path, e.g. `regs.ext.gdpr`.
+    pub field: String,
+    pub problem: &'static str,
+}
+
+/// Moves the 2.5 places of `document` (an OpenRTB request as JSON) to their 2.6 places;
+/// returns the 2.5 paths that were read (moved, or dropped because the 2.6 place was
+/// set).
+pub fn upgrade(document: &mut Map<String, Value>) -> Result<Vec<&'static str>, UpgradeError> {
+    let mut read = Vec::new();
+    for &(object_name, ext_name, name) in MOVES {
+        let Some(Value::Object(object)) = document.get_mut(object_name) else {
+            continue;
+        };
+        let Some(Value::Object(ext)) = object.get_mut("ext") else {
+            continue;
+        };
+        let Some(value) = ext.remove(ext_name) else {
+            continue;
+        };
+        if ext.is_empty() {
+            object.remove("ext");
+        }
+        read.push(path(object_name, ext_name));
+        check(object_name, ext_name, &value)?;
+        let unset = match object.get(name) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(text)) => text.is_empty(),
+            Some(Value::Array(list)) => list.is_empty(),
+            Some(_) => false,
+        };
+        if unset && !value.is_null() {
+            object.insert(name.to_string(), value);
+        }
+    }
+    Ok(read)
+}
+
+/// Whether a typed request carries a 2.5 place (a cheap look, before any conversion).
+pub fn has_25_places(request: &BidRequest) -> bool {
+    let holds = |ext: Option<&Struct>, names: &[&str]| {
+        ext.is_some_and(|ext| names.iter().any(|name| ext.fields.contains_key(*name)))
+    };
+    holds(
+        request.regs.as_ref().and_then(|r| r.ext.as_ref()),
+        &["gdpr", "us_privacy"],
+    ) || holds(
+        request.user.as_ref().and_then(|u| u.ext.as_ref()),
+        &["consent", "eids"],
+    ) || holds(
+        request.source.as_ref().and_then(|s| s.ext.as_ref()),
+        &["schain"],
+    )
+}
+
+/// [`upgrade`] for a typed request: through its JSON form, only when it has a 2.5 place.
+pub fn upgrade_typed(request: &mut BidRequest) -> Result<Vec<&'static str>, UpgradeError> {
+    if !has_25_places(request) {
+        return Ok(Vec::new());
+    }
+    let fail = |problem| UpgradeError {
+        field: "request".into(),
+        problem,
+    };
+    let Ok(Value::Object(mut document)) = serde_json::to_value(&*request) else {
+        return Err(fail("cannot be read as JSON"));
+    };
+    let read = upgrade(&mut document)?;
+    *request = serde_json::from_value(Value::Object(document)).map_err(|_| UpgradeError {
+        field: read.join(", "),
+        problem: "does not fit its OpenRTB 2.6 place",
+    })?;
+    Ok(read)
+}
+
+fn path(object: &str, member: &str) -> &'static str {
+    match (object, member) {
+        ("regs", "gdpr") => "regs.ext.gdpr",
+        ("regs", "us_privacy") => "regs.ext.us_privacy",
+        ("user", "consent") => "user.ext.consent",
+        ("user", "eids") => "user.ext.eids",
+        _ => "source.ext.schain",
+    }
+}
+
+/// The 2.5 value is of the type its 2.6 place takes.
+fn check(object: &str, member: &str, value: &Value) -> Result<(), UpgradeError> {
+    let fits = match (object, member) {
+        ("regs", "gdpr") => value.is_null() || value.as_i64().is_some_and(|v| v == 0 || v == 1),
+        ("regs", "us_privacy") | ("user", "consent") => value.is_null() || value.is_string(),
+        ("user", "eids") => value.is_null() || value.is_array(),
+        _ => value.is_null() || value.is_object(),
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(UpgradeError {
+        field: path(object, member).to_string(),
+        problem: match (object, member) {
+            ("regs", "gdpr") => "must be 0 or 1",
+            ("user", "eids") => "must be an array",
+            ("source", _) => "must be an object",
+            _ => "must be a string",
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn upgraded(document: Value) -> (Value, Vec<&'static str>) {
+        let Value::Object(mut members) = document else {
+            unreachable!()
+        };
+        let read = upgrade(&mut members).unwrap();
+        (Value::Object(members), read)
+    }
+
+    #[test]
+    fn the_25_places_move_to_26() {
+        let (document, read) = upgraded(json!({
+            "id": "r",
+            "regs": {"ext": {"gdpr": 1, "us_privacy": "1YNN"}},
+            "user": {"id": "u", "ext": {"consent": "CO-tc", "eids": [{"source": "a.com"}], "keep": 1}},
+            "source": {"ext": {"schain": {"ver": "1.0", "complete": 1, "nodes": []}}}
+        }));
+        assert_eq!(
+            document,
+            json!({
+                "id": "r",
+                "regs": {"gdpr": 1, "us_privacy": "1YNN"},
+                "user": {"id": "u", "consent": "CO-tc", "eids": [{"source": "a.com"}], "ext": {"keep": 1}},
+                "source": {"schain": {"ver": "1.0", "complete": 1, "nodes": []}}
+            })
+        );
+        assert_eq!(read.len(), 5);
+    }
+
+    #[test]
+    fn the_26_place_wins_and_the_25_copy_goes() {
+        let (document, _) = upgraded(json!({
+            "regs": {"gdpr": 0, "ext": {"gdpr": 1}},
+            "user": {"consent": "new", "ext": {"consent": "old"}}
+        }));
+        assert_eq!(
+            document,
+            json!({"regs": {"gdpr": 0}, "user": {"consent": "new"}})
+        );
+    }
+
+    #[test]
+    fn a_25_value_of_the_wrong_type_names_its_place() {
+        let Value::Object(mut document) = json!({"regs": {"ext": {"gdpr": "yes"}}}) else {
+            unreachable!()
+        };
+        assert_eq!(upgrade(&mut document).unwrap_err().field, "regs.ext.gdpr");
+    }
+
+    #[test]
+    fn a_typed_request_is_upgraded_too() {
+        let mut request: BidRequest = serde_json::from_value(json!({
+            "id": "r", "imp": [{"id": "1"}],
+            "regs": {"ext": {"gdpr": 1}},
+            "user": {"ext": {"consent": "CO-tc", "eids": [{"source": "a.com", "uids": [{"id": "x"}]}]}}
+        }))
+        .unwrap();
+        assert!(has_25_places(&request));
+        upgrade_typed(&mut request).unwrap();
+        assert_eq!(request.regs.as_ref().unwrap().gdpr, Some(1));
+        let user = request.user.as_ref().unwrap();
+        assert_eq!(user.consent, "CO-tc");
+        assert_eq!(user.eids[0].uids[0].id, "x");
+        assert!(user.ext.is_none());
+        assert!(!has_25_places(&request));
+    }
+}
