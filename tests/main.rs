@@ -10,6 +10,7 @@ mod decision_log;
 mod deploy;
 mod edge;
 mod faults;
+mod hostile;
 mod hosts;
 mod quickstart;
 mod replay;

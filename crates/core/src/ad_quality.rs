@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use rustc_hash::FxHashSet;
+
 use crate::targeting::domain_is_within;
 
 /// The content taxonomy categories are written in (OpenRTB 2.6 `cattax`).
@@ -65,6 +67,86 @@ pub struct AdQuality<'a> {
     /// The request requires DSA transparency (`regs.ext.dsa.dsarequired` 2 or 3): an
     /// ad that declares none (`bid.ext.dsa`) may not serve.
     pub dsa_required: bool,
+    /// The lists above as hash sets, when the caller checks many ads against them (see
+    /// [`BlockIndex`]); `None`: each check scans the lists.
+    pub index: Option<&'a BlockIndex>,
+}
+
+/// The blocked lists of an [`AdQuality`] as hash sets, built once per impression: an ad
+/// then costs a lookup per label of each of its domains, per level of each category, for
+/// its seat and each attribute, whatever the lengths of the lists. (A scan costs their
+/// product: 1,000 blocked domains × 100 domains of each of 1,000 bids is 10^8
+/// comparisons.) Lookups agree with the scans exactly; a property test says so.
+#[derive(Clone, Debug, Default)]
+pub struct BlockIndex {
+    adomains: FxHashSet<String>,
+    categories: FxHashSet<String>,
+    seats: FxHashSet<String>,
+    attributes: FxHashSet<i32>,
+}
+
+impl BlockIndex {
+    /// Whether checking `ads` ads against `quality` by lookups is cheaper than by scans:
+    /// building the index costs about one hash per list entry, a scan one comparison per
+    /// entry per ad.
+    pub fn pays_for(quality: &AdQuality<'_>, ads: usize) -> bool {
+        let entries = quality.blocked_adomains.len()
+            + quality.blocked_categories.len()
+            + quality.blocked_seats.len()
+            + quality.blocked_attributes.len();
+        entries >= 16 && ads >= 4
+    }
+
+    pub fn new(quality: &AdQuality<'_>) -> BlockIndex {
+        let lower = |values: &[String], trim_dot: bool| -> FxHashSet<String> {
+            values
+                .iter()
+                .map(|value| {
+                    let value = if trim_dot {
+                        value.trim_end_matches('.')
+                    } else {
+                        value
+                    };
+                    value.to_ascii_lowercase()
+                })
+                .collect()
+        };
+        BlockIndex {
+            adomains: lower(quality.blocked_adomains, true),
+            categories: lower(quality.blocked_categories, false),
+            seats: lower(quality.blocked_seats, false),
+            attributes: quality.blocked_attributes.iter().copied().collect(),
+        }
+    }
+
+    /// `domain` or a domain it is within (a parent at a label boundary) is blocked.
+    fn blocks_domain(&self, domain: &str) -> bool {
+        if self.adomains.is_empty() {
+            return false;
+        }
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if self.adomains.contains(&domain) {
+            return true;
+        }
+        domain
+            .match_indices('.')
+            .any(|(dot, _)| self.adomains.contains(&domain[dot + 1..]))
+    }
+
+    /// `category` or a category it nests under (by `taxonomy`) is blocked.
+    fn blocks_category(&self, category: &str, taxonomy: Taxonomy) -> bool {
+        if self.categories.is_empty() {
+            return false;
+        }
+        let category = category.to_ascii_lowercase();
+        if self.categories.contains(&category) {
+            return true;
+        }
+        taxonomy == Taxonomy::Content1
+            && category
+                .match_indices('-')
+                .any(|(dash, _)| self.categories.contains(&category[..dash]))
+    }
 }
 
 /// What an ad says about itself.
@@ -142,6 +224,9 @@ impl fmt::Display for Refusal {
 impl AdQuality<'_> {
     /// `None` when the ad may serve; otherwise the first filter it fails.
     pub fn check(&self, creative: &Creative<'_>) -> Option<Refusal> {
+        if let Some(index) = self.index {
+            return self.check_indexed(index, creative);
+        }
         let seat = creative.seat;
         if !seat.is_empty()
             && self
@@ -172,6 +257,40 @@ impl AdQuality<'_> {
         }) {
             return Some(Refusal::BlockedCategory(category.clone()));
         }
+        self.check_declarations(creative)
+    }
+
+    /// [`AdQuality::check`] by hash lookups.
+    fn check_indexed(&self, index: &BlockIndex, creative: &Creative<'_>) -> Option<Refusal> {
+        let seat = creative.seat;
+        if !seat.is_empty()
+            && !index.seats.is_empty()
+            && index.seats.contains(&seat.to_ascii_lowercase())
+        {
+            return Some(Refusal::BlockedSeat(seat.to_string()));
+        }
+        if let Some(attribute) = creative
+            .attributes
+            .iter()
+            .find(|a| index.attributes.contains(a))
+        {
+            return Some(Refusal::BlockedAttribute(*attribute));
+        }
+        if let Some(domain) = creative.adomains.iter().find(|d| index.blocks_domain(d)) {
+            return Some(Refusal::BlockedAdomain(domain.clone()));
+        }
+        if let Some(category) = creative
+            .categories
+            .iter()
+            .find(|c| index.blocks_category(c, self.taxonomy))
+        {
+            return Some(Refusal::BlockedCategory(category.clone()));
+        }
+        self.check_declarations(creative)
+    }
+
+    /// What the ad must declare: a domain, a category, DSA transparency.
+    fn check_declarations(&self, creative: &Creative<'_>) -> Option<Refusal> {
         if self.block_unknown_adomain && creative.adomains.iter().all(|d| d.trim().is_empty()) {
             return Some(Refusal::UnknownAdomain);
         }
@@ -223,6 +342,34 @@ mod tests {
     }
 
     proptest! {
+        /// The hash lookups refuse exactly what the scans refuse, for any lists and ads
+        /// (cases, trailing dots, nested categories and both taxonomies included).
+        #[test]
+        fn the_index_agrees_with_the_scans(
+            blocked_domains in prop::collection::vec("(bad|ads\\.bad|Bad|x)\\.(example|com)\\.?", 0..4),
+            blocked_categories in prop::collection::vec("(IAB25|iab2|IAB25-2|1234)", 0..3),
+            blocked_seats in prop::collection::vec("(seat-a|SEAT-B)", 0..2),
+            blocked_attributes in prop::collection::vec(1..6i32, 0..3),
+            domains in prop::collection::vec("(a\\.)?(bad|ads\\.bad|BAD|notbad|x)\\.(example|com)\\.?", 0..3),
+            categories in prop::collection::vec("(IAB25|IAB25-2|IAB25-2-1|IAB2|iab22-1|1234|1234-5)", 0..3),
+            seat in "(|seat-a|seat-b|Seat-A)",
+            attributes in prop::collection::vec(1..8i32, 0..3),
+            cattax in 0..3i32,
+        ) {
+            let quality = AdQuality {
+                blocked_adomains: &blocked_domains,
+                blocked_categories: &blocked_categories,
+                blocked_seats: &blocked_seats,
+                blocked_attributes: &blocked_attributes,
+                taxonomy: Taxonomy::from_cattax(cattax),
+                ..Default::default()
+            };
+            let index = BlockIndex::new(&quality);
+            let indexed = AdQuality { index: Some(&index), ..quality };
+            let creative = Creative { adomains: &domains, categories: &categories, seat: &seat, attributes: &attributes, dsa_declared: false };
+            prop_assert_eq!(indexed.check(&creative), quality.check(&creative));
+        }
+
         /// An ad passes exactly when none of its domains is within a blocked one, none
         /// of its categories within a blocked one, its seat and attributes not blocked.
         #[test]

@@ -176,6 +176,7 @@ mod tests {
             block_unknown_adomain: false,
             block_unknown_category: false,
             dsa_required: false,
+            index: None,
         }
     }
 

@@ -52,6 +52,9 @@ pub enum Behaviour {
         adomain: Vec<String>,
         cat: Vec<String>,
     },
+    /// A bid at the request's floor with no markup and this `nurl`, where the markup is
+    /// to be fetched (as some waterfall networks answer).
+    MarkupAt(String),
     /// HTTP 204.
     NoFill,
     /// HTTP 200 with an empty seatbid.
@@ -442,6 +445,15 @@ async fn respond(
                 }],
             }],
             "bidid": format!("{network}-response"),
+        }))
+        .into_response(),
+        Behaviour::MarkupAt(nurl) => axum::Json(serde_json::json!({
+            "id": request["id"],
+            "cur": cur,
+            "seatbid": [{"seat": network, "bid": [{
+                "id": format!("{network}-bid"), "impid": imp["id"], "price": price,
+                "adomain": adomain, "crid": format!("{network}-creative-1"), "nurl": nurl,
+            }]}],
         }))
         .into_response(),
         Behaviour::NoFill => StatusCode::NO_CONTENT.into_response(),

@@ -21,5 +21,6 @@ pub fn ad_quality(quality: &WireAdQuality) -> AdQuality<'_> {
         block_unknown_adomain: quality.block_unknown_adomain,
         block_unknown_category: quality.block_unknown_category,
         dsa_required: quality.dsa_required,
+        index: None,
     }
 }

@@ -3,6 +3,7 @@
 //! It holds no state: everything it needs comes in the request.
 
 use cascade_core::Micros;
+use cascade_core::ad_quality::BlockIndex;
 use cascade_core::auction::{self, AuctionRules, Bidder, Deal, DealPricing, Source};
 use cascade_core::config::AuctionType as CoreAuctionType;
 use cascade_core::money::Factor;
@@ -207,13 +208,17 @@ fn rank_imp(i: usize, imp: AuctionImp) -> Result<ImpRanking, RankError> {
         })
         .collect::<Result<Vec<_>, RankError>>()?;
     let quality = imp.ad_quality.clone().unwrap_or_default();
+    let mut ad_quality = cascade_server::wire::ad_quality(&quality);
+    let index = BlockIndex::pays_for(&ad_quality, imp.candidates.len())
+        .then(|| BlockIndex::new(&ad_quality));
+    ad_quality.index = index.as_ref();
     let rules = AuctionRules {
         floor,
         auction_type: match imp.auction_type() {
             AuctionType::SecondPrice => CoreAuctionType::SecondPrice,
             AuctionType::FirstPrice | AuctionType::Unspecified => CoreAuctionType::FirstPrice,
         },
-        ad_quality: cascade_server::wire::ad_quality(&quality),
+        ad_quality,
         deals: &deals,
         private_auction: imp.private_auction,
         mediated_sets_second_price: imp.mediated_sets_second_price,

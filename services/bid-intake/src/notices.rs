@@ -42,6 +42,10 @@ pub struct NoticeSettings {
     /// The first retry of a failed billing notice, doubling up to `billing_retry_max_ms`.
     pub billing_retry_first_ms: u64,
     pub billing_retry_max_ms: u64,
+    /// Most attempts at one billing notice (the first included): with the defaults, 1 s
+    /// doubling to 5 min, 24 attempts span about 80 minutes. A receiver is not sent the
+    /// same notice hundreds of times over a day.
+    pub billing_max_attempts: u32,
     /// How often the billing worker looks for due notices.
     pub billing_poll_ms: u64,
     /// How long a claimed billing notice is left to its worker before another may try.
@@ -57,6 +61,7 @@ impl Default for NoticeSettings {
             billing_ttl_secs: 24 * 3_600,
             billing_retry_first_ms: 1_000,
             billing_retry_max_ms: 300_000,
+            billing_max_attempts: 24,
             billing_poll_ms: 250,
             billing_lease_ms: 30_000,
         }
@@ -78,6 +83,11 @@ impl Validate for NoticeSettings {
                     self.billing_retry_first_ms
                 )
             },
+        )?;
+        at_least(
+            "billing_max_attempts",
+            u64::from(self.billing_max_attempts),
+            1,
         )?;
         at_least("billing_poll_ms", self.billing_poll_ms, 10)?;
         // A lease shorter than one attempt would let a second worker send it again.
@@ -299,7 +309,8 @@ async fn attempt_billing(
             );
             let retry_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             tracing::debug!(id = %notice.id, attempts = notice.attempts, %error, "billing notice failed");
-            if retry_at >= notice.expires_at_ms {
+            if retry_at >= notice.expires_at_ms || notice.attempts >= settings.billing_max_attempts
+            {
                 ("expired", None)
             } else {
                 ("failed", Some(retry_at))
