@@ -56,6 +56,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute(
             ".cascade.log.v1",
             "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
+        )
+        // The one message of another package the log embeds.
+        .type_attribute(
+            ".cascade.decision.v1.PrivacyVerdict",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .field_attribute(
+            ".cascade.decision.v1.PrivacyVerdict",
+            "#[serde(skip_serializing_if = \"crate::openrtb_json::is_absent\")]",
         );
     // Its enumerations are written by name.
     let mut builder = builder;

@@ -54,8 +54,14 @@ fn redacted(request: BidRequest, privacy: &mut Privacy) -> (BidRequest, Vec<Stri
         lmt: signals.lmt,
         withheld: Vec::new(),
         networks: std::mem::take(&mut privacy.networks),
+        unidentified: privacy.unidentified.take(),
     };
-    let permissions = Signals::read(&signals).permissions(None).permissions;
+    // The verdict bid-intake decided; an entry written without one (an older
+    // bid-intake) has its signals read here.
+    let permissions = match &privacy.unidentified {
+        Some(verdict) => cascade_server::wire::verdict_of(Some(verdict)).permissions,
+        None => Signals::read(&signals).permissions(None).permissions,
+    };
     if permissions == Permissions::ALL {
         // Nothing to withhold: the request is kept as it came, with no JSON round trip.
         return (request, Vec::new());

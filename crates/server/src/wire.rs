@@ -3,7 +3,9 @@
 
 use cascade_core::ad_quality::{AdQuality, Taxonomy};
 use cascade_core::money::Factor;
+use cascade_core::privacy::{Permissions, Verdict};
 use cascade_proto::auction::v1::AdQuality as WireAdQuality;
+use cascade_proto::decision::v1::PrivacyVerdict;
 
 /// A bid adjustment from the wire, in millionths: 0 means none.
 pub fn adjustment(ppm: i64) -> Factor {
@@ -22,5 +24,47 @@ pub fn ad_quality(quality: &WireAdQuality) -> AdQuality<'_> {
         block_unknown_category: quality.block_unknown_category,
         dsa_required: quality.dsa_required,
         index: None,
+    }
+}
+
+/// A privacy verdict for the wire.
+pub fn privacy_verdict(verdict: &Verdict) -> PrivacyVerdict {
+    let p = &verdict.permissions;
+    PrivacyVerdict {
+        call: p.call,
+        user_ids: p.user_ids,
+        user_data: p.user_data,
+        precise_geo: p.precise_geo,
+        advertising_id: p.advertising_id,
+        child_directed: p.child_directed,
+        reasons: verdict.reasons.clone(),
+    }
+}
+
+/// A privacy verdict from the wire; `None` (no verdict sent) denies everything.
+pub fn verdict_of(wire: Option<&PrivacyVerdict>) -> Verdict {
+    let Some(wire) = wire else {
+        return Verdict {
+            permissions: Permissions {
+                call: false,
+                user_ids: false,
+                user_data: false,
+                precise_geo: false,
+                advertising_id: false,
+                child_directed: false,
+            },
+            reasons: vec!["not called: no privacy verdict was sent for the network".into()],
+        };
+    };
+    Verdict {
+        permissions: Permissions {
+            call: wire.call,
+            user_ids: wire.user_ids,
+            user_data: wire.user_data,
+            precise_geo: wire.precise_geo,
+            advertising_id: wire.advertising_id,
+            child_directed: wire.child_directed,
+        },
+        reasons: wire.reasons.clone(),
     }
 }

@@ -35,6 +35,33 @@ struct NetworkEdge {
     openrtb_json: bytes::Bytes,
     /// The account's supply-chain node, when it appends one.
     schain_node: Option<SupplyChainNode>,
+    /// The request's privacy signals, decoded once here: network-caller is sent each
+    /// network's verdict, never the strings.
+    signals: cascade_core::privacy::Signals,
+    /// The configuration the decision runs on (the networks' GVL ids).
+    snapshot: Arc<cascade_core::snapshot::Snapshot>,
+}
+
+impl NetworkEdge {
+    /// The privacy verdict of each of `networks` (by id), for network-caller.
+    fn privacy<'a>(
+        &self,
+        networks: impl IntoIterator<Item = &'a str>,
+    ) -> HashMap<String, cascade_proto::decision::v1::PrivacyVerdict> {
+        let mut verdicts = HashMap::new();
+        for id in networks {
+            if verdicts.contains_key(id) {
+                continue;
+            }
+            let gvl_id = self.snapshot.network(id).and_then(|network| network.gvl_id);
+            let verdict = self.signals.permissions(gvl_id);
+            verdicts.insert(
+                id.to_string(),
+                cascade_server::wire::privacy_verdict(&verdict),
+            );
+        }
+        verdicts
+    }
 }
 use cascade_proto::prost::Message as _;
 use cascade_proto::targeting::v1::targeting_evaluation_client::TargetingEvaluationClient;
@@ -374,6 +401,10 @@ impl DecisionService {
         let test = bid_request.test() == 1;
         let edge = NetworkEdge {
             degraded,
+            signals: cascade_core::privacy::Signals::read(
+                &cascade_networks::outbound::request_signals(&bid_request),
+            ),
+            snapshot: snapshot.clone(),
             openrtb_json: openrtb_json.into(),
             schain_node: snapshot
                 .supply_chain_node(&normalized.account_id)
@@ -549,6 +580,9 @@ impl DecisionService {
                 budget,
                 elapsed: started.elapsed(),
                 request: bid_request,
+                unidentified: cascade_server::wire::privacy_verdict(
+                    &edge.signals.permissions(None),
+                ),
                 exchange_bids: std::mem::take(&mut request.exchange_bids),
                 key_values: std::mem::take(&mut request.key_values),
                 chained_selection_ids: std::mem::take(&mut request.chained_selection_ids),
@@ -770,13 +804,22 @@ impl DecisionService {
             } else {
                 let call_deadline = deadline.less(self.fallback_reserve);
                 let mut network_caller = self.network_caller.clone();
-                let call =
-                    network_caller.run_waterfall(call_deadline.request(RunWaterfallRequest {
+                let call = network_caller.run_waterfall(
+                    call_deadline.request(RunWaterfallRequest {
                         request: Some(bid_request.clone()),
+                        privacy: edge.privacy(
+                            waterfall_imps
+                                .iter()
+                                .flat_map(|imp| &imp.ranked)
+                                .filter_map(|r| r.candidate.as_ref())
+                                .map(|c| c.network_id.as_str())
+                                .filter(|id| !id.is_empty()),
+                        ),
                         imps: waterfall_imps,
                         openrtb_json: edge.openrtb_json.clone(),
                         schain_node: edge.schain_node.clone(),
-                    }));
+                    }),
+                );
                 // network-caller is told to finish `fallback_reserve` early; the wait runs
                 // to the decision's own deadline, so an answer delayed in transit still
                 // counts.
@@ -976,12 +1019,19 @@ impl DecisionService {
             Unanswered::OVERLOADED
         } else {
             let mut network_caller = self.network_caller.clone();
-            let call = network_caller.collect_bids(bidding_deadline.request(CollectBidsRequest {
-                request: Some(bid_request.clone()),
-                imps,
-                openrtb_json: edge.openrtb_json.clone(),
-                schain_node: edge.schain_node.clone(),
-            }));
+            let call = network_caller.collect_bids(
+                bidding_deadline.request(CollectBidsRequest {
+                    request: Some(bid_request.clone()),
+                    privacy: edge.privacy(
+                        imps.iter()
+                            .flat_map(|imp| &imp.asks)
+                            .map(|ask| ask.network_id.as_str()),
+                    ),
+                    imps,
+                    openrtb_json: edge.openrtb_json.clone(),
+                    schain_node: edge.schain_node.clone(),
+                }),
+            );
             match Unanswered::classify(
                 "network-caller (bidding)",
                 tokio::time::timeout_at(wait_until, call).await,

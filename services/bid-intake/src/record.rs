@@ -25,6 +25,8 @@ pub(crate) struct Decided {
     pub budget: Duration,
     pub elapsed: Duration,
     pub request: BidRequest,
+    /// What a receiver without a vendor id (the log) may keep of `request`.
+    pub unidentified: cascade_proto::decision::v1::PrivacyVerdict,
     pub exchange_bids: Vec<BidResponse>,
     pub key_values: HashMap<String, String>,
     pub chained_selection_ids: Vec<String>,
@@ -82,6 +84,7 @@ pub(crate) fn decision_entry<'a>(
             elapsed_us: u32::try_from(decided.elapsed.as_micros()).unwrap_or(u32::MAX),
             privacy: Some(log::Privacy {
                 networks,
+                unidentified: Some(decided.unidentified),
                 ..Default::default()
             }),
             imps,

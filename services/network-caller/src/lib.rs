@@ -16,7 +16,6 @@ use cascade_core::ad_quality::{AdQuality, Creative};
 use cascade_core::config::NetworkMode;
 use cascade_core::config::{Network, NetworkProtocol};
 use cascade_core::money::Rates;
-use cascade_core::privacy::Signals;
 use cascade_core::report::{CallAnswer, ReportCell, call_counts};
 use cascade_core::settings::{InvalidSetting, Validate, at_least, require};
 use cascade_core::snapshot::Snapshot;
@@ -26,6 +25,7 @@ use cascade_networks::health::{BreakerPolicy, NetworkHealth, Skip as HealthSkip}
 use cascade_networks::outbound::{self, Rewrites};
 use cascade_networks::{Ad, AdCall, AdOutcome, Adapters};
 use cascade_proto::auction::v1::Candidate;
+use cascade_proto::decision::v1::PrivacyVerdict;
 use cascade_proto::decision::v1::{Attempt, AttemptOutcome, SourceKind};
 use cascade_proto::networkcaller::v1::network_caller_server::{NetworkCaller, NetworkCallerServer};
 use cascade_proto::networkcaller::v1::{
@@ -218,7 +218,12 @@ impl NetworkCaller for NetworkCallerService {
             MAX_ASKS_PER_IMP,
         )?;
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
-        let edge = Edge::new(&bid_request, &request.openrtb_json, request.schain_node)?;
+        let edge = Edge::new(
+            &bid_request,
+            &request.openrtb_json,
+            request.schain_node,
+            request.privacy,
+        )?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let asks = request.imps.iter().map(|imp| {
             let snapshot = &snapshot;
@@ -255,7 +260,12 @@ impl NetworkCaller for NetworkCallerService {
             MAX_CHAIN_LENGTH,
         )?;
         let bid_request = request.request.ok_or(WaterfallError::MissingRequest)?;
-        let edge = Edge::new(&bid_request, &request.openrtb_json, request.schain_node)?;
+        let edge = Edge::new(
+            &bid_request,
+            &request.openrtb_json,
+            request.schain_node,
+            request.privacy,
+        )?;
         let snapshot = self.snapshot.load().ok_or(WaterfallError::NotReady)?;
         let walks = request
             .imps
@@ -292,10 +302,11 @@ fn check_sizes(
 }
 
 /// What every network call of one request starts from: the request document as the
-/// gateway sent it, its privacy signals decoded once, and whose request it is.
+/// gateway sent it, each network's privacy verdict (decided by bid-intake), and whose
+/// request it is.
 struct Edge {
     document: serde_json::Value,
-    signals: Signals,
+    privacy: HashMap<String, PrivacyVerdict>,
     account_id: String,
     schain_node: Option<serde_json::Value>,
     /// A `test = 1` request: its calls count in no report.
@@ -307,6 +318,7 @@ impl Edge {
         request: &BidRequest,
         openrtb_json: &[u8],
         schain_node: Option<SupplyChainNode>,
+        privacy: HashMap<String, PrivacyVerdict>,
     ) -> Result<Edge, WaterfallError> {
         let document = if openrtb_json.is_empty() {
             serde_json::to_value(request).map_err(|e| WaterfallError::Document(e.to_string()))?
@@ -314,7 +326,6 @@ impl Edge {
             serde_json::from_slice(openrtb_json)
                 .map_err(|e| WaterfallError::Document(e.to_string()))?
         };
-        let signals = Signals::read(&outbound::request_signals(request));
         let publisher = request
             .site
             .as_ref()
@@ -322,7 +333,7 @@ impl Edge {
             .or_else(|| request.app.as_ref().and_then(|a| a.publisher.as_ref()));
         Ok(Edge {
             document,
-            signals,
+            privacy,
             account_id: publisher.map(|p| p.id.clone()).unwrap_or_default(),
             schain_node: schain_node.map(|node| serde_json::to_value(node).unwrap_or_default()),
             test: request.test() == 1,
@@ -430,7 +441,7 @@ impl NetworkCallerService {
         quality: &AdQuality<'_>,
         attempt: &mut Attempt,
     ) -> Called {
-        let verdict = call.edge.signals.permissions(call.network.gvl_id);
+        let verdict = cascade_server::wire::verdict_of(call.edge.privacy.get(&call.network.id));
         if !verdict.permissions.call {
             skip(attempt, "no_consent", &verdict.describe());
             metrics::counter!("cascade_network_calls_total", "network" => call.network.id.clone(), "outcome" => "no_consent")
