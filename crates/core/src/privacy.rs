@@ -294,21 +294,34 @@ fn gpp_header_id_count(header: &str, most: u64) -> Result<u64, crate::tcf::TcfEr
         return Err(TcfError::Version(version));
     }
     let entries = bits.read(12, FIELD)?;
-    let mut count = 0u64;
+    let (mut count, mut last_id) = (0u64, 0u64);
     for _ in 0..entries {
-        if bits.read(1, FIELD)? == 1 {
-            read_fibonacci(&mut bits)?;
-            count += read_fibonacci(&mut bits)? + 1;
+        let is_range = bits.read(1, FIELD)? == 1;
+        let start = last_id + read_fibonacci(&mut bits)?;
+        let end = if is_range {
+            start + read_fibonacci(&mut bits)?
         } else {
-            read_fibonacci(&mut bits)?;
-            count += 1;
+            start
+        };
+        // Section ids are bytes: `iab_gpp` adds them up in a u8.
+        if end > MAX_GPP_SECTION_ID {
+            return Err(TcfError::VendorOutOfRange {
+                section: FIELD,
+                id: end,
+                max: MAX_GPP_SECTION_ID,
+            });
         }
+        count += end - start + 1;
+        last_id = end;
         if count > most {
             return Ok(count);
         }
     }
     Ok(count)
 }
+
+/// The largest GPP section id (the ids in use are below 30).
+const MAX_GPP_SECTION_ID: u64 = u8::MAX as u64;
 
 /// A Fibonacci-coded integer (the code ends with two 1 bits); values past what a
 /// section id can be are refused.
@@ -326,7 +339,7 @@ fn read_fibonacci(bits: &mut Bits<'_>) -> Result<u64, crate::tcf::TcfError> {
         }
         last_one = one;
         (current, next) = (next, current + next);
-        if total > u64::from(u16::MAX) || current > 1 << 40 {
+        if total > MAX_GPP_SECTION_ID || current > 1 << 40 {
             return Err(crate::tcf::TcfError::Truncated(FIELD));
         }
     }
@@ -1076,6 +1089,20 @@ mod tests {
         );
         assert!(
             verdict.describe().contains("regs.gpp"),
+            "{}",
+            verdict.describe()
+        );
+        // One section id of 377: past a byte, where iab_gpp's header reader overflows
+        // (found by the privacy_signals fuzz target).
+        let header = base64url_of_bits("000011 000001 000000000001 0 00000000000011");
+        let gpp = format!("{header}~1YNN");
+        let verdict = Signals::read(&RequestSignals {
+            gpp: &gpp,
+            ..Default::default()
+        })
+        .permissions(None);
+        assert!(
+            verdict.describe().contains("regs.gpp cannot be decoded"),
             "{}",
             verdict.describe()
         );
