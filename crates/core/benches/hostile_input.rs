@@ -177,7 +177,7 @@ fn tc_strings(rng: &mut StdRng) {
         realistic[0].len(),
         mine.as_secs_f64() / baseline.as_secs_f64()
     );
-    // 100 full-width ranges (a 420-byte string): iab_gpp expands them into 6.5 million ids.
+    // 100 full-width ranges (a 600-byte string): iab_gpp expands them into 6.5 million ids.
     let ranged = vec![ranged_tc(100); 5];
     let (mine, baseline) = (time_decode(&ranged, ours), time_decode(&ranged, theirs));
     println!(
