@@ -191,6 +191,62 @@ mod tests {
         assert_eq!(upgrade(&mut document).unwrap_err().field, "regs.ext.gdpr");
     }
 
+    /// Each IAB OpenRTB 2.6 example request, with the signals in their 2.5 places,
+    /// up-converts to the same example with them in their 2.6 places, and reads as the
+    /// same typed request.
+    #[test]
+    fn the_iab_examples_in_25_shape_read_as_in_26_shape() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/openrtb26");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("bid-request-") {
+                continue;
+            }
+            let example: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let (mut shaped_25, mut shaped_26) = (example.clone(), example);
+            let eids = json!([{"source": "id5-sync.com", "uids": [{"id": "ID5*x", "atype": 1}]}]);
+            let schain = json!({"ver": "1.0", "complete": 1, "nodes": [{"asi": "exchange.example", "sid": "1", "hp": 1}]});
+            for (object, member, value) in [
+                ("regs", "gdpr", json!(1)),
+                ("regs", "us_privacy", json!("1YNN")),
+                ("user", "consent", json!("CO-tc")),
+                ("user", "eids", eids),
+                ("source", "schain", schain),
+            ] {
+                let ext = shaped_25
+                    .as_object_mut()
+                    .unwrap()
+                    .entry(object)
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .unwrap()
+                    .entry("ext")
+                    .or_insert_with(|| json!({}));
+                ext[member] = value.clone();
+                shaped_26
+                    .as_object_mut()
+                    .unwrap()
+                    .entry(object)
+                    .or_insert_with(|| json!({}))[member] = value;
+            }
+            let (upgraded, moved) = upgraded(shaped_25);
+            assert_eq!(upgraded, shaped_26, "{name}");
+            assert_eq!(moved.len(), MOVES.len(), "{name}");
+            let typed: BidRequest = serde_json::from_value(upgraded).unwrap();
+            assert_eq!(
+                typed,
+                serde_json::from_value::<BidRequest>(shaped_26).unwrap(),
+                "{name}"
+            );
+            read += 1;
+        }
+        assert_eq!(read, 6, "the six IAB example requests");
+    }
+
     #[test]
     fn a_typed_request_is_upgraded_too() {
         let mut request: BidRequest = serde_json::from_value(json!({

@@ -21,8 +21,9 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_BLOCKLIST_LEN: usize = 1_000;
 pub const MAX_SIZES_PER_IMP: usize = 32;
 pub const MAX_ADM_BYTES: usize = 256 * 1024;
-/// Longest notice URL (`nurl`, `burl`, `lurl`) a bid may carry.
-pub const MAX_URL_LEN: usize = 8 * 1024;
+/// Longest notice URL (`nurl`, `burl`, `lurl`) a bid may carry: the longest the
+/// outbound guard requests.
+pub use cascade_networks::guard::MAX_URL_BYTES;
 pub const MAX_DEALS_PER_IMP: usize = 100;
 pub const MAX_SEGMENTS: usize = 1_000;
 pub const MAX_KEY_VALUES: usize = 100;
@@ -489,10 +490,10 @@ fn exchange_candidates(
                     ("burl", &bid.burl),
                     ("lurl", &bid.lurl),
                 ] {
-                    if url.len() > MAX_URL_LEN {
+                    if url.len() > MAX_URL_BYTES {
                         return Err(DecideError::invalid(
                             format!("{field}.{name}"),
-                            format!("at most {MAX_URL_LEN} bytes"),
+                            format!("at most {MAX_URL_BYTES} bytes"),
                         ));
                     }
                 }
