@@ -561,55 +561,56 @@ fn check_bounded_members(request: &BidRequest) -> Result<(), DecideError> {
     if let Some(regs) = &request.regs {
         check_list_len("request.regs.gpp_sid", regs.gpp_sid.len(), MAX_GPP_SIDS)?;
     }
-    let mut exts: Vec<(String, Option<&cascade_proto::prost_types::Struct>)> = vec![
-        ("request.ext".into(), request.ext.as_ref()),
+    let shared = [
+        ("request.ext", request.ext.as_ref()),
         (
-            "request.site.ext".into(),
+            "request.site.ext",
             request.site.as_ref().and_then(|s| s.ext.as_ref()),
         ),
         (
-            "request.app.ext".into(),
+            "request.app.ext",
             request.app.as_ref().and_then(|a| a.ext.as_ref()),
         ),
         (
-            "request.device.ext".into(),
+            "request.device.ext",
             request.device.as_ref().and_then(|d| d.ext.as_ref()),
         ),
         (
-            "request.user.ext".into(),
+            "request.user.ext",
             request.user.as_ref().and_then(|u| u.ext.as_ref()),
         ),
         (
-            "request.regs.ext".into(),
+            "request.regs.ext",
             request.regs.as_ref().and_then(|r| r.ext.as_ref()),
         ),
         (
-            "request.source.ext".into(),
+            "request.source.ext",
             request.source.as_ref().and_then(|s| s.ext.as_ref()),
         ),
     ];
-    exts.extend(
-        request
-            .imp
-            .iter()
-            .enumerate()
-            .map(|(i, imp)| (format!("request.imp[{i}].ext"), imp.ext.as_ref())),
-    );
-    for (field, ext) in exts {
-        let Some(ext) = ext else { continue };
-        let bytes = cascade_proto::prost::Message::encoded_len(ext);
-        if bytes > MAX_EXT_BYTES {
-            return Err(DecideError::invalid(
-                field,
-                format!("at most {MAX_EXT_BYTES} bytes encoded, got {bytes}"),
-            ));
-        }
-        if struct_depth(ext, MAX_EXT_DEPTH + 1) > MAX_EXT_DEPTH {
-            return Err(DecideError::invalid(
-                field,
-                format!("nested at most {MAX_EXT_DEPTH} deep"),
-            ));
-        }
+    for (field, ext) in shared {
+        check_ext(ext).map_err(|problem| DecideError::invalid(field, problem))?;
+    }
+    for (i, imp) in request.imp.iter().enumerate() {
+        check_ext(imp.ext.as_ref())
+            .map_err(|problem| DecideError::invalid(format!("request.imp[{i}].ext"), problem))?;
+    }
+    Ok(())
+}
+
+/// An `ext` within [`MAX_EXT_BYTES`] and [`MAX_EXT_DEPTH`], or what is wrong with it.
+fn check_ext(ext: Option<&cascade_proto::prost_types::Struct>) -> Result<(), String> {
+    let Some(ext) = ext else {
+        return Ok(());
+    };
+    let bytes = cascade_proto::prost::Message::encoded_len(ext);
+    if bytes > MAX_EXT_BYTES {
+        return Err(format!(
+            "at most {MAX_EXT_BYTES} bytes encoded, got {bytes}"
+        ));
+    }
+    if struct_depth(ext, MAX_EXT_DEPTH + 1) > MAX_EXT_DEPTH {
+        return Err(format!("nested at most {MAX_EXT_DEPTH} deep"));
     }
     Ok(())
 }
