@@ -333,9 +333,11 @@ async fn openrtb_25_signal_places_are_honoured() {
 
 #[tokio::test]
 async fn outbound_requests_go_only_where_the_guard_allows() {
-    // Only the fake networks' own address is allowed: any other internal address (here
-    // another loopback address, so that nothing could leave the machine even if the
-    // guard failed) is refused before a connection is made.
+    // Only the fake networks' own address is allowed: any other internal address is
+    // refused before a connection is made. The addresses refused here are other loopback
+    // addresses, so that nothing could leave the machine even if the guard failed (the
+    // metadata address and the private ranges are refused in the guard's unit tests,
+    // which send nothing).
     let only_the_fake_networks = || cascade_network_caller::OutboundSettings {
         allow_private: vec!["127.0.0.1/32".into()],
         ..Default::default()
@@ -344,16 +346,16 @@ async fn outbound_requests_go_only_where_the_guard_allows() {
         .configuration(
             r#"
 [[networks]]
-id = "metadata"
+id = "internal"
 account_id = "demo-network"
-endpoint = "http://169.254.169.254/latest/meta-data/openrtb"
+endpoint = "http://127.0.0.3:9/openrtb"
 mode = "bidding"
 timeout_ms = 300
 
 [[mediated_bids]]
-id = "metadata-live"
+id = "internal-live"
 account_id = "demo-network"
-network_id = "metadata"
+network_id = "internal"
 cpm = "0.10"
 placement_id = "p"
 "#,
@@ -382,14 +384,14 @@ placement_id = "p"
             .cloned()
             .unwrap_or_else(|| panic!("no attempt of {network}: {response}"))
     };
-    let metadata = attempt("metadata");
-    assert_eq!(metadata["outcome"], "ATTEMPT_OUTCOME_ERROR", "{metadata}");
+    let internal = attempt("internal");
+    assert_eq!(internal["outcome"], "ATTEMPT_OUTCOME_ERROR", "{internal}");
     assert!(
-        metadata["detail"]
+        internal["detail"]
             .as_str()
             .unwrap()
-            .contains("169.254.169.254 is not public"),
-        "{metadata}"
+            .contains("127.0.0.3 is not public"),
+        "{internal}"
     );
     let coolads = attempt("coolads");
     assert_eq!(coolads["outcome"], "ATTEMPT_OUTCOME_ERROR", "{coolads}");

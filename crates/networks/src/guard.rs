@@ -206,6 +206,19 @@ impl OutboundGuard {
     }
 }
 
+/// The guard's refusal behind a failed request (at name resolution, or of a redirect),
+/// if that is why it failed.
+pub fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a GuardError> {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<GuardError>() {
+            return Some(refused);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 /// Name resolution that keeps only the addresses the policy permits.
 #[derive(Debug)]
 pub struct GuardedResolver(OutboundGuard);
@@ -285,6 +298,96 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(redirects.guard().unwrap_err().key, "max_redirects");
+    }
+
+    /// A server on 127.0.0.1: `/target` answers 200, `/to-target` redirects to it, and
+    /// `/elsewhere` redirects to another loopback address (which nothing listens on, so
+    /// nothing could be reached even if the guard let it through).
+    async fn redirecting_server() -> std::net::SocketAddr {
+        use axum::response::Redirect;
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new()
+            .route("/target", get(|| async { "ok" }))
+            .route(
+                "/to-target",
+                get(move || async move { Redirect::temporary(&format!("http://{addr}/target")) }),
+            )
+            .route(
+                "/elsewhere",
+                get(move || async move {
+                    Redirect::temporary(&format!("http://127.0.0.2:{}/target", addr.port()))
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    fn allowing(ranges: &[&str], max_redirects: u8) -> reqwest::Client {
+        OutboundSettings {
+            allow_private: ranges.iter().map(|r| r.to_string()).collect(),
+            max_redirects,
+            ..Default::default()
+        }
+        .guard()
+        .unwrap()
+        .client_builder()
+        .build()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_unless_allowed_and_then_rechecked() {
+        let addr = redirecting_server().await;
+        let get = |client: reqwest::Client, path: &'static str| async move {
+            client.get(format!("http://{addr}{path}")).send().await
+        };
+        let none = get(allowing(&["127.0.0.1/32"], 0), "/to-target")
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 307, "not followed by default");
+        let one = get(allowing(&["127.0.0.1/32"], 1), "/to-target")
+            .await
+            .unwrap();
+        assert_eq!(one.status(), 200, "followed within the allowed count");
+        let refused = get(allowing(&["127.0.0.1/32"], 1), "/elsewhere")
+            .await
+            .unwrap_err();
+        assert!(refused.is_redirect(), "{refused:?}");
+        assert_eq!(
+            refusal(&refused),
+            Some(&GuardError::Address("127.0.0.2".parse().unwrap())),
+            "the redirect's target is judged as the first URL was"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_resolves_names_through_the_guard() {
+        let addr = redirecting_server().await;
+        // "localhost" resolves to 127.0.0.1 (and ::1), none of which is allowed here.
+        let client = allowing(&["127.0.0.2/32"], 0);
+        let refused = client
+            .get(format!("http://localhost:{}/target", addr.port()))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal(&refused),
+            Some(&GuardError::NoPermittedAddress("localhost".into()))
+        );
+        assert_eq!(
+            crate::openrtb_http::describe(&refused),
+            "refused: localhost resolves to no address outbound requests may go to",
+            "an attempt's detail says why"
+        );
+        let allowed = allowing(&["127.0.0.0/8", "::1/128"], 0);
+        let answer = allowed
+            .get(format!("http://localhost:{}/target", addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
     }
 
     #[tokio::test]

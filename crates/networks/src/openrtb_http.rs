@@ -297,6 +297,9 @@ fn best_ad(response: BidResponse, call: &AdCall<'_>) -> AdOutcome {
 /// What an attempt's detail says of a transport failure; a TLS failure says so, with
 /// rustls's reason (an unknown issuer, a name mismatch).
 pub(crate) fn describe(error: &reqwest::Error) -> String {
+    if let Some(refused) = crate::guard::refusal(error) {
+        return format!("refused: {refused}");
+    }
     let mut causes = Vec::new();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
