@@ -36,9 +36,12 @@ fuzz_target!(|data: &[u8]| {
     if !template.contains("${") {
         assert_eq!(url, template);
     }
-    for value in [id, seat] {
-        if !value.is_empty() && template == "${AUCTION_ID}${AUCTION_SEAT_ID}" {
-            assert!(!url.contains(' ') && !url.contains('&') && !url.contains('#'));
-        }
-    }
+    // Whatever the values, they land percent-encoded: they cannot add a query member, a
+    // fragment or a macro to a URL that had none.
+    let fixed = substitute(
+        "https://n.example/win?a=${AUCTION_ID}&s=${AUCTION_SEAT_ID}&c=${AUCTION_CURRENCY}",
+        &facts,
+    );
+    assert_eq!(fixed.matches('&').count(), 2, "{fixed}");
+    assert!(!fixed.contains('#') && !fixed.contains(' ') && !fixed.contains("${"), "{fixed}");
 });

@@ -7,7 +7,7 @@
 //!   1,000 bids of 100 domains);
 //! - TC strings read by `cascade_core::tcf` against `iab_gpp`, on realistic strings
 //!   (bit fields over the Global Vendor List's ~1,400 ids, each string different) and on
-//!   range-encoded strings of full-width entries.
+//!   range-encoded strings of wide entries (each string different too).
 //!
 //! `cargo bench -p cascade-core --bench hostile_input`
 //!
@@ -143,11 +143,14 @@ fn realistic_tc(rng: &mut StdRng) -> String {
     base64url(&core_bits(&section))
 }
 
-/// `entries` full-width range entries (1..65535): what a hostile string is made of.
-fn ranged_tc(entries: usize) -> String {
+/// `entries` wide range entries (each starting within the first 100 ids and ending within
+/// the last 100, drawn anew for every string): what a hostile string is made of.
+fn ranged_tc(rng: &mut StdRng, entries: usize) -> String {
     let mut section = format!("{:016b}1{entries:012b}", u16::MAX);
     for _ in 0..entries {
-        section.push_str(&format!("1{:016b}{:016b}", 1, u16::MAX));
+        let start: u16 = rng.random_range(1..100);
+        let end: u16 = rng.random_range(u16::MAX - 100..=u16::MAX);
+        section.push_str(&format!("1{start:016b}{end:016b}"));
     }
     base64url(&core_bits(&section))
 }
@@ -177,19 +180,19 @@ fn tc_strings(rng: &mut StdRng) {
         realistic[0].len(),
         mine.as_secs_f64() / baseline.as_secs_f64()
     );
-    // 100 full-width ranges (a 600-byte string): iab_gpp expands them into 6.5 million ids.
-    let ranged = vec![ranged_tc(100); 5];
+    // 100 wide ranges (a 600-byte string): iab_gpp expands them into 6.5 million ids.
+    let ranged: Vec<String> = (0..5).map(|_| ranged_tc(rng, 100)).collect();
     let (mine, baseline) = (time_decode(&ranged, ours), time_decode(&ranged, theirs));
     println!(
-        "TC string, 100 full-width ranges ({} bytes): cascade-core {mine:?}, iab_gpp {baseline:?} per string; cascade-core/iab_gpp = {:.6}",
+        "TC string, 100 wide ranges ({} bytes): cascade-core {mine:?}, iab_gpp {baseline:?} per string; cascade-core/iab_gpp = {:.6}",
         ranged[0].len(),
         mine.as_secs_f64() / baseline.as_secs_f64()
     );
     // The longest string under the limit, ours only (iab_gpp would build 95 million ids).
-    let longest = vec![ranged_tc(1_450); 50];
+    let longest: Vec<String> = (0..50).map(|_| ranged_tc(rng, 1_450)).collect();
     let mine = time_decode(&longest, ours);
     println!(
-        "TC string, 1,450 full-width ranges ({} bytes, the most under the 8 KiB limit): cascade-core {mine:?}",
+        "TC string, 1,450 wide ranges ({} bytes, the most under the 8 KiB limit): cascade-core {mine:?}",
         longest[0].len()
     );
 }
