@@ -409,3 +409,56 @@ placement_id = "p"
         "{response}"
     );
 }
+
+#[tokio::test]
+async fn a_client_side_chain_is_held_to_the_privacy_verdicts_too() {
+    let cluster = Cluster::builder()
+        .configuration(GUARDED_NETWORK)
+        .start()
+        .await;
+    let client = |regs: Value, user: Value| {
+        let mut request = request(regs, user);
+        request["mode"] = json!("EXECUTION_MODE_CLIENT");
+        request
+    };
+    let node_of = |response: &Value, network: &str| {
+        response["decisions"][0]["chain"]
+            .as_array()
+            .and_then(|chain| chain.iter().find(|n| n["networkId"] == network))
+            .cloned()
+    };
+    // Outside GDPR the waterfall networks are in the chain, with nothing withheld.
+    let open = cluster.decide(&client(json!({"gdpr": 0}), json!({}))).await;
+    let coolads = node_of(&open, "coolads").unwrap_or_else(|| panic!("{open}"));
+    assert!(coolads.get("privacy").is_none(), "{coolads}");
+    // Under GDPR, coolads (no GVL id) may not be called: the client is not handed it.
+    let consent = tc_string(&TcContent {
+        purpose_consents: (1..=10).collect(),
+        vendor_consents: vec![VENDOR],
+        ..Default::default()
+    });
+    let gdpr = cluster
+        .decide(&client(json!({"gdpr": 1}), json!({"consent": consent})))
+        .await;
+    assert!(node_of(&gdpr, "coolads").is_none(), "{gdpr}");
+    let attempt = gdpr["decisions"][0]["explanation"]["attempts"]
+        .as_array()
+        .and_then(|attempts| attempts.iter().find(|a| a["networkId"] == "coolads"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{gdpr}"));
+    assert_eq!(attempt["reason"], "no_consent", "{attempt}");
+    // A US opt-out: still handed over, with what the client may not send it.
+    let opted_out = cluster
+        .decide(&client(json!({"us_privacy": "1YYN"}), json!({})))
+        .await;
+    let coolads = node_of(&opted_out, "coolads").unwrap_or_else(|| panic!("{opted_out}"));
+    assert_eq!(coolads["privacy"]["call"], true, "{coolads}");
+    assert!(coolads["privacy"].get("userIds").is_none(), "{coolads}");
+    assert!(
+        coolads["privacy"]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("opted out of sale"),
+        "{coolads}"
+    );
+}

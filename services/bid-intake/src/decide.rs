@@ -507,6 +507,7 @@ impl DecisionService {
                 self.hand_chain_to_client(
                     slot,
                     &snapshot,
+                    &edge,
                     &bid_request,
                     &normalized.account_id,
                     Kept {
@@ -902,6 +903,7 @@ impl DecisionService {
         &self,
         slot: &mut Slot,
         snapshot: &cascade_core::snapshot::Snapshot,
+        edge: &NetworkEdge,
         bid_request: &BidRequest,
         account_id: &str,
         kept: Kept,
@@ -918,7 +920,35 @@ impl DecisionService {
             };
             let chained_selection = (candidate.source() == SourceKind::ChainedOutcome)
                 .then(|| candidate.bid_id.clone());
+            // The client calls a mediated network itself: it is held to the verdict a
+            // server-side call is, and one that may not be called is not handed over.
+            let privacy = if candidate.source() == SourceKind::MediatedNetwork {
+                let gvl_id = snapshot
+                    .network(&candidate.network_id)
+                    .and_then(|network| network.gvl_id);
+                let verdict = edge.signals.permissions(gvl_id);
+                if !verdict.permissions.call {
+                    if let Some(explanation) = slot.decision.explanation.as_mut() {
+                        explanation.attempts.push(Attempt {
+                            candidate_id: candidate.id.clone(),
+                            source: candidate.source,
+                            network_id: candidate.network_id.clone(),
+                            bid_id: candidate.bid_id.clone(),
+                            outcome: AttemptOutcome::Skipped as i32,
+                            reason: "no_consent".to_string(),
+                            detail: verdict.describe(),
+                            ..Default::default()
+                        });
+                    }
+                    continue;
+                }
+                (verdict.permissions != cascade_core::privacy::Permissions::ALL)
+                    .then(|| cascade_server::wire::privacy_verdict(&verdict))
+            } else {
+                None
+            };
             let mut node = ChainNode {
+                privacy,
                 source: candidate.source,
                 timeout_ms: snapshot
                     .network(&candidate.network_id)
