@@ -120,10 +120,62 @@ pub fn billing_retry_delay(attempts: u32, first: Duration, max: Duration) -> Dur
     first.saturating_mul(factor).min(max)
 }
 
+/// How a failed billing notice is retried: backoff from `first` doubling to `max`, at most
+/// `max_attempts` attempts in all, never past the notice's expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BillingRetries {
+    pub first: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl BillingRetries {
+    /// After the `attempts`-th attempt failed at `now_ms`: when to try again, or `None`
+    /// when the notice is given up (out of attempts, or the next one would fall at or
+    /// past `expires_at_ms`).
+    pub fn next_attempt_ms(&self, attempts: u32, now_ms: i64, expires_at_ms: i64) -> Option<i64> {
+        if attempts >= self.max_attempts {
+            return None;
+        }
+        let delay = billing_retry_delay(attempts, self.first, self.max);
+        let retry_at = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        (retry_at < expires_at_ms).then_some(retry_at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// A billing notice is tried at most `max_attempts` times, each retry later than
+        /// the last failure and before the notice expires, the waits never longer than
+        /// `max`.
+        #[test]
+        fn billing_retries_are_bounded(
+            first_ms in 1u64..5_000,
+            max_ms in 5_000u64..600_000,
+            max_attempts in 1u32..40,
+            start in 0i64..1_000_000,
+            ttl_ms in 1i64..200_000_000,
+        ) {
+            let retries = BillingRetries {
+                first: Duration::from_millis(first_ms),
+                max: Duration::from_millis(max_ms),
+                max_attempts,
+            };
+            let expires_at = start + ttl_ms;
+            let (mut now, mut attempts) = (start, 1u32);
+            while let Some(next) = retries.next_attempt_ms(attempts, now, expires_at) {
+                prop_assert!(next > now && next < expires_at);
+                prop_assert!(next - now <= max_ms as i64);
+                now = next;
+                attempts += 1;
+            }
+            prop_assert!(attempts <= max_attempts);
+        }
+    }
 
     fn facts() -> AuctionFacts<'static> {
         AuctionFacts {

@@ -99,6 +99,17 @@ impl Validate for NoticeSettings {
     }
 }
 
+impl NoticeSettings {
+    /// The retry schedule of a billing notice.
+    pub fn billing_retries(&self) -> notice::BillingRetries {
+        notice::BillingRetries {
+            first: Duration::from_millis(self.billing_retry_first_ms),
+            max: Duration::from_millis(self.billing_retry_max_ms),
+            max_attempts: self.billing_max_attempts,
+        }
+    }
+}
+
 /// What a bid's notices need to know of it, taken from its candidate.
 #[derive(Clone, Debug, Default)]
 pub struct BidNotices {
@@ -302,18 +313,14 @@ async fn attempt_billing(
     let (label, retry_at) = match outcome {
         Ok(()) => ("delivered", None),
         Err(error) => {
-            let delay = notice::billing_retry_delay(
-                notice.attempts,
-                Duration::from_millis(settings.billing_retry_first_ms),
-                Duration::from_millis(settings.billing_retry_max_ms),
-            );
-            let retry_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
             tracing::debug!(id = %notice.id, attempts = notice.attempts, %error, "billing notice failed");
-            if retry_at >= notice.expires_at_ms || notice.attempts >= settings.billing_max_attempts
-            {
-                ("expired", None)
-            } else {
-                ("failed", Some(retry_at))
+            match settings.billing_retries().next_attempt_ms(
+                notice.attempts,
+                now,
+                notice.expires_at_ms,
+            ) {
+                Some(retry_at) => ("failed", Some(retry_at)),
+                None => ("expired", None),
             }
         }
     };
