@@ -43,6 +43,15 @@ struct NetworkEdge {
 }
 
 impl NetworkEdge {
+    /// What the network `network_id` may be sent, by its GVL id.
+    fn verdict(&self, network_id: &str) -> cascade_core::privacy::Verdict {
+        let gvl_id = self
+            .snapshot
+            .network(network_id)
+            .and_then(|network| network.gvl_id);
+        self.signals.permissions(gvl_id)
+    }
+
     /// The privacy verdict of each of `networks` (by id), for network-caller.
     fn privacy<'a>(
         &self,
@@ -53,11 +62,9 @@ impl NetworkEdge {
             if verdicts.contains_key(id) {
                 continue;
             }
-            let gvl_id = self.snapshot.network(id).and_then(|network| network.gvl_id);
-            let verdict = self.signals.permissions(gvl_id);
             verdicts.insert(
                 id.to_string(),
-                cascade_server::wire::privacy_verdict(&verdict),
+                cascade_server::wire::privacy_verdict(&self.verdict(id)),
             );
         }
         verdicts
@@ -506,7 +513,6 @@ impl DecisionService {
             for slot in &mut slots {
                 self.hand_chain_to_client(
                     slot,
-                    &snapshot,
                     &edge,
                     &bid_request,
                     &normalized.account_id,
@@ -902,7 +908,6 @@ impl DecisionService {
     fn hand_chain_to_client(
         &self,
         slot: &mut Slot,
-        snapshot: &cascade_core::snapshot::Snapshot,
         edge: &NetworkEdge,
         bid_request: &BidRequest,
         account_id: &str,
@@ -923,10 +928,7 @@ impl DecisionService {
             // The client calls a mediated network itself: it is held to the verdict a
             // server-side call is, and one that may not be called is not handed over.
             let privacy = if candidate.source() == SourceKind::MediatedNetwork {
-                let gvl_id = snapshot
-                    .network(&candidate.network_id)
-                    .and_then(|network| network.gvl_id);
-                let verdict = edge.signals.permissions(gvl_id);
+                let verdict = edge.verdict(&candidate.network_id);
                 if !verdict.permissions.call {
                     if let Some(explanation) = slot.decision.explanation.as_mut() {
                         explanation.attempts.push(Attempt {
@@ -950,7 +952,8 @@ impl DecisionService {
             let mut node = ChainNode {
                 privacy,
                 source: candidate.source,
-                timeout_ms: snapshot
+                timeout_ms: edge
+                    .snapshot
                     .network(&candidate.network_id)
                     .map_or(0, |n| n.timeout_ms),
                 network_id: candidate.network_id,
