@@ -114,6 +114,16 @@ impl Permissions {
         advertising_id: true,
         child_directed: false,
     };
+
+    /// Not called, nothing sent.
+    pub const NONE: Permissions = Permissions {
+        call: false,
+        user_ids: false,
+        user_data: false,
+        precise_geo: false,
+        advertising_id: false,
+        child_directed: false,
+    };
 }
 
 /// The permissions and, for everything denied, why.
@@ -175,18 +185,12 @@ impl Signals {
         match &self.gdpr {
             Gdpr::NotApplicable => {}
             Gdpr::NoConsent(why) => {
-                permissions = Permissions {
-                    call: false,
-                    ..deny_personal(permissions)
-                };
+                permissions = Permissions::NONE;
                 reasons.push(format!("not called: {why}"));
             }
             Gdpr::Consent(tcf) => match vendor {
                 None => {
-                    permissions = Permissions {
-                        call: false,
-                        ..deny_personal(permissions)
-                    };
+                    permissions = Permissions::NONE;
                     reasons.push("not called: GDPR applies and the network has no GVL id".into());
                 }
                 Some(vendor) => {
@@ -194,10 +198,7 @@ impl Signals {
                         |purpose: u8| tcf.basis(vendor, purpose, purpose == PURPOSE_BASIC_ADS);
                     let consent = |purpose: u8| basis(purpose) == Some(Basis::Consent);
                     if basis(PURPOSE_BASIC_ADS).is_none() {
-                        permissions = Permissions {
-                            call: false,
-                            ..deny_personal(permissions)
-                        };
+                        permissions = Permissions::NONE;
                         reasons.push(format!(
                             "not called: no TCF consent or legitimate interest of vendor {vendor} for purpose 2{}",
                             restricted(tcf, vendor, PURPOSE_BASIC_ADS)

@@ -59,7 +59,7 @@ fn redacted(request: BidRequest, privacy: &mut Privacy) -> (BidRequest, Vec<Stri
     // The verdict bid-intake decided; an entry written without one (an older
     // bid-intake) has its signals read here.
     let permissions = match &privacy.unidentified {
-        Some(verdict) => cascade_server::wire::verdict_of(Some(verdict)).permissions,
+        Some(verdict) => cascade_server::wire::permissions_of(Some(verdict)),
         None => Signals::read(&signals).permissions(None).permissions,
     };
     if permissions == Permissions::ALL {

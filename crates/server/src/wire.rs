@@ -41,30 +41,23 @@ pub fn privacy_verdict(verdict: &Verdict) -> PrivacyVerdict {
     }
 }
 
-/// A privacy verdict from the wire; `None` (no verdict sent) denies everything.
-pub fn verdict_of(wire: Option<&PrivacyVerdict>) -> Verdict {
-    let Some(wire) = wire else {
-        return Verdict {
-            permissions: Permissions {
-                call: false,
-                user_ids: false,
-                user_data: false,
-                precise_geo: false,
-                advertising_id: false,
-                child_directed: false,
-            },
-            reasons: vec!["not called: no privacy verdict was sent for the network".into()],
-        };
-    };
-    Verdict {
-        permissions: Permissions {
-            call: wire.call,
-            user_ids: wire.user_ids,
-            user_data: wire.user_data,
-            precise_geo: wire.precise_geo,
-            advertising_id: wire.advertising_id,
-            child_directed: wire.child_directed,
-        },
-        reasons: wire.reasons.clone(),
-    }
+/// What a verdict from the wire permits; `None` (no verdict was sent) permits nothing.
+pub fn permissions_of(wire: Option<&PrivacyVerdict>) -> Permissions {
+    wire.map_or(Permissions::NONE, |wire| Permissions {
+        call: wire.call,
+        user_ids: wire.user_ids,
+        user_data: wire.user_data,
+        precise_geo: wire.precise_geo,
+        advertising_id: wire.advertising_id,
+        child_directed: wire.child_directed,
+    })
+}
+
+/// Why a verdict from the wire denies what it denies, on one line (as
+/// [`Verdict::describe`]).
+pub fn describe_verdict(wire: Option<&PrivacyVerdict>) -> String {
+    wire.map_or_else(
+        || "not called: no privacy verdict was sent for the network".to_string(),
+        |wire| wire.reasons.join("; "),
+    )
 }

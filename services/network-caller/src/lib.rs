@@ -441,9 +441,14 @@ impl NetworkCallerService {
         quality: &AdQuality<'_>,
         attempt: &mut Attempt,
     ) -> Called {
-        let verdict = cascade_server::wire::verdict_of(call.edge.privacy.get(&call.network.id));
-        if !verdict.permissions.call {
-            skip(attempt, "no_consent", &verdict.describe());
+        let verdict = call.edge.privacy.get(&call.network.id);
+        let permissions = cascade_server::wire::permissions_of(verdict);
+        if !permissions.call {
+            skip(
+                attempt,
+                "no_consent",
+                &cascade_server::wire::describe_verdict(verdict),
+            );
             metrics::counter!("cascade_network_calls_total", "network" => call.network.id.clone(), "outcome" => "no_consent")
                 .increment(1);
             return Called::NotMade;
@@ -489,7 +494,7 @@ impl NetworkCallerService {
                 params,
                 params_at: &call.network.params_at,
                 schain_node: call.edge.schain_node.as_ref(),
-                permissions: &verdict.permissions,
+                permissions: &permissions,
                 keep_deals: call.live_bid,
                 eid_allowed: &eid_allowed,
             },
@@ -571,7 +576,11 @@ impl NetworkCallerService {
         let accepted = answered.flatten();
         if !withheld.is_empty() {
             attempt.withheld = withheld.iter().map(|w| w.to_string()).collect();
-            let note = format!("withheld {} ({})", withheld.join(", "), verdict.describe());
+            let note = format!(
+                "withheld {} ({})",
+                withheld.join(", "),
+                cascade_server::wire::describe_verdict(verdict)
+            );
             attempt.detail = if attempt.detail.is_empty() {
                 note
             } else {
