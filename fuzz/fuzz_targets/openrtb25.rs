@@ -11,14 +11,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(serde_json::Value::Object(mut document)) = serde_json::from_slice(data)
         && openrtb25::upgrade(&mut document).is_ok()
     {
-        for (object, member, _) in openrtb25::MOVES {
+        for place in openrtb25::MOVES {
             assert!(
                 document
-                    .get(*object)
+                    .get(place.object)
                     .and_then(|o| o.get("ext"))
-                    .and_then(|ext| ext.get(*member))
+                    .and_then(|ext| ext.get(place.member))
                     .is_none(),
-                "{object}.ext.{member} left in place"
+                "{} left in place",
+                place.path
             );
         }
     }

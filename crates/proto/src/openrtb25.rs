@@ -18,13 +18,79 @@ use serde_json::{Map, Value};
 
 use crate::openrtb::v1::BidRequest;
 
-/// The places moved: (object, member of its `ext`, 2.6 member).
-pub const MOVES: &[(&str, &str, &str)] = &[
-    ("regs", "gdpr", "gdpr"),
-    ("regs", "us_privacy", "us_privacy"),
-    ("user", "consent", "consent"),
-    ("user", "eids", "eids"),
-    ("source", "schain", "schain"),
+/// One 2.5 place: `member` of `object.ext`, moved to `object.member`.
+#[derive(Clone, Copy, Debug)]
+pub struct Move {
+    pub object: &'static str,
+    pub member: &'static str,
+    /// The 2.5 path, as errors name it.
+    pub path: &'static str,
+    kind: Kind,
+}
+
+/// What a moved value must be, as its 2.6 place takes it.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// 0 or 1.
+    Flag,
+    Text,
+    List,
+    Object,
+}
+
+impl Kind {
+    fn fits(self, value: &Value) -> bool {
+        value.is_null()
+            || match self {
+                Kind::Flag => value.as_i64().is_some_and(|v| v == 0 || v == 1),
+                Kind::Text => value.is_string(),
+                Kind::List => value.is_array(),
+                Kind::Object => value.is_object(),
+            }
+    }
+
+    fn problem(self) -> &'static str {
+        match self {
+            Kind::Flag => "must be 0 or 1",
+            Kind::Text => "must be a string",
+            Kind::List => "must be an array",
+            Kind::Object => "must be an object",
+        }
+    }
+}
+
+/// The places moved.
+pub const MOVES: &[Move] = &[
+    Move {
+        object: "regs",
+        member: "gdpr",
+        path: "regs.ext.gdpr",
+        kind: Kind::Flag,
+    },
+    Move {
+        object: "regs",
+        member: "us_privacy",
+        path: "regs.ext.us_privacy",
+        kind: Kind::Text,
+    },
+    Move {
+        object: "user",
+        member: "consent",
+        path: "user.ext.consent",
+        kind: Kind::Text,
+    },
+    Move {
+        object: "user",
+        member: "eids",
+        path: "user.ext.eids",
+        kind: Kind::List,
+    },
+    Move {
+        object: "source",
+        member: "schain",
+        path: "source.ext.schain",
+        kind: Kind::Object,
+    },
 ];
 
 /// A 2.5 member whose value cannot stand in its 2.6 place.
@@ -41,29 +107,34 @@ pub struct UpgradeError {
 /// set).
 pub fn upgrade(document: &mut Map<String, Value>) -> Result<Vec<&'static str>, UpgradeError> {
     let mut read = Vec::new();
-    for &(object_name, ext_name, name) in MOVES {
-        let Some(Value::Object(object)) = document.get_mut(object_name) else {
+    for place in MOVES {
+        let Some(Value::Object(object)) = document.get_mut(place.object) else {
             continue;
         };
         let Some(Value::Object(ext)) = object.get_mut("ext") else {
             continue;
         };
-        let Some(value) = ext.remove(ext_name) else {
+        let Some(value) = ext.remove(place.member) else {
             continue;
         };
         if ext.is_empty() {
             object.remove("ext");
         }
-        read.push(path(object_name, ext_name));
-        check(object_name, ext_name, &value)?;
-        let unset = match object.get(name) {
+        read.push(place.path);
+        if !place.kind.fits(&value) {
+            return Err(UpgradeError {
+                field: place.path.to_string(),
+                problem: place.kind.problem(),
+            });
+        }
+        let unset = match object.get(place.member) {
             None | Some(Value::Null) => true,
             Some(Value::String(text)) => text.is_empty(),
             Some(Value::Array(list)) => list.is_empty(),
             Some(_) => false,
         };
         if unset && !value.is_null() {
-            object.insert(name.to_string(), value);
+            object.insert(place.member.to_string(), value);
         }
     }
     Ok(read)
@@ -71,19 +142,14 @@ pub fn upgrade(document: &mut Map<String, Value>) -> Result<Vec<&'static str>, U
 
 /// Whether a typed request carries a 2.5 place (a cheap look, before any conversion).
 pub fn has_25_places(request: &BidRequest) -> bool {
-    let holds = |ext: Option<&Struct>, names: &[&str]| {
-        ext.is_some_and(|ext| names.iter().any(|name| ext.fields.contains_key(*name)))
-    };
-    holds(
-        request.regs.as_ref().and_then(|r| r.ext.as_ref()),
-        &["gdpr", "us_privacy"],
-    ) || holds(
-        request.user.as_ref().and_then(|u| u.ext.as_ref()),
-        &["consent", "eids"],
-    ) || holds(
-        request.source.as_ref().and_then(|s| s.ext.as_ref()),
-        &["schain"],
-    )
+    MOVES.iter().any(|place| {
+        let ext = match place.object {
+            "regs" => request.regs.as_ref().and_then(|r| r.ext.as_ref()),
+            "user" => request.user.as_ref().and_then(|u| u.ext.as_ref()),
+            _ => request.source.as_ref().and_then(|s| s.ext.as_ref()),
+        };
+        ext.is_some_and(|ext: &Struct| ext.fields.contains_key(place.member))
+    })
 }
 
 /// [`upgrade`] for a typed request: through its JSON form, only when it has a 2.5 place.
@@ -91,12 +157,11 @@ pub fn upgrade_typed(request: &mut BidRequest) -> Result<Vec<&'static str>, Upgr
     if !has_25_places(request) {
         return Ok(Vec::new());
     }
-    let fail = |problem| UpgradeError {
-        field: "request".into(),
-        problem,
-    };
     let Ok(Value::Object(mut document)) = serde_json::to_value(&*request) else {
-        return Err(fail("cannot be read as JSON"));
+        return Err(UpgradeError {
+            field: "request".into(),
+            problem: "cannot be read as JSON",
+        });
     };
     let read = upgrade(&mut document)?;
     *request = serde_json::from_value(Value::Object(document)).map_err(|_| UpgradeError {
@@ -104,38 +169,6 @@ pub fn upgrade_typed(request: &mut BidRequest) -> Result<Vec<&'static str>, Upgr
         problem: "does not fit its OpenRTB 2.6 place",
     })?;
     Ok(read)
-}
-
-fn path(object: &str, member: &str) -> &'static str {
-    match (object, member) {
-        ("regs", "gdpr") => "regs.ext.gdpr",
-        ("regs", "us_privacy") => "regs.ext.us_privacy",
-        ("user", "consent") => "user.ext.consent",
-        ("user", "eids") => "user.ext.eids",
-        _ => "source.ext.schain",
-    }
-}
-
-/// The 2.5 value is of the type its 2.6 place takes.
-fn check(object: &str, member: &str, value: &Value) -> Result<(), UpgradeError> {
-    let fits = match (object, member) {
-        ("regs", "gdpr") => value.is_null() || value.as_i64().is_some_and(|v| v == 0 || v == 1),
-        ("regs", "us_privacy") | ("user", "consent") => value.is_null() || value.is_string(),
-        ("user", "eids") => value.is_null() || value.is_array(),
-        _ => value.is_null() || value.is_object(),
-    };
-    if fits {
-        return Ok(());
-    }
-    Err(UpgradeError {
-        field: path(object, member).to_string(),
-        problem: match (object, member) {
-            ("regs", "gdpr") => "must be 0 or 1",
-            ("user", "eids") => "must be an array",
-            ("source", _) => "must be an object",
-            _ => "must be a string",
-        },
-    })
 }
 
 #[cfg(test)]
