@@ -118,8 +118,57 @@ impl BlockIndex {
             attributes: quality.blocked_attributes.iter().copied().collect(),
         }
     }
+}
 
+/// The blocked lists, asked one value at a time.
+trait BlockLists {
+    fn blocks_seat(&self, seat: &str) -> bool;
+    fn blocks_attribute(&self, attribute: i32) -> bool;
     /// `domain` or a domain it is within (a parent at a label boundary) is blocked.
+    fn blocks_domain(&self, domain: &str) -> bool;
+    /// `category` or a category it nests under (by `taxonomy`) is blocked.
+    fn blocks_category(&self, category: &str, taxonomy: Taxonomy) -> bool;
+}
+
+/// The lists scanned, entry by entry.
+struct Scan<'q, 'a>(&'q AdQuality<'a>);
+
+impl BlockLists for Scan<'_, '_> {
+    fn blocks_seat(&self, seat: &str) -> bool {
+        self.0
+            .blocked_seats
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(seat))
+    }
+
+    fn blocks_attribute(&self, attribute: i32) -> bool {
+        self.0.blocked_attributes.contains(&attribute)
+    }
+
+    fn blocks_domain(&self, domain: &str) -> bool {
+        self.0
+            .blocked_adomains
+            .iter()
+            .any(|blocked| domain_is_within(domain, blocked))
+    }
+
+    fn blocks_category(&self, category: &str, taxonomy: Taxonomy) -> bool {
+        self.0
+            .blocked_categories
+            .iter()
+            .any(|blocked| taxonomy.is_within(category, blocked))
+    }
+}
+
+impl BlockLists for BlockIndex {
+    fn blocks_seat(&self, seat: &str) -> bool {
+        !self.seats.is_empty() && self.seats.contains(&seat.to_ascii_lowercase())
+    }
+
+    fn blocks_attribute(&self, attribute: i32) -> bool {
+        self.attributes.contains(&attribute)
+    }
+
     fn blocks_domain(&self, domain: &str) -> bool {
         if self.adomains.is_empty() {
             return false;
@@ -133,7 +182,6 @@ impl BlockIndex {
             .any(|(dot, _)| self.adomains.contains(&domain[dot + 1..]))
     }
 
-    /// `category` or a category it nests under (by `taxonomy`) is blocked.
     fn blocks_category(&self, category: &str, taxonomy: Taxonomy) -> bool {
         if self.categories.is_empty() {
             return false;
@@ -224,65 +272,33 @@ impl fmt::Display for Refusal {
 impl AdQuality<'_> {
     /// `None` when the ad may serve; otherwise the first filter it fails.
     pub fn check(&self, creative: &Creative<'_>) -> Option<Refusal> {
-        if let Some(index) = self.index {
-            return self.check_indexed(index, creative);
+        match self.index {
+            Some(index) => self.check_against(index, creative),
+            None => self.check_against(&Scan(self), creative),
         }
-        let seat = creative.seat;
-        if !seat.is_empty()
-            && self
-                .blocked_seats
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(seat))
-        {
-            return Some(Refusal::BlockedSeat(seat.to_string()));
-        }
-        if let Some(attribute) = creative
-            .attributes
-            .iter()
-            .find(|a| self.blocked_attributes.contains(a))
-        {
-            return Some(Refusal::BlockedAttribute(*attribute));
-        }
-        if let Some(domain) = creative.adomains.iter().find(|d| {
-            self.blocked_adomains
-                .iter()
-                .any(|blocked| domain_is_within(d, blocked))
-        }) {
-            return Some(Refusal::BlockedAdomain(domain.clone()));
-        }
-        if let Some(category) = creative.categories.iter().find(|c| {
-            self.blocked_categories
-                .iter()
-                .any(|blocked| self.taxonomy.is_within(c, blocked))
-        }) {
-            return Some(Refusal::BlockedCategory(category.clone()));
-        }
-        self.check_declarations(creative)
     }
 
-    /// [`AdQuality::check`] by hash lookups.
-    fn check_indexed(&self, index: &BlockIndex, creative: &Creative<'_>) -> Option<Refusal> {
+    /// The filters in their order, each asked of `lists` (scans or lookups: the same
+    /// answers).
+    fn check_against(&self, lists: &impl BlockLists, creative: &Creative<'_>) -> Option<Refusal> {
         let seat = creative.seat;
-        if !seat.is_empty()
-            && !index.seats.is_empty()
-            && index.seats.contains(&seat.to_ascii_lowercase())
-        {
+        if !seat.is_empty() && lists.blocks_seat(seat) {
             return Some(Refusal::BlockedSeat(seat.to_string()));
         }
         if let Some(attribute) = creative
             .attributes
             .iter()
-            .find(|a| index.attributes.contains(a))
+            .find(|a| lists.blocks_attribute(**a))
         {
             return Some(Refusal::BlockedAttribute(*attribute));
         }
-        if let Some(domain) = creative.adomains.iter().find(|d| index.blocks_domain(d)) {
+        if let Some(domain) = creative.adomains.iter().find(|d| lists.blocks_domain(d)) {
             return Some(Refusal::BlockedAdomain(domain.clone()));
         }
         if let Some(category) = creative
             .categories
             .iter()
-            .find(|c| index.blocks_category(c, self.taxonomy))
+            .find(|c| lists.blocks_category(c, self.taxonomy))
         {
             return Some(Refusal::BlockedCategory(category.clone()));
         }
