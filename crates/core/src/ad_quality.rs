@@ -197,6 +197,11 @@ impl BlockLists for BlockIndex {
     }
 }
 
+/// Most advertiser domains, categories or creative attributes one ad may declare, from
+/// any demand: an exchange bid over it is refused at intake, a network's answer over it
+/// is refused here. The check's cost grows with them, and no real ad declares more.
+pub const MAX_DECLARED_PER_AD: usize = 100;
+
 /// What an ad says about itself.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Creative<'a> {
@@ -219,6 +224,9 @@ pub enum Refusal {
     UnknownAdomain,
     UnknownCategory,
     NoDsaTransparency,
+    /// It declares more domains, categories or attributes than
+    /// [`MAX_DECLARED_PER_AD`]: what (`adomain`, `cat`, `attr`) and how many.
+    Overdeclared(&'static str, usize),
 }
 
 impl Refusal {
@@ -232,6 +240,7 @@ impl Refusal {
             Refusal::UnknownAdomain => "unknown_adomain",
             Refusal::UnknownCategory => "unknown_category",
             Refusal::NoDsaTransparency => "no_dsa",
+            Refusal::Overdeclared(..) => "overdeclared",
         }
     }
 
@@ -245,6 +254,7 @@ impl Refusal {
             Refusal::BlockedAttribute(_) => loss::ATTRIBUTE_EXCLUDED,
             Refusal::UnknownAdomain => loss::INVALID_ADVERTISER_DOMAIN,
             Refusal::UnknownCategory | Refusal::NoDsaTransparency => loss::BLOCKED,
+            Refusal::Overdeclared(..) => loss::INVALID_BID_RESPONSE,
         }
     }
 }
@@ -265,6 +275,10 @@ impl fmt::Display for Refusal {
             Refusal::NoDsaTransparency => {
                 f.write_str("the request requires DSA transparency and the ad declares none")
             }
+            Refusal::Overdeclared(what, count) => write!(
+                f,
+                "the ad declares {count} {what} values, more than {MAX_DECLARED_PER_AD}"
+            ),
         }
     }
 }
@@ -281,6 +295,15 @@ impl AdQuality<'_> {
     /// The filters in their order, each asked of `lists` (scans or lookups: the same
     /// answers).
     fn check_against(&self, lists: &impl BlockLists, creative: &Creative<'_>) -> Option<Refusal> {
+        for (what, count) in [
+            ("adomain", creative.adomains.len()),
+            ("cat", creative.categories.len()),
+            ("attr", creative.attributes.len()),
+        ] {
+            if count > MAX_DECLARED_PER_AD {
+                return Some(Refusal::Overdeclared(what, count));
+            }
+        }
         let seat = creative.seat;
         if !seat.is_empty() && lists.blocks_seat(seat) {
             return Some(Refusal::BlockedSeat(seat.to_string()));
@@ -339,6 +362,34 @@ mod tests {
         assert!(other.is_within("1234", "1234"));
         assert!(!other.is_within("1234-5", "1234"));
         assert!(Taxonomy::from_cattax(0).is_within("IAB25-2", "IAB25"));
+    }
+
+    #[test]
+    fn an_ad_declaring_more_than_the_limit_is_refused_before_any_list_is_scanned() {
+        let blocked = strings(&["bad.example"]);
+        let domains: Vec<String> = (0..=MAX_DECLARED_PER_AD)
+            .map(|i| format!("d{i}.example"))
+            .collect();
+        let quality = AdQuality {
+            blocked_adomains: &blocked,
+            ..Default::default()
+        };
+        let creative = Creative {
+            adomains: &domains,
+            ..Default::default()
+        };
+        assert_eq!(
+            quality.check(&creative),
+            Some(Refusal::Overdeclared("adomain", MAX_DECLARED_PER_AD + 1))
+        );
+        assert!(
+            quality
+                .check(&Creative {
+                    adomains: &domains[1..],
+                    ..Default::default()
+                })
+                .is_none()
+        );
     }
 
     #[test]

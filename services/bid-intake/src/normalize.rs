@@ -29,7 +29,7 @@ pub const MAX_SEGMENTS: usize = 1_000;
 pub const MAX_KEY_VALUES: usize = 100;
 pub const MAX_CHAINED_SELECTIONS: usize = 16;
 /// Most advertiser domains, categories or creative attributes one exchange bid lists.
-pub const MAX_LIST_PER_BID: usize = 100;
+pub use cascade_core::ad_quality::MAX_DECLARED_PER_AD as MAX_LIST_PER_BID;
 /// Most seats or advertiser domains one deal allows (`wseat`, `wadomain`).
 pub const MAX_LIST_PER_DEAL: usize = 100;
 /// Most extended-id sources (`user.eids`) and ids per source (`uids`): Prebid's user-id
