@@ -1307,6 +1307,8 @@ mod tests {
             us_out in proptest::bool::ANY,
             coppa in proptest::option::of(0..2i32),
             lmt in proptest::option::of(0..2i32),
+            restrictions in proptest::collection::vec((1..5u8, 0..4u8, proptest::collection::vec(1..100u16, 0..3)), 0..3),
+            added in proptest::collection::vec("[a-z]{1,8}", 0..4),
         ) {
             let consent = tc_string(&TcContent {
                 purpose_consents: purposes.clone(),
@@ -1314,7 +1316,7 @@ mod tests {
                 special_features: if special { vec![1] } else { vec![] },
                 vendor_consents: vendors.clone(),
                 vendor_legitimate_interests: vendors,
-                restrictions: vec![],
+                restrictions: restrictions.clone(),
             });
             let signals = Signals::read(&RequestSignals {
                 gdpr, consent: &consent, us_privacy: if us_out { "1YYN" } else { "1YNN" },
@@ -1326,8 +1328,36 @@ mod tests {
                 prop_assert!(!p.user_ids && !p.user_data && !p.precise_geo && !p.advertising_id);
             }
             prop_assert_eq!(verdict.reasons.is_empty(), p == Permissions::ALL);
+            // A restriction that forbids basic ads (purpose 2) to the vendor, or is of the
+            // undefined type, leaves it uncalled under GDPR.
+            let forbidden = restrictions.iter().any(|(purpose, kind, named)| {
+                *purpose == 2 && (*kind == 0 || *kind == 3) && vendor.is_some_and(|v| named.contains(&v))
+            });
+            if gdpr == Some(1) && forbidden {
+                prop_assert!(!p.call);
+            }
+            // Whatever members a gateway adds, in the objects or their ext, none outside
+            // the allow lists survives a restriction.
             let mut document = rich_request();
+            for name in &added {
+                for path in ["/user", "/user/ext", "/device", "/device/ext"] {
+                    if let Some(object) = document.pointer_mut(path).and_then(Value::as_object_mut) {
+                        object.insert(format!("x{name}"), json!("an id"));
+                    }
+                }
+            }
             withhold(&mut document, &p);
+            let keys = |path: &str| -> Vec<String> {
+                document.pointer(path).and_then(Value::as_object).map(|o| o.keys().cloned().collect()).unwrap_or_default()
+            };
+            if !p.user_ids && !p.user_data {
+                prop_assert!(keys("/user").iter().all(|k| USER_ALLOWED.contains(&k.as_str())), "{:?}", keys("/user"));
+                prop_assert!(keys("/user/ext").iter().all(|k| USER_EXT_ALLOWED.contains(&k.as_str())));
+            }
+            if !p.user_ids || !p.advertising_id {
+                prop_assert!(keys("/device").iter().all(|k| DEVICE_ALLOWED.contains(&k.as_str())), "{:?}", keys("/device"));
+                prop_assert!(keys("/device/ext").iter().all(|k| DEVICE_EXT_ALLOWED.contains(&k.as_str())));
+            }
             if !p.user_ids {
                 prop_assert!(document["user"].get("id").is_none() && document["user"].get("eids").is_none());
                 prop_assert!(document["device"].get("ifa").is_none());
