@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 /// A bidding network with IAB GVL id 52 asked for every impression of the demo
 /// publishers (and of the app publisher of IAB example 3), so every request's journey
 /// to a network can be captured.
-const EDGE_NETWORK: &str = r#"
+pub(crate) const EDGE_NETWORK: &str = r#"
 [[accounts]]
 id = "agltb3B1Yi1pbmNyDAsSA0FwcBiJkfTUCV"
 parent_id = "demo-network"
@@ -37,7 +37,7 @@ placement_id = "edge-placement"
 params = { zoneId = 7 }
 "#;
 
-const VENDOR: u16 = 52;
+pub(crate) const VENDOR: u16 = 52;
 
 /// Cascade's node, as demo.toml configures it for publisher 8953.
 fn cascade_node() -> Value {
@@ -148,7 +148,10 @@ fn not_owned(mut request: Value, impid: &str, appended_node: Option<&Value>) -> 
     request
 }
 
-async fn decide_and_capture(cluster: &Cluster, request: &Value) -> (Value, Option<Value>) {
+pub(crate) async fn decide_and_capture(
+    cluster: &Cluster,
+    request: &Value,
+) -> (Value, Option<Value>) {
     let before = cluster.networks.calls("edgenet");
     let response = cluster.decide(request).await;
     let sent = (cluster.networks.calls("edgenet") > before)
@@ -157,7 +160,7 @@ async fn decide_and_capture(cluster: &Cluster, request: &Value) -> (Value, Optio
     (response, sent)
 }
 
-fn edge_attempt(response: &Value) -> Value {
+pub(crate) fn edge_attempt(response: &Value) -> Value {
     response["decisions"][0]["explanation"]["attempts"]
         .as_array()
         .and_then(|attempts| attempts.iter().find(|a| a["networkId"] == "edgenet"))

@@ -5,29 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::edge::{EDGE_NETWORK, VENDOR, decide_and_capture, edge_attempt};
 use crate::support::Cluster;
 use cascade_core::privacy::testing::{TcContent, base64url_of_bits, gpp_tcf_eu, tc_string};
 use serde_json::{Value, json};
-
-/// A bidding network with IAB GVL id 52, asked for every impression of publisher 8953.
-const GUARDED_NETWORK: &str = r#"
-[[networks]]
-id = "edgenet"
-account_id = "demo-network"
-endpoint = "http://${DEMO_NETWORK}/openrtb/edgenet"
-mode = "bidding"
-timeout_ms = 300
-gvl_id = 52
-
-[[mediated_bids]]
-id = "edgenet-live"
-account_id = "demo-network"
-network_id = "edgenet"
-cpm = "0.10"
-placement_id = "edge-placement"
-"#;
-
-const VENDOR: u16 = 52;
 
 /// Case 1 of the hostile-input report: a TC string whose vendor consents are 4,095
 /// range entries of 1..65535 (22.6 KB), which a decoder that expands ranges turns into
@@ -73,14 +54,6 @@ fn request(regs: Value, user: Value) -> Value {
     })
 }
 
-fn edge_attempt(response: &Value) -> Value {
-    response["decisions"][0]["explanation"]["attempts"]
-        .as_array()
-        .and_then(|attempts| attempts.iter().find(|a| a["networkId"] == "edgenet"))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Resident memory of a process, from /proc.
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -89,15 +62,6 @@ fn resident_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-async fn decide_and_capture(cluster: &Cluster, request: &Value) -> (Value, Option<Value>) {
-    let before = cluster.networks.calls("edgenet");
-    let response = cluster.decide(request).await;
-    let sent = (cluster.networks.calls("edgenet") > before)
-        .then(|| cluster.networks.last_request("edgenet"))
-        .flatten();
-    (response, sent)
 }
 
 /// What the bound on memory growth is: the four processes together may grow by this
@@ -110,7 +74,7 @@ const MEMORY_GROWTH_BOUND_KIB: u64 = 64 * 1024;
 #[tokio::test]
 async fn an_exploding_consent_string_costs_neither_time_nor_memory() {
     let cluster = Cluster::builder()
-        .configuration(GUARDED_NETWORK)
+        .configuration(EDGE_NETWORK)
         .processes()
         .start()
         .await;
@@ -199,10 +163,7 @@ async fn an_exploding_consent_string_costs_neither_time_nor_memory() {
 
 #[tokio::test]
 async fn a_message_over_the_size_limit_is_resource_exhausted() {
-    let cluster = Cluster::builder()
-        .configuration(GUARDED_NETWORK)
-        .start()
-        .await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
     // tonic's default limit is 4 MiB: a 5 MiB ext is over it.
     let mut oversized = request(json!({"gdpr": 0}), json!({}));
     oversized["openrtb"]["ext"] = json!({"blob": "x".repeat(5 * 1024 * 1024)});
@@ -220,10 +181,7 @@ async fn a_message_over_the_size_limit_is_resource_exhausted() {
 
 #[tokio::test]
 async fn publisher_restrictions_are_read_and_enforced() {
-    let cluster = Cluster::builder()
-        .configuration(GUARDED_NETWORK)
-        .start()
-        .await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
     let consent = |restrictions: Vec<(u8, u8, Vec<u16>)>| {
         tc_string(&TcContent {
             purpose_consents: (1..=10).collect(),
@@ -281,10 +239,7 @@ async fn publisher_restrictions_are_read_and_enforced() {
 
 #[tokio::test]
 async fn openrtb_25_signal_places_are_honoured() {
-    let cluster = Cluster::builder()
-        .configuration(GUARDED_NETWORK)
-        .start()
-        .await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
     let no_consent_for_the_vendor = tc_string(&TcContent {
         purpose_consents: (1..=10).collect(),
         vendor_consents: vec![755],
@@ -412,10 +367,7 @@ placement_id = "p"
 
 #[tokio::test]
 async fn a_client_side_chain_is_held_to_the_privacy_verdicts_too() {
-    let cluster = Cluster::builder()
-        .configuration(GUARDED_NETWORK)
-        .start()
-        .await;
+    let cluster = Cluster::builder().configuration(EDGE_NETWORK).start().await;
     let client = |regs: Value, user: Value| {
         let mut request = request(regs, user);
         request["mode"] = json!("EXECUTION_MODE_CLIENT");
